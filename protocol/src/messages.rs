@@ -1,0 +1,419 @@
+//! Messages peers send each other. Each is a versioned enum: a new version
+//! is a new variant, so an old peer refuses what it cannot read instead of
+//! misreading it. Golden byte tests at the bottom freeze every encoding.
+//!
+//! - Gossip (jobs, workers, coordinator heartbeats, results) travels signed
+//!   by its sender, at most [`GOSSIP_BYTES_MAX`] bytes.
+//! - Stream frames (blob ranges) are a 4-byte little-endian length followed
+//!   by that many bytes of bincode, at most [`FRAME_BYTES_MAX`].
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::build::Attestation;
+use crate::hash::Hash;
+use crate::recipe::PublisherSignature;
+use crate::sign::{PublicKey, SecretKey, SignError, Signable, Signed};
+use crate::system::{Requirements, SystemInfo};
+use crate::wire::{self, WireError};
+
+/// Largest gossip message (gossipsub's default maximum transmit size).
+pub const GOSSIP_BYTES_MAX: usize = 64 * 1024;
+/// Largest stream frame header (the data after a `BlobReply::Data` is raw).
+pub const FRAME_BYTES_MAX: usize = 16 * 1024;
+/// Most email addresses one request may carry.
+pub const EMAILS_MAX: usize = 16;
+/// Largest range one blob request may ask for.
+pub const RANGE_BYTES_MAX: u64 = 64 * 1024 * 1024;
+/// Longest reason text carried in a message.
+pub const REASON_BYTES_MAX: usize = 4096;
+
+/// Gossip topic names.
+pub mod topics {
+    pub const JOBS: &str = "kiln/jobs/1";
+    pub const WORKERS: &str = "kiln/workers/1";
+    pub const COORDINATOR: &str = "kiln/coordinator/1";
+    pub const RESULTS: &str = "kiln/results/1";
+}
+
+/// A build someone asked for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRequest {
+    pub build_key: Hash,
+    pub recipe_id: Hash,
+    pub recipe_name: String,
+    pub recipe_version: String,
+    pub publisher: Option<PublisherSignature>,
+    pub options: BTreeMap<String, String>,
+    pub requirements: Requirements,
+    pub emails: Vec<String>,
+    pub requested_at_ms: u64,
+}
+
+/// A worker saying what it is and how much it can take.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerAdvert {
+    pub system: SystemInfo,
+    pub max_jobs: u32,
+    pub running_jobs: u32,
+    /// Why it takes no work right now (`idle-only: load 3.2`), if it doesn't.
+    pub waiting_because: Option<String>,
+    pub sequence: u64,
+}
+
+/// The coordinator saying it is alive.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CoordinatorHeartbeat {
+    pub term: u64,
+    pub queued_jobs: u32,
+    pub running_jobs: u32,
+    pub sent_at_ms: u64,
+}
+
+/// How a build ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BuildOutcome {
+    Done {
+        attestation: Signed<Attestation>,
+    },
+    Failed {
+        build_key: Hash,
+        worker: PublicKey,
+        log: Option<Hash>,
+        reason: String,
+        attempt: u32,
+    },
+}
+
+/// Every gossip message, versioned.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Gossip {
+    V1(GossipV1),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GossipV1 {
+    Job(JobRequest),
+    Worker(WorkerAdvert),
+    Coordinator(CoordinatorHeartbeat),
+    Outcome(BuildOutcome),
+}
+
+impl Signable for Gossip {
+    const DOMAIN: &'static str = "kiln 2026 gossip v1";
+}
+
+/// Why a gossip message was dropped.
+#[derive(Debug, thiserror::Error)]
+pub enum GossipError {
+    #[error("gossip envelope: {0}")]
+    Wire(#[from] WireError),
+    #[error("gossip signature: {0}")]
+    Signature(#[from] SignError),
+    #[error("gossip content: {0}")]
+    Invalid(&'static str),
+}
+
+/// Signs and encodes a gossip message for publishing.
+pub fn encode_gossip(key: &SecretKey, message: &Gossip) -> Result<Vec<u8>, WireError> {
+    let bytes = wire::encode(&Signed::sign(key, message))?;
+    if bytes.len() > GOSSIP_BYTES_MAX {
+        return Err(WireError::TooLarge {
+            len: bytes.len(),
+            limit: GOSSIP_BYTES_MAX,
+        });
+    }
+    Ok(bytes)
+}
+
+/// Decodes, verifies and sanity-checks a received gossip message. Returns
+/// the signer, which the caller compares with the peer that sent it.
+pub fn decode_gossip(bytes: &[u8]) -> Result<(PublicKey, Gossip), GossipError> {
+    let envelope: Signed<Gossip> = wire::decode::<_, GOSSIP_BYTES_MAX>(bytes)?;
+    let message = envelope.verify()?;
+    check_gossip(&message)?;
+    Ok((envelope.signer(), message))
+}
+
+fn check_gossip(message: &Gossip) -> Result<(), GossipError> {
+    let Gossip::V1(inner) = message;
+    match inner {
+        GossipV1::Job(job) if job.emails.len() > EMAILS_MAX => Err(GossipError::Invalid("too many email addresses")),
+        GossipV1::Worker(w) if w.waiting_because.as_ref().is_some_and(|r| r.len() > REASON_BYTES_MAX) => {
+            Err(GossipError::Invalid("reason too long"))
+        }
+        GossipV1::Outcome(BuildOutcome::Failed { reason, .. }) if reason.len() > REASON_BYTES_MAX => {
+            Err(GossipError::Invalid("reason too long"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Asks a provider for bytes `offset..offset+length` of a blob.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BlobRequest {
+    V1 { hash: Hash, offset: u64, length: u64 },
+}
+
+/// A provider's answer; `Data` is followed by exactly `length` raw bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BlobReply {
+    V1(BlobReplyV1),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BlobReplyV1 {
+    Data { blob_bytes: u64, length: u64 },
+    NotFound,
+    BadRange { blob_bytes: u64 },
+    Busy { retry_after_ms: u32 },
+}
+
+/// Encodes a value as one frame: 4-byte little-endian length, then bincode.
+pub fn encode_frame<T: Serialize>(value: &T) -> Result<Vec<u8>, WireError> {
+    let body = wire::encode(value)?;
+    if body.len() > FRAME_BYTES_MAX {
+        return Err(WireError::TooLarge {
+            len: body.len(),
+            limit: FRAME_BYTES_MAX,
+        });
+    }
+    let mut out = Vec::with_capacity(4 + body.len());
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// Decodes one frame from the front of `buffer`. `Ok(None)`: more bytes are
+/// needed. A length over the limit is an error before anything is read.
+pub fn decode_frame<T: serde::de::DeserializeOwned>(buffer: &[u8]) -> Result<Option<(T, usize)>, WireError> {
+    let Some(header) = buffer.get(..4) else {
+        return Ok(None);
+    };
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    if len > FRAME_BYTES_MAX {
+        return Err(WireError::TooLarge {
+            len,
+            limit: FRAME_BYTES_MAX,
+        });
+    }
+    let Some(body) = buffer.get(4..4 + len) else {
+        return Ok(None);
+    };
+    Ok(Some((wire::decode::<T, FRAME_BYTES_MAX>(body)?, 4 + len)))
+}
+
+#[cfg(test)]
+pub(crate) mod samples {
+    //! One value of every message kind, built from fixed keys, for the
+    //! golden and property tests.
+    use super::*;
+    use crate::system::SystemInfo;
+
+    pub fn key() -> SecretKey {
+        SecretKey::from_bytes(&[7; 32])
+    }
+
+    pub fn system() -> SystemInfo {
+        SystemInfo {
+            os: "linux".into(),
+            arch: "x86_64".into(),
+            endian: "little".into(),
+            pointer_width: 64,
+            libc: "glibc".into(),
+            libc_version: "2.36".into(),
+            cpus: 2,
+            memory_bytes: 1 << 30,
+            features: ["sse2".to_string()].into_iter().collect(),
+            tools: [("cc".to_string(), "12.2.0".to_string())].into_iter().collect(),
+            labels: BTreeMap::new(),
+        }
+    }
+
+    pub fn attestation() -> Attestation {
+        Attestation {
+            build_key: Hash::of(b"key"),
+            recipe_id: Hash::of(b"recipe"),
+            artifact: Hash::of(b"artifact"),
+            artifact_bytes: 8,
+            log: Hash::of(b"log"),
+            worker: key().public(),
+            system_digest: system().digest(),
+            started_at_ms: 1_700_000_000_000,
+            finished_at_ms: 1_700_000_001_000,
+        }
+    }
+
+    pub fn gossip() -> Vec<(&'static str, Gossip)> {
+        let mut requirements = Requirements::new();
+        requirements.set_from_str("os=linux").unwrap();
+        vec![
+            (
+                "job",
+                Gossip::V1(GossipV1::Job(JobRequest {
+                    build_key: Hash::of(b"key"),
+                    recipe_id: Hash::of(b"recipe"),
+                    recipe_name: "hello-c".into(),
+                    recipe_version: "1.0.0".into(),
+                    publisher: None,
+                    options: [("opt".to_string(), "O2".to_string())].into_iter().collect(),
+                    requirements,
+                    emails: vec!["a@example.org".into()],
+                    requested_at_ms: 1_700_000_000_000,
+                })),
+            ),
+            (
+                "worker",
+                Gossip::V1(GossipV1::Worker(WorkerAdvert {
+                    system: system(),
+                    max_jobs: 1,
+                    running_jobs: 0,
+                    waiting_because: None,
+                    sequence: 3,
+                })),
+            ),
+            (
+                "coordinator",
+                Gossip::V1(GossipV1::Coordinator(CoordinatorHeartbeat {
+                    term: 2,
+                    queued_jobs: 5,
+                    running_jobs: 1,
+                    sent_at_ms: 1_700_000_000_000,
+                })),
+            ),
+            (
+                "done",
+                Gossip::V1(GossipV1::Outcome(BuildOutcome::Done {
+                    attestation: Signed::sign(&key(), &attestation()),
+                })),
+            ),
+            (
+                "failed",
+                Gossip::V1(GossipV1::Outcome(BuildOutcome::Failed {
+                    build_key: Hash::of(b"key"),
+                    worker: key().public(),
+                    log: Some(Hash::of(b"log")),
+                    reason: "exit status 2".into(),
+                    attempt: 1,
+                })),
+            ),
+        ]
+    }
+
+    pub fn requests() -> Vec<BlobRequest> {
+        vec![BlobRequest::V1 {
+            hash: Hash::of(b"blob"),
+            offset: 1 << 20,
+            length: 1 << 20,
+        }]
+    }
+
+    pub fn replies() -> Vec<BlobReply> {
+        vec![
+            BlobReply::V1(BlobReplyV1::Data {
+                blob_bytes: 3 << 20,
+                length: 1 << 20,
+            }),
+            BlobReply::V1(BlobReplyV1::NotFound),
+            BlobReply::V1(BlobReplyV1::BadRange { blob_bytes: 10 }),
+            BlobReply::V1(BlobReplyV1::Busy { retry_after_ms: 250 }),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::samples::*;
+    use super::*;
+    use crate::hash::to_hex;
+
+    #[test]
+    fn gossip_round_trips_through_the_envelope() {
+        for (_, message) in gossip() {
+            let bytes = encode_gossip(&key(), &message).unwrap();
+            let (signer, back) = decode_gossip(&bytes).unwrap();
+            assert_eq!(signer, key().public());
+            assert_eq!(back, message);
+        }
+    }
+
+    #[test]
+    fn frames_need_more_bytes_or_refuse_oversize() {
+        let frame = encode_frame(&requests()[0]).unwrap();
+        for cut in 0..frame.len() {
+            assert!(
+                decode_frame::<BlobRequest>(&frame[..cut]).unwrap().is_none(),
+                "cut at {cut}"
+            );
+        }
+        let (value, used) = decode_frame::<BlobRequest>(&frame).unwrap().unwrap();
+        assert_eq!((value, used), (requests()[0].clone(), frame.len()));
+        let oversized = ((FRAME_BYTES_MAX + 1) as u32).to_le_bytes();
+        assert!(matches!(
+            decode_frame::<BlobRequest>(&oversized),
+            Err(WireError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn oversized_gossip_is_refused() {
+        let mut job = gossip().remove(0).1;
+        if let Gossip::V1(GossipV1::Job(j)) = &mut job {
+            j.emails = vec!["x".repeat(1000); 100];
+        }
+        assert!(encode_gossip(&key(), &job).is_err());
+        assert!(matches!(
+            decode_gossip(&vec![0u8; GOSSIP_BYTES_MAX + 1]),
+            Err(GossipError::Wire(WireError::TooLarge { .. }))
+        ));
+    }
+
+    #[test]
+    fn gossip_signed_by_one_key_names_that_key() {
+        let other = SecretKey::from_bytes(&[8; 32]);
+        let bytes = encode_gossip(&other, &gossip()[2].1).unwrap();
+        assert_eq!(decode_gossip(&bytes).unwrap().0, other.public());
+    }
+
+    /// Golden bytes: a change here is a wire-format change. Bump the
+    /// message's version variant instead of editing these strings.
+    #[test]
+    fn golden_bytes() {
+        let mut seen = Vec::new();
+        for (name, message) in gossip() {
+            seen.push((name.to_string(), to_hex(&encode_gossip(&key(), &message).unwrap())));
+        }
+        for (i, request) in requests().iter().enumerate() {
+            seen.push((format!("request{i}"), to_hex(&encode_frame(request).unwrap())));
+        }
+        for (i, reply) in replies().iter().enumerate() {
+            seen.push((format!("reply{i}"), to_hex(&encode_frame(reply).unwrap())));
+        }
+        let golden: Vec<(String, String)> = GOLDEN.iter().map(|(n, h)| (n.to_string(), h.to_string())).collect();
+        if seen != golden {
+            for (name, hex) in &seen {
+                eprintln!("(\"{name}\", \"{hex}\"),");
+            }
+            panic!("wire encoding changed; see the new bytes above");
+        }
+    }
+
+    // Layout, e.g. reply3 = `03000000` (frame length 3, little-endian u32)
+    // `00` (BlobReply::V1) `03` (BlobReplyV1::Busy) `fa` (250 as a bincode
+    // varint). Gossip entries are a Signed<Gossip> envelope: varint body
+    // length, body (`00` Gossip::V1, then the GossipV1 variant index and its
+    // fields), 32-byte signer key, 64-byte ed25519 signature.
+    const GOLDEN: &[(&str, &str)] = &[
+        ("job", "7c0000ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b42cd86560b2a6a0a54b6f2767adec4d9fbf74c7b4c39ebca63fef3cdcee0d14f30768656c6c6f2d6305312e302e300001036f7074024f3201026f7300056c696e7578010d61406578616d706c652e6f7267fd0068e5cf8b010000ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c0cd81535f41e233bdf76e562991ca62170e6655da12c1e4aac96c0ae7656d582da9a85683c6a78a693f6bdc59de209192ba983c1ff5a7b41a7a70bfedacfe70a"),
+        ("worker", "3e0001056c696e7578067838365f3634066c6974746c654005676c69626304322e333602fc00000040010473736532010263630631322e322e300001000003ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22cebae6ac86427520ba43bb653a63a7329561c71631133275a9c0462311940b728ed52f45a938402b62757ea1e7f7b7f0042eee9322307e79aaf20213ca47d0903"),
+        ("coordinator", "0e0002020501fd0068e5cf8b010000ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22cb54625aceebb87975d9883180be94f7e92009fa81a13bfd11ff5153bd8b9d85ada3dbbe1ec12f202f28e8ec771aefea9b752861f560098c033606b2aabaaf40b"),
+        ("done", "fb3701000300d3ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b42cd86560b2a6a0a54b6f2767adec4d9fbf74c7b4c39ebca63fef3cdcee0d14f3e068dc010bf492707f7e8d896457770f24703784cfe76bd785f8b76cc010bbf3089fbf48f8224338b32a7f298140ee6c52b29a22d05b35c9be97e19b614e4726baea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c0c9046e0df271bb372601a22970c8944a6e9a7a507d0168ef67436ade135240afd0068e5cf8b010000fde86be5cf8b010000ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c28caa55159918c48cde9180fbdda81993d210386d5d8991b14f04583f6f7361b40be2b885fee9d3d49ace3c23dea70598ecc0a330c94db2be0ddaf86ab5acf05ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22cc17f0cff904572ed2d402103ae3baa84ac41b38efbedc3cd529f2b1cc0228d7889bd2ae4d3cd85946451c2c4923fcb5c58376068065993c058a16affaf3bd307"),
+        ("failed", "73000301ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b4ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c019fbf48f8224338b32a7f298140ee6c52b29a22d05b35c9be97e19b614e4726ba0d6578697420737461747573203201ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c8a95dd1f82c8853026ef6255f9ba27141bcf9526842e810f754f281a691df71162c64449a2b2972d3191d519661f4b754ea7d9569274a2fc52b316bcee713109"),
+        ("request0", "2b0000000023f82a295328e116801fc5ebb9b84c3c193d3a8f2c315ff47afb0526d01f1f94fc00001000fc00001000"),
+        ("reply0", "0c0000000000fc00003000fc00001000"),
+        ("reply1", "020000000001"),
+        ("reply2", "0300000000020a"),
+        ("reply3", "030000000003fa"),
+    ];
+}
