@@ -7,6 +7,7 @@
 pub mod build;
 pub mod hash;
 pub mod messages;
+pub mod ranges;
 pub mod recipe;
 pub mod sign;
 pub mod system;

@@ -150,10 +150,13 @@ fn check_gossip(message: &Gossip) -> Result<(), GossipError> {
     }
 }
 
-/// Asks a provider for bytes `offset..offset+length` of a blob.
+/// What a fetcher asks a provider for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BlobRequest {
+    /// Bytes `offset..offset+length` of a blob.
     V1 { hash: Hash, offset: u64, length: u64 },
+    /// The blob's size and its range hashes (see [`crate::ranges`]).
+    RangeHashesV1 { hash: Hash },
 }
 
 /// A provider's answer; `Data` is followed by exactly `length` raw bytes.
@@ -164,10 +167,23 @@ pub enum BlobReply {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BlobReplyV1 {
-    Data { blob_bytes: u64, length: u64 },
+    Data {
+        blob_bytes: u64,
+        length: u64,
+    },
     NotFound,
-    BadRange { blob_bytes: u64 },
-    Busy { retry_after_ms: u32 },
+    BadRange {
+        blob_bytes: u64,
+    },
+    Busy {
+        retry_after_ms: u32,
+    },
+    /// Followed by `count` range hashes of 32 bytes each (none for a blob
+    /// of one range).
+    RangeHashes {
+        blob_bytes: u64,
+        count: u64,
+    },
 }
 
 /// Encodes a value as one frame: 4-byte little-endian length, then bincode.
@@ -302,11 +318,16 @@ pub(crate) mod samples {
     }
 
     pub fn requests() -> Vec<BlobRequest> {
-        vec![BlobRequest::V1 {
-            hash: Hash::of(b"blob"),
-            offset: 1 << 20,
-            length: 1 << 20,
-        }]
+        vec![
+            BlobRequest::V1 {
+                hash: Hash::of(b"blob"),
+                offset: 1 << 20,
+                length: 1 << 20,
+            },
+            BlobRequest::RangeHashesV1 {
+                hash: Hash::of(b"blob"),
+            },
+        ]
     }
 
     pub fn replies() -> Vec<BlobReply> {
@@ -318,6 +339,10 @@ pub(crate) mod samples {
             BlobReply::V1(BlobReplyV1::NotFound),
             BlobReply::V1(BlobReplyV1::BadRange { blob_bytes: 10 }),
             BlobReply::V1(BlobReplyV1::Busy { retry_after_ms: 250 }),
+            BlobReply::V1(BlobReplyV1::RangeHashes {
+                blob_bytes: 3 << 20,
+                count: 3,
+            }),
         ]
     }
 }
@@ -411,9 +436,11 @@ mod tests {
         ("done", "fb3701000300d3ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b42cd86560b2a6a0a54b6f2767adec4d9fbf74c7b4c39ebca63fef3cdcee0d14f3e068dc010bf492707f7e8d896457770f24703784cfe76bd785f8b76cc010bbf3089fbf48f8224338b32a7f298140ee6c52b29a22d05b35c9be97e19b614e4726baea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c0c9046e0df271bb372601a22970c8944a6e9a7a507d0168ef67436ade135240afd0068e5cf8b010000fde86be5cf8b010000ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c28caa55159918c48cde9180fbdda81993d210386d5d8991b14f04583f6f7361b40be2b885fee9d3d49ace3c23dea70598ecc0a330c94db2be0ddaf86ab5acf05ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22cc17f0cff904572ed2d402103ae3baa84ac41b38efbedc3cd529f2b1cc0228d7889bd2ae4d3cd85946451c2c4923fcb5c58376068065993c058a16affaf3bd307"),
         ("failed", "73000301ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b4ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c019fbf48f8224338b32a7f298140ee6c52b29a22d05b35c9be97e19b614e4726ba0d6578697420737461747573203201ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c8a95dd1f82c8853026ef6255f9ba27141bcf9526842e810f754f281a691df71162c64449a2b2972d3191d519661f4b754ea7d9569274a2fc52b316bcee713109"),
         ("request0", "2b0000000023f82a295328e116801fc5ebb9b84c3c193d3a8f2c315ff47afb0526d01f1f94fc00001000fc00001000"),
+        ("request1", "210000000123f82a295328e116801fc5ebb9b84c3c193d3a8f2c315ff47afb0526d01f1f94"),
         ("reply0", "0c0000000000fc00003000fc00001000"),
         ("reply1", "020000000001"),
         ("reply2", "0300000000020a"),
         ("reply3", "030000000003fa"),
+        ("reply4", "080000000004fc0000300003"),
     ];
 }

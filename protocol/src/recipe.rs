@@ -9,6 +9,7 @@
 //!
 //! [source]
 //! blob = "<64 hex>"            # or: git = "https://...", rev = "<commit>"
+//!                              # or: path = "src" (published by the requester)
 //!
 //! [requirements]
 //! os = "linux"                 # exact value
@@ -176,6 +177,7 @@ struct RawRecipe {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSource {
+    path: Option<String>,
     blob: Option<String>,
     git: Option<String>,
     rev: Option<String>,
@@ -211,7 +213,19 @@ struct RawSignature {
 
 impl Recipe {
     /// Parses and validates a TOML recipe, with its signature if it has one.
+    /// A `source.path` is refused: use [`Recipe::from_toml_with_paths`].
     pub fn from_toml(text: &str) -> Result<(Recipe, Option<PublisherSignature>), RecipeError> {
+        Recipe::from_toml_with_paths(text, &mut |_| {
+            Err("a recipe with `source.path` must be loaded from its file (kiln request --recipe PATH), which publishes that path".into())
+        })
+    }
+
+    /// Like [`Recipe::from_toml`], turning a `source.path` into a blob hash
+    /// with `publish` (which packs and stores that path and returns its hash).
+    pub fn from_toml_with_paths(
+        text: &str,
+        publish: &mut dyn FnMut(&str) -> Result<Hash, String>,
+    ) -> Result<(Recipe, Option<PublisherSignature>), RecipeError> {
         if text.len() > RECIPE_BYTES_MAX {
             return Err(RecipeError::TooLarge(text.len()));
         }
@@ -230,7 +244,7 @@ impl Recipe {
                     .map_err(|e: SignError| field_error("signature.signature", e.to_string()))?,
             }),
         };
-        let recipe = Recipe::from_raw(raw)?;
+        let recipe = Recipe::from_raw(raw, publish)?;
         if let Some(sig) = &signature {
             sig.verify(&recipe.id())
                 .map_err(|_| field_error("signature", "does not match this recipe: it was changed after signing, or signed by another key; sign it again with `kiln recipe sign`"))?;
@@ -238,11 +252,17 @@ impl Recipe {
         Ok((recipe, signature))
     }
 
-    fn from_raw(raw: RawRecipe) -> Result<Recipe, RecipeError> {
+    fn from_raw(raw: RawRecipe, publish: &mut dyn FnMut(&str) -> Result<Hash, String>) -> Result<Recipe, RecipeError> {
         check_name("name", &raw.name)?;
         check_name("version", &raw.version)?;
         let source = match raw.source {
             None => Source::None,
+            Some(RawSource {
+                path: Some(path),
+                blob: None,
+                git: None,
+                rev: None,
+            }) => Source::Blob(publish(&path).map_err(|e| field_error("source.path", e))?),
             Some(s) => parse_source(s)?,
         };
         let mut requirements = Requirements::new();
@@ -417,6 +437,9 @@ fn check_name(field: &str, value: &str) -> Result<(), RecipeError> {
 }
 
 fn parse_source(raw: RawSource) -> Result<Source, RecipeError> {
+    if raw.path.is_some() {
+        return Err(field_error("source", "give `path` alone, without `blob`, `git` or `rev`"));
+    }
     match (raw.blob, raw.git, raw.rev) {
         (Some(blob), None, None) => {
             let hash = blob
@@ -777,6 +800,24 @@ blob = "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
         let tampered = signed_toml.replace("O0", "O1");
         let err = Recipe::from_toml(&tampered).unwrap_err().to_string();
         assert!(err.contains("kiln recipe sign"), "{err}");
+    }
+
+    #[test]
+    fn source_paths_are_published_through_the_caller() {
+        let text = HELLO.replace(
+            "blob = \"af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262\"",
+            "path = \"src\"",
+        );
+        let err = Recipe::from_toml(&text).unwrap_err().to_string();
+        assert!(err.contains("source.path"), "{err}");
+        let mut seen = Vec::new();
+        let (recipe, _) = Recipe::from_toml_with_paths(&text, &mut |p| {
+            seen.push(p.to_string());
+            Ok(Hash::of(b"packed"))
+        })
+        .unwrap();
+        assert_eq!(seen, vec!["src".to_string()]);
+        assert_eq!(recipe.source, Source::Blob(Hash::of(b"packed")));
     }
 
     #[test]
