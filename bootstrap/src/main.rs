@@ -1,1 +1,78 @@
-fn main() {}
+//! `kiln-bootstrap`: a long-lived rendezvous peer with a stable identity.
+//! Kademlia server, gossipsub member and relay server; it runs no builds.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use kiln_node::NodeOptions;
+use libp2p::Multiaddr;
+
+#[derive(Parser)]
+#[command(
+    name = "kiln-bootstrap",
+    version,
+    about = "A stable entry point for a Kiln network (DHT server, gossip relay, relay server)."
+)]
+struct Cli {
+    /// Address to listen on (repeatable); give a fixed port so others can list this peer
+    #[arg(long, default_value = "/ip4/0.0.0.0/tcp/4001")]
+    listen: Vec<Multiaddr>,
+    /// Other bootstrap peers to join (repeatable; also KILN_BOOTSTRAP)
+    #[arg(long, env = "KILN_BOOTSTRAP", value_delimiter = ',')]
+    bootstrap: Vec<Multiaddr>,
+    /// Where the identity and index live; keep it to keep the peer id
+    #[arg(long, env = "KILN_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("kiln-bootstrap: error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("kiln-bootstrap: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let data_dir = match cli.data_dir {
+        Some(dir) => dir,
+        None => kiln_store::Store::default_dir()?.join("bootstrap"),
+    };
+    let options = NodeOptions {
+        data_dir,
+        listen: cli.listen,
+        bootstrap: cli.bootstrap,
+        relay_server: true,
+    };
+    kiln_node::run_node(options, |addr| println!("{addr}"), shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

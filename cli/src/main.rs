@@ -1,1 +1,248 @@
-fn main() {}
+//! The `kiln` command: parses arguments, runs one subcommand, prints the
+//! error chain and exits non-zero on failure. The work is done in the
+//! library crates; this binary stays thin.
+
+mod progress;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use kiln_node::control::{self, ControlReply, ControlRequest};
+use kiln_node::{EphemeralNode, NodeOptions};
+use kiln_protocol::{Hash, Recipe};
+use libp2p::Multiaddr;
+
+#[derive(Parser)]
+#[command(
+    name = "kiln",
+    version,
+    about = "A peer-to-peer build farm: contribute a machine, request builds, fetch them by hash."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct DataDir {
+    /// Where this node keeps its identity, blobs and index [default: the platform's data dir for kiln]
+    #[arg(long, env = "KILN_DATA_DIR", global = true)]
+    data_dir: Option<PathBuf>,
+}
+
+impl DataDir {
+    fn resolve(&self) -> anyhow::Result<PathBuf> {
+        match &self.data_dir {
+            Some(dir) => Ok(dir.clone()),
+            None => kiln_store::Store::default_dir()
+                .context("no --data-dir given and no default data dir for this user; pass --data-dir DIR"),
+        }
+    }
+}
+
+#[derive(Args, Clone)]
+struct Bootstrap {
+    /// A peer to join the network through (repeatable; also KILN_BOOTSTRAP, comma separated)
+    #[arg(long, env = "KILN_BOOTSTRAP", value_delimiter = ',')]
+    bootstrap: Vec<Multiaddr>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node: join the network, serve and announce the blobs it holds.
+    Node {
+        /// Address to listen on (repeatable)
+        #[arg(long, default_value = "/ip4/0.0.0.0/tcp/0")]
+        listen: Vec<Multiaddr>,
+        #[command(flatten)]
+        bootstrap: Bootstrap,
+        #[command(flatten)]
+        data_dir: DataDir,
+    },
+    /// Print this node's peer id.
+    Id {
+        #[command(flatten)]
+        data_dir: DataDir,
+    },
+    /// Add a file or a directory to the network and print its hash.
+    Publish {
+        /// A file (stored as it is) or a directory (packed as a deterministic archive)
+        path: PathBuf,
+        #[command(flatten)]
+        data_dir: DataDir,
+    },
+    /// Download a blob by its hash, verifying every byte.
+    Fetch {
+        /// The blob's hash: 64 hex characters, as `b3sum` prints
+        hash: String,
+        /// Where to write the blob [default: keep it in the store only]
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        bootstrap: Bootstrap,
+        #[command(flatten)]
+        data_dir: DataDir,
+    },
+    /// Work with recipe files.
+    Recipe {
+        #[command(subcommand)]
+        command: RecipeCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RecipeCommand {
+    /// List a recipe's options with their allowed values and defaults.
+    Options {
+        /// Path to a recipe TOML file.
+        recipe: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("kiln: error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("kiln: error: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("  because: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Node {
+            listen,
+            bootstrap,
+            data_dir,
+        } => node(listen, bootstrap.bootstrap, &data_dir.resolve()?).await,
+        Command::Id { data_dir } => {
+            let key = kiln_node::identity::load_or_create(&data_dir.resolve()?)?;
+            println!("{}", kiln_node::identity::keypair(&key).public().to_peer_id());
+            Ok(())
+        }
+        Command::Publish { path, data_dir } => publish(&path, &data_dir.resolve()?).await,
+        Command::Fetch {
+            hash,
+            output,
+            bootstrap,
+            data_dir,
+        } => {
+            let hash: Hash = hash.parse()?;
+            fetch(hash, output, bootstrap.bootstrap, &data_dir.resolve()?).await
+        }
+        Command::Recipe {
+            command: RecipeCommand::Options { recipe },
+        } => recipe_options(&recipe),
+    }
+}
+
+async fn node(listen: Vec<Multiaddr>, bootstrap: Vec<Multiaddr>, data_dir: &Path) -> anyhow::Result<()> {
+    let options = NodeOptions {
+        data_dir: data_dir.to_path_buf(),
+        listen,
+        bootstrap,
+        relay_server: false,
+    };
+    kiln_node::run_node(options, |addr| println!("{addr}"), shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn publish(path: &Path, data_dir: &Path) -> anyhow::Result<()> {
+    let path = std::fs::canonicalize(path)
+        .with_context(|| format!("cannot publish {}: no such file or directory", path.display()))?;
+    match control::ask(data_dir, &ControlRequest::Publish { path: path.clone() }).await? {
+        Some(ControlReply::Published { hash, .. }) => println!("{hash}"),
+        Some(ControlReply::Error { message }) => bail!("the node could not publish {}: {message}", path.display()),
+        Some(other) => bail!("unexpected answer from the node: {other:?}"),
+        None => {
+            let store = kiln_store::Store::open(data_dir)?;
+            let (hash, _) = kiln_node::publish(&store, &path).await.map_err(anyhow::Error::msg)?;
+            println!("{hash}");
+            eprintln!("kiln: stored in {}; no node runs on this data dir, so nobody can fetch it yet: start `kiln node --data-dir {}` to serve it", data_dir.display(), data_dir.display());
+        }
+    }
+    Ok(())
+}
+
+async fn fetch(hash: Hash, output: Option<PathBuf>, bootstrap: Vec<Multiaddr>, data_dir: &Path) -> anyhow::Result<()> {
+    let output = output.map(|o| std::path::absolute(&o).unwrap_or(o));
+    match control::ask(
+        data_dir,
+        &ControlRequest::Fetch {
+            hash,
+            output: output.clone(),
+        },
+    )
+    .await?
+    {
+        Some(ControlReply::Fetched { .. }) => return Ok(()),
+        Some(ControlReply::Error { message }) => bail!("{message}"),
+        Some(other) => bail!("unexpected answer from the node: {other:?}"),
+        None => {}
+    }
+    if bootstrap.is_empty() {
+        bail!("no bootstrap peer to join the network through: pass --bootstrap MULTIADDR or set KILN_BOOTSTRAP");
+    }
+    let node = EphemeralNode::start(data_dir, bootstrap).await?;
+    let progress = Arc::new(progress::Bar::new(&hash));
+    let result = kiln_node::fetch_to(&node.net, &node.store, hash, output.as_deref(), progress.clone()).await;
+    progress.finish();
+    node.stop().await;
+    result?;
+    Ok(())
+}
+
+fn recipe_options(path: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read recipe {}: check the path", path.display()))?;
+    // Listing options needs no source: accept a `source.path` as it is.
+    let (recipe, _) = Recipe::from_toml_with_paths(&text, &mut |_| Ok(Hash::of(b"")))
+        .with_context(|| format!("recipe {} is not valid", path.display()))?;
+    println!("{} {}", recipe.name, recipe.version);
+    if recipe.options.is_empty() {
+        println!("  (no options)");
+    }
+    for (name, spec) in &recipe.options {
+        println!("  -o {name}=VALUE   {}", spec.help);
+        println!("      allowed: {}   default: {}", spec.values.join(", "), spec.default);
+    }
+    Ok(())
+}

@@ -1,1 +1,16 @@
-//! placeholder
+//! Kiln's node: the libp2p swarm and the roles a node plays (provider and
+//! fetcher of blobs for now; worker, coordinator and requester build on it).
+//!
+//! - [`net`]: the swarm's event loop and the client handle roles use.
+//! - [`blobs`]: serving and fetching blobs by verified ranges.
+//! - [`control`]: the data dir's control socket for `kiln` commands.
+//! - [`node`]: starting and stopping a node.
+
+pub mod archive;
+pub mod blobs;
+pub mod control;
+pub mod identity;
+pub mod net;
+pub mod node;
+
+pub use node::{fetch_to, publish, run_node, EphemeralNode, NodeError, NodeOptions};

@@ -438,7 +438,10 @@ fn check_name(field: &str, value: &str) -> Result<(), RecipeError> {
 
 fn parse_source(raw: RawSource) -> Result<Source, RecipeError> {
     if raw.path.is_some() {
-        return Err(field_error("source", "give `path` alone, without `blob`, `git` or `rev`"));
+        return Err(field_error(
+            "source",
+            "give `path` alone, without `blob`, `git` or `rev`",
+        ));
     }
     match (raw.blob, raw.git, raw.rev) {
         (Some(blob), None, None) => {

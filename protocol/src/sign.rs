@@ -95,9 +95,15 @@ impl<'de> Deserialize<'de> for Signature {
     }
 }
 
-/// A secret signing key. Not `Debug`, not `Serialize`: it never leaves the
-/// node except as the key file the store writes.
+/// A secret signing key. Not `Serialize`, and its `Debug` shows only the
+/// public half: it never leaves the node except as the key file.
 pub struct SecretKey(ed25519_dalek::SigningKey);
+
+impl fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretKey(public {})", self.public())
+    }
+}
 
 impl SecretKey {
     /// A key from 32 secret bytes (read from the key file, or fresh random).

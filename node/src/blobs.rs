@@ -1,0 +1,559 @@
+//! The blob stream protocol (`/kiln/blob/1`): serving ranges of the blobs a
+//! node holds, and fetching a blob from several providers at once, verifying
+//! every range against the blob's hash before it is written.
+//!
+//! A stream carries requests and answers in turn: the fetcher writes one
+//! request frame and then only reads until the answer is complete; the
+//! provider reads one request and then only writes. Neither side ever
+//! blocks writing while the other is writing (rust-libp2p#5410).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use kiln_protocol::messages::{decode_frame, encode_frame, BlobReply, BlobReplyV1, BlobRequest, FRAME_BYTES_MAX};
+use kiln_protocol::ranges::{self, RangeHash, RANGE_BYTES};
+use kiln_protocol::Hash;
+use kiln_store::Store;
+use libp2p::{PeerId, Stream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::{Notify, Semaphore};
+use tracing::{debug, info, warn};
+
+use crate::net::{NetClient, BLOB_PROTOCOL};
+
+/// Streams served at once; past this a fetcher is told to come back later.
+const SERVE_STREAMS_MAX: usize = 64;
+/// How long a provider waits for the next request on an open stream.
+const SERVE_IDLE_MS_MAX: u64 = 30_000;
+/// How long a fetcher waits for any answer or any piece of data.
+const FETCH_IO_MS_MAX: u64 = 15_000;
+/// Streams a fetcher opens to each provider.
+const STREAMS_PER_PROVIDER: usize = 4;
+/// Range-hash lists kept in memory by a provider.
+const RANGE_HASH_CACHE_MAX: usize = 64;
+/// Ranges written to the partial blob but not yet handed to the writer.
+const WRITES_QUEUED_MAX: usize = 16;
+
+/// Range hashes of blobs this node serves, computed once per blob.
+#[derive(Clone, Default)]
+pub struct RangeHashCache(Arc<Mutex<VecDeque<CachedRangeHashes>>>);
+
+type CachedRangeHashes = (Hash, Arc<Vec<RangeHash>>);
+
+impl RangeHashCache {
+    fn get(&self, hash: &Hash) -> Option<Arc<Vec<RangeHash>>> {
+        let cache = self.0.lock().ok()?;
+        cache.iter().find(|(h, _)| h == hash).map(|(_, v)| v.clone())
+    }
+
+    fn insert(&self, hash: Hash, value: Arc<Vec<RangeHash>>) {
+        if let Ok(mut cache) = self.0.lock() {
+            if cache.len() >= RANGE_HASH_CACHE_MAX {
+                cache.pop_front();
+            }
+            cache.push_back((hash, value));
+        }
+    }
+}
+
+/// Computes (or recalls) the range hashes of a stored blob.
+fn range_hashes(store: &Store, cache: &RangeHashCache, hash: &Hash) -> std::io::Result<Option<Arc<Vec<RangeHash>>>> {
+    if let Some(found) = cache.get(hash) {
+        return Ok(Some(found));
+    }
+    let Some(mut reader) = store.open_blob(hash).map_err(std::io::Error::other)? else {
+        return Ok(None);
+    };
+    let mut hasher = ranges::RangeHasher::new();
+    let mut buffer = vec![0u8; RANGE_BYTES as usize];
+    loop {
+        let n = std::io::Read::read(&mut reader, &mut buffer)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+    }
+    let (actual, list) = hasher.finish();
+    if actual != *hash {
+        warn!(blob = %hash, "stored blob does not match its hash; not serving it");
+        return Ok(None);
+    }
+    let list = Arc::new(list);
+    cache.insert(*hash, list.clone());
+    Ok(Some(list))
+}
+
+/// Serves blob ranges from `store` until the control stops accepting.
+pub async fn serve(net: NetClient, store: Store) {
+    let mut control = net.stream_control();
+    let mut incoming = match control.accept(BLOB_PROTOCOL) {
+        Ok(incoming) => incoming,
+        Err(e) => {
+            warn!(error = %e, "blob protocol already served");
+            return;
+        }
+    };
+    let permits = Arc::new(Semaphore::new(SERVE_STREAMS_MAX));
+    let cache = RangeHashCache::default();
+    while let Some((peer, stream)) = incoming.next().await {
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tokio::spawn(refuse_busy(stream));
+            continue;
+        };
+        let (store, cache) = (store.clone(), cache.clone());
+        tokio::spawn(async move {
+            if let Err(e) = serve_stream(stream, store, cache).await {
+                debug!(peer = %peer, error = %e, "blob stream ended");
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn refuse_busy(mut stream: Stream) {
+    if let Ok(frame) = encode_frame(&BlobReply::V1(BlobReplyV1::Busy { retry_after_ms: 200 })) {
+        let _ = stream.write_all(&frame).await;
+        let _ = stream.close().await;
+    }
+}
+
+/// Reads one frame, waiting at most `timeout_ms`. `Ok(None)`: clean end.
+async fn read_frame<T: serde::de::DeserializeOwned>(
+    stream: &mut Stream,
+    timeout_ms: u64,
+) -> std::io::Result<Option<T>> {
+    let mut header = [0u8; 4];
+    let read = tokio::time::timeout(Duration::from_millis(timeout_ms), stream.read(&mut header[..1])).await;
+    match read {
+        Err(_) => return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "peer went quiet")),
+        Ok(Ok(0)) => return Ok(None),
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Err(e),
+    }
+    let rest = async {
+        stream.read_exact(&mut header[1..]).await?;
+        let len = u32::from_le_bytes(header) as usize;
+        if len > FRAME_BYTES_MAX {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("frame of {len} bytes"),
+            ));
+        }
+        let mut frame = header.to_vec();
+        frame.resize(4 + len, 0);
+        stream.read_exact(&mut frame[4..]).await?;
+        match decode_frame::<T>(&frame) {
+            Ok(Some((value, _))) => Ok(Some(value)),
+            Ok(None) => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "short frame")),
+            Err(e) => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())),
+        }
+    };
+    tokio::time::timeout(Duration::from_millis(FETCH_IO_MS_MAX), rest)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "frame arrived too slowly"))?
+}
+
+async fn write_reply(stream: &mut Stream, reply: BlobReplyV1) -> std::io::Result<()> {
+    let frame = encode_frame(&BlobReply::V1(reply)).map_err(std::io::Error::other)?;
+    stream.write_all(&frame).await
+}
+
+async fn serve_stream(mut stream: Stream, store: Store, cache: RangeHashCache) -> std::io::Result<()> {
+    while let Some(request) = read_frame::<BlobRequest>(&mut stream, SERVE_IDLE_MS_MAX).await? {
+        match request {
+            BlobRequest::RangeHashesV1 { hash } => {
+                let (store, cache2) = (store.clone(), cache.clone());
+                let found = tokio::task::spawn_blocking(move || {
+                    let list = range_hashes(&store, &cache2, &hash)?;
+                    Ok::<_, std::io::Error>(list.map(|l| (store.size(&hash).unwrap_or(0), l)))
+                })
+                .await
+                .map_err(std::io::Error::other)??;
+                let Some((blob_bytes, list)) = found else {
+                    write_reply(&mut stream, BlobReplyV1::NotFound).await?;
+                    continue;
+                };
+                write_reply(
+                    &mut stream,
+                    BlobReplyV1::RangeHashes {
+                        blob_bytes,
+                        count: list.len() as u64,
+                    },
+                )
+                .await?;
+                stream.write_all(&list.concat()).await?;
+            }
+            BlobRequest::V1 { hash, offset, length } => serve_range(&mut stream, &store, hash, offset, length).await?,
+        }
+        stream.flush().await?;
+    }
+    Ok(())
+}
+
+async fn serve_range(stream: &mut Stream, store: &Store, hash: Hash, offset: u64, length: u64) -> std::io::Result<()> {
+    let Some(blob_bytes) = store.size(&hash) else {
+        return write_reply(stream, BlobReplyV1::NotFound).await;
+    };
+    let in_bounds = offset.checked_add(length).is_some_and(|end| end <= blob_bytes);
+    if !in_bounds || length > kiln_protocol::messages::RANGE_BYTES_MAX {
+        return write_reply(stream, BlobReplyV1::BadRange { blob_bytes }).await;
+    }
+    let store = store.clone();
+    let data = tokio::task::spawn_blocking(move || store.read_range(&hash, offset, length))
+        .await
+        .map_err(std::io::Error::other)?;
+    match data {
+        Ok(data) => {
+            write_reply(stream, BlobReplyV1::Data { blob_bytes, length }).await?;
+            stream.write_all(&data).await
+        }
+        Err(e) => {
+            warn!(blob = %hash, error = %e, "cannot read a served blob");
+            write_reply(stream, BlobReplyV1::NotFound).await
+        }
+    }
+}
+
+/// Why a fetch failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("no peer in the network holds {0} (no provider found in the DHT within 20 s); check the hash, or publish it first with `kiln publish`")]
+    NoProviders(Hash),
+    #[error("every provider of {hash} failed ({reasons}); try again later")]
+    AllProvidersFailed { hash: Hash, reasons: String },
+    #[error("network: {0}")]
+    Net(#[from] crate::net::NetError),
+    #[error("store: {0}")]
+    Store(#[from] kiln_store::StoreError),
+    #[error("the download writer stopped: {0}")]
+    Writer(String),
+}
+
+/// What went wrong with one provider: missing data is normal, lying is not.
+#[derive(Debug)]
+enum ProviderFault {
+    Missing(String),
+    Lying(String),
+}
+
+/// Where a download stands, for progress bars.
+pub trait Progress: Send + Sync {
+    fn start(&self, total_bytes: u64, done_bytes: u64);
+    fn advance(&self, bytes: u64);
+}
+
+/// Fetches `hash` into `store` from whichever providers the DHT knows,
+/// resuming what an earlier interrupted fetch left behind. Returns the
+/// blob's size.
+pub async fn fetch(net: &NetClient, store: &Store, hash: Hash, progress: Arc<dyn Progress>) -> Result<u64, FetchError> {
+    if let Some(size) = store.size(&hash) {
+        progress.start(size, size);
+        return Ok(size);
+    }
+    let providers = net.providers(hash).await?;
+    if providers.is_empty() {
+        return Err(FetchError::NoProviders(hash));
+    }
+    info!(blob = %hash, providers = providers.len(), "fetching");
+    let mut faults: HashMap<PeerId, ProviderFault> = HashMap::new();
+    let (blob_bytes, list) = outline(net, &providers, hash, &mut faults)
+        .await
+        .ok_or_else(|| all_failed(hash, &faults))?;
+    let good: Vec<PeerId> = providers.iter().copied().filter(|p| !faults.contains_key(p)).collect();
+    let partial = store.begin_partial(&hash, blob_bytes)?;
+    let missing = missing_range_indexes(&partial.missing_ranges(), blob_bytes);
+    let missing_bytes: u64 = missing.iter().map(|i| ranges::range_len(blob_bytes, *i)).sum();
+    progress.start(blob_bytes, blob_bytes - missing_bytes);
+    let plan = Arc::new(Plan {
+        hash,
+        blob_bytes,
+        list,
+        queue: Mutex::new(missing.into()),
+        in_flight: AtomicU64::new(0),
+        changed: Notify::new(),
+        faults: Mutex::new(faults),
+        progress,
+    });
+    let (writes, write_rx) = tokio::sync::mpsc::channel::<(u64, Vec<u8>)>(WRITES_QUEUED_MAX);
+    let writer = tokio::task::spawn_blocking(move || write_ranges(partial, write_rx));
+    let mut tasks = Vec::new();
+    for peer in good {
+        for _ in 0..STREAMS_PER_PROVIDER {
+            let (net, plan, writes) = (net.clone(), plan.clone(), writes.clone());
+            tasks.push(tokio::spawn(download_from(net, peer, plan, writes)));
+        }
+    }
+    drop(writes);
+    for task in tasks {
+        let _ = task.await;
+    }
+    let complete = writer.await.map_err(|e| FetchError::Writer(e.to_string()))??;
+    if !complete {
+        let reasons = plan.faults.lock().map(|f| describe(&f)).unwrap_or_default();
+        return Err(FetchError::AllProvidersFailed { hash, reasons });
+    }
+    Ok(blob_bytes)
+}
+
+fn missing_range_indexes(missing: &[std::ops::Range<u64>], blob_bytes: u64) -> Vec<u64> {
+    (0..ranges::range_count(blob_bytes))
+        .filter(|i| {
+            let start = i * RANGE_BYTES;
+            let end = start + ranges::range_len(blob_bytes, *i);
+            missing.iter().any(|m| m.start < end.max(start + 1) && m.end > start)
+        })
+        .collect()
+}
+
+fn write_ranges(
+    mut partial: kiln_store::PartialBlob,
+    mut writes: tokio::sync::mpsc::Receiver<(u64, Vec<u8>)>,
+) -> Result<bool, kiln_store::StoreError> {
+    while let Some((offset, bytes)) = writes.blocking_recv() {
+        partial.write_at(offset, &bytes)?;
+    }
+    if !partial.is_complete() {
+        partial.flush()?;
+        return Ok(false);
+    }
+    partial.finish()?;
+    Ok(true)
+}
+
+/// The ranges still to fetch, shared by every download task.
+struct Plan {
+    hash: Hash,
+    blob_bytes: u64,
+    list: Vec<RangeHash>,
+    queue: Mutex<VecDeque<u64>>,
+    /// Ranges taken from the queue and not yet written or given back.
+    in_flight: AtomicU64,
+    changed: Notify,
+    faults: Mutex<HashMap<PeerId, ProviderFault>>,
+    progress: Arc<dyn Progress>,
+}
+
+impl Plan {
+    /// The next range to fetch; waits while other tasks hold ranges they
+    /// may still give back. `None` when every range is done.
+    async fn next(&self) -> Option<u64> {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if let Some(index) = self.queue.lock().ok()?.pop_front() {
+                self.in_flight.fetch_add(1, Ordering::SeqCst);
+                return Some(index);
+            }
+            if self.in_flight.load(Ordering::SeqCst) == 0 {
+                return None;
+            }
+            changed.await;
+        }
+    }
+
+    fn done(&self, index: u64) {
+        self.progress.advance(ranges::range_len(self.blob_bytes, index));
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+
+    fn give_back(&self, index: u64) {
+        if let Ok(mut queue) = self.queue.lock() {
+            queue.push_front(index);
+        }
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+
+    fn is_faulty(&self, peer: &PeerId) -> bool {
+        self.faults.lock().map(|f| f.contains_key(peer)).unwrap_or(true)
+    }
+
+    fn blame(&self, peer: PeerId, fault: ProviderFault) {
+        match &fault {
+            ProviderFault::Lying(why) => {
+                warn!(peer = %peer, blob = %self.hash, why, "provider sent bytes that do not match the hash; dropping it")
+            }
+            ProviderFault::Missing(why) => {
+                info!(peer = %peer, blob = %self.hash, why, "provider failed; using the others")
+            }
+        }
+        if let Ok(mut faults) = self.faults.lock() {
+            faults.entry(peer).or_insert(fault);
+        }
+    }
+
+    fn check(&self, index: u64, data: &[u8]) -> bool {
+        if ranges::has_range_hashes(self.blob_bytes) {
+            ranges::range_hash(index, data).as_ref() == self.list.get(index as usize)
+        } else {
+            Hash::of(data) == self.hash
+        }
+    }
+}
+
+/// Downloads ranges from one provider over one stream until the queue is
+/// empty or the provider fails. Returns the bytes it fetched.
+async fn download_from(
+    net: NetClient,
+    peer: PeerId,
+    plan: Arc<Plan>,
+    writes: tokio::sync::mpsc::Sender<(u64, Vec<u8>)>,
+) -> u64 {
+    let mut control = net.stream_control();
+    let mut stream = match tokio::time::timeout(
+        Duration::from_millis(FETCH_IO_MS_MAX),
+        control.open_stream(peer, BLOB_PROTOCOL),
+    )
+    .await
+    {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            plan.blame(peer, ProviderFault::Missing(format!("cannot open a stream: {e}")));
+            return 0;
+        }
+        Err(_) => {
+            plan.blame(peer, ProviderFault::Missing("timed out opening a stream".into()));
+            return 0;
+        }
+    };
+    let mut fetched = 0;
+    while !plan.is_faulty(&peer) {
+        let Some(index) = plan.next().await else { break };
+        let offset = index * RANGE_BYTES;
+        let length = ranges::range_len(plan.blob_bytes, index);
+        match request_range(&mut stream, plan.hash, offset, length).await {
+            Ok(data) if plan.check(index, &data) => {
+                fetched += data.len() as u64;
+                let sent = writes.send((offset, data)).await;
+                plan.done(index);
+                if sent.is_err() {
+                    break;
+                }
+            }
+            Ok(_) => {
+                plan.give_back(index);
+                plan.blame(
+                    peer,
+                    ProviderFault::Lying(format!("range {index} does not match its hash")),
+                );
+            }
+            Err(fault) => {
+                plan.give_back(index);
+                plan.blame(peer, fault);
+            }
+        }
+    }
+    let _ = stream.close().await;
+    fetched
+}
+
+async fn request_range(stream: &mut Stream, hash: Hash, offset: u64, length: u64) -> Result<Vec<u8>, ProviderFault> {
+    let io = |e: std::io::Error| ProviderFault::Missing(e.to_string());
+    let frame =
+        encode_frame(&BlobRequest::V1 { hash, offset, length }).map_err(|e| ProviderFault::Missing(e.to_string()))?;
+    stream.write_all(&frame).await.map_err(io)?;
+    stream.flush().await.map_err(io)?;
+    match read_frame::<BlobReply>(stream, FETCH_IO_MS_MAX).await.map_err(io)? {
+        Some(BlobReply::V1(BlobReplyV1::Data { length: sent, .. })) if sent == length => {
+            let mut data = vec![0u8; length as usize];
+            tokio::time::timeout(Duration::from_millis(FETCH_IO_MS_MAX), stream.read_exact(&mut data))
+                .await
+                .map_err(|_| ProviderFault::Missing("data arrived too slowly".into()))?
+                .map_err(io)?;
+            Ok(data)
+        }
+        Some(BlobReply::V1(BlobReplyV1::Data { length: sent, .. })) => Err(ProviderFault::Lying(format!(
+            "sent {sent} bytes for a range of {length}"
+        ))),
+        Some(BlobReply::V1(BlobReplyV1::NotFound)) => Err(ProviderFault::Missing("does not hold the blob".into())),
+        Some(other) => Err(ProviderFault::Missing(format!("answered {other:?}"))),
+        None => Err(ProviderFault::Missing("closed the stream".into())),
+    }
+}
+
+/// Asks providers in turn for the blob's size and range hashes, until one
+/// gives a list that merges into the hash.
+async fn outline(
+    net: &NetClient,
+    providers: &[PeerId],
+    hash: Hash,
+    faults: &mut HashMap<PeerId, ProviderFault>,
+) -> Option<(u64, Vec<RangeHash>)> {
+    for peer in providers {
+        match ask_outline(net, *peer, hash).await {
+            Ok(found) => return Some(found),
+            Err(fault) => {
+                debug!(peer = %peer, fault = ?fault, "no outline from provider");
+                faults.insert(*peer, fault);
+            }
+        }
+    }
+    None
+}
+
+async fn ask_outline(net: &NetClient, peer: PeerId, hash: Hash) -> Result<(u64, Vec<RangeHash>), ProviderFault> {
+    let mut control = net.stream_control();
+    let mut stream = tokio::time::timeout(
+        Duration::from_millis(FETCH_IO_MS_MAX),
+        control.open_stream(peer, BLOB_PROTOCOL),
+    )
+    .await
+    .map_err(|_| ProviderFault::Missing("timed out opening a stream".into()))?
+    .map_err(|e| ProviderFault::Missing(format!("cannot open a stream: {e}")))?;
+    let io = |e: std::io::Error| ProviderFault::Missing(e.to_string());
+    let frame =
+        encode_frame(&BlobRequest::RangeHashesV1 { hash }).map_err(|e| ProviderFault::Missing(e.to_string()))?;
+    stream.write_all(&frame).await.map_err(io)?;
+    stream.flush().await.map_err(io)?;
+    let reply = read_frame::<BlobReply>(&mut stream, FETCH_IO_MS_MAX)
+        .await
+        .map_err(io)?;
+    let Some(BlobReply::V1(BlobReplyV1::RangeHashes { blob_bytes, count })) = reply else {
+        return Err(ProviderFault::Missing(format!("answered {reply:?}")));
+    };
+    let expected = if ranges::has_range_hashes(blob_bytes) {
+        ranges::range_count(blob_bytes)
+    } else {
+        0
+    };
+    if count != expected {
+        return Err(ProviderFault::Lying(format!(
+            "{count} range hashes for a blob of {blob_bytes} bytes"
+        )));
+    }
+    let mut bytes = vec![0u8; count as usize * 32];
+    stream.read_exact(&mut bytes).await.map_err(io)?;
+    let list: Vec<RangeHash> = bytes
+        .chunks_exact(32)
+        .map(|c| c.try_into().unwrap_or([0; 32]))
+        .collect();
+    if ranges::has_range_hashes(blob_bytes) && ranges::root_from_range_hashes(&list, blob_bytes) != Some(hash) {
+        return Err(ProviderFault::Lying(
+            "range hashes do not merge into the blob hash".into(),
+        ));
+    }
+    let _ = stream.close().await;
+    Ok((blob_bytes, list))
+}
+
+fn describe(faults: &HashMap<PeerId, ProviderFault>) -> String {
+    faults
+        .iter()
+        .map(|(peer, fault)| match fault {
+            ProviderFault::Missing(why) => format!("{peer}: {why}"),
+            ProviderFault::Lying(why) => format!("{peer}: sent corrupt data ({why})"),
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn all_failed(hash: Hash, faults: &HashMap<PeerId, ProviderFault>) -> FetchError {
+    FetchError::AllProvidersFailed {
+        hash,
+        reasons: describe(faults),
+    }
+}

@@ -1,0 +1,137 @@
+//! The control socket: how `kiln` commands reach a node running on the same
+//! data dir. The store's index can be open in one process only, so while a
+//! node runs, `kiln publish` and `kiln fetch` hand their work to it through
+//! `DATA_DIR/node.sock` (a Unix socket, reachable only by users who can
+//! reach the data dir). Each connection carries one JSON request line and
+//! gets one JSON answer line.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use kiln_protocol::Hash;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
+use tracing::{debug, warn};
+
+/// The socket's name inside the data dir.
+pub const SOCKET_FILE: &str = "node.sock";
+/// Longest request or answer line.
+const CONTROL_LINE_BYTES_MAX: usize = 64 * 1024;
+/// Control connections served at once.
+const CONTROL_CONNECTIONS_MAX: usize = 16;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ControlRequest {
+    /// Store a file or a directory (packed) and announce it.
+    Publish { path: PathBuf },
+    /// Fetch a blob into the node's store and copy it to `output`.
+    Fetch { hash: Hash, output: Option<PathBuf> },
+    /// The node's peer id and full listen addresses.
+    Info,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ControlReply {
+    Published { hash: Hash, bytes: u64 },
+    Fetched { hash: Hash, bytes: u64 },
+    Info { peer_id: String, addresses: Vec<String> },
+    Error { message: String },
+}
+
+/// What the node does for a control request.
+pub trait ControlHandler: Send + Sync + 'static {
+    fn handle(&self, request: ControlRequest) -> impl std::future::Future<Output = ControlReply> + Send;
+}
+
+pub fn socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(SOCKET_FILE)
+}
+
+/// Binds the socket, replacing a stale one left by a node that died.
+pub fn bind(data_dir: &Path) -> std::io::Result<UnixListener> {
+    let path = socket_path(data_dir);
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("a node is already running on this data dir ({})", path.display()),
+            ));
+        }
+        std::fs::remove_file(&path)?;
+    }
+    UnixListener::bind(&path)
+}
+
+/// Serves control connections until the listener fails.
+pub async fn serve<H: ControlHandler>(listener: UnixListener, handler: Arc<H>) {
+    let permits = Arc::new(Semaphore::new(CONTROL_CONNECTIONS_MAX));
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let (stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                warn!(error = %e, "control socket stopped accepting");
+                return;
+            }
+        };
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            if let Err(e) = serve_one(stream, handler).await {
+                debug!(error = %e, "control connection ended");
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_one<H: ControlHandler>(stream: UnixStream, handler: Arc<H>) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    let mut reader = BufReader::new(read).take(CONTROL_LINE_BYTES_MAX as u64);
+    reader.read_line(&mut line).await?;
+    let reply = match serde_json::from_str::<ControlRequest>(&line) {
+        Ok(request) => handler.handle(request).await,
+        Err(e) => ControlReply::Error {
+            message: format!("bad control request: {e}"),
+        },
+    };
+    let mut out = serde_json::to_vec(&reply).map_err(std::io::Error::other)?;
+    out.push(b'\n');
+    write.write_all(&out).await
+}
+
+/// Sends one request to the node on `data_dir`. `Ok(None)`: no node runs
+/// there.
+pub async fn ask(data_dir: &Path, request: &ControlRequest) -> std::io::Result<Option<ControlReply>> {
+    let stream = match UnixStream::connect(socket_path(data_dir)).await {
+        Ok(stream) => stream,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None)
+        }
+        Err(e) => return Err(e),
+    };
+    let (read, mut write) = stream.into_split();
+    let mut line = serde_json::to_vec(request).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    write.write_all(&line).await?;
+    let mut answer = String::new();
+    BufReader::new(read)
+        .take(CONTROL_LINE_BYTES_MAX as u64)
+        .read_line(&mut answer)
+        .await?;
+    serde_json::from_str(&answer).map(Some).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("bad answer from the node: {e}"),
+        )
+    })
+}

@@ -1,0 +1,558 @@
+//! The swarm and its event loop. One task owns the `Swarm`; everything else
+//! holds a cheap [`NetClient`] and talks to the loop over a bounded command
+//! channel, each command carrying a oneshot for its answer (the shape of
+//! rust-libp2p's `examples/file-sharing`).
+//!
+//! Every node runs identify, ping, Kademlia (server mode, `/kiln/kad/1.0.0`),
+//! gossipsub with message validation, and the blob stream protocol; a
+//! bootstrap peer also runs a relay server. Bootstrap peers are redialled
+//! when they go away, and provider records are announced again when a
+//! bootstrap peer comes back (it may have lost them).
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use futures::StreamExt;
+use kiln_protocol::messages::{decode_gossip, topics, Gossip, GossipError};
+use kiln_protocol::{Hash, SecretKey};
+use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
+use libp2p::kad::{self, store::MemoryStore, QueryId, QueryResult, RecordKey};
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{identify, noise, ping, relay, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::identity;
+
+pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/kiln/kad/1.0.0");
+pub const BLOB_PROTOCOL: StreamProtocol = StreamProtocol::new("/kiln/blob/1");
+const IDENTIFY_PROTOCOL: &str = "/kiln/id/1.0.0";
+
+/// Commands waiting for the event loop.
+const COMMANDS_MAX: usize = 256;
+/// Events waiting for the roles; past this, gossip is dropped (and logged).
+const EVENTS_MAX: usize = 1024;
+/// Most provider lookups in flight at once.
+const PROVIDER_QUERIES_MAX: usize = 64;
+/// How long a provider lookup may take.
+const PROVIDERS_QUERY_MS_MAX: u64 = 20_000;
+/// Invalid gossip messages tolerated from one peer before it is blacklisted.
+const INVALID_GOSSIP_MAX: u32 = 8;
+/// Keys this node may announce as a provider.
+const PROVIDED_KEYS_MAX: usize = 1_000_000;
+/// How often missing bootstrap connections are redialled.
+const REDIAL_MS: u64 = 2_000;
+
+/// Why a network operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("the network task has stopped")]
+    Stopped,
+    #[error("cannot listen on {addr}: {reason}; pick another address or port")]
+    Listen { addr: Multiaddr, reason: String },
+    #[error("cannot set up the network transport: {0}")]
+    Transport(String),
+    #[error("{0:?} is not a usable bootstrap address: it must end in /p2p/PEER_ID (as printed by `kiln-bootstrap`)")]
+    BootstrapAddress(Multiaddr),
+    #[error("too many lookups in flight; try again")]
+    Busy,
+    #[error("cannot publish gossip: {0}")]
+    Publish(String),
+    #[error("cannot announce as a provider: {0}")]
+    Provide(String),
+}
+
+/// What the network tells the roles.
+#[derive(Debug)]
+pub enum NetEvent {
+    /// A full listen address, `/ip4/.../tcp/.../p2p/PEER_ID`.
+    Listening(Multiaddr),
+    /// A valid, signed gossip message.
+    Gossip {
+        topic: String,
+        from: PeerId,
+        message: Box<Gossip>,
+    },
+    PeerConnected(PeerId),
+    PeerDisconnected(PeerId),
+}
+
+/// How to start the network.
+pub struct NetConfig {
+    pub key: SecretKey,
+    pub listen: Vec<Multiaddr>,
+    pub bootstrap: Vec<Multiaddr>,
+    /// Run a relay server (bootstrap peers do).
+    pub relay_server: bool,
+    /// Answer DHT queries (long-lived nodes); an ephemeral client doesn't.
+    pub dht_server: bool,
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    kad: kad::Behaviour<MemoryStore>,
+    gossipsub: gossipsub::Behaviour,
+    relay: Toggle<relay::Behaviour>,
+    stream: libp2p_stream::Behaviour,
+}
+
+enum Command {
+    Provide {
+        hash: Hash,
+        reply: oneshot::Sender<Result<(), NetError>>,
+    },
+    Providers {
+        hash: Hash,
+        reply: oneshot::Sender<Result<Vec<PeerId>, NetError>>,
+    },
+    Publish {
+        topic: &'static str,
+        bytes: Vec<u8>,
+        reply: oneshot::Sender<Result<(), NetError>>,
+    },
+    ConnectedPeers {
+        reply: oneshot::Sender<Vec<PeerId>>,
+    },
+}
+
+/// A cheap handle to the network.
+#[derive(Clone)]
+pub struct NetClient {
+    commands: mpsc::Sender<Command>,
+    stream: libp2p_stream::Control,
+    peer_id: PeerId,
+}
+
+impl NetClient {
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// A handle for opening and accepting streams.
+    pub fn stream_control(&self) -> libp2p_stream::Control {
+        self.stream.clone()
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, NetError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(make(reply)).await.map_err(|_| NetError::Stopped)?;
+        answer.await.map_err(|_| NetError::Stopped)
+    }
+
+    /// Announces in the DHT that this node holds `hash`.
+    pub async fn provide(&self, hash: Hash) -> Result<(), NetError> {
+        self.ask(|reply| Command::Provide { hash, reply }).await?
+    }
+
+    /// Finds the peers that announced `hash` (not this node), dialling them.
+    pub async fn providers(&self, hash: Hash) -> Result<Vec<PeerId>, NetError> {
+        self.ask(|reply| Command::Providers { hash, reply }).await?
+    }
+
+    /// Publishes already signed and encoded gossip on `topic`.
+    pub async fn publish(&self, topic: &'static str, bytes: Vec<u8>) -> Result<(), NetError> {
+        self.ask(|reply| Command::Publish { topic, bytes, reply }).await?
+    }
+
+    pub async fn connected_peers(&self) -> Result<Vec<PeerId>, NetError> {
+        self.ask(|reply| Command::ConnectedPeers { reply }).await
+    }
+}
+
+/// Starts listening and dialling; returns the client, the event stream and
+/// the loop, which the caller spawns.
+pub fn start(config: NetConfig) -> Result<(NetClient, mpsc::Receiver<NetEvent>, EventLoop), NetError> {
+    let keypair = identity::keypair(&config.key);
+    let peer_id = keypair.public().to_peer_id();
+    let mut swarm = build_swarm(keypair, &config)?;
+    for addr in &config.listen {
+        swarm.listen_on(addr.clone()).map_err(|e| NetError::Listen {
+            addr: addr.clone(),
+            reason: e.to_string(),
+        })?;
+    }
+    let mut bootstrap = Vec::new();
+    for addr in &config.bootstrap {
+        let Some(Protocol::P2p(peer)) = addr.iter().last() else {
+            return Err(NetError::BootstrapAddress(addr.clone()));
+        };
+        if peer == peer_id {
+            continue;
+        }
+        swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+        bootstrap.push((peer, addr.clone()));
+    }
+    for topic in [topics::JOBS, topics::WORKERS, topics::COORDINATOR, topics::RESULTS] {
+        // Subscribing only fails when the topic is filtered out, which we never do.
+        let _ = swarm.behaviour_mut().gossipsub.subscribe(&IdentTopic::new(topic));
+    }
+    let (commands_tx, commands_rx) = mpsc::channel(COMMANDS_MAX);
+    let (events_tx, events_rx) = mpsc::channel(EVENTS_MAX);
+    let stream = swarm.behaviour().stream.new_control();
+    let event_loop = EventLoop {
+        swarm,
+        commands: commands_rx,
+        events: events_tx,
+        bootstrap,
+        bootstrap_seen: HashSet::new(),
+        provided: HashSet::new(),
+        provider_queries: HashMap::new(),
+        provide_queries: HashMap::new(),
+        invalid_gossip: HashMap::new(),
+    };
+    Ok((
+        NetClient {
+            commands: commands_tx,
+            stream,
+            peer_id,
+        },
+        events_rx,
+        event_loop,
+    ))
+}
+
+fn build_swarm(keypair: libp2p::identity::Keypair, config: &NetConfig) -> Result<Swarm<Behaviour>, NetError> {
+    let relay_server = config.relay_server;
+    let dht_server = config.dht_server;
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| NetError::Transport(e.to_string()))?
+        .with_behaviour(|key| behaviour(key, relay_server, dht_server))
+        .map_err(|e| NetError::Transport(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+        .build();
+    Ok(swarm)
+}
+
+fn behaviour(
+    key: &libp2p::identity::Keypair,
+    relay_server: bool,
+    dht_server: bool,
+) -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+    let peer_id = key.public().to_peer_id();
+    let mut kad_config = kad::Config::new(KAD_PROTOCOL);
+    kad_config.set_query_timeout(Duration::from_millis(PROVIDERS_QUERY_MS_MAX));
+    kad_config.set_provider_publication_interval(Some(Duration::from_secs(3600)));
+    let store_config = kad::store::MemoryStoreConfig {
+        max_provided_keys: PROVIDED_KEYS_MAX,
+        max_records: 65_536,
+        max_providers_per_key: 32,
+        ..Default::default()
+    };
+    let mut kad = kad::Behaviour::with_config(peer_id, MemoryStore::with_config(peer_id, store_config), kad_config);
+    kad.set_mode(Some(if dht_server {
+        kad::Mode::Server
+    } else {
+        kad::Mode::Client
+    }));
+
+    let gossip_config = gossipsub::ConfigBuilder::default()
+        .heartbeat_interval(Duration::from_millis(500))
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        .validate_messages()
+        .max_transmit_size(kiln_protocol::messages::GOSSIP_BYTES_MAX + 1024)
+        .build()?;
+    let gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gossip_config)?;
+
+    Ok(Behaviour {
+        identify: identify::Behaviour::new(identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())),
+        ping: ping::Behaviour::default(),
+        kad,
+        gossipsub,
+        relay: Toggle::from(relay_server.then(|| relay::Behaviour::new(peer_id, relay::Config::default()))),
+        stream: libp2p_stream::Behaviour::new(),
+    })
+}
+
+struct ProviderQuery {
+    reply: oneshot::Sender<Result<Vec<PeerId>, NetError>>,
+    found: Vec<PeerId>,
+    deadline: Instant,
+}
+
+/// The task that owns the swarm.
+pub struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<NetEvent>,
+    bootstrap: Vec<(PeerId, Multiaddr)>,
+    /// Bootstrap peers we have been connected to at least once.
+    bootstrap_seen: HashSet<PeerId>,
+    provided: HashSet<Hash>,
+    provider_queries: HashMap<QueryId, ProviderQuery>,
+    provide_queries: HashMap<QueryId, oneshot::Sender<Result<(), NetError>>>,
+    invalid_gossip: HashMap<PeerId, u32>,
+}
+
+impl EventLoop {
+    /// Runs until every [`NetClient`] is dropped or `shutdown` resolves.
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        self.dial_bootstrap();
+        let mut redial = tokio::time::interval(Duration::from_millis(REDIAL_MS));
+        loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                command = self.commands.recv() => match command {
+                    Some(command) => self.on_command(command),
+                    None => break,
+                },
+                _ = redial.tick() => {
+                    self.dial_bootstrap();
+                    self.expire_queries();
+                }
+                () = &mut shutdown => break,
+            }
+        }
+        debug!("network loop stopped");
+    }
+
+    fn dial_bootstrap(&mut self) {
+        for (peer, addr) in &self.bootstrap {
+            if self.swarm.is_connected(peer) {
+                continue;
+            }
+            let opts = DialOpts::peer_id(*peer)
+                .addresses(vec![addr.clone()])
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            if let Err(e) = self.swarm.dial(opts) {
+                debug!(peer = %peer, error = %e, "bootstrap dial not started");
+            }
+        }
+        if !self.bootstrap.is_empty() {
+            let _ = self.swarm.behaviour_mut().kad.bootstrap();
+        }
+    }
+
+    fn expire_queries(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<QueryId> = self
+            .provider_queries
+            .iter()
+            .filter(|(_, q)| q.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some(query) = self.provider_queries.remove(&id) {
+                let _ = query.reply.send(Ok(query.found));
+            }
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Provide { hash, reply } => {
+                self.provided.insert(hash);
+                match self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .start_providing(RecordKey::new(&hash.multihash()))
+                {
+                    Ok(id) => {
+                        self.provide_queries.insert(id, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(NetError::Provide(e.to_string())));
+                    }
+                }
+            }
+            Command::Providers { hash, reply } => {
+                if self.provider_queries.len() >= PROVIDER_QUERIES_MAX {
+                    let _ = reply.send(Err(NetError::Busy));
+                    return;
+                }
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .get_providers(RecordKey::new(&hash.multihash()));
+                let deadline = Instant::now() + Duration::from_millis(PROVIDERS_QUERY_MS_MAX);
+                self.provider_queries.insert(
+                    id,
+                    ProviderQuery {
+                        reply,
+                        found: Vec::new(),
+                        deadline,
+                    },
+                );
+            }
+            Command::Publish { topic, bytes, reply } => {
+                let result = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .publish(IdentTopic::new(topic), bytes);
+                let _ = reply.send(result.map(|_| ()).map_err(|e| NetError::Publish(e.to_string())));
+            }
+            Command::ConnectedPeers { reply } => {
+                let _ = reply.send(self.swarm.connected_peers().copied().collect());
+            }
+        }
+    }
+
+    fn emit(&mut self, event: NetEvent) {
+        if let Err(e) = self.events.try_send(event) {
+            warn!(error = %e, "network event dropped: the roles are not keeping up");
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                let full = address.with_p2p(*self.swarm.local_peer_id()).unwrap_or_else(|a| a);
+                info!(address = %full, "listening");
+                self.emit(NetEvent::Listening(full));
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                num_established,
+                ..
+            } => {
+                if num_established.get() == 1 {
+                    self.on_connected(peer_id);
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                self.emit(NetEvent::PeerDisconnected(peer_id));
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+                for addr in info.listen_addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.on_kad_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            })) => self.on_gossip(propagation_source, message_id, message),
+            other => debug!(event = ?other, "swarm event"),
+        }
+    }
+
+    fn on_connected(&mut self, peer: PeerId) {
+        let is_bootstrap = self.bootstrap.iter().any(|(p, _)| *p == peer);
+        if is_bootstrap && !self.bootstrap_seen.insert(peer) {
+            // A bootstrap peer came back: it may have restarted and lost the
+            // provider records it held for us.
+            info!(peer = %peer, provided = self.provided.len(), "bootstrap peer back; announcing provided blobs again");
+            let keys: Vec<Hash> = self.provided.iter().copied().collect();
+            for hash in keys {
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .start_providing(RecordKey::new(&hash.multihash()));
+            }
+        }
+        self.emit(NetEvent::PeerConnected(peer));
+    }
+
+    fn on_kad_event(&mut self, event: kad::Event) {
+        let kad::Event::OutboundQueryProgressed { id, result, step, .. } = event else {
+            return;
+        };
+        match result {
+            QueryResult::StartProviding(result) => {
+                if let Some(reply) = self.provide_queries.remove(&id) {
+                    // With no peer to store the record on yet, the record is
+                    // still kept locally and served to whoever asks.
+                    if let Err(e) = &result {
+                        debug!(error = ?e, "provider announcement reached no peer yet");
+                    }
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders { providers, .. })) => {
+                let me = *self.swarm.local_peer_id();
+                let Some(query) = self.provider_queries.get_mut(&id) else {
+                    return;
+                };
+                for peer in providers.into_iter().filter(|p| *p != me) {
+                    if !query.found.contains(&peer) {
+                        query.found.push(peer);
+                        // Dial now, while the query still knows the address.
+                        let opts = DialOpts::peer_id(peer)
+                            .condition(PeerCondition::DisconnectedAndNotDialing)
+                            .build();
+                        let _ = self.swarm.dial(opts);
+                    }
+                }
+                if step.last {
+                    self.finish_provider_query(id);
+                }
+            }
+            QueryResult::GetProviders(_) if step.last => self.finish_provider_query(id),
+            _ => {}
+        }
+    }
+
+    fn finish_provider_query(&mut self, id: QueryId) {
+        if let Some(query) = self.provider_queries.remove(&id) {
+            let _ = query.reply.send(Ok(query.found));
+        }
+    }
+
+    fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
+        let verdict = check_gossip_message(&message);
+        let acceptance = match &verdict {
+            Ok(_) => MessageAcceptance::Accept,
+            Err(_) => MessageAcceptance::Reject,
+        };
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(&id, &source, acceptance);
+        match verdict {
+            Ok(gossip) => {
+                let from = message.source.unwrap_or(source);
+                self.emit(NetEvent::Gossip {
+                    topic: message.topic.into_string(),
+                    from,
+                    message: Box::new(gossip),
+                });
+            }
+            Err(e) => {
+                let count = self.invalid_gossip.entry(source).or_insert(0);
+                *count += 1;
+                warn!(peer = %source, error = %e, invalid = *count, "gossip rejected");
+                if *count >= INVALID_GOSSIP_MAX {
+                    warn!(peer = %source, "too many invalid gossip messages; blacklisting the peer");
+                    self.swarm.behaviour_mut().gossipsub.blacklist_peer(&source);
+                    let _ = self.swarm.disconnect_peer_id(source);
+                }
+            }
+        }
+    }
+}
+
+/// Checks a gossip message: it decodes within limits, its Kiln signature
+/// verifies, and the signer is the peer that authored it.
+fn check_gossip_message(message: &gossipsub::Message) -> Result<Gossip, GossipError> {
+    let (signer, gossip) = decode_gossip(&message.data)?;
+    let author = message
+        .source
+        .ok_or(GossipError::Invalid("unsigned gossipsub message"))?;
+    if identity::peer_id_of(&signer) != Some(author) {
+        return Err(GossipError::Invalid("signed by a key that is not its author's"));
+    }
+    Ok(gossip)
+}

@@ -1,0 +1,262 @@
+//! Running a node: open the store and the identity, start the network,
+//! serve blobs and the control socket, report listen addresses, and stop
+//! cleanly when asked.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kiln_protocol::Hash;
+use kiln_store::Store;
+use libp2p::Multiaddr;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::blobs::{self, FetchError, Progress};
+use crate::control::{self, ControlHandler, ControlReply, ControlRequest};
+use crate::net::{self, NetClient, NetConfig, NetEvent};
+use crate::{archive, identity};
+
+/// How long a node waits for its first listen address.
+const LISTEN_MS_MAX: u64 = 10_000;
+
+/// Why a node could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
+    #[error(transparent)]
+    Store(#[from] kiln_store::StoreError),
+    #[error(transparent)]
+    Net(#[from] net::NetError),
+    #[error("control socket: {0}")]
+    Control(std::io::Error),
+    #[error("the node did not start listening within {LISTEN_MS_MAX} ms; check the --listen addresses")]
+    NoListen,
+}
+
+/// What `kiln node` and `kiln-bootstrap` start.
+pub struct NodeOptions {
+    pub data_dir: PathBuf,
+    pub listen: Vec<Multiaddr>,
+    pub bootstrap: Vec<Multiaddr>,
+    /// A bootstrap peer: relay server, no control socket needed by users.
+    pub relay_server: bool,
+}
+
+/// Runs a node until `shutdown` resolves. `ready` gets each full listen
+/// address once the node listens.
+pub async fn run_node(
+    options: NodeOptions,
+    mut ready: impl FnMut(&Multiaddr),
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), NodeError> {
+    let key = identity::load_or_create(&options.data_dir)?;
+    let store = Store::open(&options.data_dir)?;
+    let listener = control::bind(&options.data_dir).map_err(NodeError::Control)?;
+    let config = NetConfig {
+        key,
+        listen: options.listen,
+        bootstrap: options.bootstrap,
+        relay_server: options.relay_server,
+        dht_server: true,
+    };
+    let (net, mut events, event_loop) = net::start(config)?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let network = tokio::spawn(event_loop.run(async {
+        let _ = stop_rx.await;
+    }));
+    let mut addresses = Vec::new();
+    let first = tokio::time::timeout(Duration::from_millis(LISTEN_MS_MAX), events.recv()).await;
+    match first {
+        Ok(Some(NetEvent::Listening(addr))) => {
+            ready(&addr);
+            addresses.push(addr);
+        }
+        _ => return Err(NodeError::NoListen),
+    }
+    for hash in store.list().into_iter().map(|(hash, _)| hash) {
+        let _ = net.provide(hash).await;
+    }
+    let handler = Arc::new(Handler {
+        net: net.clone(),
+        store: store.clone(),
+        addresses: Default::default(),
+    });
+    let server = tokio::spawn(blobs::serve(net.clone(), store.clone()));
+    let control = tokio::spawn(control::serve(listener, handler.clone()));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                Some(NetEvent::Listening(addr)) => {
+                    ready(&addr);
+                    addresses.push(addr);
+                }
+                Some(other) => tracing::debug!(event = ?other, "network event"),
+                None => break,
+            },
+            () = &mut shutdown => break,
+        }
+        if let Ok(mut known) = handler.addresses.lock() {
+            known.clone_from(&addresses);
+        }
+    }
+    info!("shutting down");
+    control.abort();
+    server.abort();
+    let _ = stop_tx.send(());
+    let _ = network.await;
+    let _ = std::fs::remove_file(control::socket_path(&options.data_dir));
+    Ok(())
+}
+
+struct Handler {
+    net: NetClient,
+    store: Store,
+    addresses: std::sync::Mutex<Vec<Multiaddr>>,
+}
+
+impl ControlHandler for Handler {
+    async fn handle(&self, request: ControlRequest) -> ControlReply {
+        match request {
+            ControlRequest::Publish { path } => match publish(&self.store, &path).await {
+                Ok((hash, bytes)) => {
+                    if let Err(e) = self.net.provide(hash).await {
+                        warn!(blob = %hash, error = %e, "stored but not announced");
+                    }
+                    ControlReply::Published { hash, bytes }
+                }
+                Err(message) => ControlReply::Error { message },
+            },
+            ControlRequest::Fetch { hash, output } => {
+                match fetch_to(&self.net, &self.store, hash, output.as_deref(), Arc::new(NoProgress)).await {
+                    Ok(bytes) => ControlReply::Fetched { hash, bytes },
+                    Err(e) => ControlReply::Error { message: e.to_string() },
+                }
+            }
+            ControlRequest::Info => ControlReply::Info {
+                peer_id: self.net.peer_id().to_string(),
+                addresses: self
+                    .addresses
+                    .lock()
+                    .map(|a| a.iter().map(|x| x.to_string()).collect())
+                    .unwrap_or_default(),
+            },
+        }
+    }
+}
+
+/// Stores a file as it is, or a directory as a deterministic archive.
+pub async fn publish(store: &Store, path: &Path) -> Result<(Hash, u64), String> {
+    let (store, path) = (store.clone(), path.to_path_buf());
+    tokio::task::spawn_blocking(move || publish_blocking(&store, &path))
+        .await
+        .map_err(|e| e.to_string())?
+}
+
+fn publish_blocking(store: &Store, path: &Path) -> Result<(Hash, u64), String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if meta.is_dir() {
+        let tmp =
+            tempfile::NamedTempFile::new_in(store.dir()).map_err(|e| format!("cannot create a temporary file: {e}"))?;
+        archive::pack_dir(path, std::io::BufWriter::new(tmp.as_file())).map_err(|e| e.to_string())?;
+        store.put_file(tmp.path(), None).map_err(|e| e.to_string())
+    } else {
+        store.put_file(path, None).map_err(|e| e.to_string())
+    }
+}
+
+/// Fetches a blob into the store and, if asked, copies it to `output`.
+pub async fn fetch_to(
+    net: &NetClient,
+    store: &Store,
+    hash: Hash,
+    output: Option<&Path>,
+    progress: Arc<dyn Progress>,
+) -> Result<u64, FetchError> {
+    let bytes = blobs::fetch(net, store, hash, progress).await?;
+    if let Err(e) = net.provide(hash).await {
+        warn!(blob = %hash, error = %e, "fetched but not announced");
+    }
+    if let Some(output) = output {
+        let (store, output) = (store.clone(), output.to_path_buf());
+        tokio::task::spawn_blocking(move || export(&store, &hash, &output))
+            .await
+            .map_err(|e| FetchError::Writer(e.to_string()))?
+            .map_err(FetchError::Writer)?;
+    }
+    Ok(bytes)
+}
+
+/// Copies a stored blob to `output` (through a temporary file beside it,
+/// renamed into place, so `output` is never half written).
+fn export(store: &Store, hash: &Hash, output: &Path) -> Result<(), String> {
+    let mut blob = store
+        .open_blob(hash)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("{hash} vanished from the store before it could be copied"))?;
+    let dir = output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp =
+        tempfile::NamedTempFile::new_in(dir).map_err(|e| format!("cannot write into {}: {e}", dir.display()))?;
+    std::io::copy(&mut blob, tmp.as_file_mut())
+        .and_then(|_| tmp.as_file().sync_all())
+        .map_err(|e| format!("cannot write {}: {e}", output.display()))?;
+    tmp.persist(output)
+        .map_err(|e| format!("cannot write {}: {e}", output.display()))?;
+    Ok(())
+}
+
+/// Progress that shows nothing.
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn start(&self, _total_bytes: u64, _done_bytes: u64) {}
+    fn advance(&self, _bytes: u64) {}
+}
+
+/// A short-lived client node: joins through the bootstrap peers, does one
+/// thing, and stops. Used by `kiln fetch` when no node runs on the data dir.
+pub struct EphemeralNode {
+    pub net: NetClient,
+    pub store: Store,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+    _events: mpsc::Receiver<NetEvent>,
+}
+
+impl EphemeralNode {
+    pub async fn start(data_dir: &Path, bootstrap: Vec<Multiaddr>) -> Result<EphemeralNode, NodeError> {
+        let key = identity::load_or_create(data_dir)?;
+        let store = Store::open(data_dir)?;
+        let config = NetConfig {
+            key,
+            listen: Vec::new(),
+            bootstrap,
+            relay_server: false,
+            dht_server: false,
+        };
+        let (net, events, event_loop) = net::start(config)?;
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(event_loop.run(async {
+            let _ = stop_rx.await;
+        }));
+        Ok(EphemeralNode {
+            net,
+            store,
+            stop: Some(stop_tx),
+            task,
+            _events: events,
+        })
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
