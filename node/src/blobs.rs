@@ -33,6 +33,8 @@ const FETCH_IO_MS_MAX: u64 = 15_000;
 const STREAMS_PER_PROVIDER: usize = 4;
 /// Range-hash lists kept in memory by a provider.
 const RANGE_HASH_CACHE_MAX: usize = 64;
+/// Failed streams one download task tolerates before it gives up.
+const STREAM_FAILURES_MAX: u32 = 3;
 /// Ranges written to the partial blob but not yet handed to the writer.
 const WRITES_QUEUED_MAX: usize = 16;
 
@@ -261,7 +263,11 @@ pub async fn fetch(net: &NetClient, store: &Store, hash: Hash, progress: Arc<dyn
     let (blob_bytes, list) = outline(net, &providers, hash, &mut faults)
         .await
         .ok_or_else(|| all_failed(hash, &faults))?;
-    let good: Vec<PeerId> = providers.iter().copied().filter(|p| !faults.contains_key(p)).collect();
+    let good: Vec<PeerId> = providers
+        .iter()
+        .copied()
+        .filter(|p| !matches!(faults.get(p), Some(ProviderFault::Lying(_))))
+        .collect();
     let partial = store.begin_partial(&hash, blob_bytes)?;
     let missing = missing_range_indexes(&partial.missing_ranges(), blob_bytes);
     let missing_bytes: u64 = missing.iter().map(|i| ranges::range_len(blob_bytes, *i)).sum();
@@ -368,19 +374,24 @@ impl Plan {
         self.changed.notify_waiters();
     }
 
-    fn is_faulty(&self, peer: &PeerId) -> bool {
-        self.faults.lock().map(|f| f.contains_key(peer)).unwrap_or(true)
+    fn is_lying(&self, peer: &PeerId) -> bool {
+        self.faults
+            .lock()
+            .map(|f| matches!(f.get(peer), Some(ProviderFault::Lying(_))))
+            .unwrap_or(true)
     }
 
-    fn blame(&self, peer: PeerId, fault: ProviderFault) {
-        match &fault {
-            ProviderFault::Lying(why) => {
-                warn!(peer = %peer, blob = %self.hash, why, "provider sent bytes that do not match the hash; dropping it")
-            }
-            ProviderFault::Missing(why) => {
-                info!(peer = %peer, blob = %self.hash, why, "provider failed; using the others")
-            }
+    /// A liar is dropped at once: none of its streams takes another range.
+    fn blame_lying(&self, peer: PeerId, why: String) {
+        warn!(peer = %peer, blob = %self.hash, why, "provider sent bytes that do not match the hash; dropping it");
+        if let Ok(mut faults) = self.faults.lock() {
+            faults.insert(peer, ProviderFault::Lying(why));
         }
+    }
+
+    /// A failed stream is retried a few times before its task gives up.
+    fn note_missing(&self, peer: PeerId, fault: ProviderFault) {
+        info!(peer = %peer, blob = %self.hash, fault = ?fault, "provider stream failed");
         if let Ok(mut faults) = self.faults.lock() {
             faults.entry(peer).or_insert(fault);
         }
@@ -403,52 +414,82 @@ async fn download_from(
     plan: Arc<Plan>,
     writes: tokio::sync::mpsc::Sender<(u64, Vec<u8>)>,
 ) -> u64 {
+    let mut fetched = 0;
+    let mut failures = 0;
+    while failures < STREAM_FAILURES_MAX && !plan.is_lying(&peer) {
+        let mut stream = match open_blob_stream(&net, peer).await {
+            Ok(stream) => stream,
+            Err(fault) => {
+                failures += 1;
+                plan.note_missing(peer, fault);
+                continue;
+            }
+        };
+        match download_over(&mut stream, peer, &plan, &writes, &mut fetched).await {
+            Ok(()) => {
+                let _ = stream.close().await;
+                break;
+            }
+            Err(fault) => {
+                failures += 1;
+                plan.note_missing(peer, fault);
+            }
+        }
+    }
+    fetched
+}
+
+async fn open_blob_stream(net: &NetClient, peer: PeerId) -> Result<Stream, ProviderFault> {
     let mut control = net.stream_control();
-    let mut stream = match tokio::time::timeout(
+    match tokio::time::timeout(
         Duration::from_millis(FETCH_IO_MS_MAX),
         control.open_stream(peer, BLOB_PROTOCOL),
     )
     .await
     {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => {
-            plan.blame(peer, ProviderFault::Missing(format!("cannot open a stream: {e}")));
-            return 0;
-        }
-        Err(_) => {
-            plan.blame(peer, ProviderFault::Missing("timed out opening a stream".into()));
-            return 0;
-        }
-    };
-    let mut fetched = 0;
-    while !plan.is_faulty(&peer) {
-        let Some(index) = plan.next().await else { break };
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(e)) => Err(ProviderFault::Missing(format!("cannot open a stream: {e}"))),
+        Err(_) => Err(ProviderFault::Missing("timed out opening a stream".into())),
+    }
+}
+
+/// Fetches ranges over one stream until none are left (`Ok`), the provider
+/// lies (`Ok`, with the provider marked), or the stream fails (`Err`).
+async fn download_over(
+    stream: &mut Stream,
+    peer: PeerId,
+    plan: &Plan,
+    writes: &tokio::sync::mpsc::Sender<(u64, Vec<u8>)>,
+    fetched: &mut u64,
+) -> Result<(), ProviderFault> {
+    while !plan.is_lying(&peer) {
+        let Some(index) = plan.next().await else { return Ok(()) };
         let offset = index * RANGE_BYTES;
         let length = ranges::range_len(plan.blob_bytes, index);
-        match request_range(&mut stream, plan.hash, offset, length).await {
+        match request_range(stream, plan.hash, offset, length).await {
             Ok(data) if plan.check(index, &data) => {
-                fetched += data.len() as u64;
+                *fetched += data.len() as u64;
                 let sent = writes.send((offset, data)).await;
                 plan.done(index);
                 if sent.is_err() {
-                    break;
+                    return Ok(());
                 }
             }
             Ok(_) => {
                 plan.give_back(index);
-                plan.blame(
-                    peer,
-                    ProviderFault::Lying(format!("range {index} does not match its hash")),
-                );
+                plan.blame_lying(peer, format!("range {index} does not match its hash"));
+            }
+            Err(ProviderFault::Lying(why)) => {
+                plan.give_back(index);
+                plan.blame_lying(peer, why);
             }
             Err(fault) => {
                 plan.give_back(index);
-                plan.blame(peer, fault);
+                return Err(fault);
             }
         }
     }
-    let _ = stream.close().await;
-    fetched
+    Ok(())
 }
 
 async fn request_range(stream: &mut Stream, hash: Hash, offset: u64, length: u64) -> Result<Vec<u8>, ProviderFault> {

@@ -1,1 +1,228 @@
-//! placeholder
+//! Test harness for Kiln's multi-process tests: finds the `kiln` and
+//! `kiln-bootstrap` binaries, starts them on 127.0.0.1 with OS-chosen ports,
+//! reads the addresses they print, waits on events with deadlines, and
+//! kills every child it started when dropped.
+
+// A harness: a panic here is a failed assertion.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The directory holding the workspace's binaries (`target/debug`).
+pub fn bin_dir() -> PathBuf {
+    // Test executables live in target/<profile>/deps/.
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir").to_path_buf();
+    for name in ["kiln", "kiln-bootstrap", "kiln-evil"] {
+        assert!(
+            dir.join(name).exists(),
+            "{} is missing: run the tests with `cargo test --workspace`, which builds it",
+            dir.join(name).display()
+        );
+    }
+    dir
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    bin_dir().join(name)
+}
+
+/// Polls `condition` until it is true or `timeout` passes.
+pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A child process whose stdout lines are collected as they come; killed
+/// (SIGKILL) and reaped on drop.
+pub struct Proc {
+    pub name: String,
+    child: Option<Child>,
+    lines: mpsc::Receiver<String>,
+    pub seen: Vec<String>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, mut command: Command) -> Proc {
+        command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null());
+        let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut stderr_pipe = child.stderr.take().expect("piped stderr");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stderr_pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Proc {
+            name: name.to_string(),
+            child: Some(child),
+            lines,
+            seen: Vec::new(),
+            stderr,
+        }
+    }
+
+    /// Waits for a stdout line matching `predicate` and returns it.
+    pub fn wait_line(&mut self, timeout: Duration, predicate: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + timeout;
+        if let Some(line) = self.seen.iter().find(|l| predicate(l)) {
+            return line.clone();
+        }
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if predicate(&line) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "{}: no matching line within {timeout:?}; stdout so far: {:?}; stderr: {}",
+                    self.name,
+                    self.seen,
+                    self.stderr()
+                ),
+            }
+        }
+    }
+
+    /// Everything the process wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits until stderr contains `needle`.
+    pub fn wait_stderr(&self, timeout: Duration, needle: &str) {
+        wait_until(timeout, &format!("{} to log {needle:?}", self.name), || {
+            self.stderr().contains(needle)
+        });
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends SIGTERM and waits (up to `timeout`) for a clean exit.
+    pub fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("process still running");
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{} did not stop within {timeout:?} of SIGTERM", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A full listen address line: `/ip4/127.0.0.1/tcp/PORT/p2p/PEER`.
+pub fn is_listen_line(line: &str) -> bool {
+    line.starts_with("/ip4/127.0.0.1/tcp/") && line.contains("/p2p/")
+}
+
+pub const START: Duration = Duration::from_secs(20);
+
+/// Starts a bootstrap peer on 127.0.0.1 and returns it with its address.
+pub fn start_bootstrap(data_dir: &Path) -> (Proc, String) {
+    let mut command = Command::new(bin("kiln-bootstrap"));
+    command
+        .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--data-dir"])
+        .arg(data_dir);
+    let mut proc = Proc::spawn("bootstrap", command);
+    let addr = proc.wait_line(START, is_listen_line);
+    (proc, addr)
+}
+
+/// Starts `kiln node` on 127.0.0.1 joined to `bootstrap`.
+pub fn start_node(name: &str, data_dir: &Path, bootstrap: &str, extra: &[&str]) -> (Proc, String) {
+    let mut command = Command::new(bin("kiln"));
+    command
+        .args([
+            "node",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--bootstrap",
+            bootstrap,
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .args(extra);
+    let mut proc = Proc::spawn(name, command);
+    let addr = proc.wait_line(START, is_listen_line);
+    (proc, addr)
+}
+
+/// Runs `kiln ARGS` to completion and returns (success, stdout, stderr).
+pub fn kiln(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(bin("kiln"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run kiln");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
+pub fn test_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}

@@ -1,0 +1,164 @@
+//! A misbehaving Kiln peer for fault tests: a real libp2p node built from
+//! kiln-node's network layer, with its own blob server that lies or dies,
+//! and a sender of malformed gossip and stream frames. Never shipped.
+//!
+//! kiln-evil corrupt   --data-dir D --bootstrap B FILE   serve FILE with one flipped byte per range
+//! kiln-evil die-after N --data-dir D --bootstrap B FILE serve N ranges honestly, then abort
+//! kiln-evil garbage   --data-dir D --bootstrap B PEER    send bad gossip and bad frames to PEER
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use kiln_node::net::{self, NetClient, NetConfig, BLOB_PROTOCOL};
+use kiln_protocol::messages::{self, topics, BlobReply, BlobReplyV1, BlobRequest, Gossip, GossipV1};
+use kiln_protocol::ranges::{RangeHasher, RANGE_BYTES};
+use kiln_protocol::{wire, Hash, SecretKey, Signed};
+use libp2p::{Multiaddr, PeerId};
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let mode = args[1].clone();
+    let (mode_arg, rest) = if mode == "die-after" {
+        (args[2].parse::<u64>().unwrap(), &args[3..])
+    } else {
+        (0, &args[2..])
+    };
+    let data_dir = PathBuf::from(&rest[1]);
+    let bootstrap: Multiaddr = rest[3].parse().unwrap();
+    let target = rest[4].clone();
+    let key = kiln_node::identity::load_or_create(&data_dir).unwrap();
+    let config = NetConfig {
+        key,
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        bootstrap: vec![bootstrap],
+        relay_server: false,
+        dht_server: true,
+    };
+    let (net, mut events, event_loop) = net::start(config).unwrap();
+    tokio::spawn(event_loop.run(std::future::pending()));
+    if let Some(net::NetEvent::Listening(addr)) = events.recv().await {
+        println!("{addr}");
+    }
+    tokio::spawn(async move { while events.recv().await.is_some() {} });
+    match mode.as_str() {
+        "corrupt" | "die-after" => serve_file(net, PathBuf::from(target), mode == "corrupt", mode_arg).await,
+        "garbage" => garbage(net, target.parse().unwrap()).await,
+        other => panic!("unknown mode {other}"),
+    }
+}
+
+async fn serve_file(net: NetClient, file: PathBuf, corrupt: bool, die_after: u64) {
+    let data = Arc::new(std::fs::read(&file).unwrap());
+    let mut hasher = RangeHasher::new();
+    hasher.update(&data);
+    let (hash, list) = hasher.finish();
+    let list = Arc::new(list);
+    let mut control = net.stream_control();
+    let mut incoming = control.accept(BLOB_PROTOCOL).unwrap();
+    net.provide(hash).await.unwrap();
+    println!("providing {hash}");
+    let served = Arc::new(AtomicU64::new(0));
+    while let Some((_, mut stream)) = incoming.next().await {
+        let (data, list, served) = (data.clone(), list.clone(), served.clone());
+        tokio::spawn(async move {
+            loop {
+                let mut header = [0u8; 4];
+                if stream.read_exact(&mut header).await.is_err() {
+                    return;
+                }
+                let mut body = vec![0u8; u32::from_le_bytes(header) as usize];
+                stream.read_exact(&mut body).await.unwrap();
+                let request: BlobRequest = wire::decode::<_, 4096>(&body).unwrap();
+                let reply = match request {
+                    BlobRequest::RangeHashesV1 { .. } => {
+                        let reply = BlobReplyV1::RangeHashes {
+                            blob_bytes: data.len() as u64,
+                            count: list.len() as u64,
+                        };
+                        let mut out = messages::encode_frame(&BlobReply::V1(reply)).unwrap();
+                        out.extend_from_slice(&list.concat());
+                        out
+                    }
+                    BlobRequest::V1 { offset, length, .. } => {
+                        if die_after > 0 && served.fetch_add(1, Ordering::SeqCst) >= die_after {
+                            println!("dying");
+                            std::process::abort();
+                        }
+                        let mut bytes = data[offset as usize..(offset + length) as usize].to_vec();
+                        if corrupt {
+                            bytes[(length / 2) as usize] ^= 0x40;
+                        }
+                        let reply = BlobReplyV1::Data {
+                            blob_bytes: data.len() as u64,
+                            length,
+                        };
+                        let mut out = messages::encode_frame(&BlobReply::V1(reply)).unwrap();
+                        out.extend_from_slice(&bytes);
+                        out
+                    }
+                };
+                if stream.write_all(&reply).await.is_err() {
+                    return;
+                }
+                let _ = stream.flush().await;
+            }
+        });
+    }
+    let _ = RANGE_BYTES;
+}
+
+/// Publishes on the jobs topic until a subscriber exists, with a deadline.
+async fn publish(net: &NetClient, bytes: Vec<u8>) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match net.publish(topics::JOBS, bytes.clone()).await {
+            Ok(()) => return,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("cannot publish: {e}"),
+        }
+    }
+}
+
+async fn garbage(net: NetClient, target: PeerId) {
+    // Malformed gossip: not a Kiln envelope at all.
+    publish(&net, b"this is not a kiln message".to_vec()).await;
+    // Oversized: over Kiln's gossip limit (gossipsub still carries it).
+    publish(&net, vec![0u8; messages::GOSSIP_BYTES_MAX + 100]).await;
+    // Badly signed: a valid envelope signed by a key that is not ours.
+    let stranger = SecretKey::from_bytes(&[42; 32]);
+    let heartbeat = Gossip::V1(GossipV1::Coordinator(messages::CoordinatorHeartbeat {
+        term: 1,
+        queued_jobs: 0,
+        running_jobs: 0,
+        sent_at_ms: 0,
+    }));
+    publish(&net, messages::encode_gossip(&stranger, &heartbeat).unwrap()).await;
+    // A flipped bit in a correctly signed envelope.
+    let own = kiln_protocol::wire::encode(&Signed::sign(&stranger, &heartbeat)).unwrap();
+    let mut flipped = own.clone();
+    flipped[5] ^= 1;
+    publish(&net, flipped).await;
+    println!("gossip sent");
+    // Stream frames: an oversized length, then garbage, each on its own stream.
+    let mut control = net.stream_control();
+    for frame in [u32::MAX.to_le_bytes().to_vec(), vec![3, 0, 0, 0, 0xff, 0xff, 0xff]] {
+        let mut stream = control.open_stream(target, BLOB_PROTOCOL).await.unwrap();
+        stream.write_all(&frame).await.unwrap();
+        stream.flush().await.unwrap();
+        let mut answer = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut answer)).await;
+        println!("frame answered: closed={} bytes={}", closed.is_ok(), answer.len());
+    }
+    println!("frames sent");
+    let _ = Hash::of(b"");
+    std::future::pending::<()>().await;
+}

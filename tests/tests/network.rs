@@ -1,0 +1,243 @@
+//! The network, with real processes on 127.0.0.1: join through a bootstrap
+//! peer, publish on one node, fetch on another that knows only the
+//! bootstrap; lying, dying and garbage-sending peers.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use kiln_protocol::Hash;
+use kiln_tests::{bin, is_listen_line, kiln, start_bootstrap, start_node, test_bytes, Proc, START};
+
+const FETCH: Duration = Duration::from_secs(60);
+
+fn peer_of(addr: &str) -> &str {
+    addr.rsplit('/').next().unwrap()
+}
+
+fn fetch(data_dir: &Path, bootstrap: &str, hash: &Hash, output: &Path) -> (bool, String, String) {
+    kiln(&[
+        "fetch",
+        &hash.to_string(),
+        "-o",
+        output.to_str().unwrap(),
+        "--bootstrap",
+        bootstrap,
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+    ])
+}
+
+fn evil(mode: &[&str], data_dir: &Path, bootstrap: &str, target: &str) -> Proc {
+    let mut command = Command::new(bin("kiln-evil"));
+    command
+        .args(mode)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--bootstrap", bootstrap, target]);
+    let mut proc = Proc::spawn(&format!("evil {}", mode[0]), command);
+    proc.wait_line(START, is_listen_line);
+    proc
+}
+
+#[test]
+fn publish_on_one_node_fetch_on_another_through_the_bootstrap() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_boot, boot_addr) = start_bootstrap(&tmp.path().join("boot"));
+    let (_a, a_addr) = start_node("a", &tmp.path().join("a"), &boot_addr, &[]);
+    let (_b, _) = start_node("b", &tmp.path().join("b"), &boot_addr, &[]);
+
+    // `kiln id` on a running node's data dir names the same peer.
+    let (ok, id, _) = kiln(&["id", "--data-dir", tmp.path().join("a").to_str().unwrap()]);
+    assert!(ok);
+    assert_eq!(id.trim(), peer_of(&a_addr));
+
+    // A file of three ranges and a bit, published through the running node.
+    let data = test_bytes(3 * 1024 * 1024 + 12345, 1);
+    let file = tmp.path().join("blob.bin");
+    std::fs::write(&file, &data).unwrap();
+    let (ok, out, err) = kiln(&[
+        "publish",
+        file.to_str().unwrap(),
+        "--data-dir",
+        tmp.path().join("a").to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let hash: Hash = out.trim().parse().unwrap();
+    assert_eq!(hash, Hash::of(&data), "the printed hash is what b3sum prints");
+
+    // A third machine that knows only the bootstrap fetches it.
+    let output = tmp.path().join("fetched.bin");
+    let (ok, _, err) = fetch(&tmp.path().join("c"), &boot_addr, &hash, &output);
+    assert!(ok, "fetch failed: {err}");
+    assert_eq!(Hash::of(&std::fs::read(&output).unwrap()), hash);
+
+    // A directory is published as a deterministic archive: same tree, same hash.
+    let tree = tmp.path().join("tree");
+    std::fs::create_dir_all(tree.join("sub")).unwrap();
+    std::fs::write(tree.join("sub/x.txt"), b"x").unwrap();
+    let (ok, first, err) = kiln(&[
+        "publish",
+        tree.to_str().unwrap(),
+        "--data-dir",
+        tmp.path().join("a").to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let (ok, second, _) = kiln(&[
+        "publish",
+        tree.to_str().unwrap(),
+        "--data-dir",
+        tmp.path().join("d").to_str().unwrap(),
+    ]);
+    assert!(ok);
+    assert_eq!(first, second);
+}
+
+#[test]
+fn a_provider_that_lies_is_dropped_and_nothing_corrupt_is_stored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_boot, boot_addr) = start_bootstrap(&tmp.path().join("boot"));
+    let data = test_bytes(6 * 1024 * 1024 + 7, 2);
+    let file = tmp.path().join("blob.bin");
+    std::fs::write(&file, &data).unwrap();
+    let hash = Hash::of(&data);
+
+    let mut liar = evil(
+        &["corrupt"],
+        &tmp.path().join("liar"),
+        &boot_addr,
+        file.to_str().unwrap(),
+    );
+    liar.wait_line(START, |l| l.starts_with("providing"));
+    let (_honest, _) = start_node("honest", &tmp.path().join("honest"), &boot_addr, &[]);
+    let (ok, _, err) = kiln(&[
+        "publish",
+        file.to_str().unwrap(),
+        "--data-dir",
+        tmp.path().join("honest").to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+
+    let output = tmp.path().join("fetched.bin");
+    let fetcher_dir = tmp.path().join("fetcher");
+    let (ok, _, err) = kiln(&[
+        "fetch",
+        &hash.to_string(),
+        "-o",
+        output.to_str().unwrap(),
+        "--bootstrap",
+        &boot_addr,
+        "--data-dir",
+        fetcher_dir.to_str().unwrap(),
+    ]);
+    assert!(ok, "fetch failed: {err}");
+    assert!(err.contains("provider sent bytes that do not match the hash"), "the liar was never caught: {err}");
+    assert_eq!(std::fs::read(&output).unwrap(), data);
+    // Every blob the fetcher kept verifies: no corrupt byte was stored.
+    let store = kiln_store::Store::open(&fetcher_dir).unwrap();
+    for (blob, _) in store.list() {
+        assert!(store.verify(&blob).unwrap(), "{blob} does not verify");
+    }
+}
+
+#[test]
+fn a_provider_killed_mid_transfer_is_replaced_by_another() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_boot, boot_addr) = start_bootstrap(&tmp.path().join("boot"));
+    let data = test_bytes(24 * 1024 * 1024, 3);
+    let file = tmp.path().join("blob.bin");
+    std::fs::write(&file, &data).unwrap();
+    let hash = Hash::of(&data);
+
+    let mut dying = evil(
+        &["die-after", "3"],
+        &tmp.path().join("dying"),
+        &boot_addr,
+        file.to_str().unwrap(),
+    );
+    dying.wait_line(START, |l| l.starts_with("providing"));
+    let (_honest, _) = start_node("honest", &tmp.path().join("honest"), &boot_addr, &[]);
+    let (ok, _, err) = kiln(&[
+        "publish",
+        file.to_str().unwrap(),
+        "--data-dir",
+        tmp.path().join("honest").to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+
+    let output = tmp.path().join("fetched.bin");
+    let (ok, _, err) = fetch(&tmp.path().join("fetcher"), &boot_addr, &hash, &output);
+    assert!(ok, "fetch failed: {err}");
+    assert_eq!(Hash::of(&std::fs::read(&output).unwrap()), hash);
+    dying.wait_line(FETCH, |l| l == "dying");
+}
+
+#[test]
+fn an_unknown_hash_is_a_clear_error_in_bounded_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_boot, boot_addr) = start_bootstrap(&tmp.path().join("boot"));
+    let (_a, _) = start_node("a", &tmp.path().join("a"), &boot_addr, &[]);
+    let started = std::time::Instant::now();
+    let (ok, _, err) = fetch(
+        &tmp.path().join("f"),
+        &boot_addr,
+        &Hash::of(b"nobody has this"),
+        &tmp.path().join("out"),
+    );
+    assert!(!ok);
+    assert!(err.contains("no peer in the network holds"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(40),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(!tmp.path().join("out").exists());
+
+    let (ok, _, err) = kiln(&["fetch", "not-a-hash", "--bootstrap", &boot_addr]);
+    assert!(!ok);
+    assert!(err.contains("64 lowercase hex characters"), "{err}");
+}
+
+#[test]
+fn garbage_gossip_and_frames_are_rejected_and_the_node_keeps_serving() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_boot, boot_addr) = start_bootstrap(&tmp.path().join("boot"));
+    let (victim, victim_addr) = start_node("victim", &tmp.path().join("victim"), &boot_addr, &[]);
+    let data = test_bytes(2 * 1024 * 1024 + 1, 4);
+    let file = tmp.path().join("blob.bin");
+    std::fs::write(&file, &data).unwrap();
+    let (ok, _, err) = kiln(&[
+        "publish",
+        file.to_str().unwrap(),
+        "--data-dir",
+        tmp.path().join("victim").to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+
+    let mut sender = evil(
+        &["garbage"],
+        &tmp.path().join("evil"),
+        &boot_addr,
+        peer_of(&victim_addr),
+    );
+    sender.wait_line(FETCH, |l| l == "frames sent");
+    // The victim (or the bootstrap relaying for it) refused each message.
+    victim.wait_stderr(FETCH, "gossip rejected");
+
+    let output = tmp.path().join("fetched.bin");
+    let (ok, _, err) = fetch(&tmp.path().join("fetcher"), &boot_addr, &Hash::of(&data), &output);
+    assert!(ok, "the victim stopped serving: {err}");
+    assert_eq!(std::fs::read(&output).unwrap(), data);
+}
+
+#[test]
+fn a_node_stops_cleanly_on_sigterm_and_keeps_its_identity() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_boot, boot_addr) = start_bootstrap(&tmp.path().join("boot"));
+    let (mut a, first) = start_node("a", &tmp.path().join("a"), &boot_addr, &[]);
+    let status = a.terminate(START);
+    assert!(status.success(), "exit status {status:?}: {}", a.stderr());
+    assert!(!tmp.path().join("a/node.sock").exists(), "control socket left behind");
+    let (_a, second) = start_node("a again", &tmp.path().join("a"), &boot_addr, &[]);
+    assert_eq!(peer_of(&first), peer_of(&second));
+}
