@@ -271,6 +271,9 @@ pub async fn fetch(net: &NetClient, store: &Store, hash: Hash, progress: Arc<dyn
     let partial = store.begin_partial(&hash, blob_bytes)?;
     let missing = missing_range_indexes(&partial.missing_ranges(), blob_bytes);
     let missing_bytes: u64 = missing.iter().map(|i| ranges::range_len(blob_bytes, *i)).sum();
+    if missing_bytes < blob_bytes {
+        info!(blob = %hash, have_bytes = blob_bytes - missing_bytes, blob_bytes, "resuming an interrupted fetch");
+    }
     progress.start(blob_bytes, blob_bytes - missing_bytes);
     let plan = Arc::new(Plan {
         hash,

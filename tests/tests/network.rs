@@ -131,7 +131,10 @@ fn a_provider_that_lies_is_dropped_and_nothing_corrupt_is_stored() {
         fetcher_dir.to_str().unwrap(),
     ]);
     assert!(ok, "fetch failed: {err}");
-    assert!(err.contains("provider sent bytes that do not match the hash"), "the liar was never caught: {err}");
+    assert!(
+        err.contains("provider sent bytes that do not match the hash"),
+        "the liar was never caught: {err}"
+    );
     assert_eq!(std::fs::read(&output).unwrap(), data);
     // Every blob the fetcher kept verifies: no corrupt byte was stored.
     let store = kiln_store::Store::open(&fetcher_dir).unwrap();
@@ -240,4 +243,94 @@ fn a_node_stops_cleanly_on_sigterm_and_keeps_its_identity() {
     assert!(!tmp.path().join("a/node.sock").exists(), "control socket left behind");
     let (_a, second) = start_node("a again", &tmp.path().join("a"), &boot_addr, &[]);
     assert_eq!(peer_of(&first), peer_of(&second));
+}
+
+#[test]
+fn an_interrupted_fetch_resumes_where_it_stopped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_boot, boot_addr) = start_bootstrap(&tmp.path().join("boot"));
+    let data = test_bytes(12 * 1024 * 1024, 5);
+    let file = tmp.path().join("blob.bin");
+    std::fs::write(&file, &data).unwrap();
+    let hash = Hash::of(&data);
+
+    // The only provider dies after serving a few ranges: the fetch fails
+    // and keeps what it verified.
+    let mut dying = evil(
+        &["die-after", "4"],
+        &tmp.path().join("dying"),
+        &boot_addr,
+        file.to_str().unwrap(),
+    );
+    dying.wait_line(START, |l| l.starts_with("providing"));
+    let fetcher = tmp.path().join("fetcher");
+    let output = tmp.path().join("fetched.bin");
+    let (ok, _, err) = fetch(&fetcher, &boot_addr, &hash, &output);
+    assert!(!ok, "the fetch cannot succeed with a dead provider");
+    assert!(err.contains("every provider of"), "{err}");
+    dying.kill();
+
+    // Another provider appears; the next fetch starts from what is there.
+    let (_honest, _) = start_node("honest", &tmp.path().join("honest"), &boot_addr, &[]);
+    let (ok, _, err) = kiln(&[
+        "publish",
+        file.to_str().unwrap(),
+        "--data-dir",
+        tmp.path().join("honest").to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let out = Command::new(bin("kiln"))
+        .env("RUST_LOG", "kiln_node=info")
+        .args([
+            "fetch",
+            &hash.to_string(),
+            "-o",
+            output.to_str().unwrap(),
+            "--bootstrap",
+            &boot_addr,
+            "--data-dir",
+        ])
+        .arg(&fetcher)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("resuming an interrupted fetch"), "{err}");
+    assert_eq!(Hash::of(&std::fs::read(&output).unwrap()), hash);
+}
+
+#[test]
+fn nodes_rejoin_a_restarted_bootstrap_and_announce_their_blobs_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut boot, boot_addr) = start_bootstrap(&tmp.path().join("boot"));
+    let (_a, _) = start_node("a", &tmp.path().join("a"), &boot_addr, &[]);
+    let data = test_bytes(1000, 6);
+    let file = tmp.path().join("small.bin");
+    std::fs::write(&file, &data).unwrap();
+    let (ok, _, err) = kiln(&[
+        "publish",
+        file.to_str().unwrap(),
+        "--data-dir",
+        tmp.path().join("a").to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+
+    // The bootstrap restarts on the same address with the same identity,
+    // having lost every provider record it held.
+    boot.kill();
+    let listen = boot_addr.rsplit_once("/p2p/").unwrap().0.to_string();
+    let mut command = Command::new(bin("kiln-bootstrap"));
+    command
+        .args(["--listen", &listen, "--data-dir"])
+        .arg(tmp.path().join("boot"));
+    let mut boot = Proc::spawn("bootstrap again", command);
+    assert_eq!(boot.wait_line(START, is_listen_line), boot_addr);
+
+    // Node a redials it and announces its blob again, so a newcomer finds it.
+    let output = tmp.path().join("fetched.bin");
+    let newcomer = tmp.path().join("newcomer");
+    kiln_tests::wait_until(Duration::from_secs(30), "the blob to be announced again", || {
+        fetch(&newcomer, &boot_addr, &Hash::of(&data), &output).0
+    });
+    assert_eq!(std::fs::read(&output).unwrap(), data);
 }
