@@ -1,5 +1,8 @@
 //! The `kiln` binary's contract: help, clear errors, non-zero exits.
 
+// Test code: a panic is a failed assertion.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::process::Command;
 
 fn kiln() -> Command {

@@ -2,6 +2,9 @@
 //! peer, publish on one node, fetch on another that knows only the
 //! bootstrap; lying, dying and garbage-sending peers.
 
+// Test code: a panic is a failed assertion.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;

@@ -1,0 +1,407 @@
+//! Partial blobs: the file a resumable download fills, range by range and
+//! in any order, in `partial/<hash>`. Which ranges are written is kept in
+//! the index, recorded only after the data it describes is fsynced, so a
+//! crash loses at most the progress since the last flush, never claims
+//! bytes that are not on disk. Finishing hashes the whole file and moves it
+//! into `blobs/` only if it is the blob it was meant to be.
+//!
+//! Not for deciding what to fetch from whom: the fetcher does that.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+
+use kiln_protocol::{wire, Hash};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, StoreError};
+use crate::put::seal;
+use crate::store::Store;
+use crate::{COPY_BUFFER_BYTES, PARTIAL_FLUSH_BYTES, PARTIAL_RANGES_MAX};
+
+/// Largest encoded progress record: two varint `u64`s per range, and the
+/// total.
+const PROGRESS_BYTES_MAX: usize = PARTIAL_RANGES_MAX * 20 + 64;
+
+/// A partial blob as recorded in the index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartialInfo {
+    pub hash: Hash,
+    pub total_bytes: u64,
+    /// Bytes written and flushed so far.
+    pub done_bytes: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Progress {
+    total_bytes: u64,
+    done: Vec<(u64, u64)>,
+}
+
+/// Disjoint, non-adjacent half-open ranges, by start.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct RangeSet(BTreeMap<u64, u64>);
+
+impl RangeSet {
+    fn insert(&mut self, start: u64, end: u64) {
+        if start >= end {
+            return;
+        }
+        let touching: Vec<u64> = self
+            .0
+            .range(..=end)
+            .rev()
+            .take_while(|(_, range_end)| **range_end >= start)
+            .map(|(range_start, _)| *range_start)
+            .collect();
+        let (mut merged_start, mut merged_end) = (start, end);
+        for range_start in touching {
+            if let Some(range_end) = self.0.remove(&range_start) {
+                merged_start = merged_start.min(range_start);
+                merged_end = merged_end.max(range_end);
+            }
+        }
+        self.0.insert(merged_start, merged_end);
+    }
+
+    fn covered_bytes(&self) -> u64 {
+        self.0.iter().map(|(start, end)| end - start).sum()
+    }
+
+    fn gaps(&self, total_bytes: u64) -> Vec<Range<u64>> {
+        let mut out = Vec::new();
+        let mut cursor = 0;
+        for (start, end) in &self.0 {
+            if *start > cursor {
+                out.push(cursor..*start);
+            }
+            cursor = cursor.max(*end);
+        }
+        if cursor < total_bytes {
+            out.push(cursor..total_bytes);
+        }
+        out
+    }
+}
+
+/// A download in progress. Dropping it flushes its progress; reopen it
+/// with [`Store::begin_partial`] to resume. Its bytes count toward the
+/// size cap only once it is finished (`begin_partial` refuses a blob that
+/// could never fit).
+pub struct PartialBlob {
+    store: Store,
+    hash: Hash,
+    total_bytes: u64,
+    file: File,
+    path: PathBuf,
+    done: RangeSet,
+    unflushed_bytes: u64,
+    dirty: bool,
+}
+
+impl Store {
+    /// Starts or resumes the partial blob `hash` of `total_bytes`. A
+    /// recorded partial of another size is started over. Fails with
+    /// [`StoreError::Full`] if it could never fit under the size cap.
+    pub fn begin_partial(&self, hash: &Hash, total_bytes: u64) -> Result<PartialBlob> {
+        if let Some(room) = self.room() {
+            room.check(total_bytes)?;
+        }
+        if !self.lock().open_partials.insert(*hash) {
+            return Err(StoreError::PartialBusy { hash: *hash });
+        }
+        self.open_partial(hash, total_bytes).inspect_err(|_| {
+            self.lock().open_partials.remove(hash);
+        })
+    }
+
+    fn open_partial(&self, hash: &Hash, total_bytes: u64) -> Result<PartialBlob> {
+        let path = self.inner.partial_dir.join(hash.to_string());
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| StoreError::io("opening partial blob", &path, e))?;
+        let file_bytes = file
+            .metadata()
+            .map_err(|e| StoreError::io("reading metadata of", &path, e))?
+            .len();
+        let recorded = self.recorded_progress(hash);
+        let done = match recorded {
+            Some(progress) if progress.total_bytes == total_bytes && file_bytes == total_bytes => {
+                progress_ranges(&progress)
+            }
+            _ => {
+                if let Err(e) = file.set_len(0).and_then(|()| file.set_len(total_bytes)) {
+                    drop(file);
+                    let _ = fs::remove_file(&path);
+                    return Err(StoreError::io("sizing partial blob", &path, e));
+                }
+                RangeSet::default()
+            }
+        };
+        let mut partial = PartialBlob {
+            store: self.clone(),
+            hash: *hash,
+            total_bytes,
+            file,
+            path,
+            done,
+            unflushed_bytes: 0,
+            dirty: true,
+        };
+        partial.flush()?;
+        Ok(partial)
+    }
+
+    fn recorded_progress(&self, hash: &Hash) -> Option<Progress> {
+        let bytes = match self.inner.index.partial(hash) {
+            Ok(bytes) => bytes?,
+            Err(e) => {
+                tracing::warn!(blob = %hash, error = %e, "could not read partial progress; starting over");
+                return None;
+            }
+        };
+        match wire::decode::<Progress, PROGRESS_BYTES_MAX>(&bytes) {
+            Ok(progress) => Some(progress),
+            Err(e) => {
+                tracing::warn!(blob = %hash, error = %e, "partial progress is damaged; starting over");
+                None
+            }
+        }
+    }
+
+    /// Finishes a partial blob whose every byte was written and flushed:
+    /// see [`PartialBlob::finish`].
+    pub fn finish_partial(&self, hash: &Hash) -> Result<u64> {
+        let total_bytes = self
+            .recorded_progress(hash)
+            .ok_or(StoreError::NoPartial { hash: *hash })?
+            .total_bytes;
+        self.begin_partial(hash, total_bytes)?.finish()
+    }
+
+    /// Throws away a partial blob and its progress. Returns whether there
+    /// was one.
+    pub fn abort_partial(&self, hash: &Hash) -> Result<bool> {
+        if self.lock().open_partials.contains(hash) {
+            return Err(StoreError::PartialBusy { hash: *hash });
+        }
+        let path = self.inner.partial_dir.join(hash.to_string());
+        let had_file = match fs::remove_file(&path) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+            Err(e) => return Err(StoreError::io("removing partial blob", &path, e)),
+        };
+        let had_progress = self.inner.index.partial(hash)?.is_some();
+        self.inner.index.remove_partial(hash)?;
+        Ok(had_file || had_progress)
+    }
+
+    /// Every partial blob recorded in the index, by hash.
+    pub fn partials(&self) -> Result<Vec<PartialInfo>> {
+        let mut out = Vec::new();
+        for (hash, bytes) in self.inner.index.partials()? {
+            match wire::decode::<Progress, PROGRESS_BYTES_MAX>(&bytes) {
+                Ok(progress) => out.push(PartialInfo {
+                    hash,
+                    total_bytes: progress.total_bytes,
+                    done_bytes: progress_ranges(&progress).covered_bytes(),
+                }),
+                Err(e) => tracing::warn!(blob = %hash, error = %e, "skipping damaged partial progress"),
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn progress_ranges(progress: &Progress) -> RangeSet {
+    let mut ranges = RangeSet::default();
+    for (start, end) in &progress.done {
+        ranges.insert(*start, (*end).min(progress.total_bytes));
+    }
+    ranges
+}
+
+impl PartialBlob {
+    pub fn hash(&self) -> Hash {
+        self.hash
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        self.total_bytes
+    }
+
+    /// Bytes written so far (flushed or not).
+    pub fn done_bytes(&self) -> u64 {
+        self.done.covered_bytes()
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.done_bytes() == self.total_bytes
+    }
+
+    /// The ranges still to write, in order.
+    pub fn missing_ranges(&self) -> Vec<Range<u64>> {
+        self.done.gaps(self.total_bytes)
+    }
+
+    /// Writes `bytes` at `offset`. Not verified here: [`PartialBlob::finish`]
+    /// checks the whole blob.
+    pub fn write_at(&mut self, offset: u64, bytes: &[u8]) -> Result<()> {
+        let len_bytes = bytes.len() as u64;
+        let end = offset.checked_add(len_bytes).filter(|end| *end <= self.total_bytes);
+        let Some(end) = end else {
+            return Err(StoreError::BadRange {
+                hash: self.hash,
+                offset,
+                len_bytes,
+                size_bytes: self.total_bytes,
+                limit_bytes: self.total_bytes,
+            });
+        };
+        self.file
+            .write_all_at(bytes, offset)
+            .map_err(|e| StoreError::io("writing partial blob", &self.path, e))?;
+        self.done.insert(offset, end);
+        self.dirty = true;
+        self.unflushed_bytes += len_bytes;
+        if self.done.0.len() > PARTIAL_RANGES_MAX {
+            return Err(StoreError::PartialFragmented {
+                hash: self.hash,
+                limit: PARTIAL_RANGES_MAX,
+            });
+        }
+        if self.unflushed_bytes >= PARTIAL_FLUSH_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Makes the written bytes durable, then records them as done.
+    pub fn flush(&mut self) -> Result<()> {
+        if !self.dirty {
+            return Ok(());
+        }
+        self.file
+            .sync_data()
+            .map_err(|e| StoreError::io("syncing partial blob", &self.path, e))?;
+        let progress = Progress {
+            total_bytes: self.total_bytes,
+            done: self.done.0.iter().map(|(start, end)| (*start, *end)).collect(),
+        };
+        let bytes = wire::canonical(&progress);
+        self.store.inner.index.set_partial(&self.hash, &bytes)?;
+        self.dirty = false;
+        self.unflushed_bytes = 0;
+        Ok(())
+    }
+
+    /// Hashes the whole file and, if it is the blob it should be, moves it
+    /// into the store. Returns its size. On a hash mismatch the partial
+    /// is thrown away (nothing is stored) and the error is
+    /// [`StoreError::HashMismatch`].
+    pub fn finish(mut self) -> Result<u64> {
+        if !self.is_complete() {
+            return Err(StoreError::PartialIncomplete {
+                hash: self.hash,
+                missing_bytes: self.total_bytes - self.done_bytes(),
+                total_bytes: self.total_bytes,
+            });
+        }
+        self.flush()?;
+        let actual = self.hash_file()?;
+        if actual != self.hash {
+            self.discard()?;
+            return Err(StoreError::HashMismatch {
+                expected: self.hash,
+                actual,
+            });
+        }
+        seal(&self.file, &self.path)?;
+        let outcome = self.store.commit(&self.path, self.hash, self.total_bytes);
+        self.discard()?;
+        outcome.map(|_| self.total_bytes)
+    }
+
+    fn hash_file(&self) -> Result<Hash> {
+        let mut hasher = blake3::Hasher::new();
+        let mut buffer = vec![0u8; COPY_BUFFER_BYTES];
+        let mut offset = 0;
+        while offset < self.total_bytes {
+            let want = usize::try_from(self.total_bytes - offset).map_or(buffer.len(), |left| left.min(buffer.len()));
+            self.file
+                .read_exact_at(&mut buffer[..want], offset)
+                .map_err(|e| StoreError::io("reading partial blob", &self.path, e))?;
+            hasher.update(&buffer[..want]);
+            offset += want as u64;
+        }
+        Ok(Hash::from(hasher.finalize()))
+    }
+
+    /// Removes the partial file (if still there) and its progress.
+    fn discard(&mut self) -> Result<()> {
+        self.dirty = false;
+        match fs::remove_file(&self.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StoreError::io("removing partial blob", &self.path, e)),
+        }
+        self.store.inner.index.remove_partial(&self.hash)
+    }
+}
+
+impl std::fmt::Debug for PartialBlob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartialBlob")
+            .field("hash", &self.hash)
+            .field("total_bytes", &self.total_bytes)
+            .field("done_bytes", &self.done_bytes())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for PartialBlob {
+    fn drop(&mut self) {
+        if let Err(e) = self.flush() {
+            tracing::warn!(blob = %self.hash, error = %e, "could not save partial progress");
+        }
+        self.store.lock().open_partials.remove(&self.hash);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(ranges: &[(u64, u64)]) -> RangeSet {
+        let mut out = RangeSet::default();
+        for (start, end) in ranges {
+            out.insert(*start, *end);
+        }
+        out
+    }
+
+    #[test]
+    fn ranges_merge_when_they_touch_or_overlap() {
+        let ranges = set(&[(10, 20), (30, 40), (20, 25), (0, 5), (24, 31)]);
+        assert_eq!(ranges.0.into_iter().collect::<Vec<_>>(), vec![(0, 5), (10, 40)]);
+        let ranges = set(&[(10, 20), (5, 50)]);
+        assert_eq!(ranges.0.into_iter().collect::<Vec<_>>(), vec![(5, 50)]);
+        assert!(set(&[(3, 3)]).0.is_empty());
+    }
+
+    #[test]
+    fn gaps_are_what_is_missing() {
+        let ranges = set(&[(2, 4), (6, 8)]);
+        assert_eq!(ranges.gaps(10), vec![0..2, 4..6, 8..10]);
+        assert_eq!(ranges.covered_bytes(), 4);
+        assert_eq!(set(&[(0, 10)]).gaps(10), Vec::<Range<u64>>::new());
+        assert_eq!(RangeSet::default().gaps(0), Vec::<Range<u64>>::new());
+    }
+}
