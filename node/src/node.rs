@@ -75,9 +75,17 @@ pub async fn run_node(
         }
         _ => return Err(NodeError::NoListen),
     }
-    for hash in store.list().into_iter().map(|(hash, _)| hash) {
-        let _ = net.provide(hash).await;
-    }
+    // Announce what the store already holds, without holding up start-up.
+    let announcer = {
+        let (net, held) = (net.clone(), store.list());
+        tokio::spawn(async move {
+            for (hash, _) in held {
+                if let Err(e) = net.provide(hash).await {
+                    warn!(blob = %hash, error = %e, "cannot announce a stored blob");
+                }
+            }
+        })
+    };
     let handler = Arc::new(Handler {
         net: net.clone(),
         store: store.clone(),
@@ -105,6 +113,7 @@ pub async fn run_node(
     info!("shutting down");
     control.abort();
     server.abort();
+    announcer.abort();
     let _ = stop_tx.send(());
     let _ = network.await;
     let _ = std::fs::remove_file(control::socket_path(&options.data_dir));

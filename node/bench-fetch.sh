@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Fetch benchmark: a random blob over loopback, whole `kiln fetch` process
+# from start to verified file on disk, from one provider and from two,
+# beside a raw-TCP baseline in the same run (socat with 128 KiB blocks into
+# a file, then b3sum). Medians of RUNS runs.
+#
+# Usage: node/bench-fetch.sh            (from the workspace root; SIZE=1G RUNS=5 by default)
+# Needs: socat and b3sum on PATH (apt-get install socat; cargo install b3sum).
+set -euo pipefail
+SIZE="${SIZE:-1G}"
+RUNS="${RUNS:-5}"
+cargo build --release --quiet --bins -p kiln-cli -p kiln-bootstrap
+BIN="$(pwd)/target/release"
+DIR="$(mktemp -d "${TMPDIR:-/tmp}/kiln-fetch-bench.XXXXXX")"
+PIDS=""
+cleanup() { [ -z "$PIDS" ] || kill $PIDS 2>/dev/null || true; rm -rf "$DIR"; }
+trap cleanup EXIT
+
+head -c "$SIZE" /dev/urandom > "$DIR/blob"
+BYTES=$(stat -c %s "$DIR/blob")
+HASH=$(b3sum --no-names "$DIR/blob")
+
+first_line() { for _ in $(seq 200); do [ -s "$1" ] && { head -1 "$1"; return; }; sleep 0.05; done; echo "no address in $1" >&2; exit 1; }
+seconds() { local s e; s=$(date +%s.%N); "$@" > /dev/null; e=$(date +%s.%N); echo "$e - $s" | bc -l; }
+median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+report() { awk -v n="$1" -v s="$2" -v b="$BYTES" 'BEGIN { printf "%-34s median %7.3f s  %8.0f MiB/s\n", n, s, b / 1048576 / s }'; }
+
+"$BIN/kiln-bootstrap" --listen /ip4/127.0.0.1/tcp/0 --data-dir "$DIR/boot" > "$DIR/boot.addr" 2> /dev/null &
+PIDS="$PIDS $!"
+BOOT=$(first_line "$DIR/boot.addr")
+start_provider() {
+    "$BIN/kiln" node --listen /ip4/127.0.0.1/tcp/0 --bootstrap "$BOOT" --data-dir "$DIR/$1" > "$DIR/$1.addr" 2> /dev/null &
+    PIDS="$PIDS $!"
+    first_line "$DIR/$1.addr" > /dev/null
+    "$BIN/kiln" publish "$DIR/blob" --data-dir "$DIR/$1" > /dev/null
+}
+
+fetch_once() {
+    rm -rf "$DIR/fetcher" "$DIR/out"
+    "$BIN/kiln" fetch "$HASH" -o "$DIR/out" --bootstrap "$BOOT" --data-dir "$DIR/fetcher"
+}
+
+socat_once() {
+    rm -f "$DIR/socat.out"
+    socat -u -b 131072 FILE:"$DIR/blob" TCP-LISTEN:0,bind=127.0.0.1,reuseaddr 2>/dev/null &
+    local server=$!
+    local port=""
+    for _ in $(seq 100); do
+        port=$(ss -ltnp 2>/dev/null | awk -v pid="pid=$server," '$0 ~ pid { split($4, a, ":"); print a[length(a)] }' | head -1)
+        [ -n "$port" ] && break
+        sleep 0.02
+    done
+    socat -u -b 131072 TCP:127.0.0.1:"$port" CREATE:"$DIR/socat.out"
+    sync "$DIR/socat.out"
+    b3sum --no-names "$DIR/socat.out"
+    wait $server 2>/dev/null || true
+}
+
+echo "blob: $BYTES bytes, $HASH"
+results=()
+t=$(for _ in $(seq "$RUNS"); do seconds socat_once; done | median); results+=("$(report "socat -b 131072 + sync + b3sum" "$t")")
+start_provider p1
+t=$(for _ in $(seq "$RUNS"); do seconds fetch_once; done | median); results+=("$(report "kiln fetch, one provider" "$t")")
+cmp "$DIR/blob" "$DIR/out"
+start_provider p2
+t=$(for _ in $(seq "$RUNS"); do seconds fetch_once; done | median); results+=("$(report "kiln fetch, two providers" "$t")")
+cmp "$DIR/blob" "$DIR/out"
+SIZE_SMALL=4096; head -c $SIZE_SMALL /dev/urandom > "$DIR/small"; "$BIN/kiln" publish "$DIR/small" --data-dir "$DIR/p1" > /dev/null
+HASH=$(b3sum --no-names "$DIR/small"); BYTES=$SIZE_SMALL
+t=$(for _ in $(seq "$RUNS"); do seconds fetch_once; done | median)
+results+=("$(awk -v s="$t" 'BEGIN { printf "%-34s median %7.1f ms\n", "kiln fetch 4 KiB, one provider", s * 1000 }')")
+printf '%s\n' "${results[@]}"
