@@ -61,18 +61,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         bootstrap: cli.bootstrap,
         relay_server: true,
     };
-    kiln_node::run_node(options, |addr| println!("{addr}"), shutdown_signal()).await?;
+    kiln_node::run_node(options, |addr| println!("{addr}"), kiln_node::shutdown_signal()).await?;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut term) = signal(SignalKind::terminate()) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

@@ -168,21 +168,8 @@ async fn node(listen: Vec<Multiaddr>, bootstrap: Vec<Multiaddr>, data_dir: &Path
         bootstrap,
         relay_server: false,
     };
-    kiln_node::run_node(options, |addr| println!("{addr}"), shutdown_signal()).await?;
+    kiln_node::run_node(options, |addr| println!("{addr}"), kiln_node::shutdown_signal()).await?;
     Ok(())
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut term) = signal(SignalKind::terminate()) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }
 
 async fn publish(path: &Path, data_dir: &Path) -> anyhow::Result<()> {

@@ -13,4 +13,4 @@ pub mod identity;
 pub mod net;
 pub mod node;
 
-pub use node::{fetch_to, publish, run_node, EphemeralNode, NodeError, NodeOptions};
+pub use node::{fetch_to, publish, run_node, shutdown_signal, EphemeralNode, NodeError, NodeOptions};

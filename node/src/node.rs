@@ -219,6 +219,19 @@ fn export(store: &Store, hash: &Hash, output: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Resolves on SIGINT or SIGTERM: how `kiln node` and `kiln-bootstrap` stop.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
 /// Progress that shows nothing.
 pub struct NoProgress;
 
