@@ -559,10 +559,10 @@ async fn ask_outline(net: &NetClient, peer: PeerId, hash: Hash) -> Result<(u64, 
     let Some(BlobReply::V1(BlobReplyV1::RangeHashes { blob_bytes, count })) = reply else {
         return Err(ProviderFault::Missing(format!("answered {reply:?}")));
     };
-    let expected = if ranges::has_range_hashes(blob_bytes) {
-        ranges::range_count(blob_bytes)
-    } else {
-        0
+    let Some(expected) = ranges::range_hash_count(blob_bytes) else {
+        return Err(ProviderFault::Lying(format!(
+            "claims a blob of {blob_bytes} bytes, over Kiln's limit"
+        )));
     };
     if count != expected {
         return Err(ProviderFault::Lying(format!(

@@ -292,6 +292,7 @@ pub struct EventLoop {
     provided: HashSet<Hash>,
     provider_queries: HashMap<QueryId, ProviderQuery>,
     provide_queries: HashMap<QueryId, oneshot::Sender<Result<(), NetError>>>,
+    /// Invalid gossip counted per connected peer.
     invalid_gossip: HashMap<PeerId, u32>,
 }
 
@@ -430,6 +431,9 @@ impl EventLoop {
                 num_established: 0,
                 ..
             } => {
+                // Counts live as long as the connection: the map stays as
+                // small as the set of connected peers.
+                self.invalid_gossip.remove(&peer_id);
                 self.emit(NetEvent::PeerDisconnected(peer_id));
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {

@@ -16,6 +16,10 @@ use crate::hash::Hash;
 /// The unit of verification and of download.
 pub const RANGE_BYTES: u64 = 1 << 20;
 
+/// Largest blob Kiln transfers (1 TiB): its range-hash list is 32 MiB.
+/// A provider claiming more is refused before anything is allocated.
+pub const BLOB_BYTES_MAX: u64 = 1 << 40;
+
 /// A range's chaining value.
 pub type RangeHash = [u8; 32];
 
@@ -28,6 +32,18 @@ pub fn range_count(blob_bytes: u64) -> u64 {
 pub fn range_len(blob_bytes: u64, index: u64) -> u64 {
     let start = index.saturating_mul(RANGE_BYTES);
     blob_bytes.saturating_sub(start).min(RANGE_BYTES)
+}
+
+/// How many range hashes a provider must send for a blob of `blob_bytes`
+/// (none for a blob of one range); `None` for a size over [`BLOB_BYTES_MAX`].
+pub fn range_hash_count(blob_bytes: u64) -> Option<u64> {
+    if blob_bytes > BLOB_BYTES_MAX {
+        None
+    } else if has_range_hashes(blob_bytes) {
+        Some(range_count(blob_bytes))
+    } else {
+        Some(0)
+    }
 }
 
 /// Whether a blob needs a list of range hashes (more than one range).
@@ -197,5 +213,9 @@ mod tests {
         assert_eq!(range_len(R + 1, 1), 1);
         assert_eq!(range_len(R + 1, 2), 0);
         assert_eq!(range_hash(0, &[]), None);
+        assert_eq!(range_hash_count(R), Some(0));
+        assert_eq!(range_hash_count(R + 1), Some(2));
+        assert_eq!(range_hash_count(BLOB_BYTES_MAX), Some(BLOB_BYTES_MAX / R));
+        assert_eq!(range_hash_count(u64::MAX), None);
     }
 }

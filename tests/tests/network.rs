@@ -337,3 +337,24 @@ fn nodes_rejoin_a_restarted_bootstrap_and_announce_their_blobs_again() {
     });
     assert_eq!(std::fs::read(&output).unwrap(), data);
 }
+
+#[test]
+fn a_provider_claiming_an_absurd_blob_size_is_refused_before_allocating() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_boot, boot_addr) = start_bootstrap(&tmp.path().join("boot"));
+    let data = test_bytes(3 * 1024 * 1024, 7);
+    let file = tmp.path().join("blob.bin");
+    std::fs::write(&file, &data).unwrap();
+    let mut liar = evil(&["huge"], &tmp.path().join("liar"), &boot_addr, file.to_str().unwrap());
+    liar.wait_line(START, |l| l.starts_with("providing"));
+
+    let (ok, _, err) = fetch(
+        &tmp.path().join("fetcher"),
+        &boot_addr,
+        &Hash::of(&data),
+        &tmp.path().join("out"),
+    );
+    assert!(!ok, "a fetch from a provider that lies about the size cannot succeed");
+    assert!(err.contains("over Kiln's limit"), "{err}");
+    assert!(!tmp.path().join("out").exists());
+}

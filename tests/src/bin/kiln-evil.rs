@@ -4,6 +4,7 @@
 //!
 //! kiln-evil corrupt   --data-dir D --bootstrap B FILE   serve FILE with one flipped byte per range
 //! kiln-evil die-after N --data-dir D --bootstrap B FILE serve N ranges honestly, then abort
+//! kiln-evil huge      --data-dir D --bootstrap B FILE   claim FILE is an absurdly large blob
 //! kiln-evil garbage   --data-dir D --bootstrap B PEER    send bad gossip and bad frames to PEER
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -47,13 +48,14 @@ async fn main() {
     }
     tokio::spawn(async move { while events.recv().await.is_some() {} });
     match mode.as_str() {
-        "corrupt" | "die-after" => serve_file(net, PathBuf::from(target), mode == "corrupt", mode_arg).await,
+        "corrupt" | "die-after" | "huge" => serve_file(net, PathBuf::from(target), &mode, mode_arg).await,
         "garbage" => garbage(net, target.parse().unwrap()).await,
         other => panic!("unknown mode {other}"),
     }
 }
 
-async fn serve_file(net: NetClient, file: PathBuf, corrupt: bool, die_after: u64) {
+async fn serve_file(net: NetClient, file: PathBuf, mode: &str, die_after: u64) {
+    let (corrupt, huge) = (mode == "corrupt", mode == "huge");
     let data = Arc::new(std::fs::read(&file).unwrap());
     let mut hasher = RangeHasher::new();
     hasher.update(&data);
@@ -77,9 +79,16 @@ async fn serve_file(net: NetClient, file: PathBuf, corrupt: bool, die_after: u64
                 let request: BlobRequest = wire::decode::<_, 4096>(&body).unwrap();
                 let reply = match request {
                     BlobRequest::RangeHashesV1 { .. } => {
-                        let reply = BlobReplyV1::RangeHashes {
-                            blob_bytes: data.len() as u64,
-                            count: list.len() as u64,
+                        let reply = if huge {
+                            BlobReplyV1::RangeHashes {
+                                blob_bytes: 1 << 62,
+                                count: 1 << 42,
+                            }
+                        } else {
+                            BlobReplyV1::RangeHashes {
+                                blob_bytes: data.len() as u64,
+                                count: list.len() as u64,
+                            }
                         };
                         let mut out = messages::encode_frame(&BlobReply::V1(reply)).unwrap();
                         out.extend_from_slice(&list.concat());
