@@ -5,7 +5,7 @@
 // Test code: a panic is a failed assertion.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -13,9 +13,30 @@ use kiln_protocol::Hash;
 use kiln_tests::{bin, is_listen_line, kiln, start_bootstrap, start_node, test_bytes, Proc, START};
 
 const FETCH: Duration = Duration::from_secs(60);
+const MIB: usize = 1024 * 1024;
 
 fn peer_of(addr: &str) -> &str {
     addr.rsplit('/').next().unwrap()
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Writes `len` test bytes to `dir/blob.bin`; returns the file, the bytes and their hash.
+fn write_blob(dir: &Path, len: usize, seed: u64) -> (PathBuf, Vec<u8>, Hash) {
+    let data = test_bytes(len, seed);
+    let file = dir.join("blob.bin");
+    std::fs::write(&file, &data).unwrap();
+    let hash = Hash::of(&data);
+    (file, data, hash)
+}
+
+/// `kiln publish FILE --data-dir DIR`, which must succeed; returns what it printed.
+fn publish(file: &Path, data_dir: &Path) -> String {
+    let (ok, out, err) = kiln(&["publish", path(file), "--data-dir", path(data_dir)]);
+    assert!(ok, "publish failed: {err}");
+    out
 }
 
 fn fetch(data_dir: &Path, bootstrap: &str, hash: &Hash, output: &Path) -> (bool, String, String) {
@@ -23,14 +44,15 @@ fn fetch(data_dir: &Path, bootstrap: &str, hash: &Hash, output: &Path) -> (bool,
         "fetch",
         &hash.to_string(),
         "-o",
-        output.to_str().unwrap(),
+        path(output),
         "--bootstrap",
         bootstrap,
         "--data-dir",
-        data_dir.to_str().unwrap(),
+        path(data_dir),
     ])
 }
 
+/// Starts `kiln-evil MODE...` and waits until it listens.
 fn evil(mode: &[&str], data_dir: &Path, bootstrap: &str, target: &str) -> Proc {
     let mut command = Command::new(bin("kiln-evil"));
     command
@@ -43,6 +65,13 @@ fn evil(mode: &[&str], data_dir: &Path, bootstrap: &str, target: &str) -> Proc {
     proc
 }
 
+/// Starts a misbehaving provider of `file` and waits until it is announced.
+fn evil_provider(mode: &[&str], data_dir: &Path, bootstrap: &str, file: &Path) -> Proc {
+    let mut proc = evil(mode, data_dir, bootstrap, path(file));
+    proc.wait_line(START, |l| l.starts_with("providing"));
+    proc
+}
+
 #[test]
 fn publish_on_one_node_fetch_on_another_through_the_bootstrap() {
     let tmp = tempfile::tempdir().unwrap();
@@ -51,23 +80,14 @@ fn publish_on_one_node_fetch_on_another_through_the_bootstrap() {
     let (_b, _) = start_node("b", &tmp.path().join("b"), &boot_addr, &[]);
 
     // `kiln id` on a running node's data dir names the same peer.
-    let (ok, id, _) = kiln(&["id", "--data-dir", tmp.path().join("a").to_str().unwrap()]);
+    let (ok, id, _) = kiln(&["id", "--data-dir", path(&tmp.path().join("a"))]);
     assert!(ok);
     assert_eq!(id.trim(), peer_of(&a_addr));
 
     // A file of three ranges and a bit, published through the running node.
-    let data = test_bytes(3 * 1024 * 1024 + 12345, 1);
-    let file = tmp.path().join("blob.bin");
-    std::fs::write(&file, &data).unwrap();
-    let (ok, out, err) = kiln(&[
-        "publish",
-        file.to_str().unwrap(),
-        "--data-dir",
-        tmp.path().join("a").to_str().unwrap(),
-    ]);
-    assert!(ok, "{err}");
-    let hash: Hash = out.trim().parse().unwrap();
-    assert_eq!(hash, Hash::of(&data), "the printed hash is what b3sum prints");
+    let (file, _, hash) = write_blob(tmp.path(), 3 * MIB + 12345, 1);
+    let printed: Hash = publish(&file, &tmp.path().join("a")).trim().parse().unwrap();
+    assert_eq!(printed, hash, "the printed hash is what b3sum prints");
 
     // A third machine that knows only the bootstrap fetches it.
     let output = tmp.path().join("fetched.bin");
@@ -79,20 +99,8 @@ fn publish_on_one_node_fetch_on_another_through_the_bootstrap() {
     let tree = tmp.path().join("tree");
     std::fs::create_dir_all(tree.join("sub")).unwrap();
     std::fs::write(tree.join("sub/x.txt"), b"x").unwrap();
-    let (ok, first, err) = kiln(&[
-        "publish",
-        tree.to_str().unwrap(),
-        "--data-dir",
-        tmp.path().join("a").to_str().unwrap(),
-    ]);
-    assert!(ok, "{err}");
-    let (ok, second, _) = kiln(&[
-        "publish",
-        tree.to_str().unwrap(),
-        "--data-dir",
-        tmp.path().join("d").to_str().unwrap(),
-    ]);
-    assert!(ok);
+    let first = publish(&tree, &tmp.path().join("a"));
+    let second = publish(&tree, &tmp.path().join("d"));
     assert_eq!(first, second);
 }
 
@@ -100,39 +108,14 @@ fn publish_on_one_node_fetch_on_another_through_the_bootstrap() {
 fn a_provider_that_lies_is_dropped_and_nothing_corrupt_is_stored() {
     let tmp = tempfile::tempdir().unwrap();
     let (_boot, boot_addr) = start_bootstrap(&tmp.path().join("boot"));
-    let data = test_bytes(6 * 1024 * 1024 + 7, 2);
-    let file = tmp.path().join("blob.bin");
-    std::fs::write(&file, &data).unwrap();
-    let hash = Hash::of(&data);
-
-    let mut liar = evil(
-        &["corrupt"],
-        &tmp.path().join("liar"),
-        &boot_addr,
-        file.to_str().unwrap(),
-    );
-    liar.wait_line(START, |l| l.starts_with("providing"));
+    let (file, data, hash) = write_blob(tmp.path(), 6 * MIB + 7, 2);
+    let _liar = evil_provider(&["corrupt"], &tmp.path().join("liar"), &boot_addr, &file);
     let (_honest, _) = start_node("honest", &tmp.path().join("honest"), &boot_addr, &[]);
-    let (ok, _, err) = kiln(&[
-        "publish",
-        file.to_str().unwrap(),
-        "--data-dir",
-        tmp.path().join("honest").to_str().unwrap(),
-    ]);
-    assert!(ok, "{err}");
+    publish(&file, &tmp.path().join("honest"));
 
     let output = tmp.path().join("fetched.bin");
     let fetcher_dir = tmp.path().join("fetcher");
-    let (ok, _, err) = kiln(&[
-        "fetch",
-        &hash.to_string(),
-        "-o",
-        output.to_str().unwrap(),
-        "--bootstrap",
-        &boot_addr,
-        "--data-dir",
-        fetcher_dir.to_str().unwrap(),
-    ]);
+    let (ok, _, err) = fetch(&fetcher_dir, &boot_addr, &hash, &output);
     assert!(ok, "fetch failed: {err}");
     assert!(
         err.contains("provider sent bytes that do not match the hash"),
@@ -150,26 +133,10 @@ fn a_provider_that_lies_is_dropped_and_nothing_corrupt_is_stored() {
 fn a_provider_killed_mid_transfer_is_replaced_by_another() {
     let tmp = tempfile::tempdir().unwrap();
     let (_boot, boot_addr) = start_bootstrap(&tmp.path().join("boot"));
-    let data = test_bytes(24 * 1024 * 1024, 3);
-    let file = tmp.path().join("blob.bin");
-    std::fs::write(&file, &data).unwrap();
-    let hash = Hash::of(&data);
-
-    let mut dying = evil(
-        &["die-after", "3"],
-        &tmp.path().join("dying"),
-        &boot_addr,
-        file.to_str().unwrap(),
-    );
-    dying.wait_line(START, |l| l.starts_with("providing"));
+    let (file, _, hash) = write_blob(tmp.path(), 24 * MIB, 3);
+    let mut dying = evil_provider(&["die-after", "3"], &tmp.path().join("dying"), &boot_addr, &file);
     let (_honest, _) = start_node("honest", &tmp.path().join("honest"), &boot_addr, &[]);
-    let (ok, _, err) = kiln(&[
-        "publish",
-        file.to_str().unwrap(),
-        "--data-dir",
-        tmp.path().join("honest").to_str().unwrap(),
-    ]);
-    assert!(ok, "{err}");
+    publish(&file, &tmp.path().join("honest"));
 
     let output = tmp.path().join("fetched.bin");
     let (ok, _, err) = fetch(&tmp.path().join("fetcher"), &boot_addr, &hash, &output);
@@ -209,16 +176,8 @@ fn garbage_gossip_and_frames_are_rejected_and_the_node_keeps_serving() {
     let tmp = tempfile::tempdir().unwrap();
     let (_boot, boot_addr) = start_bootstrap(&tmp.path().join("boot"));
     let (victim, victim_addr) = start_node("victim", &tmp.path().join("victim"), &boot_addr, &[]);
-    let data = test_bytes(2 * 1024 * 1024 + 1, 4);
-    let file = tmp.path().join("blob.bin");
-    std::fs::write(&file, &data).unwrap();
-    let (ok, _, err) = kiln(&[
-        "publish",
-        file.to_str().unwrap(),
-        "--data-dir",
-        tmp.path().join("victim").to_str().unwrap(),
-    ]);
-    assert!(ok, "{err}");
+    let (file, data, hash) = write_blob(tmp.path(), 2 * MIB + 1, 4);
+    publish(&file, &tmp.path().join("victim"));
 
     let mut sender = evil(
         &["garbage"],
@@ -227,11 +186,11 @@ fn garbage_gossip_and_frames_are_rejected_and_the_node_keeps_serving() {
         peer_of(&victim_addr),
     );
     sender.wait_line(FETCH, |l| l == "frames sent");
-    // The victim (or the bootstrap relaying for it) refused each message.
+    // The victim refused the messages.
     victim.wait_stderr(FETCH, "gossip rejected");
 
     let output = tmp.path().join("fetched.bin");
-    let (ok, _, err) = fetch(&tmp.path().join("fetcher"), &boot_addr, &Hash::of(&data), &output);
+    let (ok, _, err) = fetch(&tmp.path().join("fetcher"), &boot_addr, &hash, &output);
     assert!(ok, "the victim stopped serving: {err}");
     assert_eq!(std::fs::read(&output).unwrap(), data);
 }
@@ -252,20 +211,11 @@ fn a_node_stops_cleanly_on_sigterm_and_keeps_its_identity() {
 fn an_interrupted_fetch_resumes_where_it_stopped() {
     let tmp = tempfile::tempdir().unwrap();
     let (_boot, boot_addr) = start_bootstrap(&tmp.path().join("boot"));
-    let data = test_bytes(12 * 1024 * 1024, 5);
-    let file = tmp.path().join("blob.bin");
-    std::fs::write(&file, &data).unwrap();
-    let hash = Hash::of(&data);
+    let (file, _, hash) = write_blob(tmp.path(), 12 * MIB, 5);
 
     // The only provider dies after serving a few ranges: the fetch fails
     // and keeps what it verified.
-    let mut dying = evil(
-        &["die-after", "4"],
-        &tmp.path().join("dying"),
-        &boot_addr,
-        file.to_str().unwrap(),
-    );
-    dying.wait_line(START, |l| l.starts_with("providing"));
+    let mut dying = evil_provider(&["die-after", "4"], &tmp.path().join("dying"), &boot_addr, &file);
     let fetcher = tmp.path().join("fetcher");
     let output = tmp.path().join("fetched.bin");
     let (ok, _, err) = fetch(&fetcher, &boot_addr, &hash, &output);
@@ -275,20 +225,14 @@ fn an_interrupted_fetch_resumes_where_it_stopped() {
 
     // Another provider appears; the next fetch starts from what is there.
     let (_honest, _) = start_node("honest", &tmp.path().join("honest"), &boot_addr, &[]);
-    let (ok, _, err) = kiln(&[
-        "publish",
-        file.to_str().unwrap(),
-        "--data-dir",
-        tmp.path().join("honest").to_str().unwrap(),
-    ]);
-    assert!(ok, "{err}");
+    publish(&file, &tmp.path().join("honest"));
     let out = Command::new(bin("kiln"))
         .env("RUST_LOG", "kiln_node=info")
         .args([
             "fetch",
             &hash.to_string(),
             "-o",
-            output.to_str().unwrap(),
+            path(&output),
             "--bootstrap",
             &boot_addr,
             "--data-dir",
@@ -307,16 +251,8 @@ fn nodes_rejoin_a_restarted_bootstrap_and_announce_their_blobs_again() {
     let tmp = tempfile::tempdir().unwrap();
     let (mut boot, boot_addr) = start_bootstrap(&tmp.path().join("boot"));
     let (_a, _) = start_node("a", &tmp.path().join("a"), &boot_addr, &[]);
-    let data = test_bytes(1000, 6);
-    let file = tmp.path().join("small.bin");
-    std::fs::write(&file, &data).unwrap();
-    let (ok, _, err) = kiln(&[
-        "publish",
-        file.to_str().unwrap(),
-        "--data-dir",
-        tmp.path().join("a").to_str().unwrap(),
-    ]);
-    assert!(ok, "{err}");
+    let (file, data, hash) = write_blob(tmp.path(), 1000, 6);
+    publish(&file, &tmp.path().join("a"));
 
     // The bootstrap restarts on the same address with the same identity,
     // having lost every provider record it held.
@@ -333,7 +269,7 @@ fn nodes_rejoin_a_restarted_bootstrap_and_announce_their_blobs_again() {
     let output = tmp.path().join("fetched.bin");
     let newcomer = tmp.path().join("newcomer");
     kiln_tests::wait_until(Duration::from_secs(30), "the blob to be announced again", || {
-        fetch(&newcomer, &boot_addr, &Hash::of(&data), &output).0
+        fetch(&newcomer, &boot_addr, &hash, &output).0
     });
     assert_eq!(std::fs::read(&output).unwrap(), data);
 }
@@ -342,18 +278,10 @@ fn nodes_rejoin_a_restarted_bootstrap_and_announce_their_blobs_again() {
 fn a_provider_claiming_an_absurd_blob_size_is_refused_before_allocating() {
     let tmp = tempfile::tempdir().unwrap();
     let (_boot, boot_addr) = start_bootstrap(&tmp.path().join("boot"));
-    let data = test_bytes(3 * 1024 * 1024, 7);
-    let file = tmp.path().join("blob.bin");
-    std::fs::write(&file, &data).unwrap();
-    let mut liar = evil(&["huge"], &tmp.path().join("liar"), &boot_addr, file.to_str().unwrap());
-    liar.wait_line(START, |l| l.starts_with("providing"));
+    let (file, _, hash) = write_blob(tmp.path(), 3 * MIB, 7);
+    let _liar = evil_provider(&["huge"], &tmp.path().join("liar"), &boot_addr, &file);
 
-    let (ok, _, err) = fetch(
-        &tmp.path().join("fetcher"),
-        &boot_addr,
-        &Hash::of(&data),
-        &tmp.path().join("out"),
-    );
+    let (ok, _, err) = fetch(&tmp.path().join("fetcher"), &boot_addr, &hash, &tmp.path().join("out"));
     assert!(!ok, "a fetch from a provider that lies about the size cannot succeed");
     assert!(err.contains("over Kiln's limit"), "{err}");
     assert!(!tmp.path().join("out").exists());
