@@ -190,33 +190,11 @@ pub async fn fetch_to(
     }
     if let Some(output) = output {
         let (store, output) = (store.clone(), output.to_path_buf());
-        tokio::task::spawn_blocking(move || export(&store, &hash, &output))
+        tokio::task::spawn_blocking(move || store.export(&hash, &output))
             .await
-            .map_err(|e| FetchError::Writer(e.to_string()))?
-            .map_err(FetchError::Writer)?;
+            .map_err(|e| FetchError::Writer(e.to_string()))??;
     }
     Ok(bytes)
-}
-
-/// Copies a stored blob to `output` (through a temporary file beside it,
-/// renamed into place, so `output` is never half written).
-fn export(store: &Store, hash: &Hash, output: &Path) -> Result<(), String> {
-    let mut blob = store
-        .open_blob(hash)
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("{hash} vanished from the store before it could be copied"))?;
-    let dir = output
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp =
-        tempfile::NamedTempFile::new_in(dir).map_err(|e| format!("cannot write into {}: {e}", dir.display()))?;
-    std::io::copy(&mut blob, tmp.as_file_mut())
-        .and_then(|_| tmp.as_file().sync_all())
-        .map_err(|e| format!("cannot write {}: {e}", output.display()))?;
-    tmp.persist(output)
-        .map_err(|e| format!("cannot write {}: {e}", output.display()))?;
-    Ok(())
 }
 
 /// Resolves on SIGINT or SIGTERM: how `kiln node` and `kiln-bootstrap` stop.

@@ -50,7 +50,7 @@ pub(crate) fn mtime_ms(metadata: &fs::Metadata) -> u64 {
 }
 
 /// A fresh random name for a temporary file.
-fn random_name(prefix: &str) -> String {
+pub(crate) fn random_name(prefix: &str) -> String {
     let mut bytes = [0u8; 12];
     // Uniqueness comes from `create_new`; randomness only avoids retries,
     // so a failing random source falls back to the clock and pid.

@@ -26,6 +26,7 @@
 //! Not for: networking, fetching, deciding what to pin, or building.
 
 mod error;
+mod export;
 mod fsutil;
 mod index;
 mod partial;
@@ -35,6 +36,7 @@ mod records;
 mod store;
 
 pub use error::{DiskFullReason, Result, StoreError};
+pub use export::Exported;
 pub use index::RecordTable;
 pub use partial::{PartialBlob, PartialInfo};
 pub use read::{BlobReader, VerifyReport};

@@ -307,13 +307,7 @@ impl PartialBlob {
     /// is thrown away (nothing is stored) and the error is
     /// [`StoreError::HashMismatch`].
     pub fn finish(mut self) -> Result<u64> {
-        if !self.is_complete() {
-            return Err(StoreError::PartialIncomplete {
-                hash: self.hash,
-                missing_bytes: self.total_bytes - self.done_bytes(),
-                total_bytes: self.total_bytes,
-            });
-        }
+        self.check_complete()?;
         self.flush()?;
         let actual = self.hash_file()?;
         if actual != self.hash {
@@ -323,6 +317,31 @@ impl PartialBlob {
                 actual,
             });
         }
+        self.commit_into_store()
+    }
+
+    /// Like [`PartialBlob::finish`], for a caller that checked every byte
+    /// against the hash before writing it (a fetch verifies each range
+    /// against range hashes that merge into the blob hash): the file is
+    /// not read back and hashed again.
+    pub fn finish_verified(mut self) -> Result<u64> {
+        self.check_complete()?;
+        self.flush()?;
+        self.commit_into_store()
+    }
+
+    fn check_complete(&self) -> Result<()> {
+        if self.is_complete() {
+            return Ok(());
+        }
+        Err(StoreError::PartialIncomplete {
+            hash: self.hash,
+            missing_bytes: self.total_bytes - self.done_bytes(),
+            total_bytes: self.total_bytes,
+        })
+    }
+
+    fn commit_into_store(mut self) -> Result<u64> {
         seal(&self.file, &self.path)?;
         let outcome = self.store.commit(&self.path, self.hash, self.total_bytes);
         self.discard()?;

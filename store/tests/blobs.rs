@@ -344,3 +344,41 @@ fn a_missing_source_file_names_the_file_and_stores_nothing() {
     assert!(store.list().is_empty());
     assert!(files_under(&dir.path().join("tmp")).is_empty());
 }
+
+#[test]
+fn export_links_on_the_same_filesystem_and_copies_across() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("store")).unwrap();
+    let data = b"an artifact".repeat(1000);
+    let (hash, _) = store.put_bytes(&data, None).unwrap();
+
+    let linked = dir.path().join("out.bin");
+    fs::write(&linked, b"old contents are replaced").unwrap();
+    assert_eq!(store.export(&hash, &linked).unwrap(), kiln_store::Exported::Linked);
+    assert_eq!(fs::read(&linked).unwrap(), data);
+    assert!(
+        fs::metadata(&linked).unwrap().permissions().readonly(),
+        "a linked output shares the read-only blob"
+    );
+    assert!(fs::metadata(&linked).unwrap().nlink() >= 2);
+
+    // /dev/shm is a tmpfs: another filesystem, so the blob is copied.
+    let elsewhere = tempfile::tempdir_in("/dev/shm").unwrap();
+    let copied = elsewhere.path().join("out.bin");
+    assert_eq!(store.export(&hash, &copied).unwrap(), kiln_store::Exported::Copied);
+    assert_eq!(fs::read(&copied).unwrap(), data);
+    assert_eq!(fs::metadata(&copied).unwrap().permissions().mode() & 0o777, 0o644);
+    assert_eq!(
+        fs::read_dir(elsewhere.path()).unwrap().count(),
+        1,
+        "no staged file left behind"
+    );
+
+    let missing = Hash::of(b"not stored");
+    assert!(matches!(
+        store.export(&missing, &copied),
+        Err(StoreError::Missing { .. })
+    ));
+    assert_eq!(fs::read(&copied).unwrap(), data);
+}

@@ -161,6 +161,26 @@ fn partial_blob_resumes_across_reopens_in_any_order() {
 }
 
 #[test]
+fn a_verified_partial_is_committed_without_rehashing_and_must_be_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let data = bytes(2 * 1024 * 1024 + 3, 9);
+    let hash = Hash::of(&data);
+    let mut partial = store.begin_partial(&hash, data.len() as u64).unwrap();
+    partial.write_at(0, &data[..1000]).unwrap();
+    let err = partial.finish_verified().err().unwrap();
+    assert!(matches!(err, StoreError::PartialIncomplete { .. }), "{err}");
+    assert!(!store.has(&hash));
+
+    let mut partial = store.begin_partial(&hash, data.len() as u64).unwrap();
+    partial.write_at(1000, &data[1000..]).unwrap();
+    assert_eq!(partial.finish_verified().unwrap(), data.len() as u64);
+    assert!(store.verify(&hash).unwrap());
+    assert!(store.partials().unwrap().is_empty());
+    assert!(files_under(&dir.path().join("partial")).is_empty());
+}
+
+#[test]
 fn finishing_a_partial_with_wrong_bytes_stores_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
