@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Fetch benchmark: a random blob over loopback, whole `kiln fetch` process
-# from start to verified file on disk, from one provider and from two,
-# beside a raw-TCP baseline in the same run (socat with 128 KiB blocks into
-# a file, then b3sum). Medians of RUNS runs.
+# from start to verified file on disk, from one provider and from two, and a
+# 4 KiB blob, beside baselines in the same run: raw TCP (socat with 128 KiB
+# blocks into a file, sync, then b3sum) and iroh's sendme (whole `sendme
+# receive` process plus sync, run inside `unshare -n` so it makes no outside
+# connections). Medians of RUNS runs.
 #
 # Usage: node/bench-fetch.sh            (from the workspace root; SIZE=1G RUNS=5 by default)
-# Needs: socat and b3sum on PATH (apt-get install socat; cargo install b3sum).
+# Needs: socat, b3sum and sendme on PATH (apt-get install socat;
+# cargo install b3sum sendme), bc, ip and unshare (root, for unshare -n).
 set -euo pipefail
 SIZE="${SIZE:-1G}"
 RUNS="${RUNS:-5}"
@@ -56,9 +59,31 @@ socat_once() {
     wait $server 2>/dev/null || true
 }
 
+# One `sendme receive` inside a network namespace with only loopback;
+# prints the seconds from receive start to a synced file.
+cat > "$DIR/sendme_once.sh" <<'INNER'
+set -e
+ip link set lo up
+rx=$(mktemp -d "$2/rx.XXXXXX")
+cd "$rx"
+sendme send --no-progress --relay disabled "$1" > send.out 2>&1 &
+sender=$!
+i=0; until grep -q "sendme receive" send.out; do i=$((i + 1)); [ $i -lt 600 ] || exit 1; sleep 0.05; done
+ticket=$(grep -o "sendme receive [^ ]*" send.out | head -1 | cut -d' ' -f3)
+start=$(date +%s.%N)
+sendme receive --no-progress --relay disabled "$ticket" > recv.out 2>&1
+sync "$(basename "$1")"
+end=$(date +%s.%N)
+kill $sender 2>/dev/null || true
+cd / && rm -rf "$rx"
+echo "$end - $start" | bc -l
+INNER
+sendme_time() { unshare -n sh "$DIR/sendme_once.sh" "$1" "$DIR"; }
+
 echo "blob: $BYTES bytes, $HASH"
 results=()
 t=$(for _ in $(seq "$RUNS"); do seconds socat_once; done | median); results+=("$(report "socat -b 131072 + sync + b3sum" "$t")")
+t=$(for _ in $(seq "$RUNS"); do sendme_time "$DIR/blob"; done | median); results+=("$(report "sendme (unshare -n) + sync" "$t")")
 start_provider p1
 t=$(for _ in $(seq "$RUNS"); do seconds fetch_once; done | median); results+=("$(report "kiln fetch, one provider" "$t")")
 cmp "$DIR/blob" "$DIR/out"
@@ -69,4 +94,6 @@ SIZE_SMALL=4096; head -c $SIZE_SMALL /dev/urandom > "$DIR/small"; "$BIN/kiln" pu
 HASH=$(b3sum --no-names "$DIR/small"); BYTES=$SIZE_SMALL
 t=$(for _ in $(seq "$RUNS"); do seconds fetch_once; done | median)
 results+=("$(awk -v s="$t" 'BEGIN { printf "%-34s median %7.1f ms\n", "kiln fetch 4 KiB, one provider", s * 1000 }')")
+t=$(for _ in $(seq "$RUNS"); do sendme_time "$DIR/small"; done | median)
+results+=("$(awk -v s="$t" 'BEGIN { printf "%-34s median %7.1f ms\n", "sendme 4 KiB (unshare -n)", s * 1000 }')")
 printf '%s\n' "${results[@]}"
