@@ -43,6 +43,43 @@ pub fn pack_dir(root: &Path, out: impl Write) -> Result<(), ArchiveError> {
         })
 }
 
+/// Writes the deterministic archive of the listed paths under `root`
+/// (files, or directories with everything in them): a build's outputs.
+/// A listed path that does not exist is an error naming it.
+pub fn pack_paths(
+    root: &Path,
+    paths: &std::collections::BTreeSet<String>,
+    out: impl Write,
+) -> Result<(), ArchiveError> {
+    let mut entries = Vec::new();
+    for listed in paths {
+        let relative = PathBuf::from(listed);
+        let full = root.join(&relative);
+        let meta = fs::symlink_metadata(&full).map_err(|source| ArchiveError::Io {
+            path: full.clone(),
+            source,
+        })?;
+        entries.push(relative.clone());
+        if meta.is_dir() {
+            collect(root, &relative, &mut entries)?;
+        }
+    }
+    entries.sort();
+    entries.dedup();
+    let mut builder = tar::Builder::new(out);
+    builder.follow_symlinks(false);
+    for relative in entries {
+        append(&mut builder, root, &relative)?;
+    }
+    builder
+        .into_inner()
+        .and_then(|mut w| w.flush())
+        .map_err(|source| ArchiveError::Io {
+            path: root.into(),
+            source,
+        })
+}
+
 fn collect(root: &Path, relative: &Path, out: &mut Vec<PathBuf>) -> Result<(), ArchiveError> {
     let dir = root.join(relative);
     let read = fs::read_dir(&dir).map_err(|source| ArchiveError::Io {
@@ -135,6 +172,24 @@ mod tests {
         let mut c = Vec::new();
         pack_dir(two.path(), &mut c).unwrap();
         assert_ne!(a, c);
+    }
+
+    #[test]
+    fn packs_only_the_listed_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        tree(dir.path());
+        let listed: std::collections::BTreeSet<String> = ["b".to_string(), "a.txt".to_string()].into();
+        let mut bytes = Vec::new();
+        pack_paths(dir.path(), &listed, &mut bytes).unwrap();
+        let names: Vec<String> = tar::Archive::new(&bytes[..])
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .collect();
+        assert_eq!(names, ["a.txt", "b", "b/c", "b/c/run.sh"]);
+        let missing: std::collections::BTreeSet<String> = ["nope".to_string()].into();
+        let err = pack_paths(dir.path(), &missing, Vec::new()).unwrap_err().to_string();
+        assert!(err.contains("nope"), "{err}");
     }
 
     #[test]

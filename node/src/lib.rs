@@ -12,5 +12,7 @@ pub mod control;
 pub mod identity;
 pub mod net;
 pub mod node;
+pub mod sandbox;
+pub mod system;
 
 pub use node::{fetch_to, publish, run_node, shutdown_signal, EphemeralNode, NodeError, NodeOptions};

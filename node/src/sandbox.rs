@@ -1,0 +1,550 @@
+//! The build sandbox: runs a recipe's steps on a contributor's machine
+//! without harming it.
+//!
+//! Each build gets a fresh directory `DATA_DIR/builds/<id>/` holding `work/`
+//! (the source and the steps' working directory), `home/` and `tmp/`. Steps
+//! run under bubblewrap: the whole filesystem read-only, Kiln's data dir and
+//! the contributor's home hidden behind empty tmpfs mounts, only the build
+//! directory writable, new PID/IPC/UTS namespaces (the whole process tree
+//! dies with the build), and a new network namespace unless the recipe needs
+//! the network and the contributor allows it. The environment is cleared
+//! except [`documented_env`]. Each step runs under `prlimit --as` (memory)
+//! and the whole build under a wall-clock limit. Leftover build directories
+//! from a crash are removed when the sandbox is created.
+//!
+//! Where bubblewrap is missing or cannot create namespaces, the sandbox says
+//! so and refuses every build: there is no unisolated fallback.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::Command;
+use tracing::{info, warn};
+
+use crate::archive;
+
+/// Most bytes of a build log kept (head and tail; the middle is cut).
+pub const LOG_BYTES_MAX: usize = 1024 * 1024;
+/// `SOURCE_DATE_EPOCH` given to every build: timestamps tools embed are fixed.
+pub const SOURCE_DATE_EPOCH: u64 = 0;
+/// Memory limit when neither the recipe nor the contributor names one.
+pub const BUILD_MEMORY_BYTES_DEFAULT: u64 = 4 << 30;
+const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Why a build could not run at all (as opposed to failing).
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("this machine cannot isolate builds ({0}); install bubblewrap (`apt-get install bubblewrap`) and allow user namespaces, then restart the worker")]
+    NoIsolation(String),
+    #[error("recipe needs the network while building, and this worker does not allow it (start it with --allow-network to allow it)")]
+    NetworkRefused,
+    #[error("cannot prepare the build directory {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("source: {0}")]
+    Source(String),
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> SandboxError + '_ {
+    move |source| SandboxError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Where a build's source comes from, already on this machine.
+pub enum SourceInput {
+    None,
+    /// A deterministic archive (`kiln publish DIR`), unpacked into `work/`.
+    Archive(PathBuf),
+    /// A git repository (a `file://` URL or a path) checked out at a commit.
+    Git {
+        url: String,
+        rev: String,
+    },
+}
+
+/// What to build.
+pub struct BuildSpec {
+    pub steps: Vec<String>,
+    pub outputs: BTreeSet<String>,
+    pub options: BTreeMap<String, String>,
+    pub network: bool,
+    pub timeout: Duration,
+    /// 0: the sandbox's default.
+    pub memory_bytes: u64,
+    pub source: SourceInput,
+}
+
+/// How a build ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BuildStatus {
+    /// Every step exited 0 and every output exists: the archive is at the path.
+    Succeeded { artifact: PathBuf },
+    /// A step exited non-zero (or was killed by a signal).
+    StepFailed { step: usize, status: String },
+    /// The wall-clock limit passed; the whole process tree was killed.
+    TimedOut { after: Duration },
+    /// A declared output was not produced.
+    MissingOutput { output: String },
+}
+
+/// A finished build: its status and its (size-capped) log.
+pub struct BuildResult {
+    pub status: BuildStatus,
+    pub log: Vec<u8>,
+    /// The build's directory; removed when the result is dropped.
+    pub dir: BuildDir,
+}
+
+/// A build directory, removed on drop.
+pub struct BuildDir(PathBuf);
+
+impl BuildDir {
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for BuildDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            warn!(dir = %self.0.display(), error = %e, "cannot remove a build directory");
+        }
+    }
+}
+
+/// The sandbox of one worker.
+pub struct Sandbox {
+    builds_dir: PathBuf,
+    /// Paths hidden from builds (Kiln's data dir, the contributor's home).
+    hidden: Vec<PathBuf>,
+    bwrap: Result<PathBuf, String>,
+    allow_network: bool,
+    memory_bytes_default: u64,
+}
+
+impl Sandbox {
+    /// Prepares `data_dir/builds`, removing what a crash left there, and
+    /// checks that builds can be isolated here.
+    pub fn new(data_dir: &Path, allow_network: bool) -> Result<Sandbox, SandboxError> {
+        let builds_dir = data_dir.join("builds");
+        if builds_dir.exists() {
+            let leftovers = std::fs::read_dir(&builds_dir).map_err(io_error(&builds_dir))?.count();
+            if leftovers > 0 {
+                info!(count = leftovers, "removing build directories left by an earlier run");
+            }
+            std::fs::remove_dir_all(&builds_dir).map_err(io_error(&builds_dir))?;
+        }
+        std::fs::create_dir_all(&builds_dir).map_err(io_error(&builds_dir))?;
+        let data_dir = std::fs::canonicalize(data_dir).map_err(io_error(data_dir))?;
+        let mut hidden = vec![data_dir];
+        if let Some(home) = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .filter(|h| h.is_dir() && h != Path::new("/"))
+        {
+            hidden.push(home);
+        }
+        let bwrap = find_bubblewrap();
+        if let Err(why) = &bwrap {
+            warn!(
+                why,
+                "builds cannot be isolated on this machine; every build will be refused"
+            );
+        }
+        Ok(Sandbox {
+            builds_dir: std::fs::canonicalize(&builds_dir).map_err(io_error(&builds_dir))?,
+            hidden,
+            bwrap,
+            allow_network,
+            memory_bytes_default: BUILD_MEMORY_BYTES_DEFAULT,
+        })
+    }
+
+    /// Why builds are refused here, if they are.
+    pub fn isolation_problem(&self) -> Option<&str> {
+        self.bwrap.as_ref().err().map(String::as_str)
+    }
+
+    /// Runs a build to its end. `Err` only when it could not start.
+    pub async fn run(&self, spec: &BuildSpec) -> Result<BuildResult, SandboxError> {
+        let bwrap = self
+            .bwrap
+            .as_ref()
+            .map_err(|why| SandboxError::NoIsolation(why.clone()))?;
+        if spec.network && !self.allow_network {
+            return Err(SandboxError::NetworkRefused);
+        }
+        let dir = BuildDir(self.builds_dir.join(unique_name()));
+        for sub in ["work", "home", "tmp"] {
+            std::fs::create_dir_all(dir.0.join(sub)).map_err(io_error(&dir.0))?;
+        }
+        let log = Log::default();
+        prepare_source(&spec.source, &dir.0.join("work"), &log).await?;
+        let status = self.run_steps(bwrap, spec, &dir.0, &log).await;
+        let status = match status {
+            BuildStatus::Succeeded { .. } => pack_outputs(&dir.0, &spec.outputs, &log)?,
+            other => other,
+        };
+        log.line(&format!("kiln: {}", describe(&status)));
+        Ok(BuildResult {
+            status,
+            log: log.into_bytes(),
+            dir,
+        })
+    }
+
+    async fn run_steps(&self, bwrap: &Path, spec: &BuildSpec, dir: &Path, log: &Log) -> BuildStatus {
+        let deadline = Instant::now() + spec.timeout;
+        for (index, step) in spec.steps.iter().enumerate() {
+            log.line(&format!("$ {step}"));
+            let mut command = self.command(bwrap, spec, dir, step);
+            let left = deadline.saturating_duration_since(Instant::now());
+            match run_logged(&mut command, left, log).await {
+                Ok(Some(status)) if status.success() => {}
+                Ok(Some(status)) => {
+                    return BuildStatus::StepFailed {
+                        step: index + 1,
+                        status: status.to_string(),
+                    }
+                }
+                Ok(None) => return BuildStatus::TimedOut { after: spec.timeout },
+                Err(e) => {
+                    return BuildStatus::StepFailed {
+                        step: index + 1,
+                        status: format!("could not start: {e}"),
+                    }
+                }
+            }
+        }
+        BuildStatus::Succeeded {
+            artifact: dir.join("artifact.tar"),
+        }
+    }
+
+    fn command(&self, bwrap: &Path, spec: &BuildSpec, dir: &Path, step: &str) -> Command {
+        let mut command = Command::new(bwrap);
+        command.args([
+            "--die-with-parent",
+            "--new-session",
+            "--unshare-pid",
+            "--unshare-ipc",
+            "--unshare-uts",
+        ]);
+        if !spec.network {
+            command.arg("--unshare-net");
+        }
+        command.args([
+            "--ro-bind",
+            "/",
+            "/",
+            "--dev",
+            "/dev",
+            "--proc",
+            "/proc",
+            "--tmpfs",
+            "/tmp",
+        ]);
+        for hidden in &self.hidden {
+            command.arg("--tmpfs").arg(hidden);
+        }
+        command.arg("--bind").arg(dir).arg(dir);
+        command.arg("--chdir").arg(dir.join("work"));
+        command.arg("--clearenv");
+        for (name, value) in documented_env(dir, &spec.options) {
+            command.arg("--setenv").arg(name).arg(value);
+        }
+        let memory = if spec.memory_bytes > 0 {
+            spec.memory_bytes
+        } else {
+            self.memory_bytes_default
+        };
+        command.args(["--", "prlimit", &format!("--as={memory}"), "--", "/bin/sh", "-c", step]);
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        command
+    }
+}
+
+/// The whole environment a build step sees.
+pub fn documented_env(dir: &Path, options: &BTreeMap<String, String>) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("PATH".to_string(), PATH.to_string()),
+        ("HOME".to_string(), dir.join("home").display().to_string()),
+        ("TMPDIR".to_string(), dir.join("tmp").display().to_string()),
+        ("SOURCE_DATE_EPOCH".to_string(), SOURCE_DATE_EPOCH.to_string()),
+        ("LC_ALL".to_string(), "C".to_string()),
+        ("TZ".to_string(), "UTC".to_string()),
+    ];
+    for (name, value) in options {
+        env.push((format!("KILN_OPTION_{}", name.to_ascii_uppercase()), value.clone()));
+    }
+    env
+}
+
+/// Finds bubblewrap and checks that it can create the namespaces we use.
+fn find_bubblewrap() -> Result<PathBuf, String> {
+    let path = ["/usr/bin/bwrap", "/usr/local/bin/bwrap", "/bin/bwrap"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .ok_or_else(|| "bubblewrap (bwrap) is not installed".to_string())?;
+    let trial = std::process::Command::new(&path)
+        .args([
+            "--ro-bind",
+            "/",
+            "/",
+            "--dev",
+            "/dev",
+            "--unshare-pid",
+            "--unshare-net",
+            "--",
+            "/bin/true",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| format!("bubblewrap does not start: {e}"))?;
+    if trial.status.success() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "bubblewrap cannot create namespaces here: {}",
+            String::from_utf8_lossy(&trial.stderr).trim()
+        ))
+    }
+}
+
+fn unique_name() -> String {
+    let mut bytes = [0u8; 8];
+    let _ = getrandom::getrandom(&mut bytes);
+    format!("build-{}", kiln_protocol::hash::to_hex(&bytes))
+}
+
+/// Runs one command, copying both output streams into the log, for at most
+/// `limit`. `Ok(None)`: it was killed at the limit.
+async fn run_logged(
+    command: &mut Command,
+    limit: Duration,
+    log: &Log,
+) -> std::io::Result<Option<std::process::ExitStatus>> {
+    let mut child = command.spawn()?;
+    let stdout = child.stdout.take().map(|s| tokio::spawn(copy_into(s, log.clone())));
+    let stderr = child.stderr.take().map(|s| tokio::spawn(copy_into(s, log.clone())));
+    let status = match tokio::time::timeout(limit, child.wait()).await {
+        Ok(status) => Some(status?),
+        Err(_) => {
+            // bwrap runs the step as PID 1 of its own namespace with
+            // --die-with-parent: killing bwrap ends the whole tree.
+            let _ = child.kill().await;
+            None
+        }
+    };
+    for task in [stdout, stderr].into_iter().flatten() {
+        let _ = task.await;
+    }
+    Ok(status)
+}
+
+async fn copy_into(mut stream: impl AsyncRead + Unpin, log: Log) {
+    let mut buffer = vec![0u8; 16 * 1024];
+    while let Ok(n) = stream.read(&mut buffer).await {
+        if n == 0 {
+            break;
+        }
+        log.append(&buffer[..n]);
+    }
+}
+
+async fn prepare_source(source: &SourceInput, work: &Path, log: &Log) -> Result<(), SandboxError> {
+    match source {
+        SourceInput::None => Ok(()),
+        SourceInput::Archive(path) => {
+            let (path, work) = (path.clone(), work.to_path_buf());
+            tokio::task::spawn_blocking(move || {
+                let file = std::fs::File::open(&path)
+                    .map_err(|e| SandboxError::Source(format!("cannot open the source: {e}")))?;
+                tar::Archive::new(file).unpack(&work).map_err(|e| {
+                    SandboxError::Source(format!(
+                        "the source is not a Kiln archive (publish a directory with `kiln publish DIR`): {e}"
+                    ))
+                })
+            })
+            .await
+            .map_err(|e| SandboxError::Source(e.to_string()))?
+        }
+        SourceInput::Git { url, rev } => {
+            log.line(&format!("kiln: git clone {url} at {rev}"));
+            for args in [
+                vec![
+                    "clone".to_string(),
+                    "--quiet".into(),
+                    "--no-checkout".into(),
+                    "--".into(),
+                    url.clone(),
+                    work.display().to_string(),
+                ],
+                vec![
+                    "-C".to_string(),
+                    work.display().to_string(),
+                    "checkout".into(),
+                    "--quiet".into(),
+                    "--detach".into(),
+                    rev.clone(),
+                ],
+            ] {
+                let out = Command::new("git")
+                    .args(&args)
+                    .stdin(Stdio::null())
+                    .output()
+                    .await
+                    .map_err(|e| SandboxError::Source(format!("cannot run git: {e}")))?;
+                if !out.status.success() {
+                    return Err(SandboxError::Source(format!(
+                        "git {} failed: {}",
+                        args[0],
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    )));
+                }
+            }
+            let _ = std::fs::remove_dir_all(work.join(".git"));
+            Ok(())
+        }
+    }
+}
+
+fn pack_outputs(dir: &Path, outputs: &BTreeSet<String>, log: &Log) -> Result<BuildStatus, SandboxError> {
+    let work = dir.join("work");
+    if let Some(missing) = outputs
+        .iter()
+        .find(|o| std::fs::symlink_metadata(work.join(o)).is_err())
+    {
+        return Ok(BuildStatus::MissingOutput {
+            output: missing.clone(),
+        });
+    }
+    let artifact = dir.join("artifact.tar");
+    let file = std::fs::File::create(&artifact).map_err(io_error(&artifact))?;
+    if let Err(e) = archive::pack_paths(&work, outputs, std::io::BufWriter::new(file)) {
+        log.line(&format!("kiln: cannot pack the outputs: {e}"));
+        return Err(SandboxError::Io {
+            path: artifact,
+            source: std::io::Error::other(e.to_string()),
+        });
+    }
+    Ok(BuildStatus::Succeeded { artifact })
+}
+
+fn describe(status: &BuildStatus) -> String {
+    match status {
+        BuildStatus::Succeeded { .. } => "build succeeded".into(),
+        BuildStatus::StepFailed { step, status } => format!("step {step} failed: {status}"),
+        BuildStatus::TimedOut { after } => format!("build killed: it ran past its time limit of {} s", after.as_secs()),
+        BuildStatus::MissingOutput { output } => {
+            format!("build failed: the recipe's output {output:?} was not produced")
+        }
+    }
+}
+
+/// A build log capped at [`LOG_BYTES_MAX`]: the first half and the last
+/// half are kept, and a line says how much was cut between them.
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<LogBuffer>>);
+
+impl Log {
+    fn append(&self, bytes: &[u8]) {
+        if let Ok(mut log) = self.0.lock() {
+            log.append(bytes);
+        }
+    }
+
+    fn line(&self, text: &str) {
+        self.append(format!("{text}\n").as_bytes());
+    }
+
+    fn into_bytes(self) -> Vec<u8> {
+        self.0.lock().map(|log| log.to_bytes()).unwrap_or_default()
+    }
+}
+
+#[derive(Default)]
+pub struct LogBuffer {
+    head: Vec<u8>,
+    tail: std::collections::VecDeque<u8>,
+    cut_bytes: u64,
+}
+
+impl LogBuffer {
+    pub fn append(&mut self, mut bytes: &[u8]) {
+        let half = LOG_BYTES_MAX / 2;
+        if self.head.len() < half {
+            let take = (half - self.head.len()).min(bytes.len());
+            self.head.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+        }
+        self.tail.extend(bytes);
+        while self.tail.len() > half {
+            let excess = self.tail.len() - half;
+            self.tail.drain(..excess);
+            self.cut_bytes += excess as u64;
+        }
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = self.head.clone();
+        if self.cut_bytes > 0 {
+            out.extend_from_slice(format!("\n[kiln: {} bytes of log cut here]\n", self.cut_bytes).as_bytes());
+        }
+        out.extend(self.tail.iter());
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_keeps_its_head_and_tail_within_the_cap() {
+        let mut log = LogBuffer::default();
+        log.append(b"start\n");
+        for _ in 0..3000 {
+            log.append(&[b'x'; 1000]);
+        }
+        log.append(b"\nthe end\n");
+        let bytes = log.to_bytes();
+        assert!(bytes.len() <= LOG_BYTES_MAX + 100);
+        assert!(bytes.starts_with(b"start\n"));
+        assert!(bytes.ends_with(b"the end\n"));
+        assert!(String::from_utf8_lossy(&bytes).contains("bytes of log cut here"));
+    }
+
+    #[test]
+    fn the_environment_is_the_documented_list() {
+        let env = documented_env(
+            Path::new("/b"),
+            &BTreeMap::from([("opt".to_string(), "O2".to_string())]),
+        );
+        let names: Vec<&str> = env.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "PATH",
+                "HOME",
+                "TMPDIR",
+                "SOURCE_DATE_EPOCH",
+                "LC_ALL",
+                "TZ",
+                "KILN_OPTION_OPT"
+            ]
+        );
+        assert!(env.contains(&("HOME".to_string(), "/b/home".to_string())));
+    }
+}

@@ -1,0 +1,240 @@
+//! The build sandbox, for real: bubblewrap namespaces, the real `cc`, real
+//! processes killed at their limits.
+
+// Test code: a panic is a failed assertion.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use kiln_node::archive;
+use kiln_node::sandbox::{BuildSpec, BuildStatus, Sandbox, SourceInput};
+use kiln_protocol::Hash;
+
+fn spec(steps: &[&str], outputs: &[&str]) -> BuildSpec {
+    BuildSpec {
+        steps: steps.iter().map(|s| s.to_string()).collect(),
+        outputs: outputs.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>(),
+        options: BTreeMap::new(),
+        network: false,
+        timeout: Duration::from_secs(60),
+        memory_bytes: 0,
+        source: SourceInput::None,
+    }
+}
+
+fn log_text(log: &[u8]) -> String {
+    String::from_utf8_lossy(log).into_owned()
+}
+
+fn hello_source(dir: &Path) -> PathBuf {
+    let source = dir.join("hello-src.tar");
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/../recipes/hello-c/src");
+    archive::pack_dir(Path::new(src), std::fs::File::create(&source).unwrap()).unwrap();
+    source
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn the_c_recipe_built_in_two_sandboxes_gives_one_artifact_hash() {
+    let tmp = tempfile::tempdir().unwrap();
+    let source = hello_source(tmp.path());
+    let mut hashes = Vec::new();
+    for worker in ["one", "two"] {
+        let sandbox = Sandbox::new(&tmp.path().join(worker), false).unwrap();
+        let mut build = spec(
+            &[
+                "cc -${opt} -DGREETING_loud -o hello hello.c"
+                    .replace("${opt}", "O2")
+                    .as_str(),
+                "./hello > greeting.txt",
+            ],
+            &["hello", "greeting.txt"],
+        );
+        build.source = SourceInput::Archive(source.clone());
+        build.options.insert("opt".into(), "O2".into());
+        let result = runtime().block_on(sandbox.run(&build)).unwrap();
+        let BuildStatus::Succeeded { artifact } = &result.status else {
+            panic!("build failed: {:?}\n{}", result.status, log_text(&result.log));
+        };
+        hashes.push(Hash::of(&std::fs::read(artifact).unwrap()));
+        assert!(log_text(&result.log).contains("$ ./hello > greeting.txt"));
+    }
+    assert_eq!(
+        hashes[0], hashes[1],
+        "the same recipe built twice gives different bytes"
+    );
+}
+
+#[test]
+fn a_build_cannot_reach_the_network_without_permission() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A listener on the host's loopback: inside the sandbox's own network
+    // namespace, 127.0.0.1 is another machine's loopback and nothing listens.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let sandbox = Sandbox::new(tmp.path(), false).unwrap();
+    let step = format!(
+        "bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port}' || {{ echo 'network unreachable from the sandbox'; exit 7; }}"
+    );
+    let result = runtime().block_on(sandbox.run(&spec(&[&step], &["out"]))).unwrap();
+    assert_eq!(
+        result.status,
+        BuildStatus::StepFailed {
+            step: 1,
+            status: "exit status: 7".into()
+        },
+        "{}",
+        log_text(&result.log)
+    );
+    assert!(log_text(&result.log).contains("network unreachable from the sandbox"));
+    assert!(listener.accept().is_err(), "the build reached the host's network");
+
+    let mut needs_network = spec(&["true"], &["out"]);
+    needs_network.network = true;
+    let err = runtime()
+        .block_on(sandbox.run(&needs_network))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("--allow-network"), "{err}");
+}
+
+#[test]
+fn a_build_past_its_time_limit_is_killed_with_its_whole_process_tree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sandbox = Sandbox::new(tmp.path(), false).unwrap();
+    let marker = format!("kiln-sleeper-{}", std::process::id());
+    let step =
+        format!("echo going to sleep; bash -c 'exec -a {marker} sleep 300' & bash -c 'exec -a {marker} sleep 300'");
+    let mut build = spec(&[&step], &["out"]);
+    build.timeout = Duration::from_secs(2);
+    let started = Instant::now();
+    let result = runtime().block_on(sandbox.run(&build)).unwrap();
+    assert_eq!(
+        result.status,
+        BuildStatus::TimedOut {
+            after: Duration::from_secs(2)
+        }
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let log = log_text(&result.log);
+    assert!(
+        log.contains("going to sleep") && log.contains("ran past its time limit of 2 s"),
+        "{log}"
+    );
+    // Every process of the build is gone, including the one in the background.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let found = std::process::Command::new("pgrep")
+            .args(["-f", &marker])
+            .output()
+            .unwrap();
+        if !found.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running: {}",
+            String::from_utf8_lossy(&found.stdout)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_build_cannot_touch_the_contributors_home_or_kilns_data_dir() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("data");
+    std::fs::create_dir_all(&data_dir).unwrap();
+    std::fs::write(data_dir.join("node.key"), b"secret").unwrap();
+    let home = PathBuf::from(std::env::var("HOME").unwrap());
+    let escape = format!("kiln-escape-{}", std::process::id());
+    let sandbox = Sandbox::new(&data_dir, false).unwrap();
+    let steps = [
+        format!("cat {}/node.key > stolen || echo 'data dir hidden'", data_dir.display()),
+        format!(
+            "echo x > {}/{escape} ; echo x > {}/{escape} ; echo x > /etc/{escape} ; echo x > /usr/{escape} ; true",
+            home.display(),
+            data_dir.display()
+        ),
+        "touch out".to_string(),
+    ];
+    let steps: Vec<&str> = steps.iter().map(String::as_str).collect();
+    let result = runtime().block_on(sandbox.run(&spec(&steps, &["out"]))).unwrap();
+    assert!(
+        matches!(result.status, BuildStatus::Succeeded { .. }),
+        "{:?}: {}",
+        result.status,
+        log_text(&result.log)
+    );
+    assert!(
+        log_text(&result.log).contains("data dir hidden"),
+        "{}",
+        log_text(&result.log)
+    );
+    for place in [
+        home.clone(),
+        data_dir.clone(),
+        PathBuf::from("/etc"),
+        PathBuf::from("/usr"),
+    ] {
+        assert!(
+            !place.join(&escape).exists(),
+            "the build wrote into {}",
+            place.display()
+        );
+    }
+    assert_eq!(std::fs::read(data_dir.join("node.key")).unwrap(), b"secret");
+}
+
+#[test]
+fn a_failing_step_is_reported_with_its_log_and_later_steps_do_not_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sandbox = Sandbox::new(tmp.path(), false).unwrap();
+    let result = runtime()
+        .block_on(sandbox.run(&spec(
+            &["echo compiling; echo 'error: it broke' >&2; exit 2", "echo never"],
+            &["out"],
+        )))
+        .unwrap();
+    assert_eq!(
+        result.status,
+        BuildStatus::StepFailed {
+            step: 1,
+            status: "exit status: 2".into()
+        }
+    );
+    let log = log_text(&result.log);
+    assert!(
+        log.contains("compiling") && log.contains("error: it broke") && log.contains("step 1 failed"),
+        "{log}"
+    );
+    assert!(!log.contains("$ echo never"), "{log}");
+
+    let result = runtime()
+        .block_on(sandbox.run(&spec(&["true"], &["missing.bin"])))
+        .unwrap();
+    assert_eq!(
+        result.status,
+        BuildStatus::MissingOutput {
+            output: "missing.bin".into()
+        }
+    );
+}
+
+#[test]
+fn leftover_build_directories_are_removed_at_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tmp.path().join("builds/build-crashed/work")).unwrap();
+    let _sandbox = Sandbox::new(tmp.path(), false).unwrap();
+    assert!(!tmp.path().join("builds/build-crashed").exists());
+}
