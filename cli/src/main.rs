@@ -91,6 +91,18 @@ enum Command {
         #[command(subcommand)]
         command: RecipeCommand,
     },
+    /// Print what this machine is, as a worker would advertise it.
+    System {
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a recipe publisher key (if the file does not exist) and print its public half.
+    Keygen {
+        /// Where the secret key is kept (mode 0600)
+        #[arg(long, default_value = "publisher.key")]
+        key: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -98,6 +110,19 @@ enum RecipeCommand {
     /// List a recipe's options with their allowed values and defaults.
     Options {
         /// Path to a recipe TOML file.
+        recipe: PathBuf,
+    },
+    /// Sign a recipe with a publisher key, writing its [signature] section.
+    Sign {
+        /// Path to a recipe TOML file (rewritten in place)
+        recipe: PathBuf,
+        /// The publisher's secret key, made by `kiln keygen`
+        #[arg(long, default_value = "publisher.key")]
+        key: PathBuf,
+    },
+    /// Print a recipe's id: the hash of its canonical bytes.
+    Id {
+        /// Path to a recipe TOML file
         recipe: PathBuf,
     },
 }
@@ -158,6 +183,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Recipe {
             command: RecipeCommand::Options { recipe },
         } => recipe_options(&recipe),
+        Command::Recipe {
+            command: RecipeCommand::Sign { recipe, key },
+        } => recipe_sign(&recipe, &key),
+        Command::Recipe {
+            command: RecipeCommand::Id { recipe },
+        } => {
+            println!("{}", load_recipe(&recipe)?.0.id());
+            Ok(())
+        }
+        Command::System { json } => system(json),
+        Command::Keygen { key } => {
+            let secret = kiln_node::identity::load_or_create_at(&key)?;
+            println!("{}", secret.public());
+            eprintln!(
+                "kiln: publisher key in {}; workers trust it with --trust-publisher {}",
+                key.display(),
+                secret.public()
+            );
+            Ok(())
+        }
     }
 }
 
@@ -217,12 +262,92 @@ async fn fetch(hash: Hash, output: Option<PathBuf>, bootstrap: Vec<Multiaddr>, d
     Ok(())
 }
 
-fn recipe_options(path: &Path) -> anyhow::Result<()> {
+/// Reads a recipe file; a `source.path` (relative to the recipe) is packed
+/// and hashed, exactly as `kiln request` would publish it.
+fn load_recipe(path: &Path) -> anyhow::Result<(Recipe, Option<kiln_protocol::PublisherSignature>)> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read recipe {}: check the path", path.display()))?;
-    // Listing options needs no source: accept a `source.path` as it is.
-    let (recipe, _) = Recipe::from_toml_with_paths(&text, &mut |_| Ok(Hash::of(b"")))
-        .with_context(|| format!("recipe {} is not valid", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    Recipe::from_toml_with_paths(&text, &mut |source| {
+        let mut hasher = kiln_protocol::hash::Hasher::new();
+        kiln_node::archive::pack_dir(&base.join(source), &mut hasher).map_err(|e| e.to_string())?;
+        Ok(Hash::from(hasher.finalize()))
+    })
+    .with_context(|| format!("recipe {} is not valid", path.display()))
+}
+
+fn recipe_sign(path: &Path, key: &Path) -> anyhow::Result<()> {
+    let secret = kiln_node::identity::load_or_create_at(key)?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read recipe {}: check the path", path.display()))?;
+    let unsigned = without_signature(&text);
+    let tmp = path.with_extension("toml.unsigned-check");
+    std::fs::write(&tmp, &unsigned).with_context(|| format!("cannot write next to {}", path.display()))?;
+    let loaded = load_recipe(&tmp);
+    let _ = std::fs::remove_file(&tmp);
+    let (recipe, _) = loaded?;
+    let signature = kiln_protocol::PublisherSignature::sign(&secret, &recipe.id());
+    let signed = format!(
+        "{}\n[signature]\npublisher = \"{}\"\nsignature = \"{}\"\n",
+        unsigned.trim_end(),
+        signature.publisher,
+        signature.signature
+    );
+    std::fs::write(path, signed).with_context(|| format!("cannot rewrite {}", path.display()))?;
+    println!(
+        "signed recipe {} (id {}) as {}",
+        recipe.name,
+        recipe.id(),
+        signature.publisher
+    );
+    Ok(())
+}
+
+/// The recipe text without its `[signature]` table (up to the next table).
+fn without_signature(text: &str) -> String {
+    let mut out = String::new();
+    let mut in_signature = false;
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('[') {
+            in_signature = trimmed == "[signature]";
+        }
+        if !in_signature {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn system(json: bool) -> anyhow::Result<()> {
+    let info = kiln_node::system::probe(Default::default());
+    if json {
+        println!("{}", serde_json::to_string_pretty(&info)?);
+        return Ok(());
+    }
+    println!("os             {}", info.os);
+    println!("arch           {}", info.arch);
+    println!("endian         {}", info.endian);
+    println!("pointer_width  {}", info.pointer_width);
+    println!("libc           {} {}", info.libc, info.libc_version);
+    println!("cpus           {}", info.cpus);
+    println!(
+        "memory         {}",
+        kiln_protocol::system::format_bytes(info.memory_bytes)
+    );
+    println!(
+        "features       {}",
+        info.features.iter().cloned().collect::<Vec<_>>().join(" ")
+    );
+    for (tool, version) in &info.tools {
+        println!("tool           {tool} {version}");
+    }
+    Ok(())
+}
+
+fn recipe_options(path: &Path) -> anyhow::Result<()> {
+    let (recipe, _) = load_recipe(path)?;
     println!("{} {}", recipe.name, recipe.version);
     if recipe.options.is_empty() {
         println!("  (no options)");

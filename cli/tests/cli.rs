@@ -32,3 +32,52 @@ fn a_missing_recipe_is_a_clear_error_and_a_non_zero_exit() {
         "{stderr}"
     );
 }
+
+#[test]
+fn system_describes_this_machine() {
+    let out = kiln().args(["system", "--json"]).output().unwrap();
+    assert!(out.status.success());
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["os"], std::env::consts::OS);
+    assert_eq!(info["arch"], std::env::consts::ARCH);
+    assert!(info["tools"]["cc"].is_string(), "{info}");
+}
+
+#[test]
+fn a_recipe_signed_with_keygen_verifies_and_a_changed_one_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = concat!(env!("CARGO_MANIFEST_DIR"), "/../recipes/hello-c");
+    std::fs::create_dir_all(dir.path().join("hello-c/src")).unwrap();
+    for file in ["recipe.toml", "src/hello.c"] {
+        std::fs::copy(format!("{recipes}/{file}"), dir.path().join("hello-c").join(file)).unwrap();
+    }
+    let recipe = dir.path().join("hello-c/recipe.toml");
+    let key = dir.path().join("publisher.key");
+    let keygen = kiln().args(["keygen", "--key"]).arg(&key).output().unwrap();
+    assert!(keygen.status.success());
+    let public = String::from_utf8_lossy(&keygen.stdout).trim().to_string();
+    assert_eq!(public.len(), 64);
+
+    let id = |recipe: &std::path::Path| {
+        let out = kiln().args(["recipe", "id"]).arg(recipe).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let before = id(&recipe);
+    let signed = kiln()
+        .args(["recipe", "sign"])
+        .arg(&recipe)
+        .arg("--key")
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(signed.status.success(), "{}", String::from_utf8_lossy(&signed.stderr));
+    let text = std::fs::read_to_string(&recipe).unwrap();
+    assert!(text.contains(&format!("publisher = \"{public}\"")), "{text}");
+    assert_eq!(id(&recipe), before, "signing does not change the recipe id");
+
+    std::fs::write(&recipe, text.replace("\"Os\"", "\"O3\"")).unwrap();
+    let out = kiln().args(["recipe", "options"]).arg(&recipe).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sign it again with `kiln recipe sign`"));
+}

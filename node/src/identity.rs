@@ -30,40 +30,52 @@ pub enum IdentityError {
 
 /// Loads the key from `data_dir`, creating it (and the dir) if absent.
 pub fn load_or_create(data_dir: &Path) -> Result<SecretKey, IdentityError> {
-    let path = data_dir.join(KEY_FILE);
-    let io_err = |action, path: &Path| {
-        let path = path.to_path_buf();
-        move |source| IdentityError::Io { action, path, source }
-    };
-    match fs::read(&path) {
+    load_or_create_at(&data_dir.join(KEY_FILE))
+}
+
+/// Loads the key file at `path` (node key or recipe publisher key),
+/// creating it, mode 0600, if absent.
+pub fn load_or_create_at(path: &Path) -> Result<SecretKey, IdentityError> {
+    match fs::read(path) {
         Ok(bytes) => {
-            let mode = fs::metadata(&path)
-                .map_err(io_err("inspect", &path))?
+            let mode = fs::metadata(path)
+                .map_err(io_err("inspect", path))?
                 .permissions()
                 .mode()
                 & 0o777;
             if mode & 0o077 != 0 {
-                return Err(IdentityError::Exposed(path, mode));
+                return Err(IdentityError::Exposed(path.to_path_buf(), mode));
             }
-            let secret: [u8; 32] = bytes.try_into().map_err(|_| IdentityError::Damaged(path.clone()))?;
+            let secret: [u8; 32] = bytes
+                .try_into()
+                .map_err(|_| IdentityError::Damaged(path.to_path_buf()))?;
             Ok(SecretKey::from_bytes(&secret))
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => create(data_dir, &path),
-        Err(e) => Err(io_err("read", &path)(e)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => create(path),
+        Err(e) => Err(io_err("read", path)(e)),
     }
 }
 
-fn create(data_dir: &Path, path: &Path) -> Result<SecretKey, IdentityError> {
-    let io_err = |action, path: &Path| {
-        let path = path.to_path_buf();
-        move |source| IdentityError::Io { action, path, source }
-    };
-    fs::create_dir_all(data_dir).map_err(io_err("create the data dir for", path))?;
+fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> IdentityError {
+    let path = path.to_path_buf();
+    move |source| IdentityError::Io { action, path, source }
+}
+
+fn create(path: &Path) -> Result<SecretKey, IdentityError> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(io_err("create the directory for", path))?;
     let mut secret = [0u8; 32];
     getrandom::getrandom(&mut secret).map_err(|e| io_err("generate", path)(io::Error::other(e.to_string())))?;
     // Write a temporary file and link it into place: two nodes starting at
     // once on a fresh data dir end up with one key, never a torn file.
-    let tmp = data_dir.join(format!(".{KEY_FILE}.{}", std::process::id()));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| KEY_FILE.into());
+    let tmp = dir.join(format!(".{name}.{}", std::process::id()));
     let mut file = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -77,7 +89,7 @@ fn create(data_dir: &Path, path: &Path) -> Result<SecretKey, IdentityError> {
     let _ = fs::remove_file(&tmp);
     match linked {
         Ok(()) => Ok(SecretKey::from_bytes(&secret)),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => load_or_create(data_dir),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => load_or_create_at(path),
         Err(e) => Err(io_err("create", path)(e)),
     }
 }

@@ -13,6 +13,10 @@ pub const HASH_HEX_CHARS: usize = 64;
 /// Multihash code for BLAKE3 (multicodec table: `blake3` = 0x1e).
 pub const MULTIHASH_BLAKE3: u8 = 0x1e;
 
+/// An incremental BLAKE3 hasher (also `std::io::Write`): feed it bytes,
+/// then `Hash::from(hasher.finalize())`.
+pub use blake3::Hasher;
+
 /// A BLAKE3 digest.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Hash([u8; HASH_BYTES]);
