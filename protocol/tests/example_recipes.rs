@@ -23,3 +23,15 @@ fn hello_c_parses_and_lists_its_options() {
         "cc -O0 -DGREETING_plain -o hello hello.c"
     );
 }
+
+#[test]
+fn pypy_recipe_parses_with_a_pinned_commit_and_translation_options() {
+    let text = include_str!("../../recipes/pypy/recipe.toml");
+    let (recipe, _) = Recipe::from_toml(text).unwrap();
+    assert!(matches!(&recipe.source, Source::Git { rev, .. } if rev.len() == 40));
+    let resolved = recipe
+        .resolve_options(&[("opt".into(), "2".into()), ("gc".into(), "boehm".into())])
+        .unwrap();
+    assert!(recipe.render_steps(&resolved)[0].contains("--opt=2 --gc=boehm"));
+    assert!(recipe.resolve_options(&[("opt".into(), "3".into())]).is_err());
+}
