@@ -60,6 +60,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         listen: cli.listen,
         bootstrap: cli.bootstrap,
         relay_server: true,
+        worker: None,
     };
     kiln_node::run_node(options, |addr| println!("{addr}"), kiln_node::shutdown_signal()).await?;
     Ok(())

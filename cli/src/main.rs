@@ -50,6 +50,57 @@ struct Bootstrap {
     bootstrap: Vec<Multiaddr>,
 }
 
+#[derive(Args, Clone)]
+struct Contribute {
+    /// Lend this machine to the network: run builds for others in the sandbox
+    #[arg(long)]
+    contribute: bool,
+    /// Most builds run at once
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    max_jobs: u32,
+    /// Run only recipes signed by this publisher key (repeatable; see `kiln keygen`)
+    #[arg(long = "trust-publisher", value_name = "KEY")]
+    trust_publishers: Vec<kiln_protocol::PublicKey>,
+    /// Run recipes from anyone (still in the sandbox)
+    #[arg(long, conflicts_with = "trust_publishers")]
+    trust_any_recipe: bool,
+    /// Let recipes that declare `network = true` use the network
+    #[arg(long)]
+    allow_network: bool,
+    /// A label added to this worker's system description (repeatable), e.g. --label site=basement
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    labels: Vec<String>,
+}
+
+impl Contribute {
+    fn worker_options(&self) -> anyhow::Result<Option<kiln_node::WorkerOptions>> {
+        use kiln_node::worker::{Trust, WorkerPolicy};
+        if !self.contribute {
+            return Ok(None);
+        }
+        let trust = if self.trust_any_recipe {
+            Trust::AnyRecipe
+        } else if !self.trust_publishers.is_empty() {
+            Trust::Publishers(self.trust_publishers.iter().copied().collect())
+        } else {
+            bail!("a contributed machine must say whose recipes it runs: --trust-publisher KEY (repeatable) or --trust-any-recipe");
+        };
+        let mut labels = std::collections::BTreeMap::new();
+        for label in &self.labels {
+            let Some((key, value)) = label.split_once('=') else {
+                bail!("--label {label:?} is not KEY=VALUE (for example --label site=basement)");
+            };
+            labels.insert(key.trim().to_string(), value.trim().to_string());
+        }
+        let policy = WorkerPolicy {
+            max_jobs: self.max_jobs,
+            trust,
+            allow_network: self.allow_network,
+        };
+        Ok(Some(kiln_node::WorkerOptions { policy, labels }))
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run a node: join the network, serve and announce the blobs it holds.
@@ -61,6 +112,8 @@ enum Command {
         bootstrap: Bootstrap,
         #[command(flatten)]
         data_dir: DataDir,
+        #[command(flatten)]
+        contribute: Contribute,
     },
     /// Print this node's peer id.
     Id {
@@ -164,7 +217,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             bootstrap,
             data_dir,
-        } => node(listen, bootstrap.bootstrap, &data_dir.resolve()?).await,
+            contribute,
+        } => {
+            node(
+                listen,
+                bootstrap.bootstrap,
+                &data_dir.resolve()?,
+                contribute.worker_options()?,
+            )
+            .await
+        }
         Command::Id { data_dir } => {
             let key = kiln_node::identity::load_or_create(&data_dir.resolve()?)?;
             println!("{}", kiln_node::identity::keypair(&key).public().to_peer_id());
@@ -206,12 +268,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn node(listen: Vec<Multiaddr>, bootstrap: Vec<Multiaddr>, data_dir: &Path) -> anyhow::Result<()> {
+async fn node(
+    listen: Vec<Multiaddr>,
+    bootstrap: Vec<Multiaddr>,
+    data_dir: &Path,
+    worker: Option<kiln_node::WorkerOptions>,
+) -> anyhow::Result<()> {
     let options = NodeOptions {
         data_dir: data_dir.to_path_buf(),
         listen,
         bootstrap,
         relay_server: false,
+        worker,
     };
     kiln_node::run_node(options, |addr| println!("{addr}"), kiln_node::shutdown_signal()).await?;
     Ok(())

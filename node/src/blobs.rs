@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
-use kiln_protocol::messages::{decode_frame, encode_frame, BlobReply, BlobReplyV1, BlobRequest, FRAME_BYTES_MAX};
+use kiln_protocol::messages::{encode_frame, BlobReply, BlobReplyV1, BlobRequest};
 use kiln_protocol::ranges::{self, RangeHash, RANGE_BYTES};
 use kiln_protocol::Hash;
 use kiln_store::Store;
@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{Notify, Semaphore};
 use tracing::{debug, info, warn};
 
+use crate::frames::read_frame;
 use crate::net::{NetClient, BLOB_PROTOCOL};
 
 /// Streams served at once; past this a fetcher is told to come back later.
@@ -87,16 +88,19 @@ fn range_hashes(store: &Store, cache: &RangeHashCache, hash: &Hash) -> std::io::
     Ok(Some(list))
 }
 
-/// Serves blob ranges from `store` until the control stops accepting.
-pub async fn serve(net: NetClient, store: Store) {
-    let mut control = net.stream_control();
-    let mut incoming = match control.accept(BLOB_PROTOCOL) {
-        Ok(incoming) => incoming,
-        Err(e) => {
-            warn!(error = %e, "blob protocol already served");
-            return;
+/// Starts serving blob ranges from `store`. The protocol is registered
+/// before this returns, so a peer told our address right after can use it.
+pub fn spawn_server(net: &NetClient, store: Store) -> tokio::task::JoinHandle<()> {
+    let incoming = net.stream_control().accept(BLOB_PROTOCOL);
+    tokio::spawn(async move {
+        match incoming {
+            Ok(incoming) => serve(incoming, store).await,
+            Err(e) => warn!(error = %e, "blob protocol already served"),
         }
-    };
+    })
+}
+
+async fn serve(mut incoming: libp2p_stream::IncomingStreams, store: Store) {
     let permits = Arc::new(Semaphore::new(SERVE_STREAMS_MAX));
     let cache = RangeHashCache::default();
     while let Some((peer, stream)) = incoming.next().await {
@@ -119,42 +123,6 @@ async fn refuse_busy(mut stream: Stream) {
         let _ = stream.write_all(&frame).await;
         let _ = stream.close().await;
     }
-}
-
-/// Reads one frame, waiting at most `timeout_ms`. `Ok(None)`: clean end.
-async fn read_frame<T: serde::de::DeserializeOwned>(
-    stream: &mut Stream,
-    timeout_ms: u64,
-) -> std::io::Result<Option<T>> {
-    let mut header = [0u8; 4];
-    let read = tokio::time::timeout(Duration::from_millis(timeout_ms), stream.read(&mut header[..1])).await;
-    match read {
-        Err(_) => return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "peer went quiet")),
-        Ok(Ok(0)) => return Ok(None),
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => return Err(e),
-    }
-    let rest = async {
-        stream.read_exact(&mut header[1..]).await?;
-        let len = u32::from_le_bytes(header) as usize;
-        if len > FRAME_BYTES_MAX {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("frame of {len} bytes"),
-            ));
-        }
-        let mut frame = header.to_vec();
-        frame.resize(4 + len, 0);
-        stream.read_exact(&mut frame[4..]).await?;
-        match decode_frame::<T>(&frame) {
-            Ok(Some((value, _))) => Ok(Some(value)),
-            Ok(None) => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "short frame")),
-            Err(e) => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())),
-        }
-    };
-    tokio::time::timeout(Duration::from_millis(FETCH_IO_MS_MAX), rest)
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "frame arrived too slowly"))?
 }
 
 async fn write_reply(stream: &mut Stream, reply: BlobReplyV1) -> std::io::Result<()> {

@@ -9,10 +9,12 @@
 pub mod archive;
 pub mod blobs;
 pub mod control;
+mod frames;
 pub mod identity;
 pub mod net;
 pub mod node;
 pub mod sandbox;
 pub mod system;
+pub mod worker;
 
-pub use node::{fetch_to, publish, run_node, shutdown_signal, EphemeralNode, NodeError, NodeOptions};
+pub use node::{fetch_to, publish, run_node, shutdown_signal, EphemeralNode, NodeError, NodeOptions, WorkerOptions};

@@ -30,6 +30,7 @@ use crate::identity;
 
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/kiln/kad/1.0.0");
 pub const BLOB_PROTOCOL: StreamProtocol = StreamProtocol::new("/kiln/blob/1");
+pub const WORK_PROTOCOL: StreamProtocol = StreamProtocol::new("/kiln/work/1");
 const IDENTIFY_PROTOCOL: &str = "/kiln/id/1.0.0";
 
 /// Commands waiting for the event loop.

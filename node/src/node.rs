@@ -15,7 +15,10 @@ use tracing::{info, warn};
 use crate::blobs::{self, FetchError, Progress};
 use crate::control::{self, ControlHandler, ControlReply, ControlRequest};
 use crate::net::{self, NetClient, NetConfig, NetEvent};
+use crate::sandbox::Sandbox;
+use crate::worker::{Worker, WorkerPolicy};
 use crate::{archive, identity};
+use kiln_protocol::SecretKey;
 
 /// How long a node waits for its first listen address.
 const LISTEN_MS_MAX: u64 = 10_000;
@@ -31,6 +34,8 @@ pub enum NodeError {
     Net(#[from] net::NetError),
     #[error("control socket: {0}")]
     Control(std::io::Error),
+    #[error(transparent)]
+    Sandbox(#[from] crate::sandbox::SandboxError),
     #[error("the node did not start listening within {LISTEN_MS_MAX} ms; check the --listen addresses")]
     NoListen,
 }
@@ -42,6 +47,15 @@ pub struct NodeOptions {
     pub bootstrap: Vec<Multiaddr>,
     /// A bootstrap peer: relay server, no control socket needed by users.
     pub relay_server: bool,
+    /// Contribute this machine (`--contribute`) under these rules.
+    pub worker: Option<WorkerOptions>,
+}
+
+/// How a contributed machine works.
+pub struct WorkerOptions {
+    pub policy: WorkerPolicy,
+    /// The contributor's labels, added to the probed SystemInfo.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// Runs a node until `shutdown` resolves. `ready` gets each full listen
@@ -52,8 +66,13 @@ pub async fn run_node(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), NodeError> {
     let key = identity::load_or_create(&options.data_dir)?;
+    let worker_key = SecretKey::from_bytes(&key.to_bytes());
     let store = Store::open(&options.data_dir)?;
     let listener = control::bind(&options.data_dir).map_err(NodeError::Control)?;
+    let sandbox = match &options.worker {
+        Some(worker) => Some(Sandbox::new(&options.data_dir, worker.policy.allow_network)?),
+        None => None,
+    };
     let config = NetConfig {
         key,
         listen: options.listen,
@@ -66,6 +85,26 @@ pub async fn run_node(
     let network = tokio::spawn(event_loop.run(async {
         let _ = stop_rx.await;
     }));
+    // Register every protocol before telling anyone our address.
+    let server = blobs::spawn_server(&net, store.clone());
+    let mut roles = Vec::new();
+    if let (Some(worker), Some(sandbox)) = (options.worker, sandbox) {
+        let labels = worker.labels;
+        let system = tokio::task::spawn_blocking(move || crate::system::probe(labels))
+            .await
+            .map_err(|e| NodeError::Control(std::io::Error::other(e.to_string())))?;
+        info!(system = %system.summary(), max_jobs = worker.policy.max_jobs, "contributing this machine");
+        let worker = Arc::new(Worker::new(
+            net.clone(),
+            store.clone(),
+            sandbox,
+            worker_key,
+            system,
+            worker.policy,
+        ));
+        roles.push(worker.clone().spawn_server());
+        roles.push(tokio::spawn(worker.advertise()));
+    }
     let mut addresses = Vec::new();
     let first = tokio::time::timeout(Duration::from_millis(LISTEN_MS_MAX), events.recv()).await;
     match first {
@@ -91,7 +130,6 @@ pub async fn run_node(
         store: store.clone(),
         addresses: Default::default(),
     });
-    let server = tokio::spawn(blobs::serve(net.clone(), store.clone()));
     let control = tokio::spawn(control::serve(listener, handler.clone()));
     tokio::pin!(shutdown);
     loop {
@@ -114,6 +152,9 @@ pub async fn run_node(
     control.abort();
     server.abort();
     announcer.abort();
+    for role in roles {
+        role.abort();
+    }
     let _ = stop_tx.send(());
     let _ = network.await;
     let _ = std::fs::remove_file(control::socket_path(&options.data_dir));

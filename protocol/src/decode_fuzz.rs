@@ -5,7 +5,7 @@
 use proptest::prelude::*;
 
 use crate::messages::{decode_frame, decode_gossip, encode_frame, encode_gossip};
-use crate::messages::{samples, BlobReply, BlobRequest, Gossip};
+use crate::messages::{samples, BlobReply, BlobRequest, Gossip, WorkReply, WorkRequest};
 use crate::recipe::Recipe;
 use crate::sign::Signed;
 use crate::wire;
@@ -31,6 +31,9 @@ fn valid_encodings() -> Vec<Vec<u8>> {
         .collect();
     out.extend(samples::requests().iter().map(|r| encode_frame(r).unwrap()));
     out.extend(samples::replies().iter().map(|r| encode_frame(r).unwrap()));
+    let (assign, work_replies) = samples::work();
+    out.push(encode_frame(&assign).unwrap());
+    out.extend(work_replies.iter().map(|r| encode_frame(r).unwrap()));
     out.push(wire::encode(&Signed::sign(&samples::key(), &samples::attestation())).unwrap());
     let (recipe, _) = Recipe::from_toml(RECIPE).unwrap();
     out.push(recipe.canonical_bytes());
@@ -41,6 +44,8 @@ fn valid_encodings() -> Vec<Vec<u8>> {
 fn feed_every_decoder(bytes: &[u8]) -> Option<(PublicKey, Gossip)> {
     let _ = decode_frame::<BlobRequest>(bytes);
     let _ = decode_frame::<BlobReply>(bytes);
+    let _ = decode_frame::<WorkRequest>(bytes);
+    let _ = decode_frame::<WorkReply>(bytes);
     let _ = Recipe::from_canonical_bytes(bytes);
     if let Ok(signed) = wire::decode::<Signed<Attestation>, 4096>(bytes) {
         let _ = signed.verify();

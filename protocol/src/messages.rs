@@ -186,6 +186,29 @@ pub enum BlobReplyV1 {
     },
 }
 
+/// A coordinator's request to a worker, over the work stream protocol.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WorkRequest {
+    /// Build this job; the worker answers at once whether it takes it, and
+    /// reports how the build ended over gossip ([`BuildOutcome`]).
+    AssignV1 { job: JobRequest, attempt: u32 },
+}
+
+/// A worker's answer to an assignment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WorkReply {
+    V1(WorkReplyV1),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WorkReplyV1 {
+    Accepted,
+    /// Why not, in words a requester can be shown.
+    Refused {
+        reason: String,
+    },
+}
+
 /// Encodes a value as one frame: 4-byte little-endian length, then bincode.
 pub fn encode_frame<T: Serialize>(value: &T) -> Result<Vec<u8>, WireError> {
     let body = wire::encode(value)?;
@@ -330,6 +353,21 @@ pub(crate) mod samples {
         ]
     }
 
+    pub fn work() -> (WorkRequest, Vec<WorkReply>) {
+        let Gossip::V1(GossipV1::Job(job)) = gossip().remove(0).1 else {
+            unreachable!()
+        };
+        (
+            WorkRequest::AssignV1 { job, attempt: 1 },
+            vec![
+                WorkReply::V1(WorkReplyV1::Accepted),
+                WorkReply::V1(WorkReplyV1::Refused {
+                    reason: "max jobs".into(),
+                }),
+            ],
+        )
+    }
+
     pub fn replies() -> Vec<BlobReply> {
         vec![
             BlobReply::V1(BlobReplyV1::Data {
@@ -415,6 +453,11 @@ mod tests {
         for (i, reply) in replies().iter().enumerate() {
             seen.push((format!("reply{i}"), to_hex(&encode_frame(reply).unwrap())));
         }
+        let (assign, work_replies) = work();
+        seen.push(("assign".to_string(), to_hex(&encode_frame(&assign).unwrap())));
+        for (i, reply) in work_replies.iter().enumerate() {
+            seen.push((format!("work_reply{i}"), to_hex(&encode_frame(reply).unwrap())));
+        }
         let golden: Vec<(String, String)> = GOLDEN.iter().map(|(n, h)| (n.to_string(), h.to_string())).collect();
         if seen != golden {
             for (name, hex) in &seen {
@@ -442,5 +485,8 @@ mod tests {
         ("reply2", "0300000000020a"),
         ("reply3", "030000000003fa"),
         ("reply4", "080000000004fc0000300003"),
+        ("assign", "7c00000000ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b42cd86560b2a6a0a54b6f2767adec4d9fbf74c7b4c39ebca63fef3cdcee0d14f30768656c6c6f2d6305312e302e300001036f7074024f3201026f7300056c696e7578010d61406578616d706c652e6f7267fd0068e5cf8b01000001"),
+        ("work_reply0", "020000000000"),
+        ("work_reply1", "0b0000000001086d6178206a6f6273"),
     ];
 }

@@ -18,7 +18,7 @@ pub fn bin_dir() -> PathBuf {
     // Test executables live in target/<profile>/deps/.
     let exe = std::env::current_exe().expect("test executable path");
     let dir = exe.parent().and_then(Path::parent).expect("target dir").to_path_buf();
-    for name in ["kiln", "kiln-bootstrap", "kiln-evil"] {
+    for name in ["kiln", "kiln-bootstrap", "kiln-evil", "kiln-assign"] {
         assert!(
             dir.join(name).exists(),
             "{} is missing: run the tests with `cargo test --workspace`, which builds it",
