@@ -61,6 +61,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         bootstrap: cli.bootstrap,
         relay_server: true,
         worker: None,
+        max_store_bytes: None,
     };
     kiln_node::run_node(options, |addr| println!("{addr}"), kiln_node::shutdown_signal()).await?;
     Ok(())

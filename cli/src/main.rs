@@ -67,6 +67,9 @@ struct Contribute {
     /// Let recipes that declare `network = true` use the network
     #[arg(long)]
     allow_network: bool,
+    /// Take work only while the machine is otherwise idle (1-minute load under half the CPUs)
+    #[arg(long)]
+    idle_only: bool,
     /// A label added to this worker's system description (repeatable), e.g. --label site=basement
     #[arg(long = "label", value_name = "KEY=VALUE")]
     labels: Vec<String>,
@@ -94,6 +97,7 @@ impl Contribute {
         }
         let policy = WorkerPolicy {
             max_jobs: self.max_jobs,
+            idle_only: self.idle_only,
             trust,
             allow_network: self.allow_network,
         };
@@ -114,6 +118,9 @@ enum Command {
         data_dir: DataDir,
         #[command(flatten)]
         contribute: Contribute,
+        /// Most bytes of blobs this node keeps (e.g. 20GiB); the least recently used unpinned ones are evicted
+        #[arg(long, value_parser = parse_size)]
+        max_store_size: Option<u64>,
     },
     /// Print this node's peer id.
     Id {
@@ -218,14 +225,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             bootstrap,
             data_dir,
             contribute,
+            max_store_size,
         } => {
-            node(
+            let options = NodeOptions {
+                data_dir: data_dir.resolve()?,
                 listen,
-                bootstrap.bootstrap,
-                &data_dir.resolve()?,
-                contribute.worker_options()?,
-            )
-            .await
+                bootstrap: bootstrap.bootstrap,
+                relay_server: false,
+                worker: contribute.worker_options()?,
+                max_store_bytes: max_store_size,
+            };
+            kiln_node::run_node(options, |addr| println!("{addr}"), kiln_node::shutdown_signal()).await?;
+            Ok(())
         }
         Command::Id { data_dir } => {
             let key = kiln_node::identity::load_or_create(&data_dir.resolve()?)?;
@@ -268,21 +279,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn node(
-    listen: Vec<Multiaddr>,
-    bootstrap: Vec<Multiaddr>,
-    data_dir: &Path,
-    worker: Option<kiln_node::WorkerOptions>,
-) -> anyhow::Result<()> {
-    let options = NodeOptions {
-        data_dir: data_dir.to_path_buf(),
-        listen,
-        bootstrap,
-        relay_server: false,
-        worker,
-    };
-    kiln_node::run_node(options, |addr| println!("{addr}"), kiln_node::shutdown_signal()).await?;
-    Ok(())
+fn parse_size(text: &str) -> Result<u64, String> {
+    kiln_protocol::system::parse_bytes(text)
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{text:?} is not a size: use for example 512MiB, 20GiB or 1TiB"))
 }
 
 async fn publish(path: &Path, data_dir: &Path) -> anyhow::Result<()> {

@@ -81,3 +81,10 @@ fn a_recipe_signed_with_keygen_verifies_and_a_changed_one_does_not() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("sign it again with `kiln recipe sign`"));
 }
+
+#[test]
+fn a_bad_store_size_says_what_a_size_looks_like() {
+    let out = kiln().args(["node", "--max-store-size", "lots"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("use for example 512MiB, 20GiB or 1TiB"));
+}

@@ -49,6 +49,8 @@ pub struct NodeOptions {
     pub relay_server: bool,
     /// Contribute this machine (`--contribute`) under these rules.
     pub worker: Option<WorkerOptions>,
+    /// The store's size cap (`--max-store-size`).
+    pub max_store_bytes: Option<u64>,
 }
 
 /// How a contributed machine works.
@@ -67,7 +69,10 @@ pub async fn run_node(
 ) -> Result<(), NodeError> {
     let key = identity::load_or_create(&options.data_dir)?;
     let worker_key = SecretKey::from_bytes(&key.to_bytes());
-    let store = Store::open(&options.data_dir)?;
+    let store_options = kiln_store::StoreOptions {
+        size_cap_bytes: options.max_store_bytes,
+    };
+    let store = Store::open_with(&options.data_dir, store_options)?;
     let listener = control::bind(&options.data_dir).map_err(NodeError::Control)?;
     let sandbox = match &options.worker {
         Some(worker) => Some(Sandbox::new(&options.data_dir, worker.policy.allow_network)?),

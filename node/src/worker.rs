@@ -47,12 +47,49 @@ pub enum Trust {
 #[derive(Clone, Debug)]
 pub struct WorkerPolicy {
     pub max_jobs: u32,
+    /// Take work only while the machine is otherwise idle (`--idle-only`).
+    pub idle_only: bool,
     pub trust: Trust,
     pub allow_network: bool,
 }
 
+/// Load per CPU above which an idle-only worker counts the machine as busy.
+pub const IDLE_LOAD_PER_CPU_MAX: f64 = 0.5;
+
+/// Why an idle-only worker waits, if it does: the 1-minute load average
+/// against the CPU count.
+pub fn busy_because(load: f64, cpus: u32) -> Option<String> {
+    let cpus = cpus.max(1);
+    (load / f64::from(cpus) > IDLE_LOAD_PER_CPU_MAX).then(|| {
+        format!(
+            "idle-only: the machine is in use (load {load:.2} on {cpus} cpus; waits below {:.2})",
+            IDLE_LOAD_PER_CPU_MAX * f64::from(cpus)
+        )
+    })
+}
+
+/// The 1-minute load average, from `/proc/loadavg`.
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Whether to take `job`; `Err` carries the reason a requester is shown.
-pub fn decide(policy: &WorkerPolicy, system: &SystemInfo, job: &JobRequest, running: u32) -> Result<(), String> {
+/// `busy` is why an idle-only worker waits right now, if it does.
+pub fn decide(
+    policy: &WorkerPolicy,
+    system: &SystemInfo,
+    job: &JobRequest,
+    running: u32,
+    busy: Option<String>,
+) -> Result<(), String> {
+    if let Some(why) = busy.filter(|_| policy.idle_only) {
+        return Err(why);
+    }
     if running >= policy.max_jobs {
         return Err(format!(
             "worker is busy: running {running} of at most {} jobs (--max-jobs)",
@@ -179,13 +216,22 @@ impl Worker {
         }
     }
 
+    /// Why an idle-only worker waits right now (its own builds excluded:
+    /// only checked while none of them runs), if it does.
+    fn busy(&self) -> Option<String> {
+        if !self.policy.idle_only || self.running.load(Ordering::SeqCst) > 1 {
+            return None;
+        }
+        busy_because(load_average()?, self.system.cpus)
+    }
+
     /// Decides, and counts the job as running if taken.
     fn take(&self, job: &JobRequest) -> Result<(), String> {
         if let Some(problem) = self.sandbox.isolation_problem() {
             return Err(format!("worker cannot isolate builds: {problem}"));
         }
         let running = self.running.fetch_add(1, Ordering::SeqCst);
-        let verdict = decide(&self.policy, &self.system, job, running);
+        let verdict = decide(&self.policy, &self.system, job, running, self.busy());
         if verdict.is_err() {
             self.running.fetch_sub(1, Ordering::SeqCst);
         }
@@ -403,29 +449,50 @@ mod tests {
         let stranger = SecretKey::from_bytes(&[4; 32]);
         let policy = WorkerPolicy {
             max_jobs: 1,
+            idle_only: false,
             trust: Trust::Publishers(BTreeSet::from([publisher.public()])),
             allow_network: false,
         };
         let signed = Some(PublisherSignature::sign(&publisher, &Hash::of(b"recipe")));
-        assert_eq!(decide(&policy, &system(), &job(signed.clone(), "os=linux"), 0), Ok(()));
-        let busy = decide(&policy, &system(), &job(signed.clone(), "os=linux"), 1).unwrap_err();
+        assert_eq!(
+            decide(&policy, &system(), &job(signed.clone(), "os=linux"), 0, None),
+            Ok(())
+        );
+        let busy = decide(&policy, &system(), &job(signed.clone(), "os=linux"), 1, None).unwrap_err();
         assert!(busy.contains("--max-jobs"), "{busy}");
-        let unsigned = decide(&policy, &system(), &job(None, "os=linux"), 0).unwrap_err();
+        let unsigned = decide(&policy, &system(), &job(None, "os=linux"), 0, None).unwrap_err();
         assert!(unsigned.contains("not signed"), "{unsigned}");
         let other = Some(PublisherSignature::sign(&stranger, &Hash::of(b"recipe")));
-        assert!(decide(&policy, &system(), &job(other, "os=linux"), 0)
+        assert!(decide(&policy, &system(), &job(other, "os=linux"), 0, None)
             .unwrap_err()
             .contains("not trusted"));
         let wrong_recipe = Some(PublisherSignature::sign(&publisher, &Hash::of(b"another recipe")));
-        assert!(decide(&policy, &system(), &job(wrong_recipe, "os=linux"), 0)
+        assert!(decide(&policy, &system(), &job(wrong_recipe, "os=linux"), 0, None)
             .unwrap_err()
             .contains("does not verify"));
-        let mismatch = decide(&policy, &system(), &job(signed, "arch=aarch64"), 0).unwrap_err();
+        let mismatch = decide(&policy, &system(), &job(signed, "arch=aarch64"), 0, None).unwrap_err();
         assert!(mismatch.contains("arch=x86_64 (wanted arch=aarch64)"), "{mismatch}");
         let open = WorkerPolicy {
             trust: Trust::AnyRecipe,
             ..policy
         };
-        assert_eq!(decide(&open, &system(), &job(None, "os=linux"), 0), Ok(()));
+        assert_eq!(decide(&open, &system(), &job(None, "os=linux"), 0, None), Ok(()));
+        let busy = busy_because(1.7, 2);
+        assert_eq!(
+            decide(&open, &system(), &job(None, "os=linux"), 0, busy.clone()),
+            Ok(()),
+            "not idle-only"
+        );
+        let idle_only = WorkerPolicy {
+            idle_only: true,
+            ..open
+        };
+        let waits = decide(&idle_only, &system(), &job(None, "os=linux"), 0, busy).unwrap_err();
+        assert!(
+            waits.contains("idle-only: the machine is in use (load 1.70 on 2 cpus"),
+            "{waits}"
+        );
+        assert_eq!(busy_because(0.9, 2), None);
+        assert!(load_average().is_some());
     }
 }
