@@ -238,3 +238,78 @@ fn leftover_build_directories_are_removed_at_start() {
     let _sandbox = Sandbox::new(tmp.path(), false).unwrap();
     assert!(!tmp.path().join("builds/build-crashed").exists());
 }
+
+#[test]
+fn a_git_source_is_checked_out_at_its_commit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .args([
+                "-c",
+                "user.name=kiln",
+                "-c",
+                "user.email=kiln@example.org",
+                "-c",
+                "init.defaultBranch=main",
+            ])
+            .args(args)
+            .current_dir(&repo)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    git(&["init", "-q"]);
+    std::fs::write(repo.join("version.txt"), "first\n").unwrap();
+    git(&["add", "."]);
+    git(&["commit", "-q", "-m", "first"]);
+    let first = git(&["rev-parse", "HEAD"]);
+    std::fs::write(repo.join("version.txt"), "second\n").unwrap();
+    git(&["commit", "-q", "-am", "second"]);
+
+    let sandbox = Sandbox::new(&tmp.path().join("data"), false).unwrap();
+    let mut build = spec(&["cp version.txt out.txt"], &["out.txt"]);
+    build.source = SourceInput::Git {
+        url: format!("file://{}", repo.display()),
+        rev: first,
+    };
+    let result = runtime().block_on(sandbox.run(&build)).unwrap();
+    let BuildStatus::Succeeded { artifact } = &result.status else {
+        panic!("{:?}: {}", result.status, log_text(&result.log));
+    };
+    let mut archive = tar::Archive::new(std::fs::File::open(artifact).unwrap());
+    let mut entry = archive.entries().unwrap().next().unwrap().unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut entry, &mut text).unwrap();
+    assert_eq!(text, "first\n", "the build used another commit");
+}
+
+#[test]
+fn a_build_over_its_memory_limit_fails() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sandbox = Sandbox::new(tmp.path(), false).unwrap();
+    let mut build = spec(
+        &["python3 -c 'x = bytearray(1024 * 1024 * 1024)' || { echo 'allocation refused'; exit 3; }"],
+        &["out"],
+    );
+    build.memory_bytes = 256 * 1024 * 1024;
+    let result = runtime().block_on(sandbox.run(&build)).unwrap();
+    assert_eq!(
+        result.status,
+        BuildStatus::StepFailed {
+            step: 1,
+            status: "exit status: 3".into()
+        }
+    );
+    let log = log_text(&result.log);
+    assert!(
+        log.contains("MemoryError") && log.contains("allocation refused"),
+        "{log}"
+    );
+}

@@ -7,7 +7,8 @@
 //!
 //! Prints: `publisher KEY`, `job BUILD_KEY`, then per worker `accepted PEER`
 //! or `refused PEER: REASON`, then `done WORKER_KEY ARTIFACT LOG` or
-//! `failed WORKER_KEY LOG REASON` as outcomes arrive.
+//! `failed WORKER_KEY LOG REASON` as outcomes arrive, and
+//! `advert PEER RUNNING/MAX ARCH WAITING` for each worker advert heard.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
