@@ -402,6 +402,8 @@ async fn prepare_source(source: &SourceInput, work: &Path, log: &Log) -> Result<
             ] {
                 let out = Command::new("git")
                     .args(&args)
+                    .env("GIT_ALLOW_PROTOCOL", "https:http:git:ssh:file")
+                    .env("GIT_TERMINAL_PROMPT", "0")
                     .stdin(Stdio::null())
                     .output()
                     .await

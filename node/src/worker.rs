@@ -29,6 +29,8 @@ use crate::sandbox::{BuildSpec, BuildStatus, Sandbox, SourceInput};
 
 /// How long a coordinator may take to send its assignment on a new stream.
 const ASSIGN_MS_MAX: u64 = 30_000;
+/// Assignment streams handled at once (each reads one small request).
+const ASSIGN_STREAMS_MAX: usize = 16;
 /// How often the worker advertises itself.
 const ADVERT_MS: u64 = 5_000;
 /// How long the worker keeps trying to publish an outcome.
@@ -190,9 +192,15 @@ impl Worker {
     }
 
     async fn serve(self: Arc<Self>, mut incoming: libp2p_stream::IncomingStreams) {
+        let permits = Arc::new(tokio::sync::Semaphore::new(ASSIGN_STREAMS_MAX));
         while let Some((peer, mut stream)) = incoming.next().await {
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                warn!(peer = %peer, "too many assignment streams at once; dropping one");
+                continue;
+            };
             let worker = self.clone();
             tokio::spawn(async move {
+                let _permit = permit;
                 let request = match read_frame::<WorkRequest>(&mut stream, ASSIGN_MS_MAX).await {
                     Ok(Some(request)) => request,
                     Ok(None) => return,
@@ -209,6 +217,7 @@ impl Worker {
                 };
                 info!(peer = %peer, job = %job.build_key, ?reply, "assignment");
                 let _ = write_frame(&mut stream, &WorkReply::V1(reply)).await;
+                drop(stream);
                 if verdict.is_ok() {
                     worker.build(job, attempt).await;
                 }

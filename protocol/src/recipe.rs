@@ -48,6 +48,10 @@ pub const BUILD_TIMEOUT_SECS_MAX: u64 = 7 * 24 * 3600;
 /// Build time limit when a recipe names none.
 pub const BUILD_TIMEOUT_SECS_DEFAULT: u64 = 3600;
 
+/// The URL forms a git source may use (never `ext::` or other transports
+/// that run commands).
+pub const GIT_URL_SCHEMES: &[&str] = &["https://", "http://", "git://", "ssh://", "file://"];
+
 const RECIPE_ID_SIGNING_DOMAIN: &str = "kiln 2026 recipe signature v1";
 
 /// Where a recipe's source comes from.
@@ -466,8 +470,12 @@ fn parse_source(raw: RawSource) -> Result<Source, RecipeError> {
 }
 
 fn check_git(url: &str, rev: &str) -> Result<(), RecipeError> {
-    if url.is_empty() || url.len() > 1024 || url.chars().any(char::is_whitespace) || url.starts_with('-') {
-        return Err(field_error("source.git", format!("{url:?} is not a repository URL")));
+    let allowed_scheme = GIT_URL_SCHEMES.iter().any(|scheme| url.starts_with(scheme));
+    if url.len() > 1024 || url.chars().any(char::is_whitespace) || !allowed_scheme {
+        return Err(field_error(
+            "source.git",
+            format!("{url:?} is not a repository URL: use https://, http://, git://, ssh:// or file://"),
+        ));
     }
     let full_commit =
         (rev.len() == 40 || rev.len() == 64) && rev.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
@@ -786,6 +794,23 @@ blob = "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
             let err = Recipe::from_toml(text).unwrap_err().to_string();
             assert!(err.contains(field), "expected {field} in: {err}");
         }
+    }
+
+    #[test]
+    fn git_sources_must_use_a_plain_transport() {
+        let git = |url: &str| {
+            HELLO.replace(
+                "[source]\nblob",
+                &format!("[source]\ngit = \"{url}\"\nrev = \"{}\"\n#", "a".repeat(40)),
+            )
+        };
+        let err = Recipe::from_toml(&git("ext::sh -c touch% /tmp/x"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("source.git") && err.contains("https://"), "{err}");
+        assert!(Recipe::from_toml(&git("--upload-pack=evil")).is_err());
+        assert!(Recipe::from_toml(&git("https://example.org/repo.git")).is_ok());
+        assert!(Recipe::from_toml(&git("file:///srv/repo")).is_ok());
     }
 
     #[test]
