@@ -498,11 +498,21 @@ async fn outline(
     faults: &mut HashMap<PeerId, ProviderFault>,
 ) -> Option<(u64, Vec<RangeHash>)> {
     for peer in providers {
-        match ask_outline(net, *peer, hash).await {
-            Ok(found) => return Some(found),
-            Err(fault) => {
-                debug!(peer = %peer, fault = ?fault, "no outline from provider");
-                faults.insert(*peer, fault);
+        // A stream can fail for reasons that have nothing to do with the
+        // provider (a connection replaced while it opened): like range
+        // downloads, try a few times before giving up on a provider.
+        for attempt in 1..=STREAM_FAILURES_MAX {
+            match ask_outline(net, *peer, hash).await {
+                Ok(found) => return Some(found),
+                Err(ProviderFault::Missing(why)) if attempt < STREAM_FAILURES_MAX => {
+                    debug!(peer = %peer, why, attempt, "no outline from provider yet; trying again");
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+                }
+                Err(fault) => {
+                    debug!(peer = %peer, fault = ?fault, "no outline from provider");
+                    faults.insert(*peer, fault);
+                    break;
+                }
             }
         }
     }

@@ -244,15 +244,26 @@ pub async fn fetch_to(
 }
 
 /// Resolves on SIGINT or SIGTERM: how `kiln node` and `kiln-bootstrap` stop.
-pub async fn shutdown_signal() {
+/// The handlers are installed when this is called (inside the runtime), not
+/// when the future is first polled: a signal sent right after the node
+/// prints its address is already caught.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut term) = signal(SignalKind::terminate()) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let term = signal(SignalKind::terminate());
+    let interrupt = signal(SignalKind::interrupt());
+    async move {
+        match (term, interrupt) {
+            (Ok(mut term), Ok(mut interrupt)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = interrupt.recv() => {}
+                }
+            }
+            _ => {
+                warn!("cannot install signal handlers; stop this node with SIGKILL");
+                std::future::pending::<()>().await;
+            }
+        }
     }
 }
 
