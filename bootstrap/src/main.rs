@@ -62,6 +62,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         relay_server: true,
         worker: None,
         max_store_bytes: None,
+        // Answers who the coordinator is; never coordinates itself.
+        coordinator: kiln_node::coordinator::CoordinatorOptions::default(),
     };
     kiln_node::run_node(options, |addr| println!("{addr}"), kiln_node::shutdown_signal()).await?;
     Ok(())

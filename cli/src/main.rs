@@ -3,6 +3,7 @@
 //! library crates; this binary stays thin.
 
 mod progress;
+mod request;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -121,6 +122,46 @@ enum Command {
         /// Most bytes of blobs this node keeps (e.g. 20GiB); the least recently used unpinned ones are evicted
         #[arg(long, value_parser = parse_size)]
         max_store_size: Option<u64>,
+        /// Always play the coordinator (queueing and matching) while this node runs
+        #[arg(long, conflicts_with = "no_coordinator")]
+        coordinator: bool,
+        /// Never be elected coordinator
+        #[arg(long)]
+        no_coordinator: bool,
+    },
+    /// Ask the network for a build; everyone given with --email hears when it ends.
+    Request {
+        /// Who to tell when the build ends (repeatable)
+        #[arg(long = "email", value_name = "ADDR", required = true)]
+        emails: Vec<String>,
+        /// A recipe file, or the id of a recipe already in the network
+        #[arg(long, value_name = "PATH|HASH")]
+        recipe: String,
+        /// A recipe option (repeatable); `kiln recipe options RECIPE` lists them
+        #[arg(short = 'o', long = "option", value_name = "NAME=VALUE")]
+        options: Vec<String>,
+        /// Build for this system instead of this machine's (repeatable), e.g. --target arch=aarch64
+        #[arg(long = "target", value_name = "KEY=VALUE")]
+        targets: Vec<String>,
+        #[command(flatten)]
+        bootstrap: Bootstrap,
+        /// Follow the build until it ends
+        #[arg(long)]
+        wait: bool,
+        /// Wait for the build and write the artifact here
+        #[arg(long, value_name = "PATH")]
+        fetch: Option<PathBuf>,
+        /// Print one JSON document
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the coordinator, the workers, the queue and recent builds.
+    Status {
+        #[command(flatten)]
+        bootstrap: Bootstrap,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
     },
     /// Print this node's peer id.
     Id {
@@ -226,6 +267,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             data_dir,
             contribute,
             max_store_size,
+            coordinator,
+            no_coordinator,
         } => {
             let options = NodeOptions {
                 data_dir: data_dir.resolve()?,
@@ -234,10 +277,37 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 relay_server: false,
                 worker: contribute.worker_options()?,
                 max_store_bytes: max_store_size,
+                coordinator: kiln_node::coordinator::CoordinatorOptions {
+                    eligible: !no_coordinator,
+                    pinned: coordinator,
+                },
             };
             kiln_node::run_node(options, |addr| println!("{addr}"), kiln_node::shutdown_signal()).await?;
             Ok(())
         }
+        Command::Request {
+            emails,
+            recipe,
+            options,
+            targets,
+            bootstrap,
+            wait,
+            fetch,
+            json,
+        } => {
+            request::run(request::RequestArgs {
+                emails,
+                recipe,
+                options,
+                targets,
+                bootstrap: bootstrap.bootstrap,
+                wait,
+                fetch,
+                json,
+            })
+            .await
+        }
+        Command::Status { bootstrap, json } => request::status(bootstrap.bootstrap, json).await,
         Command::Id { data_dir } => {
             let key = kiln_node::identity::load_or_create(&data_dir.resolve()?)?;
             println!("{}", kiln_node::identity::keypair(&key).public().to_peer_id());

@@ -218,14 +218,42 @@ pub trait Progress: Send + Sync {
 /// resuming what an earlier interrupted fetch left behind. Returns the
 /// blob's size.
 pub async fn fetch(net: &NetClient, store: &Store, hash: Hash, progress: Arc<dyn Progress>) -> Result<u64, FetchError> {
+    fetch_from(net, store, hash, &[], progress).await
+}
+
+/// [`fetch`], asking `hints` first (peers known to hold the blob, such as
+/// the requester that sent a job); the DHT's providers if they fail.
+pub async fn fetch_from(
+    net: &NetClient,
+    store: &Store,
+    hash: Hash,
+    hints: &[PeerId],
+    progress: Arc<dyn Progress>,
+) -> Result<u64, FetchError> {
     if let Some(size) = store.size(&hash) {
         progress.start(size, size);
         return Ok(size);
+    }
+    if !hints.is_empty() {
+        match fetch_with(net, store, hash, hints.to_vec(), progress.clone()).await {
+            Ok(size) => return Ok(size),
+            Err(e) => debug!(blob = %hash, error = %e, "hinted providers failed; asking the DHT"),
+        }
     }
     let providers = net.providers(hash).await?;
     if providers.is_empty() {
         return Err(FetchError::NoProviders(hash));
     }
+    fetch_with(net, store, hash, providers, progress).await
+}
+
+async fn fetch_with(
+    net: &NetClient,
+    store: &Store,
+    hash: Hash,
+    providers: Vec<PeerId>,
+    progress: Arc<dyn Progress>,
+) -> Result<u64, FetchError> {
     info!(blob = %hash, providers = providers.len(), "fetching");
     let mut faults: HashMap<PeerId, ProviderFault> = HashMap::new();
     let (blob_bytes, list) = outline(net, &providers, hash, &mut faults)

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use futures::{AsyncReadExt, AsyncWriteExt};
-use kiln_protocol::messages::{decode_frame, encode_frame, FRAME_BYTES_MAX};
+use kiln_protocol::messages::{decode_frame_max, encode_frame_max, FRAME_BYTES_MAX};
 use libp2p::Stream;
 
 /// How long the rest of a frame may take once its first byte arrived.
@@ -12,6 +12,14 @@ const FRAME_MS_MAX: u64 = 15_000;
 
 /// Reads one frame, waiting at most `timeout_ms`. `Ok(None)`: clean end.
 pub(crate) async fn read_frame<T: serde::de::DeserializeOwned>(
+    stream: &mut Stream,
+    timeout_ms: u64,
+) -> std::io::Result<Option<T>> {
+    read_frame_max::<T, FRAME_BYTES_MAX>(stream, timeout_ms).await
+}
+
+/// [`read_frame`] for frames of at most `LIMIT` bytes.
+pub(crate) async fn read_frame_max<T: serde::de::DeserializeOwned, const LIMIT: usize>(
     stream: &mut Stream,
     timeout_ms: u64,
 ) -> std::io::Result<Option<T>> {
@@ -26,7 +34,7 @@ pub(crate) async fn read_frame<T: serde::de::DeserializeOwned>(
     let rest = async {
         stream.read_exact(&mut header[1..]).await?;
         let len = u32::from_le_bytes(header) as usize;
-        if len > FRAME_BYTES_MAX {
+        if len > LIMIT {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
                 format!("frame of {len} bytes"),
@@ -35,7 +43,7 @@ pub(crate) async fn read_frame<T: serde::de::DeserializeOwned>(
         let mut frame = header.to_vec();
         frame.resize(4 + len, 0);
         stream.read_exact(&mut frame[4..]).await?;
-        match decode_frame::<T>(&frame) {
+        match decode_frame_max::<T, LIMIT>(&frame) {
             Ok(Some((value, _))) => Ok(Some(value)),
             Ok(None) => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "short frame")),
             Err(e) => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())),
@@ -48,7 +56,15 @@ pub(crate) async fn read_frame<T: serde::de::DeserializeOwned>(
 
 /// Writes one frame and flushes it.
 pub(crate) async fn write_frame<T: serde::Serialize>(stream: &mut Stream, value: &T) -> std::io::Result<()> {
-    let frame = encode_frame(value).map_err(std::io::Error::other)?;
+    write_frame_max::<T, FRAME_BYTES_MAX>(stream, value).await
+}
+
+/// [`write_frame`] for frames of at most `LIMIT` bytes.
+pub(crate) async fn write_frame_max<T: serde::Serialize, const LIMIT: usize>(
+    stream: &mut Stream,
+    value: &T,
+) -> std::io::Result<()> {
+    let frame = encode_frame_max::<T, LIMIT>(value).map_err(std::io::Error::other)?;
     stream.write_all(&frame).await?;
     stream.flush().await
 }

@@ -9,11 +9,15 @@
 pub mod archive;
 pub mod blobs;
 pub mod control;
+pub mod coordinator;
+pub mod election;
 mod frames;
 pub mod identity;
 pub mod net;
 pub mod node;
+pub mod request;
 pub mod sandbox;
+pub mod schedule;
 pub mod system;
 pub mod worker;
 

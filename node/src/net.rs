@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use kiln_protocol::messages::{decode_gossip, topics, Gossip, GossipError};
-use kiln_protocol::{Hash, SecretKey};
+use kiln_protocol::{Hash, PublicKey, SecretKey};
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
 use libp2p::kad::{self, store::MemoryStore, QueryId, QueryResult, RecordKey};
 use libp2p::multiaddr::Protocol;
@@ -31,6 +31,7 @@ use crate::identity;
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/kiln/kad/1.0.0");
 pub const BLOB_PROTOCOL: StreamProtocol = StreamProtocol::new("/kiln/blob/1");
 pub const WORK_PROTOCOL: StreamProtocol = StreamProtocol::new("/kiln/work/1");
+pub const COORD_PROTOCOL: StreamProtocol = StreamProtocol::new("/kiln/coord/1");
 const IDENTIFY_PROTOCOL: &str = "/kiln/id/1.0.0";
 
 /// Commands waiting for the event loop.
@@ -76,6 +77,8 @@ pub enum NetEvent {
     Gossip {
         topic: String,
         from: PeerId,
+        /// The author's key (the peer id `from` is made of).
+        signer: PublicKey,
         message: Box<Gossip>,
     },
     PeerConnected(PeerId),
@@ -119,6 +122,19 @@ enum Command {
     },
     ConnectedPeers {
         reply: oneshot::Sender<Vec<PeerId>>,
+    },
+    Dial {
+        peer: PeerId,
+        addresses: Vec<Multiaddr>,
+    },
+    PutRecord {
+        key: Hash,
+        value: Vec<u8>,
+        reply: oneshot::Sender<Result<(), NetError>>,
+    },
+    GetRecord {
+        key: Hash,
+        reply: oneshot::Sender<Result<Option<Vec<u8>>, NetError>>,
     },
 }
 
@@ -164,6 +180,24 @@ impl NetClient {
     pub async fn connected_peers(&self) -> Result<Vec<PeerId>, NetError> {
         self.ask(|reply| Command::ConnectedPeers { reply }).await
     }
+
+    /// Connects to `peer` at these addresses (if not connected already).
+    pub async fn dial(&self, peer: PeerId, addresses: Vec<Multiaddr>) -> Result<(), NetError> {
+        self.commands
+            .send(Command::Dial { peer, addresses })
+            .await
+            .map_err(|_| NetError::Stopped)
+    }
+
+    /// Stores a value in the DHT under `key`'s multihash (Kademlia record).
+    pub async fn put_record(&self, key: Hash, value: Vec<u8>) -> Result<(), NetError> {
+        self.ask(|reply| Command::PutRecord { key, value, reply }).await?
+    }
+
+    /// The first value found in the DHT under `key`'s multihash, if any.
+    pub async fn get_record(&self, key: Hash) -> Result<Option<Vec<u8>>, NetError> {
+        self.ask(|reply| Command::GetRecord { key, reply }).await?
+    }
 }
 
 /// Starts listening and dialling; returns the client, the event stream and
@@ -205,6 +239,8 @@ pub fn start(config: NetConfig) -> Result<(NetClient, mpsc::Receiver<NetEvent>, 
         provided: HashSet::new(),
         provider_queries: HashMap::new(),
         provide_queries: HashMap::new(),
+        put_queries: HashMap::new(),
+        get_queries: HashMap::new(),
         invalid_gossip: HashMap::new(),
     };
     Ok((
@@ -276,6 +312,8 @@ fn behaviour(
     })
 }
 
+type RecordReply = oneshot::Sender<Result<Option<Vec<u8>>, NetError>>;
+
 struct ProviderQuery {
     reply: oneshot::Sender<Result<Vec<PeerId>, NetError>>,
     found: Vec<PeerId>,
@@ -293,6 +331,8 @@ pub struct EventLoop {
     provided: HashSet<Hash>,
     provider_queries: HashMap<QueryId, ProviderQuery>,
     provide_queries: HashMap<QueryId, oneshot::Sender<Result<(), NetError>>>,
+    put_queries: HashMap<QueryId, oneshot::Sender<Result<(), NetError>>>,
+    get_queries: HashMap<QueryId, RecordReply>,
     /// Invalid gossip counted per connected peer.
     invalid_gossip: HashMap<PeerId, u32>,
 }
@@ -402,6 +442,45 @@ impl EventLoop {
             Command::ConnectedPeers { reply } => {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
             }
+            Command::Dial { peer, addresses } => {
+                for addr in &addresses {
+                    self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                }
+                let opts = DialOpts::peer_id(peer)
+                    .addresses(addresses)
+                    .condition(PeerCondition::DisconnectedAndNotDialing)
+                    .build();
+                if let Err(e) = self.swarm.dial(opts) {
+                    debug!(peer = %peer, error = %e, "dial not started");
+                }
+            }
+            Command::PutRecord { key, value, reply } => {
+                if self.put_queries.len() >= PROVIDER_QUERIES_MAX {
+                    let _ = reply.send(Err(NetError::Busy));
+                    return;
+                }
+                let record = kad::Record::new(RecordKey::new(&key.multihash()), value);
+                match self.swarm.behaviour_mut().kad.put_record(record, kad::Quorum::One) {
+                    Ok(id) => {
+                        self.put_queries.insert(id, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(NetError::Provide(e.to_string())));
+                    }
+                }
+            }
+            Command::GetRecord { key, reply } => {
+                if self.get_queries.len() >= PROVIDER_QUERIES_MAX {
+                    let _ = reply.send(Err(NetError::Busy));
+                    return;
+                }
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .get_record(RecordKey::new(&key.multihash()));
+                self.get_queries.insert(id, reply);
+            }
         }
     }
 
@@ -505,6 +584,28 @@ impl EventLoop {
                 }
             }
             QueryResult::GetProviders(_) if step.last => self.finish_provider_query(id),
+            QueryResult::PutRecord(result) => {
+                if let Some(reply) = self.put_queries.remove(&id) {
+                    // Kept locally even when no other peer took it yet.
+                    if let Err(e) = &result {
+                        debug!(error = ?e, "record stored on no other peer yet");
+                    }
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            QueryResult::GetRecord(Ok(kad::GetRecordOk::FoundRecord(found))) => {
+                if let Some(reply) = self.get_queries.remove(&id) {
+                    let _ = reply.send(Ok(Some(found.record.value)));
+                }
+                if let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+                    query.finish();
+                }
+            }
+            QueryResult::GetRecord(_) if step.last => {
+                if let Some(reply) = self.get_queries.remove(&id) {
+                    let _ = reply.send(Ok(None));
+                }
+            }
             _ => {}
         }
     }
@@ -527,11 +628,12 @@ impl EventLoop {
             .gossipsub
             .report_message_validation_result(&id, &source, acceptance);
         match verdict {
-            Ok(gossip) => {
+            Ok((signer, gossip)) => {
                 let from = message.source.unwrap_or(source);
                 self.emit(NetEvent::Gossip {
                     topic: message.topic.into_string(),
                     from,
+                    signer,
                     message: Box::new(gossip),
                 });
             }
@@ -551,7 +653,7 @@ impl EventLoop {
 
 /// Checks a gossip message: it decodes within limits, its Kiln signature
 /// verifies, and the signer is the peer that authored it.
-fn check_gossip_message(message: &gossipsub::Message) -> Result<Gossip, GossipError> {
+fn check_gossip_message(message: &gossipsub::Message) -> Result<(PublicKey, Gossip), GossipError> {
     let (signer, gossip) = decode_gossip(&message.data)?;
     let author = message
         .source
@@ -559,5 +661,5 @@ fn check_gossip_message(message: &gossipsub::Message) -> Result<Gossip, GossipEr
     if identity::peer_id_of(&signer) != Some(author) {
         return Err(GossipError::Invalid("signed by a key that is not its author's"));
     }
-    Ok(gossip)
+    Ok((signer, gossip))
 }

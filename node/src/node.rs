@@ -14,6 +14,7 @@ use tracing::{info, warn};
 
 use crate::blobs::{self, FetchError, Progress};
 use crate::control::{self, ControlHandler, ControlReply, ControlRequest};
+use crate::coordinator::{self, CoordinatorOptions};
 use crate::net::{self, NetClient, NetConfig, NetEvent};
 use crate::sandbox::Sandbox;
 use crate::worker::{Worker, WorkerPolicy};
@@ -51,6 +52,8 @@ pub struct NodeOptions {
     pub worker: Option<WorkerOptions>,
     /// The store's size cap (`--max-store-size`).
     pub max_store_bytes: Option<u64>,
+    /// Whether this node may coordinate (`--coordinator`, `--no-coordinator`).
+    pub coordinator: CoordinatorOptions,
 }
 
 /// How a contributed machine works.
@@ -68,7 +71,8 @@ pub async fn run_node(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), NodeError> {
     let key = identity::load_or_create(&options.data_dir)?;
-    let worker_key = SecretKey::from_bytes(&key.to_bytes());
+    let worker_key_bytes = key.to_bytes();
+    let worker_key = SecretKey::from_bytes(&worker_key_bytes);
     let store_options = kiln_store::StoreOptions {
         size_cap_bytes: options.max_store_bytes,
     };
@@ -110,12 +114,16 @@ pub async fn run_node(
         roles.push(worker.clone().spawn_server());
         roles.push(tokio::spawn(worker.advertise()));
     }
+    let coordinator_key = SecretKey::from_bytes(&worker_key_bytes);
+    let (coordination, tasks) = coordinator::spawn(net.clone(), store.clone(), coordinator_key, options.coordinator);
+    roles.extend(tasks);
     let mut addresses = Vec::new();
     let first = tokio::time::timeout(Duration::from_millis(LISTEN_MS_MAX), events.recv()).await;
     match first {
         Ok(Some(NetEvent::Listening(addr))) => {
             ready(&addr);
             addresses.push(addr);
+            coordination.addresses(addresses.clone());
         }
         _ => return Err(NodeError::NoListen),
     }
@@ -143,7 +151,9 @@ pub async fn run_node(
                 Some(NetEvent::Listening(addr)) => {
                     ready(&addr);
                     addresses.push(addr);
+                    coordination.addresses(addresses.clone());
                 }
+                Some(NetEvent::Gossip { signer, message, .. }) => coordination.gossip(signer, message),
                 Some(other) => tracing::debug!(event = ?other, "network event"),
                 None => break,
             },
@@ -282,6 +292,7 @@ pub struct EphemeralNode {
     pub store: Store,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
+    server: tokio::task::JoinHandle<()>,
     _events: mpsc::Receiver<NetEvent>,
 }
 
@@ -301,16 +312,20 @@ impl EphemeralNode {
         let task = tokio::spawn(event_loop.run(async {
             let _ = stop_rx.await;
         }));
+        // Serves what it publishes (a requester's recipe and source).
+        let server = blobs::spawn_server(&net, store.clone());
         Ok(EphemeralNode {
             net,
             store,
             stop: Some(stop_tx),
             task,
+            server,
             _events: events,
         })
     }
 
     pub async fn stop(mut self) {
+        self.server.abort();
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

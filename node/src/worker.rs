@@ -32,7 +32,7 @@ const ASSIGN_MS_MAX: u64 = 30_000;
 /// Assignment streams handled at once (each reads one small request).
 const ASSIGN_STREAMS_MAX: usize = 16;
 /// How often the worker advertises itself.
-const ADVERT_MS: u64 = 5_000;
+const ADVERT_MS: u64 = 2_000;
 /// How long the worker keeps trying to publish an outcome.
 const OUTCOME_PUBLISH_MS_MAX: u64 = 60_000;
 
@@ -126,6 +126,8 @@ pub struct Worker {
     pub system: SystemInfo,
     pub policy: WorkerPolicy,
     running: AtomicU32,
+    /// Build keys of the builds running now (the lease heartbeat).
+    building: std::sync::Mutex<BTreeSet<Hash>>,
     sequence: AtomicU64,
 }
 
@@ -175,6 +177,7 @@ impl Worker {
             system,
             policy,
             running: AtomicU32::new(0),
+            building: Default::default(),
             sequence: AtomicU64::new(0),
         }
     }
@@ -247,7 +250,25 @@ impl Worker {
         verdict
     }
 
+    fn building(&self) -> Vec<Hash> {
+        self.building
+            .lock()
+            .map(|b| b.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    fn set_building(&self, build_key: Hash, running: bool) {
+        if let Ok(mut building) = self.building.lock() {
+            if running {
+                building.insert(build_key);
+            } else {
+                building.remove(&build_key);
+            }
+        }
+    }
+
     async fn build(&self, job: JobRequest, attempt: u32) {
+        self.set_building(job.build_key, true);
         let outcome = match self.run_job(&job).await {
             Ok(attestation) => BuildOutcome::Done { attestation },
             Err(failed) => {
@@ -262,8 +283,11 @@ impl Worker {
             }
         };
         self.running.fetch_sub(1, Ordering::SeqCst);
+        // Still listed as building until the outcome is out, so no advert
+        // without it reaches the coordinator first.
         self.publish(topics::RESULTS, Gossip::V1(GossipV1::Outcome(outcome)))
             .await;
+        self.set_building(job.build_key, false);
     }
 
     /// Publishes gossip, waiting (bounded) for a subscriber to appear.
@@ -403,6 +427,7 @@ impl Worker {
                     .isolation_problem()
                     .map(|p| format!("cannot isolate builds: {p}")),
                 sequence: self.sequence.fetch_add(1, Ordering::SeqCst),
+                running: self.building(),
             };
             let Ok(bytes) = encode_gossip(&self.key, &Gossip::V1(GossipV1::Worker(advert))) else {
                 continue;

@@ -4,7 +4,8 @@
 
 use proptest::prelude::*;
 
-use crate::messages::{decode_frame, decode_gossip, encode_frame, encode_gossip};
+use crate::coord::{CoordReply, CoordRequest, COORD_FRAME_BYTES_MAX};
+use crate::messages::{decode_frame, decode_frame_max, decode_gossip, encode_frame, encode_gossip};
 use crate::messages::{samples, BlobReply, BlobRequest, Gossip, WorkReply, WorkRequest};
 use crate::recipe::Recipe;
 use crate::sign::Signed;
@@ -34,6 +35,9 @@ fn valid_encodings() -> Vec<Vec<u8>> {
     let (assign, work_replies) = samples::work();
     out.push(encode_frame(&assign).unwrap());
     out.extend(work_replies.iter().map(|r| encode_frame(r).unwrap()));
+    let (coord_requests, coord_replies) = samples::coord();
+    out.extend(coord_requests.iter().map(|r| encode_frame(r).unwrap()));
+    out.extend(coord_replies.iter().map(|r| encode_frame(r).unwrap()));
     out.push(wire::encode(&Signed::sign(&samples::key(), &samples::attestation())).unwrap());
     let (recipe, _) = Recipe::from_toml(RECIPE).unwrap();
     out.push(recipe.canonical_bytes());
@@ -46,6 +50,9 @@ fn feed_every_decoder(bytes: &[u8]) -> Option<(PublicKey, Gossip)> {
     let _ = decode_frame::<BlobReply>(bytes);
     let _ = decode_frame::<WorkRequest>(bytes);
     let _ = decode_frame::<WorkReply>(bytes);
+    let _ = decode_frame_max::<CoordRequest, COORD_FRAME_BYTES_MAX>(bytes);
+    let _ = decode_frame_max::<CoordReply, COORD_FRAME_BYTES_MAX>(bytes);
+    let _ = crate::messages::check_email(&String::from_utf8_lossy(bytes));
     let _ = Recipe::from_canonical_bytes(bytes);
     if let Ok(signed) = wire::decode::<Signed<Attestation>, 4096>(bytes) {
         let _ = signed.verify();

@@ -28,6 +28,8 @@ pub const EMAILS_MAX: usize = 16;
 pub const RANGE_BYTES_MAX: u64 = 64 * 1024 * 1024;
 /// Longest reason text carried in a message.
 pub const REASON_BYTES_MAX: usize = 4096;
+/// Most running builds a worker advert lists.
+pub const RUNNING_JOBS_MAX: usize = 64;
 
 /// Gossip topic names.
 pub mod topics {
@@ -60,15 +62,63 @@ pub struct WorkerAdvert {
     /// Why it takes no work right now (`idle-only: load 3.2`), if it doesn't.
     pub waiting_because: Option<String>,
     pub sequence: u64,
+    /// Build keys it is building now: its lease heartbeat.
+    pub running: Vec<Hash>,
 }
 
-/// The coordinator saying it is alive.
+/// A node that may coordinate saying it is alive: every eligible node
+/// sends one each second, and the one acting says so.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CoordinatorHeartbeat {
-    pub term: u64,
+    /// Started with `--coordinator`: preferred over elected nodes.
+    pub pinned: bool,
+    /// Playing the coordinator role now.
+    pub acting: bool,
     pub queued_jobs: u32,
     pub running_jobs: u32,
+    /// Where requesters reach it (at most [`ADDRESSES_MAX`]).
+    pub addresses: Vec<String>,
     pub sent_at_ms: u64,
+}
+
+/// Most addresses a heartbeat carries, and the longest of them.
+pub const ADDRESSES_MAX: usize = 8;
+pub const ADDRESS_BYTES_MAX: usize = 256;
+/// Longest log tail carried in a progress message or a job event.
+pub const LOG_TAIL_BYTES_MAX: usize = 4096;
+
+/// A coordinator telling everyone a job went to a worker.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assigned {
+    pub build_key: Hash,
+    pub worker: PublicKey,
+    pub attempt: u32,
+}
+
+/// How a job ended, once and for all, as its coordinator decided.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Settlement {
+    /// Built, and the artifact is held by `holders` peers.
+    Done {
+        attestation: Signed<Attestation>,
+        holders: u32,
+    },
+    /// Given up after `attempts` failed builds.
+    Failed {
+        build_key: Hash,
+        reason: String,
+        log: Option<Hash>,
+        attempts: u32,
+    },
+}
+
+impl Settlement {
+    pub fn build_key(&self) -> Option<Hash> {
+        match self {
+            Settlement::Done { attestation, .. } => attestation.verify().ok().map(|a| a.build_key),
+            Settlement::Failed { build_key, .. } => Some(*build_key),
+        }
+    }
 }
 
 /// How a build ended.
@@ -98,6 +148,13 @@ pub enum GossipV1 {
     Worker(WorkerAdvert),
     Coordinator(CoordinatorHeartbeat),
     Outcome(BuildOutcome),
+    Assigned(Assigned),
+    /// A worker's latest log lines for a running build.
+    Progress {
+        build_key: Hash,
+        log_tail: String,
+    },
+    Settled(Settlement),
 }
 
 impl Signable for Gossip {
@@ -146,8 +203,56 @@ fn check_gossip(message: &Gossip) -> Result<(), GossipError> {
         GossipV1::Outcome(BuildOutcome::Failed { reason, .. }) if reason.len() > REASON_BYTES_MAX => {
             Err(GossipError::Invalid("reason too long"))
         }
+        GossipV1::Settled(Settlement::Failed { reason, .. }) if reason.len() > REASON_BYTES_MAX => {
+            Err(GossipError::Invalid("reason too long"))
+        }
+        GossipV1::Progress { log_tail, .. } if log_tail.len() > LOG_TAIL_BYTES_MAX => {
+            Err(GossipError::Invalid("log tail too long"))
+        }
+        GossipV1::Coordinator(h)
+            if h.addresses.len() > ADDRESSES_MAX || h.addresses.iter().any(|a| a.len() > ADDRESS_BYTES_MAX) =>
+        {
+            Err(GossipError::Invalid("too many or too long addresses"))
+        }
+        GossipV1::Worker(w) if w.running.len() > RUNNING_JOBS_MAX => Err(GossipError::Invalid("too many running jobs")),
         _ => Ok(()),
     }
+}
+
+/// Longest email address (RFC 5321's path limit).
+pub const EMAIL_BYTES_MAX: usize = 254;
+
+/// Checks that `email` looks like a deliverable address (`local@domain.tld`,
+/// no spaces or angle brackets); the error says what is wrong with it.
+pub fn check_email(email: &str) -> Result<(), String> {
+    let bad = |why: &str| Err(format!("{email:?} is not an email address: {why}"));
+    if email.len() > EMAIL_BYTES_MAX {
+        return bad("longer than 254 bytes");
+    }
+    if email
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || "<>()[],;:\\\"".contains(c))
+    {
+        return bad("it contains a space or one of <>()[],;:\\\"");
+    }
+    let Some((local, domain)) = email.rsplit_once('@') else {
+        return bad("it has no @");
+    };
+    if local.is_empty() || local.contains('@') || local.len() > 64 {
+        return bad("the part before the @ must be 1 to 64 characters, with no other @");
+    }
+    let labels: Vec<&str> = domain.split('.').collect();
+    let label_ok = |l: &&str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| c.is_alphanumeric() || c == '-')
+    };
+    if labels.len() < 2 || !labels.iter().all(label_ok) {
+        return bad("the domain after the @ must look like example.org");
+    }
+    Ok(())
 }
 
 /// What a fetcher asks a provider for.
@@ -211,11 +316,22 @@ pub enum WorkReplyV1 {
 
 /// Encodes a value as one frame: 4-byte little-endian length, then bincode.
 pub fn encode_frame<T: Serialize>(value: &T) -> Result<Vec<u8>, WireError> {
+    encode_frame_max::<T, FRAME_BYTES_MAX>(value)
+}
+
+/// Decodes one frame from the front of `buffer`. `Ok(None)`: more bytes are
+/// needed. A length over the limit is an error before anything is read.
+pub fn decode_frame<T: serde::de::DeserializeOwned>(buffer: &[u8]) -> Result<Option<(T, usize)>, WireError> {
+    decode_frame_max::<T, FRAME_BYTES_MAX>(buffer)
+}
+
+/// [`encode_frame`] with a frame body of at most `LIMIT` bytes.
+pub fn encode_frame_max<T: Serialize, const LIMIT: usize>(value: &T) -> Result<Vec<u8>, WireError> {
     let body = wire::encode(value)?;
-    if body.len() > FRAME_BYTES_MAX {
+    if body.len() > LIMIT {
         return Err(WireError::TooLarge {
             len: body.len(),
-            limit: FRAME_BYTES_MAX,
+            limit: LIMIT,
         });
     }
     let mut out = Vec::with_capacity(4 + body.len());
@@ -224,23 +340,21 @@ pub fn encode_frame<T: Serialize>(value: &T) -> Result<Vec<u8>, WireError> {
     Ok(out)
 }
 
-/// Decodes one frame from the front of `buffer`. `Ok(None)`: more bytes are
-/// needed. A length over the limit is an error before anything is read.
-pub fn decode_frame<T: serde::de::DeserializeOwned>(buffer: &[u8]) -> Result<Option<(T, usize)>, WireError> {
+/// [`decode_frame`] with a frame body of at most `LIMIT` bytes.
+pub fn decode_frame_max<T: serde::de::DeserializeOwned, const LIMIT: usize>(
+    buffer: &[u8],
+) -> Result<Option<(T, usize)>, WireError> {
     let Some(header) = buffer.get(..4) else {
         return Ok(None);
     };
     let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-    if len > FRAME_BYTES_MAX {
-        return Err(WireError::TooLarge {
-            len,
-            limit: FRAME_BYTES_MAX,
-        });
+    if len > LIMIT {
+        return Err(WireError::TooLarge { len, limit: LIMIT });
     }
     let Some(body) = buffer.get(4..4 + len) else {
         return Ok(None);
     };
-    Ok(Some((wire::decode::<T, FRAME_BYTES_MAX>(body)?, 4 + len)))
+    Ok(Some((wire::decode::<T, LIMIT>(body)?, 4 + len)))
 }
 
 #[cfg(test)]
@@ -310,14 +424,17 @@ pub(crate) mod samples {
                     running_jobs: 0,
                     waiting_because: None,
                     sequence: 3,
+                    running: vec![Hash::of(b"key")],
                 })),
             ),
             (
                 "coordinator",
                 Gossip::V1(GossipV1::Coordinator(CoordinatorHeartbeat {
-                    term: 2,
+                    pinned: true,
+                    acting: true,
                     queued_jobs: 5,
                     running_jobs: 1,
+                    addresses: vec!["/ip4/127.0.0.1/tcp/4001".into()],
                     sent_at_ms: 1_700_000_000_000,
                 })),
             ),
@@ -337,7 +454,103 @@ pub(crate) mod samples {
                     attempt: 1,
                 })),
             ),
+            (
+                "assigned",
+                Gossip::V1(GossipV1::Assigned(Assigned {
+                    build_key: Hash::of(b"key"),
+                    worker: key().public(),
+                    attempt: 2,
+                })),
+            ),
+            (
+                "progress",
+                Gossip::V1(GossipV1::Progress {
+                    build_key: Hash::of(b"key"),
+                    log_tail: "cc -o hello hello.c".into(),
+                }),
+            ),
+            (
+                "settled_done",
+                Gossip::V1(GossipV1::Settled(Settlement::Done {
+                    attestation: Signed::sign(&key(), &attestation()),
+                    holders: 2,
+                })),
+            ),
+            (
+                "settled_failed",
+                Gossip::V1(GossipV1::Settled(Settlement::Failed {
+                    build_key: Hash::of(b"key"),
+                    reason: "failed on 3 workers".into(),
+                    log: None,
+                    attempts: 3,
+                })),
+            ),
         ]
+    }
+
+    pub fn coord() -> (Vec<crate::coord::CoordRequest>, Vec<crate::coord::CoordReply>) {
+        use crate::coord::*;
+        let Gossip::V1(GossipV1::Job(job)) = gossip().remove(0).1 else {
+            unreachable!()
+        };
+        let requests = vec![
+            CoordRequest::SubmitV1 { job: Box::new(job) },
+            CoordRequest::StatusV1,
+            CoordRequest::WatchV1 {
+                build_key: Hash::of(b"key"),
+            },
+        ];
+        let replies = vec![
+            CoordReplyV1::Built {
+                attestations: vec![Signed::sign(&key(), &attestation())],
+            },
+            CoordReplyV1::Accepted {
+                build_key: Hash::of(b"key"),
+                merged: true,
+                phase: JobPhase::Queued {
+                    waiting_because: Some("all 2 matching workers are busy".into()),
+                },
+            },
+            CoordReplyV1::NotCoordinator {
+                coordinator: Some(Contact {
+                    peer: key().public(),
+                    addresses: vec!["/ip4/127.0.0.1/tcp/4001".into()],
+                }),
+            },
+            CoordReplyV1::Refused { reason: "full".into() },
+            CoordReplyV1::Status(StatusReport {
+                coordinator: key().public(),
+                pinned: false,
+                workers: vec![WorkerView {
+                    worker: key().public(),
+                    system: "linux/x86_64".into(),
+                    running_jobs: 1,
+                    max_jobs: 2,
+                    waiting_because: None,
+                    seen_ms_ago: 300,
+                }],
+                jobs: vec![JobView {
+                    build_key: Hash::of(b"key"),
+                    recipe_name: "hello-c".into(),
+                    recipe_version: "1.0.0".into(),
+                    options: BTreeMap::new(),
+                    phase: JobPhase::Assigned {
+                        worker: key().public(),
+                        attempt: 1,
+                    },
+                    requesters: 2,
+                    failed_attempts: 0,
+                    requested_at_ms: 1_700_000_000_000,
+                }],
+                jobs_total: 1,
+                recent: vec![],
+            }),
+            CoordReplyV1::Event {
+                build_key: Hash::of(b"key"),
+                phase: JobPhase::Log { tail: "ok".into() },
+            },
+        ];
+        (requests, replies.into_iter().map(CoordReply::V1).collect())
     }
 
     pub fn requests() -> Vec<BlobRequest> {
@@ -390,6 +603,30 @@ mod tests {
     use super::samples::*;
     use super::*;
     use crate::hash::to_hex;
+
+    #[test]
+    fn email_addresses_are_checked_with_reasons() {
+        for good in [
+            "a@example.org",
+            "first.last+tag@mail.example.co.uk",
+            "x@localhost.localdomain",
+        ] {
+            assert_eq!(check_email(good), Ok(()), "{good}");
+        }
+        for (bad, why) in [
+            ("nobody", "no @"),
+            ("@example.org", "before the @"),
+            ("a@b", "domain"),
+            ("a@-x.org", "domain"),
+            ("a b@example.org", "space"),
+            ("a@example.org>", "space or one of"),
+            ("a@@example.org", "no other @"),
+        ] {
+            let error = check_email(bad).unwrap_err();
+            assert!(error.contains(why), "{bad}: {error}");
+        }
+        assert!(check_email(&format!("{}@example.org", "a".repeat(300))).is_err());
+    }
 
     #[test]
     fn gossip_round_trips_through_the_envelope() {
@@ -458,6 +695,13 @@ mod tests {
         for (i, reply) in work_replies.iter().enumerate() {
             seen.push((format!("work_reply{i}"), to_hex(&encode_frame(reply).unwrap())));
         }
+        let (coord_requests, coord_replies) = coord();
+        for (i, request) in coord_requests.iter().enumerate() {
+            seen.push((format!("coord_request{i}"), to_hex(&encode_frame(request).unwrap())));
+        }
+        for (i, reply) in coord_replies.iter().enumerate() {
+            seen.push((format!("coord_reply{i}"), to_hex(&encode_frame(reply).unwrap())));
+        }
         let golden: Vec<(String, String)> = GOLDEN.iter().map(|(n, h)| (n.to_string(), h.to_string())).collect();
         if seen != golden {
             for (name, hex) in &seen {
@@ -474,10 +718,14 @@ mod tests {
     // fields), 32-byte signer key, 64-byte ed25519 signature.
     const GOLDEN: &[(&str, &str)] = &[
         ("job", "7c0000ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b42cd86560b2a6a0a54b6f2767adec4d9fbf74c7b4c39ebca63fef3cdcee0d14f30768656c6c6f2d6305312e302e300001036f7074024f3201026f7300056c696e7578010d61406578616d706c652e6f7267fd0068e5cf8b010000ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c0cd81535f41e233bdf76e562991ca62170e6655da12c1e4aac96c0ae7656d582da9a85683c6a78a693f6bdc59de209192ba983c1ff5a7b41a7a70bfedacfe70a"),
-        ("worker", "3e0001056c696e7578067838365f3634066c6974746c654005676c69626304322e333602fc00000040010473736532010263630631322e322e300001000003ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22cebae6ac86427520ba43bb653a63a7329561c71631133275a9c0462311940b728ed52f45a938402b62757ea1e7f7b7f0042eee9322307e79aaf20213ca47d0903"),
-        ("coordinator", "0e0002020501fd0068e5cf8b010000ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22cb54625aceebb87975d9883180be94f7e92009fa81a13bfd11ff5153bd8b9d85ada3dbbe1ec12f202f28e8ec771aefea9b752861f560098c033606b2aabaaf40b"),
+        ("worker", "5f0001056c696e7578067838365f3634066c6974746c654005676c69626304322e333602fc00000040010473736532010263630631322e322e30000100000301ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b4ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22cf2b578c63a34e2c57d5bbf783be01b90d9baf91cb286626801a313d28d967bc819c1434eab04aed00eee92cc016e7719a6ba6dc6853957f8243137238ed7680e"),
+        ("coordinator", "2800020101050101172f6970342f3132372e302e302e312f7463702f34303031fd0068e5cf8b010000ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22cdd6bb7a4d77412a1ef80f7e9b269edc2eb3d46270c99b2257889eceb57ea4e4d8102502ad63d032dd8e66712871b5cd8c01bf8c70c3d890152029d763467980b"),
         ("done", "fb3701000300d3ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b42cd86560b2a6a0a54b6f2767adec4d9fbf74c7b4c39ebca63fef3cdcee0d14f3e068dc010bf492707f7e8d896457770f24703784cfe76bd785f8b76cc010bbf3089fbf48f8224338b32a7f298140ee6c52b29a22d05b35c9be97e19b614e4726baea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c0c9046e0df271bb372601a22970c8944a6e9a7a507d0168ef67436ade135240afd0068e5cf8b010000fde86be5cf8b010000ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c28caa55159918c48cde9180fbdda81993d210386d5d8991b14f04583f6f7361b40be2b885fee9d3d49ace3c23dea70598ecc0a330c94db2be0ddaf86ab5acf05ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22cc17f0cff904572ed2d402103ae3baa84ac41b38efbedc3cd529f2b1cc0228d7889bd2ae4d3cd85946451c2c4923fcb5c58376068065993c058a16affaf3bd307"),
         ("failed", "73000301ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b4ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c019fbf48f8224338b32a7f298140ee6c52b29a22d05b35c9be97e19b614e4726ba0d6578697420737461747573203201ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c8a95dd1f82c8853026ef6255f9ba27141bcf9526842e810f754f281a691df71162c64449a2b2972d3191d519661f4b754ea7d9569274a2fc52b316bcee713109"),
+        ("assigned", "430004ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b4ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c02ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22cd0b9d57b7d9dc025eafe79a0fee5f0d92d77ef02f9ea5dfa74f9f270e5ff0f312f3a33c3744dfd0664bae6cca41958b267763ef2bc4bd2bc1e435cd00873e609"),
+        ("progress", "360005ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b4136363202d6f2068656c6c6f2068656c6c6f2e63ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c79717eb3e69ddd93346c94b5c3455b351e209fac789813181cfcb1481b12e4ad1d8d180f86fd376e99d450ac2dc8f530182dffa97e3a50502b54a53b5070c20d"),
+        ("settled_done", "fb3801000600d3ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b42cd86560b2a6a0a54b6f2767adec4d9fbf74c7b4c39ebca63fef3cdcee0d14f3e068dc010bf492707f7e8d896457770f24703784cfe76bd785f8b76cc010bbf3089fbf48f8224338b32a7f298140ee6c52b29a22d05b35c9be97e19b614e4726baea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c0c9046e0df271bb372601a22970c8944a6e9a7a507d0168ef67436ade135240afd0068e5cf8b010000fde86be5cf8b010000ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c28caa55159918c48cde9180fbdda81993d210386d5d8991b14f04583f6f7361b40be2b885fee9d3d49ace3c23dea70598ecc0a330c94db2be0ddaf86ab5acf0502ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22ca24ceabbb7221c5aa92287d1050a5d7f73ede634c3a5f05902afe6c787552db16c1a39ba454c9b9365f7c051145c69e5dfd86fb4accc2c556d33fe0784131709"),
+        ("settled_failed", "39000601ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b4136661696c6564206f6e203320776f726b6572730003ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22cb49c8ec700943cb4ef2987ec3c58cc94668fecdc12d437b52ce6ba7678d4cb9c12e5fad1d12230a9137ff1cbb7502025e2bb2ad6dd7bd9b6a64e651b6497ea07"),
         ("request0", "2b0000000023f82a295328e116801fc5ebb9b84c3c193d3a8f2c315ff47afb0526d01f1f94fc00001000fc00001000"),
         ("request1", "210000000123f82a295328e116801fc5ebb9b84c3c193d3a8f2c315ff47afb0526d01f1f94"),
         ("reply0", "0c0000000000fc00003000fc00001000"),
@@ -488,5 +736,14 @@ mod tests {
         ("assign", "7c00000000ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b42cd86560b2a6a0a54b6f2767adec4d9fbf74c7b4c39ebca63fef3cdcee0d14f30768656c6c6f2d6305312e302e300001036f7074024f3201026f7300056c696e7578010d61406578616d706c652e6f7267fd0068e5cf8b01000001"),
         ("work_reply0", "020000000000"),
         ("work_reply1", "0b0000000001086d6178206a6f6273"),
+        ("coord_request0", "7b00000000ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b42cd86560b2a6a0a54b6f2767adec4d9fbf74c7b4c39ebca63fef3cdcee0d14f30768656c6c6f2d6305312e302e300001036f7074024f3201026f7300056c696e7578010d61406578616d706c652e6f7267fd0068e5cf8b010000"),
+        ("coord_request1", "0100000001"),
+        ("coord_request2", "2100000002ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b4"),
+        ("coord_reply0", "37010000000001d3ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b42cd86560b2a6a0a54b6f2767adec4d9fbf74c7b4c39ebca63fef3cdcee0d14f3e068dc010bf492707f7e8d896457770f24703784cfe76bd785f8b76cc010bbf3089fbf48f8224338b32a7f298140ee6c52b29a22d05b35c9be97e19b614e4726baea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c0c9046e0df271bb372601a22970c8944a6e9a7a507d0168ef67436ade135240afd0068e5cf8b010000fde86be5cf8b010000ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c28caa55159918c48cde9180fbdda81993d210386d5d8991b14f04583f6f7361b40be2b885fee9d3d49ace3c23dea70598ecc0a330c94db2be0ddaf86ab5acf05"),
+        ("coord_reply1", "450000000001ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b40100011f616c6c2032206d61746368696e6720776f726b657273206172652062757379"),
+        ("coord_reply2", "3c000000000201ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c01172f6970342f3132372e302e302e312f7463702f34303031"),
+        ("coord_reply3", "0700000000030466756c6c"),
+        ("coord_reply4", "b60000000004ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c0001ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c0c6c696e75782f7838365f3634010200fb2c0101ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b40768656c6c6f2d6305312e302e300001ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c010200fd0068e5cf8b0100000100"),
+        ("coord_reply5", "260000000005ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b402026f6b"),
     ];
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
-use kiln_node::net::{self, NetClient, NetConfig, BLOB_PROTOCOL};
+use kiln_node::net::{self, NetClient, NetConfig, BLOB_PROTOCOL, COORD_PROTOCOL};
 use kiln_protocol::messages::{self, topics, BlobReply, BlobReplyV1, BlobRequest, Gossip, GossipV1};
 use kiln_protocol::ranges::{RangeHasher, RANGE_BYTES};
 use kiln_protocol::{wire, Hash, SecretKey, Signed};
@@ -145,9 +145,11 @@ async fn garbage(net: NetClient, target: PeerId) {
     // Badly signed: a valid envelope signed by a key that is not ours.
     let stranger = SecretKey::from_bytes(&[42; 32]);
     let heartbeat = Gossip::V1(GossipV1::Coordinator(messages::CoordinatorHeartbeat {
-        term: 1,
+        pinned: true,
+        acting: true,
         queued_jobs: 0,
         running_jobs: 0,
+        addresses: vec![],
         sent_at_ms: 0,
     }));
     publish(&net, messages::encode_gossip(&stranger, &heartbeat).unwrap()).await;
@@ -159,9 +161,10 @@ async fn garbage(net: NetClient, target: PeerId) {
     println!("gossip sent");
     // Stream frames: an oversized length, then garbage, each on its own stream.
     let mut control = net.stream_control();
-    for frame in [u32::MAX.to_le_bytes().to_vec(), vec![3, 0, 0, 0, 0xff, 0xff, 0xff]] {
-        let mut stream = control.open_stream(target, BLOB_PROTOCOL).await.unwrap();
-        stream.write_all(&frame).await.unwrap();
+    let frames = [u32::MAX.to_le_bytes().to_vec(), vec![3, 0, 0, 0, 0xff, 0xff, 0xff]];
+    for (frame, protocol) in frames.iter().flat_map(|f| [(f, BLOB_PROTOCOL), (f, COORD_PROTOCOL)]) {
+        let mut stream = control.open_stream(target, protocol).await.unwrap();
+        stream.write_all(frame).await.unwrap();
         stream.flush().await.unwrap();
         let mut answer = Vec::new();
         let closed = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut answer)).await;

@@ -1,0 +1,362 @@
+//! `kiln request` and `kiln status`: what the user sees. The work is done
+//! by `kiln_node::request`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use kiln_node::request::{self, RequestSpec};
+use kiln_node::EphemeralNode;
+use kiln_protocol::coord::{CoordReplyV1, CoordRequest, JobPhase, JobView, StatusReport};
+use kiln_protocol::{Attestation, Hash, Recipe, Signed};
+use libp2p::Multiaddr;
+use serde_json::json;
+
+pub struct RequestArgs {
+    pub emails: Vec<String>,
+    pub recipe: String,
+    pub options: Vec<String>,
+    pub targets: Vec<String>,
+    pub bootstrap: Vec<Multiaddr>,
+    pub wait: bool,
+    pub fetch: Option<PathBuf>,
+    pub json: bool,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn parse_options(options: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    options
+        .iter()
+        .map(|o| match o.split_once('=') {
+            Some((name, value)) => Ok((name.trim().to_string(), value.trim().to_string())),
+            None => bail!("-o {o:?} is not NAME=VALUE; `kiln recipe options RECIPE` lists the options"),
+        })
+        .collect()
+}
+
+pub async fn run(args: RequestArgs) -> anyhow::Result<()> {
+    if args.bootstrap.is_empty() {
+        bail!("no bootstrap peer to join the network through: pass --bootstrap MULTIADDR or set KILN_BOOTSTRAP");
+    }
+    let options = parse_options(&args.options)?;
+    let spec = RequestSpec {
+        emails: &args.emails,
+        options: &options,
+        targets: &args.targets,
+    };
+    // Check what can be checked before joining the network.
+    for email in &args.emails {
+        kiln_protocol::messages::check_email(email).map_err(anyhow::Error::msg)?;
+    }
+    let dir = tempfile::tempdir().context("cannot create a temporary data dir")?;
+    let node = EphemeralNode::start(dir.path(), args.bootstrap.clone()).await?;
+    let result = request(&node, &args, &spec).await;
+    node.stop().await;
+    result
+}
+
+async fn request(node: &EphemeralNode, args: &RequestArgs, spec: &RequestSpec<'_>) -> anyhow::Result<()> {
+    let (recipe, publisher) = load_recipe(node, &args.recipe).await?;
+    let job = request::prepare_job(&recipe, publisher, spec, now_ms())?;
+    let build_key = job.build_key;
+    let start = request::bootstrap_peers(&args.bootstrap);
+    let found = request::lookup_built(&node.net, build_key).await;
+    if let Some(first) = found.first() {
+        return finish_built(node, args, build_key, first, &start).await;
+    }
+    let (coordinator, reply, _) =
+        request::ask_coordinator(&node.net, &start, &CoordRequest::SubmitV1 { job: Box::new(job) }).await?;
+    match reply {
+        CoordReplyV1::Built { attestations } => match attestations.first() {
+            Some(first) => finish_built(node, args, build_key, first, &start).await,
+            None => bail!("the coordinator answered built but sent no attestation"),
+        },
+        CoordReplyV1::Accepted { merged, phase, .. } => {
+            if args.json && !args.wait && args.fetch.is_none() {
+                println!(
+                    "{}",
+                    json!({"build_key": build_key.to_string(), "state": phase.name(), "merged": merged,
+                           "coordinator": coordinator.to_string()})
+                );
+            } else if !args.json {
+                println!("{build_key}");
+                eprintln!(
+                    "kiln: {} build {build_key} of {} {}; coordinator {coordinator}",
+                    if merged { "joined the queued" } else { "queued" },
+                    recipe.name,
+                    recipe.version
+                );
+                eprintln!("kiln: {} will be emailed when it ends", args.emails.join(", "));
+            }
+            if args.wait || args.fetch.is_some() {
+                return follow(node, args, build_key, &start).await;
+            }
+            Ok(())
+        }
+        CoordReplyV1::Refused { reason } => bail!("the coordinator refused the request: {reason}"),
+        other => bail!("unexpected answer from the coordinator: {other:?}"),
+    }
+}
+
+/// Reads a recipe from a file (publishing its source into the requester's
+/// store) or fetches it from the network by its id.
+async fn load_recipe(
+    node: &EphemeralNode,
+    recipe: &str,
+) -> anyhow::Result<(Recipe, Option<kiln_protocol::PublisherSignature>)> {
+    let path = Path::new(recipe);
+    if !path.exists() {
+        if let Ok(id) = recipe.parse::<Hash>() {
+            kiln_node::blobs::fetch(&node.net, &node.store, id, Arc::new(kiln_node::node::NoProgress))
+                .await
+                .with_context(|| format!("cannot fetch recipe {id} from the network"))?;
+            let recipe = Recipe::from_canonical_bytes(&node.store.read(&id)?)
+                .with_context(|| format!("blob {id} is not a recipe"))?;
+            return Ok((recipe, None));
+        }
+        bail!("recipe {recipe:?} is neither a file nor a recipe id (64 hex characters)");
+    }
+    let (recipe, publisher) = request::load_recipe_into(&node.store, path)?;
+    for (hash, _) in node.store.list() {
+        let _ = node.net.provide(hash).await;
+    }
+    Ok((recipe, publisher))
+}
+
+async fn finish_built(
+    node: &EphemeralNode,
+    args: &RequestArgs,
+    build_key: Hash,
+    attestation: &Signed<Attestation>,
+    _start: &[libp2p::PeerId],
+) -> anyhow::Result<()> {
+    let a = attestation.verify()?;
+    if args.json {
+        println!(
+            "{}",
+            json!({"build_key": build_key.to_string(), "state": "done", "artifact": a.artifact.to_string(),
+                              "attestation": attestation_json(&a)})
+        );
+    } else {
+        println!("{}", a.artifact);
+        eprintln!(
+            "kiln: already built: build {build_key} is artifact {} ({} bytes)",
+            a.artifact, a.artifact_bytes
+        );
+        eprintln!("kiln: fetch it with: kiln fetch {}", a.artifact);
+    }
+    if let Some(path) = &args.fetch {
+        fetch_artifact(node, a.artifact, path).await?;
+    }
+    Ok(())
+}
+
+pub fn attestation_json(a: &Attestation) -> serde_json::Value {
+    json!({
+        "build_key": a.build_key.to_string(),
+        "recipe_id": a.recipe_id.to_string(),
+        "artifact": a.artifact.to_string(),
+        "artifact_bytes": a.artifact_bytes,
+        "log": a.log.to_string(),
+        "worker": a.worker.to_string(),
+        "system_digest": a.system_digest.to_string(),
+        "started_at_ms": a.started_at_ms,
+        "finished_at_ms": a.finished_at_ms,
+    })
+}
+
+async fn fetch_artifact(node: &EphemeralNode, artifact: Hash, path: &Path) -> anyhow::Result<()> {
+    let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let progress = Arc::new(crate::progress::Bar::new(&artifact));
+    let result = kiln_node::fetch_to(&node.net, &node.store, artifact, Some(&path), progress.clone()).await;
+    progress.finish();
+    result.with_context(|| format!("cannot fetch artifact {artifact}"))?;
+    eprintln!("kiln: artifact written to {}", path.display());
+    Ok(())
+}
+
+/// `--wait`: prints each phase as it changes, then fetches if asked.
+async fn follow(
+    node: &EphemeralNode,
+    args: &RequestArgs,
+    build_key: Hash,
+    start: &[libp2p::PeerId],
+) -> anyhow::Result<()> {
+    let mut last = String::new();
+    let end = request::watch(&node.net, start, build_key, |phase| {
+        let line = describe(phase);
+        if line != last {
+            eprintln!("kiln: {line}");
+            last = line;
+        }
+    })
+    .await?;
+    match end {
+        JobPhase::Done { attestation } => {
+            let a = attestation.verify()?;
+            if args.json {
+                println!(
+                    "{}",
+                    json!({"build_key": build_key.to_string(), "state": "done",
+                    "artifact": a.artifact.to_string(), "attestation": attestation_json(&a)})
+                );
+            } else {
+                println!("{}", a.artifact);
+            }
+            if let Some(path) = &args.fetch {
+                fetch_artifact(node, a.artifact, path).await?;
+            }
+            Ok(())
+        }
+        JobPhase::Failed { reason, log, attempts } => {
+            if args.json {
+                println!(
+                    "{}",
+                    json!({"build_key": build_key.to_string(), "state": "failed", "reason": reason,
+                    "log": log.map(|l| l.to_string()), "attempts": attempts})
+                );
+            }
+            let log = log.map(|l| format!("; its log: kiln fetch {l}")).unwrap_or_default();
+            bail!("build {build_key} failed after {attempts} attempt(s): {reason}{log}")
+        }
+        other => bail!("build {build_key} is {} on the coordinator", other.name()),
+    }
+}
+
+fn describe(phase: &JobPhase) -> String {
+    match phase {
+        JobPhase::Queued {
+            waiting_because: Some(why),
+        } => format!("queued: {why}"),
+        JobPhase::Queued { waiting_because: None } => "queued".into(),
+        JobPhase::Assigned { worker, attempt } => format!("building on worker {worker} (attempt {attempt})"),
+        JobPhase::Log { tail } => format!("log: {}", tail.lines().last().unwrap_or("")),
+        JobPhase::Replicating { artifact } => format!("built {artifact}; copying it to a second peer"),
+        JobPhase::Done { .. } => "done".into(),
+        JobPhase::Failed { reason, .. } => format!("failed: {reason}"),
+        JobPhase::Unknown => "unknown to the coordinator".into(),
+    }
+}
+
+/// `kiln status`.
+pub async fn status(bootstrap: Vec<Multiaddr>, json: bool) -> anyhow::Result<()> {
+    if bootstrap.is_empty() {
+        bail!("no bootstrap peer to join the network through: pass --bootstrap MULTIADDR or set KILN_BOOTSTRAP");
+    }
+    let dir = tempfile::tempdir().context("cannot create a temporary data dir")?;
+    let node = EphemeralNode::start(dir.path(), bootstrap.clone()).await?;
+    let start = request::bootstrap_peers(&bootstrap);
+    let answer = request::ask_coordinator(&node.net, &start, &CoordRequest::StatusV1).await;
+    node.stop().await;
+    let (coordinator, reply, _) = answer?;
+    let CoordReplyV1::Status(report) = reply else {
+        bail!("unexpected answer from the coordinator: {reply:?}");
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&status_json(&coordinator.to_string(), &report))?
+        );
+    } else {
+        print_status(&coordinator.to_string(), &report);
+    }
+    Ok(())
+}
+
+fn job_json(job: &JobView) -> serde_json::Value {
+    let (waiting, worker, artifact, reason) = match &job.phase {
+        JobPhase::Queued { waiting_because } => (waiting_because.clone(), None, None, None),
+        JobPhase::Assigned { worker, .. } => (None, Some(worker.to_string()), None, None),
+        JobPhase::Replicating { artifact } => (None, None, Some(artifact.to_string()), None),
+        JobPhase::Done { attestation } => (
+            None,
+            None,
+            attestation.verify().ok().map(|a| a.artifact.to_string()),
+            None,
+        ),
+        JobPhase::Failed { reason, .. } => (None, None, None, Some(reason.clone())),
+        _ => (None, None, None, None),
+    };
+    json!({
+        "build_key": job.build_key.to_string(),
+        "recipe": job.recipe_name, "version": job.recipe_version, "options": job.options,
+        "state": job.phase.name(), "waiting_because": waiting, "worker": worker,
+        "artifact": artifact, "reason": reason,
+        "requesters": job.requesters, "failed_attempts": job.failed_attempts,
+    })
+}
+
+fn status_json(coordinator: &str, report: &StatusReport) -> serde_json::Value {
+    json!({
+        "coordinator": coordinator,
+        "pinned": report.pinned,
+        "workers": report.workers.iter().map(|w| json!({
+            "worker": w.worker.to_string(), "system": w.system, "running_jobs": w.running_jobs,
+            "max_jobs": w.max_jobs, "waiting_because": w.waiting_because, "seen_ms_ago": w.seen_ms_ago,
+        })).collect::<Vec<_>>(),
+        "jobs_total": report.jobs_total,
+        "jobs": report.jobs.iter().map(job_json).collect::<Vec<_>>(),
+        "recent": report.recent.iter().map(job_json).collect::<Vec<_>>(),
+    })
+}
+
+fn print_status(coordinator: &str, report: &StatusReport) {
+    println!(
+        "coordinator {coordinator}{}",
+        if report.pinned { " (pinned)" } else { " (elected)" }
+    );
+    println!("workers: {}", report.workers.len());
+    for w in &report.workers {
+        let waiting = w
+            .waiting_because
+            .as_deref()
+            .map(|r| format!("  waiting: {r}"))
+            .unwrap_or_default();
+        println!(
+            "  {}  {}/{} jobs  {}{waiting}",
+            w.worker, w.running_jobs, w.max_jobs, w.system
+        );
+    }
+    println!("open jobs: {}", report.jobs_total);
+    for job in &report.jobs {
+        let detail = match &job.phase {
+            JobPhase::Queued {
+                waiting_because: Some(why),
+            } => format!(": {why}"),
+            JobPhase::Assigned { worker, attempt } => format!(" on {worker} (attempt {attempt})"),
+            _ => String::new(),
+        };
+        println!(
+            "  {}  {} {}  {}{detail}",
+            job.build_key,
+            job.recipe_name,
+            job.recipe_version,
+            job.phase.name()
+        );
+    }
+    println!("recent: {}", report.recent.len());
+    for job in &report.recent {
+        let detail = match &job.phase {
+            JobPhase::Done { attestation } => attestation
+                .verify()
+                .map(|a| format!(" artifact {}", a.artifact))
+                .unwrap_or_default(),
+            JobPhase::Failed { reason, .. } => format!(": {reason}"),
+            _ => String::new(),
+        };
+        println!(
+            "  {}  {} {}  {}{detail}",
+            job.build_key,
+            job.recipe_name,
+            job.recipe_version,
+            job.phase.name()
+        );
+    }
+}

@@ -1,0 +1,975 @@
+//! The coordinator role, and the standby that every long-lived node runs.
+//!
+//! Every node hears the jobs, assignments, outcomes and settlements on
+//! gossip and keeps the open jobs in its own durable queue (the `Queue`
+//! record table), so whichever node the election picks next starts from the
+//! same pending set. The acting coordinator also:
+//! - answers `/kiln/coord/1` (submissions, status, watches); other nodes
+//!   answer with the coordinator they know of;
+//! - holds each job's inputs (recipe and source) before acknowledging it;
+//! - matches queued jobs to workers ([`crate::schedule`]) and leases them
+//!   over `/kiln/work/1`, gossiping each assignment;
+//! - copies each built artifact to itself before settling it (two holders),
+//!   records the result (`Results` table, attestations, a DHT record under
+//!   the build key) and gossips the settlement.
+//!
+//! Decisions live in [`crate::schedule`] and [`crate::election`]; this
+//! module carries them out.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use kiln_protocol::coord::{
+    Contact, CoordReply, CoordReplyV1, CoordRequest, JobPhase, JobView, StatusReport, ATTESTATIONS_MAX,
+    COORD_FRAME_BYTES_MAX, STATUS_JOBS_MAX, STATUS_RECENT_MAX, STATUS_WORKERS_MAX,
+};
+use kiln_protocol::messages::{
+    check_email, encode_gossip, topics, Assigned, BuildOutcome, CoordinatorHeartbeat, Gossip, GossipV1, JobRequest,
+    Settlement, WorkReply, WorkReplyV1, WorkRequest, ADDRESSES_MAX, EMAILS_MAX,
+};
+use kiln_protocol::{build_key, wire, Attestation, Hash, PublicKey, Recipe, SecretKey, Signed, Source};
+use kiln_store::{RecordTable, Store};
+use libp2p::{Multiaddr, PeerId};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use crate::blobs;
+use crate::election::{Candidate, Election, HEARTBEAT_MS};
+use crate::frames::{read_frame, read_frame_max, write_frame, write_frame_max};
+use crate::identity::peer_id_of;
+use crate::net::{NetClient, COORD_PROTOCOL, WORK_PROTOCOL};
+use crate::node::NoProgress;
+use crate::schedule::{Decision, Job, JobState, Schedule, Submitted};
+
+/// Inputs waiting for the coordinator task.
+const INPUTS_MAX: usize = 1024;
+/// Coordinator-protocol streams served at once.
+const COORD_STREAMS_MAX: usize = 64;
+/// How long a peer may take to send its request on a new stream.
+const REQUEST_MS_MAX: u64 = 10_000;
+/// How long a worker may take to answer an assignment.
+const ASSIGN_REPLY_MS_MAX: u64 = 10_000;
+/// How often the coordinator matches, expires leases and heartbeats.
+const TICK_MS: u64 = 250;
+/// Watchers of one build, and of all builds.
+const WATCHERS_PER_BUILD_MAX: usize = 64;
+const WATCHED_BUILDS_MAX: usize = 4096;
+/// Phase changes queued for one watcher before it is dropped.
+const WATCH_EVENTS_MAX: usize = 64;
+/// Input fetches (recipes and sources of gossiped jobs) at once.
+const INPUT_FETCHES_MAX: usize = 4;
+
+/// Whether this node may coordinate.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CoordinatorOptions {
+    /// May be elected (not `--no-coordinator`).
+    pub eligible: bool,
+    /// Pinned with `--coordinator`.
+    pub pinned: bool,
+}
+
+/// What the coordinator task is told.
+enum Input {
+    Gossip {
+        signer: PublicKey,
+        message: Box<Gossip>,
+    },
+    Addresses(Vec<Multiaddr>),
+    Lookup {
+        build_key: Hash,
+        reply: oneshot::Sender<Lookup>,
+    },
+    Submit {
+        job: Box<JobRequest>,
+        reply: oneshot::Sender<CoordReplyV1>,
+    },
+    Status {
+        reply: oneshot::Sender<CoordReplyV1>,
+    },
+    Watch {
+        build_key: Hash,
+        events: mpsc::Sender<JobPhase>,
+        reply: oneshot::Sender<Option<Contact>>,
+    },
+    Assignment {
+        build_key: Hash,
+        worker: PublicKey,
+        refused: Option<String>,
+    },
+    Replicated {
+        build_key: Hash,
+        result: Result<u32, String>,
+    },
+}
+
+/// What a submission finds.
+enum Lookup {
+    NotCoordinator(Option<Contact>),
+    Built(Vec<Signed<Attestation>>),
+    Open,
+    New,
+}
+
+/// A handle for feeding the coordinator task.
+#[derive(Clone)]
+pub struct CoordHandle {
+    inputs: mpsc::Sender<Input>,
+}
+
+impl CoordHandle {
+    /// Passes on a gossip message; dropped (and logged) if the task lags.
+    pub fn gossip(&self, signer: PublicKey, message: Box<Gossip>) {
+        if self.inputs.try_send(Input::Gossip { signer, message }).is_err() {
+            warn!("coordinator input queue full; a gossip message was dropped");
+        }
+    }
+
+    pub fn addresses(&self, addresses: Vec<Multiaddr>) {
+        let _ = self.inputs.try_send(Input::Addresses(addresses));
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Starts the coordinator (or standby) task and its protocol server.
+pub fn spawn(
+    net: NetClient,
+    store: Store,
+    key: SecretKey,
+    options: CoordinatorOptions,
+) -> (CoordHandle, Vec<tokio::task::JoinHandle<()>>) {
+    let (tx, rx) = mpsc::channel(INPUTS_MAX);
+    let handle = CoordHandle { inputs: tx.clone() };
+    let incoming = net.stream_control().accept(COORD_PROTOCOL);
+    let server = {
+        let server = Server {
+            net: net.clone(),
+            store: store.clone(),
+            inputs: tx.clone(),
+        };
+        tokio::spawn(async move {
+            match incoming {
+                Ok(incoming) => Arc::new(server).serve(incoming).await,
+                Err(e) => warn!(error = %e, "coordinator protocol already served"),
+            }
+        })
+    };
+    let mut coordinator = Coordinator::new(net, store, key, options, tx);
+    coordinator.restore();
+    let task = tokio::spawn(coordinator.run(rx));
+    (handle, vec![server, task])
+}
+
+/// Answers `/kiln/coord/1` streams, one task per stream.
+struct Server {
+    net: NetClient,
+    store: Store,
+    inputs: mpsc::Sender<Input>,
+}
+
+impl Server {
+    async fn serve(self: Arc<Self>, mut incoming: libp2p_stream::IncomingStreams) {
+        let permits = Arc::new(tokio::sync::Semaphore::new(COORD_STREAMS_MAX));
+        while let Some((peer, mut stream)) = incoming.next().await {
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                warn!(peer = %peer, "too many coordinator streams at once; dropping one");
+                continue;
+            };
+            let server = self.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let request =
+                    match read_frame_max::<CoordRequest, COORD_FRAME_BYTES_MAX>(&mut stream, REQUEST_MS_MAX).await {
+                        Ok(Some(request)) => request,
+                        Ok(None) => return,
+                        Err(e) => {
+                            debug!(peer = %peer, error = %e, "bad coordinator request");
+                            return;
+                        }
+                    };
+                if let Err(e) = server.answer(peer, request, &mut stream).await {
+                    debug!(peer = %peer, error = %e, "coordinator stream ended");
+                }
+            });
+        }
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Input) -> Option<T> {
+        let (reply, answer) = oneshot::channel();
+        self.inputs.send(make(reply)).await.ok()?;
+        answer.await.ok()
+    }
+
+    async fn answer(&self, peer: PeerId, request: CoordRequest, stream: &mut libp2p::Stream) -> std::io::Result<()> {
+        let reply = match request {
+            CoordRequest::SubmitV1 { job } => self.submit(peer, *job).await,
+            CoordRequest::StatusV1 => self.ask(|reply| Input::Status { reply }).await.unwrap_or_else(stopping),
+            CoordRequest::WatchV1 { build_key } => return self.watch(build_key, stream).await,
+        };
+        write_frame_max::<_, COORD_FRAME_BYTES_MAX>(stream, &CoordReply::V1(reply)).await
+    }
+
+    async fn submit(&self, peer: PeerId, job: JobRequest) -> CoordReplyV1 {
+        if let Err(reason) = check_job(&job) {
+            return CoordReplyV1::Refused { reason };
+        }
+        let build_key = job.build_key;
+        match self.ask(|reply| Input::Lookup { build_key, reply }).await {
+            None => return stopping(),
+            Some(Lookup::NotCoordinator(coordinator)) => return CoordReplyV1::NotCoordinator { coordinator },
+            Some(Lookup::Built(attestations)) => return CoordReplyV1::Built { attestations },
+            Some(Lookup::Open) => {}
+            Some(Lookup::New) => {
+                if let Err(reason) = hold_inputs(&self.net, &self.store, &job, &[peer]).await {
+                    return CoordReplyV1::Refused { reason };
+                }
+            }
+        }
+        self.ask(|reply| Input::Submit {
+            job: Box::new(job),
+            reply,
+        })
+        .await
+        .unwrap_or_else(stopping)
+    }
+
+    async fn watch(&self, build_key: Hash, stream: &mut libp2p::Stream) -> std::io::Result<()> {
+        let (events, mut phases) = mpsc::channel(WATCH_EVENTS_MAX);
+        let Some(contact) = self
+            .ask(|reply| Input::Watch {
+                build_key,
+                events,
+                reply,
+            })
+            .await
+        else {
+            return Ok(());
+        };
+        if contact.is_some() {
+            let reply = CoordReplyV1::NotCoordinator { coordinator: contact };
+            return write_frame_max::<_, COORD_FRAME_BYTES_MAX>(stream, &CoordReply::V1(reply)).await;
+        }
+        while let Some(phase) = phases.recv().await {
+            let last = phase.is_final();
+            let reply = CoordReplyV1::Event { build_key, phase };
+            write_frame_max::<_, COORD_FRAME_BYTES_MAX>(stream, &CoordReply::V1(reply)).await?;
+            if last {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn stopping() -> CoordReplyV1 {
+    CoordReplyV1::Refused {
+        reason: "the coordinator is stopping; try again".into(),
+    }
+}
+
+/// Checks what a peer can get wrong in a job before anything is fetched.
+fn check_job(job: &JobRequest) -> Result<(), String> {
+    if job.emails.is_empty() || job.emails.len() > EMAILS_MAX {
+        return Err(format!("a request needs 1 to {EMAILS_MAX} email addresses"));
+    }
+    for email in &job.emails {
+        check_email(email)?;
+    }
+    if build_key(&job.recipe_id, &job.options, &job.requirements) != job.build_key {
+        return Err("the build key does not match the recipe, options and requirements".into());
+    }
+    Ok(())
+}
+
+/// Fetches a job's recipe and source (from `hints` first), checks the
+/// recipe against the job, and pins both while the job is open.
+pub async fn hold_inputs(net: &NetClient, store: &Store, job: &JobRequest, hints: &[PeerId]) -> Result<(), String> {
+    blobs::fetch_from(net, store, job.recipe_id, hints, Arc::new(NoProgress))
+        .await
+        .map_err(|e| format!("cannot fetch the recipe {}: {e}", job.recipe_id))?;
+    let bytes = store
+        .read(&job.recipe_id)
+        .map_err(|e| format!("cannot read the recipe: {e}"))?;
+    let recipe =
+        Recipe::from_canonical_bytes(&bytes).map_err(|e| format!("recipe {} is not valid: {e}", job.recipe_id))?;
+    let chosen: Vec<(String, String)> = job.options.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let resolved = recipe.resolve_options(&chosen).map_err(|e| e.to_string())?;
+    if resolved != job.options {
+        return Err("the job's options are not the recipe's options resolved".into());
+    }
+    let reason = format!("input of job {}", job.build_key);
+    let _ = store.pin(&job.recipe_id, &reason);
+    if let Source::Blob(source) = &recipe.source {
+        blobs::fetch_from(net, store, *source, hints, Arc::new(NoProgress))
+            .await
+            .map_err(|e| format!("cannot fetch the source {source}: {e}"))?;
+        let _ = store.pin(source, &reason);
+        let _ = net.provide(*source).await;
+    }
+    let _ = net.provide(job.recipe_id).await;
+    Ok(())
+}
+
+/// The coordinator task's state.
+struct Coordinator {
+    net: NetClient,
+    store: Store,
+    key: SecretKey,
+    me: PeerId,
+    schedule: Schedule,
+    election: Election,
+    addresses: Vec<String>,
+    inputs: mpsc::Sender<Input>,
+    watchers: HashMap<Hash, Vec<mpsc::Sender<JobPhase>>>,
+    recent: VecDeque<JobView>,
+    replicating: HashSet<Hash>,
+    acting: bool,
+    input_fetches: Arc<tokio::sync::Semaphore>,
+}
+
+impl Coordinator {
+    fn new(
+        net: NetClient,
+        store: Store,
+        key: SecretKey,
+        options: CoordinatorOptions,
+        inputs: mpsc::Sender<Input>,
+    ) -> Coordinator {
+        let me = net.peer_id();
+        Coordinator {
+            election: Election::new(me, options.eligible, options.pinned, now_ms()),
+            net,
+            store,
+            key,
+            me,
+            schedule: Schedule::new(),
+            addresses: Vec::new(),
+            inputs,
+            watchers: HashMap::new(),
+            recent: VecDeque::new(),
+            replicating: HashSet::new(),
+            acting: false,
+            input_fetches: Arc::new(tokio::sync::Semaphore::new(INPUT_FETCHES_MAX)),
+        }
+    }
+
+    /// Loads the open jobs kept on disk.
+    fn restore(&mut self) {
+        let records = match self.store.records(RecordTable::Queue) {
+            Ok(records) => records,
+            Err(e) => {
+                warn!(error = %e, "cannot read the kept queue");
+                return;
+            }
+        };
+        let now = now_ms();
+        for (_, bytes) in records {
+            match wire::decode::<Job, { kiln_store::RECORD_VALUE_BYTES_MAX }>(&bytes) {
+                Ok(job) => self.schedule.restore(job, now),
+                Err(e) => warn!(error = %e, "skipping a damaged queue record"),
+            }
+        }
+        if self.schedule.open_jobs() > 0 {
+            info!(jobs = self.schedule.open_jobs(), "open jobs restored from disk");
+        }
+    }
+
+    async fn run(mut self, mut inputs: mpsc::Receiver<Input>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(TICK_MS));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_heartbeat = 0;
+        loop {
+            tokio::select! {
+                input = inputs.recv() => match input {
+                    Some(input) => self.on_input(input).await,
+                    None => break,
+                },
+                _ = tick.tick() => {
+                    let now = now_ms();
+                    if self.election.eligible() && now.saturating_sub(last_heartbeat) >= HEARTBEAT_MS {
+                        last_heartbeat = now;
+                        self.heartbeat(now).await;
+                    }
+                    self.step(now).await;
+                }
+            }
+        }
+    }
+
+    /// Follows the election; the acting coordinator matches and settles.
+    async fn step(&mut self, now: u64) {
+        self.election.tick(now);
+        let acting = self.election.acting(now);
+        if acting != self.acting {
+            self.acting = acting;
+            if acting {
+                info!(jobs = self.schedule.open_jobs(), "acting as the coordinator");
+            } else {
+                info!(leader = ?self.election.leader(now), "standing by; another node coordinates");
+            }
+        }
+        let lost = self.schedule.tick(now);
+        for build_key in &lost {
+            warn!(job = %build_key, "lease expired: the worker went quiet; job back in the queue");
+            self.changed(build_key);
+        }
+        if !self.acting {
+            return;
+        }
+        for decision in self.schedule.plan(now) {
+            let Decision::Assign {
+                build_key,
+                worker,
+                attempt,
+            } = decision;
+            self.changed(&build_key);
+            self.assign(build_key, worker, attempt).await;
+        }
+        for build_key in self.schedule.ended() {
+            self.settle(build_key);
+        }
+    }
+
+    async fn heartbeat(&mut self, now: u64) {
+        let heartbeat = CoordinatorHeartbeat {
+            pinned: self.election.pinned(),
+            acting: self.acting,
+            queued_jobs: self.schedule.queued_jobs() as u32,
+            running_jobs: self.schedule.running_jobs() as u32,
+            addresses: self.addresses.clone(),
+            sent_at_ms: now,
+        };
+        self.gossip(topics::COORDINATOR, GossipV1::Coordinator(heartbeat)).await;
+    }
+
+    async fn gossip(&self, topic: &'static str, message: GossipV1) {
+        match encode_gossip(&self.key, &Gossip::V1(message)) {
+            Ok(bytes) => {
+                if let Err(e) = self.net.publish(topic, bytes).await {
+                    debug!(topic, error = %e, "gossip not published");
+                }
+            }
+            Err(e) => warn!(topic, error = %e, "gossip too large"),
+        }
+    }
+
+    fn contact(&self, now: u64) -> Option<Contact> {
+        let leader = self.election.leader(now)?;
+        let peer = public_key_of(&leader)?;
+        let addresses = if leader == self.me {
+            self.addresses.clone()
+        } else {
+            self.election.addresses(&leader)
+        };
+        Some(Contact { peer, addresses })
+    }
+
+    async fn on_input(&mut self, input: Input) {
+        let now = now_ms();
+        match input {
+            Input::Gossip { signer, message } => self.on_gossip(signer, *message, now).await,
+            Input::Addresses(addresses) => {
+                self.addresses = addresses.iter().take(ADDRESSES_MAX).map(|a| a.to_string()).collect();
+            }
+            Input::Lookup { build_key, reply } => {
+                let answer = if !self.acting {
+                    Lookup::NotCoordinator(self.contact(now))
+                } else if let Some(attestations) = self.built(&build_key) {
+                    Lookup::Built(attestations)
+                } else if self.schedule.job(&build_key).is_some() {
+                    Lookup::Open
+                } else {
+                    Lookup::New
+                };
+                let _ = reply.send(answer);
+            }
+            Input::Submit { job, reply } => {
+                let answer = self.submit(*job).await;
+                let _ = reply.send(answer);
+            }
+            Input::Status { reply } => {
+                let answer = if self.acting {
+                    CoordReplyV1::Status(self.status(now))
+                } else {
+                    CoordReplyV1::NotCoordinator {
+                        coordinator: self.contact(now),
+                    }
+                };
+                let _ = reply.send(answer);
+            }
+            Input::Watch {
+                build_key,
+                events,
+                reply,
+            } => {
+                if !self.acting {
+                    let _ = reply.send(self.contact(now).or(Some(Contact {
+                        peer: self.key.public(),
+                        addresses: vec![],
+                    })));
+                    return;
+                }
+                let _ = events.try_send(self.phase(&build_key));
+                let watchers = self.watchers.len();
+                let list = self.watchers.entry(build_key).or_default();
+                list.retain(|w| !w.is_closed());
+                if list.len() < WATCHERS_PER_BUILD_MAX && watchers < WATCHED_BUILDS_MAX {
+                    list.push(events);
+                }
+                let _ = reply.send(None);
+            }
+            Input::Assignment {
+                build_key,
+                worker,
+                refused,
+            } => {
+                if let Some(reason) = refused {
+                    info!(job = %build_key, worker = %worker, reason, "assignment refused");
+                    self.schedule.refused(&build_key, worker, &reason, now);
+                    self.changed(&build_key);
+                }
+            }
+            Input::Replicated { build_key, result } => {
+                self.replicating.remove(&build_key);
+                match result {
+                    Ok(holders) => self.finish_done(build_key, holders).await,
+                    Err(reason) => {
+                        warn!(job = %build_key, reason, "artifact could not be copied; building again");
+                        self.schedule.replication_failed(&build_key);
+                        self.changed(&build_key);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn on_gossip(&mut self, signer: PublicKey, message: Gossip, now: u64) {
+        let Gossip::V1(message) = message;
+        let Some(peer) = peer_id_of(&signer) else {
+            return;
+        };
+        match message {
+            GossipV1::Coordinator(beat) => self.election.heard(
+                peer,
+                Candidate {
+                    pinned: beat.pinned,
+                    acting: beat.acting,
+                    addresses: beat.addresses,
+                    seen_at_ms: now,
+                },
+            ),
+            GossipV1::Worker(advert) => {
+                for build_key in self.schedule.advert(signer, advert, now) {
+                    warn!(job = %build_key, worker = %signer, "worker no longer runs its job; back in the queue");
+                    self.changed(&build_key);
+                }
+            }
+            GossipV1::Job(job) => self.heard_job(job, peer),
+            GossipV1::Assigned(Assigned {
+                build_key,
+                worker,
+                attempt,
+            }) => {
+                self.schedule.assigned(&build_key, worker, attempt, now);
+                self.changed(&build_key);
+            }
+            GossipV1::Outcome(BuildOutcome::Done { attestation }) => {
+                let Ok(a) = attestation.verify() else {
+                    return;
+                };
+                if a.worker != signer {
+                    return;
+                }
+                let build_key = a.build_key;
+                if self.schedule.built(&build_key, attestation) {
+                    info!(job = %build_key, artifact = %a.artifact, worker = %signer, "built");
+                    self.changed(&build_key);
+                }
+            }
+            GossipV1::Outcome(BuildOutcome::Failed {
+                build_key,
+                worker,
+                log,
+                reason,
+                ..
+            }) if worker == signer => {
+                info!(job = %build_key, worker = %signer, reason, "build failed");
+                self.schedule.failed(&build_key, worker, &reason, log);
+                self.changed(&build_key);
+            }
+            GossipV1::Outcome(BuildOutcome::Failed { .. }) => {}
+            GossipV1::Progress { build_key, log_tail } => {
+                let assigned_here = matches!(self.schedule.job(&build_key).map(|j| &j.state), Some(JobState::Assigned { worker, .. }) if *worker == signer);
+                if assigned_here {
+                    self.notify(&build_key, JobPhase::Log { tail: log_tail });
+                }
+            }
+            GossipV1::Settled(settlement) => self.heard_settlement(settlement),
+        }
+    }
+
+    /// A job announced by the coordinator (or a requester): kept, and its
+    /// inputs fetched so they outlive the node that holds them now.
+    fn heard_job(&mut self, job: JobRequest, from: PeerId) {
+        if check_job(&job).is_err() || self.built(&job.build_key).is_some() {
+            return;
+        }
+        let build_key = job.build_key;
+        let fresh = self.schedule.job(&build_key).is_none();
+        if self.schedule.submit(job.clone()).is_err() {
+            return;
+        }
+        self.persist(&build_key);
+        if fresh {
+            let (net, store, permits) = (self.net.clone(), self.store.clone(), self.input_fetches.clone());
+            tokio::spawn(async move {
+                let Ok(_permit) = permits.acquire_owned().await else {
+                    return;
+                };
+                if let Err(e) = hold_inputs(&net, &store, &job, &[from]).await {
+                    debug!(job = %job.build_key, error = e, "inputs of a gossiped job not fetched");
+                }
+            });
+        }
+    }
+
+    fn heard_settlement(&mut self, settlement: Settlement) {
+        let Some(build_key) = settlement.build_key() else {
+            return;
+        };
+        if let Settlement::Done { attestation, .. } = &settlement {
+            if let Err(e) = self.store.put_attestation(attestation) {
+                debug!(error = %e, "attestation not kept");
+            }
+        }
+        self.record_result(&build_key, &settlement);
+        if let Some(job) = self.schedule.remove(&build_key) {
+            self.ended(job, &settlement);
+        }
+        self.persist(&build_key);
+    }
+
+    /// A submission to the acting coordinator, inputs already held.
+    async fn submit(&mut self, job: JobRequest) -> CoordReplyV1 {
+        let build_key = job.build_key;
+        let emails = job.emails.len();
+        let merged = match self.schedule.submit(job) {
+            Ok(Submitted::New) => false,
+            Ok(Submitted::Merged { .. }) => true,
+            Err(e) => return CoordReplyV1::Refused { reason: e.to_string() },
+        };
+        if !self.persist(&build_key) {
+            self.schedule.remove(&build_key);
+            return CoordReplyV1::Refused {
+                reason: "the coordinator cannot write its queue to disk; try again later".into(),
+            };
+        }
+        info!(job = %build_key, merged, emails, "job accepted");
+        if let Some(job) = self.schedule.job(&build_key) {
+            let request = job.request.clone();
+            self.gossip(topics::JOBS, GossipV1::Job(request)).await;
+        }
+        // Match at once rather than at the next tick.
+        self.step(now_ms()).await;
+        CoordReplyV1::Accepted {
+            build_key,
+            merged,
+            phase: self.phase(&build_key),
+        }
+    }
+
+    async fn assign(&mut self, build_key: Hash, worker: PublicKey, attempt: u32) {
+        let Some(job) = self.schedule.job(&build_key).map(|j| j.request.clone()) else {
+            return;
+        };
+        info!(job = %build_key, worker = %worker, attempt, "assigning");
+        self.gossip(
+            topics::JOBS,
+            GossipV1::Assigned(Assigned {
+                build_key,
+                worker,
+                attempt,
+            }),
+        )
+        .await;
+        let (net, inputs) = (self.net.clone(), self.inputs.clone());
+        tokio::spawn(async move {
+            let refused = match offer(&net, worker, job, attempt).await {
+                Ok(WorkReplyV1::Accepted) => None,
+                Ok(WorkReplyV1::Refused { reason }) => Some(reason),
+                Err(e) => Some(format!("worker unreachable: {e}")),
+            };
+            let _ = inputs
+                .send(Input::Assignment {
+                    build_key,
+                    worker,
+                    refused,
+                })
+                .await;
+        });
+    }
+
+    /// Settles an ended job: a failure at once, a build once replicated.
+    fn settle(&mut self, build_key: Hash) {
+        let Some(job) = self.schedule.job(&build_key) else {
+            return;
+        };
+        match &job.state {
+            JobState::GaveUp { reason } => {
+                let settlement = Settlement::Failed {
+                    build_key,
+                    reason: reason.clone(),
+                    log: job.last_failure.as_ref().and_then(|(_, log)| *log),
+                    attempts: job.failed_attempts,
+                };
+                self.finish(build_key, settlement);
+            }
+            JobState::Replicating { attestation } if !self.replicating.contains(&build_key) => {
+                self.replicating.insert(build_key);
+                let (net, store, inputs, attestation) = (
+                    self.net.clone(),
+                    self.store.clone(),
+                    self.inputs.clone(),
+                    attestation.clone(),
+                );
+                tokio::spawn(async move {
+                    let result = replicate(&net, &store, &attestation).await;
+                    let _ = inputs.send(Input::Replicated { build_key, result }).await;
+                });
+            }
+            _ => {}
+        }
+    }
+
+    async fn finish_done(&mut self, build_key: Hash, holders: u32) {
+        let Some(JobState::Replicating { attestation }) = self.schedule.job(&build_key).map(|j| j.state.clone()) else {
+            return;
+        };
+        let settlement = Settlement::Done {
+            attestation: attestation.clone(),
+            holders,
+        };
+        let _ = self.store.put_attestation(&attestation);
+        let attestations: Vec<Signed<Attestation>> = self
+            .store
+            .attestations(&build_key)
+            .unwrap_or_default()
+            .into_iter()
+            .take(ATTESTATIONS_MAX)
+            .collect();
+        let net = self.net.clone();
+        tokio::spawn(async move {
+            if let Ok(value) = wire::encode(&attestations) {
+                if let Err(e) = net.put_record(build_key, value).await {
+                    warn!(job = %build_key, error = %e, "build record not stored in the DHT");
+                }
+            }
+        });
+        self.finish(build_key, settlement.clone());
+        self.gossip(topics::RESULTS, GossipV1::Settled(settlement)).await;
+    }
+
+    /// Records how a job ended, removes it, and tells its watchers.
+    fn finish(&mut self, build_key: Hash, settlement: Settlement) {
+        self.record_result(&build_key, &settlement);
+        if let Some(job) = self.schedule.remove(&build_key) {
+            self.ended(job, &settlement);
+        }
+        self.persist(&build_key);
+        if let Settlement::Failed { .. } = &settlement {
+            let (net, key) = (self.net.clone(), SecretKey::from_bytes(&self.key.to_bytes()));
+            tokio::spawn(async move {
+                if let Ok(bytes) = encode_gossip(&key, &Gossip::V1(GossipV1::Settled(settlement))) {
+                    let _ = net.publish(topics::RESULTS, bytes).await;
+                }
+            });
+        }
+    }
+
+    /// After a job ended: inputs unpinned, watchers told, kept in recent.
+    fn ended(&mut self, job: Job, settlement: &Settlement) {
+        let build_key = job.request.build_key;
+        let _ = self.store.unpin(&job.request.recipe_id);
+        let phase = match settlement {
+            Settlement::Done { attestation, .. } => {
+                info!(job = %build_key, "done");
+                JobPhase::Done {
+                    attestation: attestation.clone(),
+                }
+            }
+            Settlement::Failed {
+                reason, log, attempts, ..
+            } => {
+                warn!(job = %build_key, reason, "failed");
+                JobPhase::Failed {
+                    reason: reason.clone(),
+                    log: *log,
+                    attempts: *attempts,
+                }
+            }
+        };
+        let mut view = job.view();
+        view.phase = phase.clone();
+        self.recent.push_front(view);
+        self.recent.truncate(STATUS_RECENT_MAX);
+        self.notify(&build_key, phase);
+        self.watchers.remove(&build_key);
+    }
+
+    fn record_result(&self, build_key: &Hash, settlement: &Settlement) {
+        if let Ok(bytes) = wire::encode(settlement) {
+            if let Err(e) = self
+                .store
+                .put_record(RecordTable::Results, build_key.as_bytes(), &bytes)
+            {
+                warn!(job = %build_key, error = %e, "result not recorded");
+            }
+        }
+    }
+
+    /// The attestations of a build this node knows is done.
+    fn built(&self, build_key: &Hash) -> Option<Vec<Signed<Attestation>>> {
+        let bytes = self
+            .store
+            .get_record(RecordTable::Results, build_key.as_bytes())
+            .ok()??;
+        let settlement: Settlement = wire::decode::<_, { kiln_store::RECORD_VALUE_BYTES_MAX }>(&bytes).ok()?;
+        let Settlement::Done { attestation, .. } = settlement else {
+            return None;
+        };
+        let mut attestations = self.store.attestations(build_key).unwrap_or_default();
+        if attestations.is_empty() {
+            attestations.push(attestation);
+        }
+        attestations.truncate(ATTESTATIONS_MAX);
+        Some(attestations)
+    }
+
+    fn phase(&self, build_key: &Hash) -> JobPhase {
+        if let Some(job) = self.schedule.job(build_key) {
+            return job.phase();
+        }
+        if let Some(attestation) = self.built(build_key).and_then(|a| a.into_iter().next()) {
+            return JobPhase::Done { attestation };
+        }
+        let failed = self
+            .store
+            .get_record(RecordTable::Results, build_key.as_bytes())
+            .ok()
+            .flatten()
+            .and_then(|bytes| wire::decode::<Settlement, { kiln_store::RECORD_VALUE_BYTES_MAX }>(&bytes).ok());
+        match failed {
+            Some(Settlement::Failed {
+                reason, log, attempts, ..
+            }) => JobPhase::Failed { reason, log, attempts },
+            _ => JobPhase::Unknown,
+        }
+    }
+
+    /// Keeps a job's current state on disk (or removes it once ended).
+    /// Returns whether the disk has it.
+    fn persist(&self, build_key: &Hash) -> bool {
+        let result = match self.schedule.job(build_key) {
+            Some(job) => wire::encode(job)
+                .map_err(|e| e.to_string())
+                .and_then(|bytes| {
+                    self.store
+                        .put_record(RecordTable::Queue, build_key.as_bytes(), &bytes)
+                        .map_err(|e| e.to_string())
+                })
+                .map(|_| ()),
+            None => self
+                .store
+                .remove_record(RecordTable::Queue, build_key.as_bytes())
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+        };
+        if let Err(e) = &result {
+            warn!(job = %build_key, error = e, "queue not written to disk");
+        }
+        result.is_ok()
+    }
+
+    /// A job changed: kept on disk, watchers told.
+    fn changed(&mut self, build_key: &Hash) {
+        self.persist(build_key);
+        let phase = self.phase(build_key);
+        self.notify(build_key, phase);
+    }
+
+    fn notify(&mut self, build_key: &Hash, phase: JobPhase) {
+        if let Some(list) = self.watchers.get_mut(build_key) {
+            list.retain(|w| w.try_send(phase.clone()).is_ok());
+        }
+    }
+
+    fn status(&self, now: u64) -> StatusReport {
+        let jobs = self.schedule.jobs();
+        let mut workers = self.schedule.worker_views(now);
+        workers.truncate(STATUS_WORKERS_MAX);
+        StatusReport {
+            coordinator: self.key.public(),
+            pinned: self.election.pinned(),
+            workers,
+            jobs_total: jobs.len() as u64,
+            jobs: jobs.iter().take(STATUS_JOBS_MAX).map(|j| j.view()).collect(),
+            recent: self.recent.iter().cloned().collect(),
+        }
+    }
+}
+
+/// The ed25519 key inside a peer id (Kiln peer ids always hold one).
+pub fn public_key_of(peer: &PeerId) -> Option<PublicKey> {
+    let multihash = peer.as_ref();
+    let public = libp2p::identity::PublicKey::try_decode_protobuf(multihash.digest()).ok()?;
+    let ed25519 = public.try_into_ed25519().ok()?;
+    Some(PublicKey(ed25519.to_bytes()))
+}
+
+/// Offers a job to a worker over `/kiln/work/1` and reads its answer.
+async fn offer(net: &NetClient, worker: PublicKey, job: JobRequest, attempt: u32) -> std::io::Result<WorkReplyV1> {
+    let peer = peer_id_of(&worker).ok_or_else(|| std::io::Error::other("not a peer key"))?;
+    let mut control = net.stream_control();
+    let open = control.open_stream(peer, WORK_PROTOCOL);
+    let mut stream = tokio::time::timeout(Duration::from_millis(ASSIGN_REPLY_MS_MAX), open)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no stream"))?
+        .map_err(std::io::Error::other)?;
+    write_frame(&mut stream, &WorkRequest::AssignV1 { job, attempt }).await?;
+    match read_frame::<WorkReply>(&mut stream, ASSIGN_REPLY_MS_MAX).await? {
+        Some(WorkReply::V1(reply)) => Ok(reply),
+        None => Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "worker closed the stream",
+        )),
+    }
+}
+
+/// Copies a built artifact (and its log) to this node and pins it, so two
+/// peers hold it. Returns how many peers hold it.
+async fn replicate(net: &NetClient, store: &Store, attestation: &Signed<Attestation>) -> Result<u32, String> {
+    let a = attestation.verify().map_err(|e| e.to_string())?;
+    let builder = peer_id_of(&a.worker).ok_or("attestation names no peer")?;
+    if builder == net.peer_id() {
+        return Ok(1);
+    }
+    blobs::fetch_from(net, store, a.artifact, &[builder], Arc::new(NoProgress))
+        .await
+        .map_err(|e| format!("cannot copy the artifact {}: {e}", a.artifact))?;
+    let _ = store.pin(&a.artifact, &format!("artifact of build {}", a.build_key));
+    let _ = net.provide(a.artifact).await;
+    if blobs::fetch_from(net, store, a.log, &[builder], Arc::new(NoProgress))
+        .await
+        .is_ok()
+    {
+        let _ = net.provide(a.log).await;
+    }
+    Ok(2)
+}

@@ -1,0 +1,203 @@
+//! Who coordinates, decided by every node on its own from the heartbeats
+//! it hears, with no I/O. Every node that may coordinate sends a heartbeat
+//! each [`HEARTBEAT_MS`]; a node not heard for [`ELECTION_TIMEOUT_MS`] is
+//! gone. Among the living, a pinned node (`--coordinator`) wins over the
+//! elected ones, and the smallest peer id wins among equals. Every node
+//! sees the same heartbeats, so every node reaches the same answer; after
+//! a partition heals, both sides hear each other again and one winner
+//! remains. A new node waits one timeout before it may act, so it hears
+//! the current coordinator before it competes with it.
+
+use std::collections::HashMap;
+
+use libp2p::PeerId;
+
+/// How often a node that may coordinate says so.
+pub const HEARTBEAT_MS: u64 = 1_000;
+/// A candidate unheard of this long is gone: the time a failover takes.
+pub const ELECTION_TIMEOUT_MS: u64 = 4_000;
+/// Candidates tracked at once.
+pub const CANDIDATES_MAX: usize = 1024;
+
+/// A node that may coordinate, as last heard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Candidate {
+    pub pinned: bool,
+    pub acting: bool,
+    pub addresses: Vec<String>,
+    pub seen_at_ms: u64,
+}
+
+/// This node's view of the election.
+pub struct Election {
+    me: PeerId,
+    /// Whether this node may coordinate, and whether it is pinned.
+    eligible: bool,
+    pinned: bool,
+    started_at_ms: u64,
+    candidates: HashMap<PeerId, Candidate>,
+}
+
+impl Election {
+    pub fn new(me: PeerId, eligible: bool, pinned: bool, now_ms: u64) -> Election {
+        Election {
+            me,
+            eligible: eligible || pinned,
+            pinned,
+            started_at_ms: now_ms,
+            candidates: HashMap::new(),
+        }
+    }
+
+    pub fn eligible(&self) -> bool {
+        self.eligible
+    }
+
+    pub fn pinned(&self) -> bool {
+        self.pinned
+    }
+
+    /// A heartbeat from another node.
+    pub fn heard(&mut self, peer: PeerId, candidate: Candidate) {
+        if peer == self.me {
+            return;
+        }
+        if self.candidates.len() >= CANDIDATES_MAX && !self.candidates.contains_key(&peer) {
+            return;
+        }
+        self.candidates.insert(peer, candidate);
+    }
+
+    fn alive(&self, now_ms: u64) -> impl Iterator<Item = (&PeerId, &Candidate)> {
+        self.candidates
+            .iter()
+            .filter(move |(_, c)| now_ms.saturating_sub(c.seen_at_ms) <= ELECTION_TIMEOUT_MS)
+    }
+
+    /// The coordinator as this node sees it now, if any.
+    pub fn leader(&self, now_ms: u64) -> Option<PeerId> {
+        // A fresh node counts itself only after a full timeout, unless pinned.
+        let me_counts =
+            self.eligible && (self.pinned || now_ms.saturating_sub(self.started_at_ms) >= ELECTION_TIMEOUT_MS);
+        let me = me_counts.then_some((self.me, self.pinned));
+        let others = self.alive(now_ms).map(|(peer, c)| (*peer, c.pinned));
+        let all: Vec<(PeerId, bool)> = me.into_iter().chain(others).collect();
+        let any_pinned = all.iter().any(|(_, pinned)| *pinned);
+        all.into_iter()
+            .filter(|(_, pinned)| *pinned || !any_pinned)
+            .map(|(peer, _)| peer)
+            .min_by_key(|peer| peer.to_bytes())
+    }
+
+    /// Whether this node should act as the coordinator now.
+    pub fn acting(&self, now_ms: u64) -> bool {
+        self.leader(now_ms) == Some(self.me)
+    }
+
+    /// How to reach `peer`, from its heartbeats.
+    pub fn addresses(&self, peer: &PeerId) -> Vec<String> {
+        self.candidates
+            .get(peer)
+            .map(|c| c.addresses.clone())
+            .unwrap_or_default()
+    }
+
+    /// Forgets candidates gone for long.
+    pub fn tick(&mut self, now_ms: u64) {
+        self.candidates
+            .retain(|_, c| now_ms.saturating_sub(c.seen_at_ms) <= 10 * ELECTION_TIMEOUT_MS);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peers(n: usize) -> Vec<PeerId> {
+        let mut peers: Vec<PeerId> = (0..n).map(|_| PeerId::random()).collect();
+        peers.sort_by_key(|p| p.to_bytes());
+        peers
+    }
+
+    fn beat(pinned: bool, at: u64) -> Candidate {
+        Candidate {
+            pinned,
+            acting: false,
+            addresses: vec![],
+            seen_at_ms: at,
+        }
+    }
+
+    #[test]
+    fn the_smallest_living_eligible_peer_leads_and_a_dead_one_is_replaced() {
+        let p = peers(3);
+        let mut views: Vec<Election> = p.iter().map(|me| Election::new(*me, true, false, 0)).collect();
+        for t in (0..=6_000).step_by(1_000) {
+            for view in &mut views {
+                for peer in &p {
+                    view.heard(*peer, beat(false, t));
+                }
+            }
+        }
+        for view in &views {
+            assert_eq!(view.leader(6_000), Some(p[0]));
+        }
+        assert!(views[0].acting(6_000) && !views[1].acting(6_000));
+        // p[0] dies at 6 s: the others agree on p[1] once it times out.
+        for t in (7_000..=11_000).step_by(1_000) {
+            for view in &mut views[1..] {
+                view.heard(p[1], beat(false, t));
+                view.heard(p[2], beat(false, t));
+            }
+        }
+        assert_eq!(views[1].leader(10_000), Some(p[0]), "not yet timed out");
+        assert_eq!(views[1].leader(11_000), Some(p[1]));
+        assert_eq!(views[2].leader(11_000), Some(p[1]));
+        assert!(views[1].acting(11_000));
+    }
+
+    #[test]
+    fn a_pinned_node_wins_and_resumes_when_it_returns() {
+        let p = peers(2);
+        // p[1] is pinned; p[0] has the smaller id but is only eligible.
+        let mut small = Election::new(p[0], true, false, 0);
+        let pinned = Election::new(p[1], true, true, 0);
+        assert!(pinned.acting(0), "a pinned node acts at once");
+        small.heard(p[1], beat(true, 4_000));
+        assert_eq!(small.leader(4_500), Some(p[1]));
+        assert_eq!(small.leader(9_000), Some(p[0]), "pinned gone: elected node takes over");
+        small.heard(p[1], beat(true, 9_500));
+        assert_eq!(small.leader(9_500), Some(p[1]), "pinned back: it resumes");
+    }
+
+    #[test]
+    fn a_new_node_waits_before_competing_and_ineligible_nodes_never_lead() {
+        let p = peers(2);
+        let fresh = Election::new(p[0], true, false, 1_000);
+        assert_eq!(fresh.leader(1_500), None);
+        assert_eq!(fresh.leader(5_000), Some(p[0]));
+        let mut bystander = Election::new(p[0], false, false, 0);
+        assert_eq!(bystander.leader(10_000), None);
+        bystander.heard(p[1], beat(false, 10_000));
+        assert_eq!(bystander.leader(10_000), Some(p[1]));
+    }
+
+    #[test]
+    fn a_healed_partition_converges_on_one_leader() {
+        let p = peers(4);
+        let mut a = Election::new(p[0], true, false, 0);
+        let mut d = Election::new(p[3], true, false, 0);
+        // Split: a hears only p[1], d hears only p[2].
+        a.heard(p[1], beat(false, 5_000));
+        d.heard(p[2], beat(false, 5_000));
+        assert_eq!(a.leader(5_000), Some(p[0]));
+        assert_eq!(d.leader(5_000), Some(p[2]));
+        // Healed.
+        for peer in &p {
+            a.heard(*peer, beat(false, 6_000));
+            d.heard(*peer, beat(false, 6_000));
+        }
+        assert_eq!(a.leader(6_000), Some(p[0]));
+        assert_eq!(d.leader(6_000), Some(p[0]));
+    }
+}

@@ -1,0 +1,158 @@
+//! The coordinator protocol (`/kiln/coord/1`): what requesters and
+//! `kiln status` ask the coordinator, and its answers. One request per
+//! stream, written as one frame of at most [`COORD_FRAME_BYTES_MAX`]; a
+//! watch is answered with a frame per event until the job ends.
+//!
+//! Every node answers: one that is not the coordinator says who is.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::build::Attestation;
+use crate::hash::Hash;
+use crate::messages::JobRequest;
+use crate::sign::{PublicKey, Signed};
+
+/// Largest coordinator-protocol frame (a status report is the big one).
+pub const COORD_FRAME_BYTES_MAX: usize = 1 << 20;
+/// Most queued or running jobs one status report lists.
+pub const STATUS_JOBS_MAX: usize = 256;
+/// Most workers one status report lists.
+pub const STATUS_WORKERS_MAX: usize = 256;
+/// Most recently ended builds one status report lists.
+pub const STATUS_RECENT_MAX: usize = 32;
+/// Most attestations one answer carries.
+pub const ATTESTATIONS_MAX: usize = 16;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CoordRequest {
+    /// Queue this job, or join the identical one already queued or running.
+    SubmitV1 { job: Box<JobRequest> },
+    /// Who works, what waits, what ended recently.
+    StatusV1,
+    /// Where this build stands now, then each change until it ends.
+    WatchV1 { build_key: Hash },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CoordReply {
+    V1(CoordReplyV1),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CoordReplyV1 {
+    /// Already built: its attestations (the artifact is fetchable by hash).
+    Built {
+        attestations: Vec<Signed<Attestation>>,
+    },
+    /// Durably queued (`merged`: joined an identical queued or running job).
+    Accepted {
+        build_key: Hash,
+        merged: bool,
+        phase: JobPhase,
+    },
+    /// This node is not the coordinator; the coordinator it knows of, if any.
+    NotCoordinator {
+        coordinator: Option<Contact>,
+    },
+    /// The request cannot be taken, in words for the requester.
+    Refused {
+        reason: String,
+    },
+    Status(StatusReport),
+    /// Where a watched build stands.
+    Event {
+        build_key: Hash,
+        phase: JobPhase,
+    },
+}
+
+/// How to reach a peer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Contact {
+    pub peer: PublicKey,
+    pub addresses: Vec<String>,
+}
+
+/// Where a build stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobPhase {
+    /// Waiting for a worker; why, when no worker can take it now.
+    Queued { waiting_because: Option<String> },
+    /// Leased to a worker.
+    Assigned { worker: PublicKey, attempt: u32 },
+    /// The latest lines of the running build's log.
+    Log { tail: String },
+    /// Built; the coordinator is copying the artifact to a second peer.
+    Replicating { artifact: Hash },
+    /// Built and held by at least two peers.
+    Done { attestation: Signed<Attestation> },
+    /// Given up.
+    Failed {
+        reason: String,
+        log: Option<Hash>,
+        attempts: u32,
+    },
+    /// The coordinator knows nothing of this build key.
+    Unknown,
+}
+
+impl JobPhase {
+    /// Done or failed: nothing more will happen.
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            JobPhase::Done { .. } | JobPhase::Failed { .. } | JobPhase::Unknown
+        )
+    }
+
+    /// One word for tables and JSON.
+    pub fn name(&self) -> &'static str {
+        match self {
+            JobPhase::Queued { .. } => "queued",
+            JobPhase::Assigned { .. } => "building",
+            JobPhase::Log { .. } => "building",
+            JobPhase::Replicating { .. } => "replicating",
+            JobPhase::Done { .. } => "done",
+            JobPhase::Failed { .. } => "failed",
+            JobPhase::Unknown => "unknown",
+        }
+    }
+}
+
+/// The coordinator's view of the farm.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub coordinator: PublicKey,
+    pub pinned: bool,
+    pub workers: Vec<WorkerView>,
+    /// Open jobs, oldest first (at most [`STATUS_JOBS_MAX`] of `jobs_total`).
+    pub jobs: Vec<JobView>,
+    pub jobs_total: u64,
+    /// Recently ended builds, newest first.
+    pub recent: Vec<JobView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerView {
+    pub worker: PublicKey,
+    /// One line: os, arch, cpus, memory, tools.
+    pub system: String,
+    pub running_jobs: u32,
+    pub max_jobs: u32,
+    pub waiting_because: Option<String>,
+    pub seen_ms_ago: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobView {
+    pub build_key: Hash,
+    pub recipe_name: String,
+    pub recipe_version: String,
+    pub options: BTreeMap<String, String>,
+    pub phase: JobPhase,
+    pub requesters: u32,
+    pub failed_attempts: u32,
+    pub requested_at_ms: u64,
+}
