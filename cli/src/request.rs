@@ -166,6 +166,7 @@ pub fn attestation_json(a: &Attestation) -> serde_json::Value {
         "artifact_bytes": a.artifact_bytes,
         "log": a.log.to_string(),
         "worker": a.worker.to_string(),
+        "worker_peer": peer_of(&a.worker),
         "system_digest": a.system_digest.to_string(),
         "started_at_ms": a.started_at_ms,
         "finished_at_ms": a.finished_at_ms,
@@ -270,10 +271,17 @@ pub async fn status(bootstrap: Vec<Multiaddr>, json: bool) -> anyhow::Result<()>
     Ok(())
 }
 
+/// A worker's peer id, as `kiln node` prints it.
+fn peer_of(key: &kiln_protocol::PublicKey) -> String {
+    kiln_node::identity::peer_id_of(key)
+        .map(|p| p.to_string())
+        .unwrap_or_else(|| key.to_string())
+}
+
 fn job_json(job: &JobView) -> serde_json::Value {
     let (waiting, worker, artifact, reason) = match &job.phase {
         JobPhase::Queued { waiting_because } => (waiting_because.clone(), None, None, None),
-        JobPhase::Assigned { worker, .. } => (None, Some(worker.to_string()), None, None),
+        JobPhase::Assigned { worker, .. } => (None, Some(peer_of(worker)), None, None),
         JobPhase::Replicating { artifact } => (None, None, Some(artifact.to_string()), None),
         JobPhase::Done { attestation } => (
             None,
@@ -298,7 +306,7 @@ fn status_json(coordinator: &str, report: &StatusReport) -> serde_json::Value {
         "coordinator": coordinator,
         "pinned": report.pinned,
         "workers": report.workers.iter().map(|w| json!({
-            "worker": w.worker.to_string(), "system": w.system, "running_jobs": w.running_jobs,
+            "worker": w.worker.to_string(), "peer": peer_of(&w.worker), "system": w.system, "running_jobs": w.running_jobs,
             "max_jobs": w.max_jobs, "waiting_because": w.waiting_because, "seen_ms_ago": w.seen_ms_ago,
         })).collect::<Vec<_>>(),
         "jobs_total": report.jobs_total,

@@ -234,6 +234,15 @@ pub async fn fetch_from(
         progress.start(size, size);
         return Ok(size);
     }
+    // One fetch of a blob at a time in this process (a worker's build and
+    // its standby may want the same recipe): the second waits, then finds
+    // the blob stored.
+    let gate = fetch_gate(store, hash);
+    let _turn = gate.lock().await;
+    if let Some(size) = store.size(&hash) {
+        progress.start(size, size);
+        return Ok(size);
+    }
     if !hints.is_empty() {
         match fetch_with(net, store, hash, hints.to_vec(), progress.clone()).await {
             Ok(size) => return Ok(size),
@@ -245,6 +254,25 @@ pub async fn fetch_from(
         return Err(FetchError::NoProviders(hash));
     }
     fetch_with(net, store, hash, providers, progress).await
+}
+
+type Gates = Mutex<HashMap<(std::path::PathBuf, Hash), std::sync::Weak<tokio::sync::Mutex<()>>>>;
+
+/// The lock that serialises fetches of `hash` into `store`.
+fn fetch_gate(store: &Store, hash: Hash) -> Arc<tokio::sync::Mutex<()>> {
+    static GATES: std::sync::OnceLock<Gates> = std::sync::OnceLock::new();
+    let gates = GATES.get_or_init(Default::default);
+    let Ok(mut gates) = gates.lock() else {
+        return Arc::new(tokio::sync::Mutex::new(()));
+    };
+    gates.retain(|_, gate| gate.strong_count() > 0);
+    let key = (store.dir().to_path_buf(), hash);
+    if let Some(gate) = gates.get(&key).and_then(std::sync::Weak::upgrade) {
+        return gate;
+    }
+    let gate = Arc::new(tokio::sync::Mutex::new(()));
+    gates.insert(key, Arc::downgrade(&gate));
+    gate
 }
 
 async fn fetch_with(

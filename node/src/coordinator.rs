@@ -627,7 +627,8 @@ impl Coordinator {
             return;
         }
         self.persist(&build_key);
-        if fresh {
+        // Nodes that may take over hold the inputs too.
+        if fresh && self.election.eligible() {
             let (net, store, permits) = (self.net.clone(), self.store.clone(), self.input_fetches.clone());
             tokio::spawn(async move {
                 let Ok(_permit) = permits.acquire_owned().await else {

@@ -1,0 +1,398 @@
+//! The coordinator and the request flow, with real processes on 127.0.0.1:
+//! a bootstrap peer, coordinators, workers building in their sandboxes, and
+//! `kiln request` / `kiln status` as users run them.
+
+// Test code: a panic is a failed assertion.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use kiln_tests::{bin, kiln, start_bootstrap, start_node, wait_until, Proc, START};
+use serde_json::Value;
+
+/// Long enough for any build here (each takes seconds) plus a lease expiry.
+const BUILD: Duration = Duration::from_secs(120);
+
+fn recipe(name: &str) -> String {
+    let path: PathBuf = match name {
+        "hello-c" => concat!(env!("CARGO_MANIFEST_DIR"), "/../recipes/hello-c/recipe.toml").into(),
+        other => format!("{}/recipes/{other}/recipe.toml", env!("CARGO_MANIFEST_DIR")).into(),
+    };
+    path.to_str().unwrap().to_string()
+}
+
+fn worker(name: &str, dir: &Path, boot: &str, extra: &[&str]) -> (Proc, String) {
+    let mut args = vec!["--contribute", "--trust-any-recipe", "--no-coordinator"];
+    args.extend_from_slice(extra);
+    start_node(name, dir, boot, &args)
+}
+
+fn peer_of(addr: &str) -> String {
+    addr.rsplit('/').next().unwrap().to_string()
+}
+
+/// `kiln request --json ...` to completion: (success, parsed stdout, stderr).
+fn request(boot: &str, recipe: &str, email: &str, extra: &[&str]) -> (bool, Value, String) {
+    let mut args = vec![
+        "request",
+        "--json",
+        "--bootstrap",
+        boot,
+        "--email",
+        email,
+        "--recipe",
+        recipe,
+    ];
+    args.extend_from_slice(extra);
+    let (ok, out, err) = kiln(&args);
+    let json = serde_json::from_str(out.trim()).unwrap_or(Value::Null);
+    (ok, json, err)
+}
+
+/// `kiln request --json --wait ...` running in the background.
+fn request_waiting(name: &str, boot: &str, recipe: &str, email: &str, extra: &[&str]) -> Proc {
+    let mut command = Command::new(bin("kiln"));
+    command
+        .args([
+            "request",
+            "--json",
+            "--wait",
+            "--bootstrap",
+            boot,
+            "--email",
+            email,
+            "--recipe",
+            recipe,
+        ])
+        .args(extra);
+    Proc::spawn(name, command)
+}
+
+fn wait_json(proc: &mut Proc) -> Value {
+    let line = proc.wait_line(BUILD, |l| l.starts_with('{'));
+    serde_json::from_str(&line).unwrap()
+}
+
+fn status(boot: &str) -> Value {
+    let (ok, out, err) = kiln(&["status", "--json", "--bootstrap", boot]);
+    assert!(ok, "kiln status failed: {err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+/// Polls `kiln status` until `condition` holds for it.
+fn wait_status(boot: &str, what: &str, condition: impl Fn(&Value) -> bool) -> Value {
+    let mut last = Value::Null;
+    wait_until(BUILD, what, || {
+        last = status(boot);
+        condition(&last)
+    });
+    last
+}
+
+fn open_job<'a>(status: &'a Value, build_key: &str) -> Option<&'a Value> {
+    status["jobs"].as_array()?.iter().find(|j| j["build_key"] == build_key)
+}
+
+fn unpack(archive: &Path, into: &Path) {
+    tar::Archive::new(std::fs::File::open(archive).unwrap())
+        .unpack(into)
+        .unwrap();
+}
+
+#[test]
+fn a_request_is_built_once_merged_with_its_twin_replicated_and_then_answered_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_boot, boot) = start_bootstrap(&tmp.path().join("boot"));
+    let (mut c, _) = start_node("coordinator", &tmp.path().join("c"), &boot, &["--coordinator"]);
+    let (mut w1, _) = worker("worker 1", &tmp.path().join("w1"), &boot, &[]);
+    let (mut w2, _) = worker("worker 2", &tmp.path().join("w2"), &boot, &[]);
+
+    // Two requesters ask for the same build: the second joins the first.
+    let (ok, first, err) = request(&boot, &recipe("sleep"), "a@example.org", &["-o", "secs=3"]);
+    assert!(ok, "{err}");
+    assert_eq!(first["merged"], false, "{first}");
+    let build_key = first["build_key"].as_str().unwrap().to_string();
+    let (ok, second, err) = request(&boot, &recipe("sleep"), "b@example.org", &["-o", "secs=3"]);
+    assert!(ok, "{err}");
+    assert_eq!(second["build_key"], build_key.as_str());
+    assert_eq!(second["merged"], true, "{second}");
+    let mut follower = request_waiting("follower", &boot, &recipe("sleep"), "c@example.org", &["-o", "secs=3"]);
+    let done = wait_json(&mut follower);
+    assert_eq!(done["state"], "done", "{done}");
+    follower.wait_stderr(START, "building on worker");
+    let status = status(&boot);
+    let recent = status["recent"].as_array().unwrap();
+    assert_eq!(recent.len(), 1, "built once: {status}");
+    assert_eq!(recent[0]["requesters"], 3, "every requester kept: {status}");
+
+    // The C recipe, fetched as it ends; the program runs.
+    let out = tmp.path().join("hello.tar");
+    let mut hello = request_waiting(
+        "hello",
+        &boot,
+        &recipe("hello-c"),
+        "a@example.org",
+        &["-o", "greeting=loud", "--fetch", out.to_str().unwrap()],
+    );
+    let built = wait_json(&mut hello);
+    assert_eq!(built["state"], "done", "{built}");
+    hello.wait_stderr(START, "artifact written to");
+    unpack(&out, &tmp.path().join("hello"));
+    let run = Command::new(tmp.path().join("hello/hello")).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&run.stdout), "HELLO FROM KILN!\n");
+
+    // Both workers leave: the coordinator's replica still serves the artifact.
+    w1.kill();
+    w2.kill();
+    let artifact = built["artifact"].as_str().unwrap();
+    let again = tmp.path().join("again.tar");
+    let (ok, _, err) = kiln(&[
+        "fetch",
+        artifact,
+        "-o",
+        again.to_str().unwrap(),
+        "--bootstrap",
+        &boot,
+        "--data-dir",
+        tmp.path().join("f").to_str().unwrap(),
+    ]);
+    assert!(ok, "fetch after the builder left: {err}");
+
+    // Asked again: answered from the DHT record, without building.
+    let (ok, existing, err) = request(&boot, &recipe("hello-c"), "d@example.org", &["-o", "greeting=loud"]);
+    assert!(ok, "{err}");
+    assert_eq!(existing["state"], "done", "{existing}");
+    assert_eq!(existing["artifact"], artifact);
+    assert_eq!(existing["attestation"]["build_key"], built["build_key"]);
+
+    // Even with no coordinator at all, the DHT record answers.
+    c.kill();
+    let (ok, existing, err) = request(&boot, &recipe("hello-c"), "e@example.org", &["-o", "greeting=loud"]);
+    assert!(ok, "{err}");
+    assert_eq!(existing["artifact"], artifact);
+}
+
+#[test]
+fn a_job_no_worker_matches_waits_says_why_and_runs_when_one_joins() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_boot, boot) = start_bootstrap(&tmp.path().join("boot"));
+    let (_c, _) = start_node("coordinator", &tmp.path().join("c"), &boot, &["--coordinator"]);
+    let (_w1, _) = worker("worker 1", &tmp.path().join("w1"), &boot, &[]);
+    wait_status(&boot, "the worker to be known", |s| {
+        s["workers"].as_array().is_some_and(|w| w.len() == 1)
+    });
+
+    let (ok, queued, err) = request(
+        &boot,
+        &recipe("sleep"),
+        "a@example.org",
+        &["-o", "secs=1", "--target", "site=lab"],
+    );
+    assert!(ok, "{err}");
+    let build_key = queued["build_key"].as_str().unwrap().to_string();
+    let waiting = wait_status(&boot, "a reason to wait", |s| {
+        open_job(s, &build_key).is_some_and(|j| j["waiting_because"].is_string())
+    });
+    let why = open_job(&waiting, &build_key).unwrap()["waiting_because"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(why.contains("no worker matches") && why.contains("site"), "{why}");
+    let (ok, text, _) = kiln(&["status", "--bootstrap", &boot]);
+    assert!(ok && text.contains("no worker matches"), "{text}");
+
+    let mut follower = request_waiting(
+        "follower",
+        &boot,
+        &recipe("sleep"),
+        "b@example.org",
+        &["-o", "secs=1", "--target", "site=lab"],
+    );
+    let (_w2, _) = worker("lab worker", &tmp.path().join("w2"), &boot, &["--label", "site=lab"]);
+    let done = wait_json(&mut follower);
+    assert_eq!(done["state"], "done", "{done}");
+}
+
+#[test]
+fn a_worker_killed_mid_build_loses_the_job_to_another_worker() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_boot, boot) = start_bootstrap(&tmp.path().join("boot"));
+    let (_c, _) = start_node("coordinator", &tmp.path().join("c"), &boot, &["--coordinator"]);
+    let (w1, w1_addr) = worker("worker 1", &tmp.path().join("w1"), &boot, &[]);
+    let (w2, w2_addr) = worker("worker 2", &tmp.path().join("w2"), &boot, &[]);
+    let mut workers = vec![(peer_of(&w1_addr), w1), (peer_of(&w2_addr), w2)];
+    wait_status(&boot, "both workers known", |s| {
+        s["workers"].as_array().is_some_and(|w| w.len() == 2)
+    });
+
+    let mut follower = request_waiting("follower", &boot, &recipe("sleep"), "a@example.org", &["-o", "secs=8"]);
+    let building = wait_status(&boot, "the job to be assigned", |s| {
+        s["jobs"]
+            .as_array()
+            .is_some_and(|j| j.len() == 1 && j[0]["state"] == "building")
+    });
+    let victim = building["jobs"][0]["worker"].as_str().unwrap().to_string();
+    let index = workers.iter().position(|(peer, _)| *peer == victim).unwrap();
+    let (_, mut killed) = workers.remove(index);
+    killed.kill();
+    let done = wait_json(&mut follower);
+    assert_eq!(done["state"], "done", "{done}");
+    assert_eq!(
+        done["attestation"]["worker_peer"],
+        workers[0].0.as_str(),
+        "built by the survivor"
+    );
+}
+
+#[test]
+fn a_failing_build_is_retried_on_the_other_worker_then_reported_with_its_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_boot, boot) = start_bootstrap(&tmp.path().join("boot"));
+    let (_c, _) = start_node("coordinator", &tmp.path().join("c"), &boot, &["--coordinator"]);
+    let (_w1, _) = worker("worker 1", &tmp.path().join("w1"), &boot, &[]);
+    let (_w2, _) = worker("worker 2", &tmp.path().join("w2"), &boot, &[]);
+    wait_status(&boot, "both workers known", |s| {
+        s["workers"].as_array().is_some_and(|w| w.len() == 2)
+    });
+
+    let mut follower = request_waiting("follower", &boot, &recipe("fail"), "a@example.org", &[]);
+    let failed = wait_json(&mut follower);
+    assert_eq!(failed["state"], "failed", "{failed}");
+    assert_eq!(failed["attempts"], 2, "tried once on each worker: {failed}");
+    let reason = failed["reason"].as_str().unwrap();
+    assert!(reason.contains("step 2 failed"), "{reason}");
+    let log = failed["log"].as_str().unwrap();
+    let saved = tmp.path().join("build.log");
+    let (ok, _, err) = kiln(&[
+        "fetch",
+        log,
+        "-o",
+        saved.to_str().unwrap(),
+        "--bootstrap",
+        &boot,
+        "--data-dir",
+        tmp.path().join("f").to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(std::fs::read_to_string(&saved)
+        .unwrap()
+        .contains("error: deliberate compile error"));
+    let recent = status(&boot)["recent"].clone();
+    assert_eq!(recent[0]["state"], "failed", "{recent}");
+}
+
+#[test]
+fn a_coordinator_killed_with_jobs_queued_and_running_loses_nothing_on_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_boot, boot) = start_bootstrap(&tmp.path().join("boot"));
+    let (mut c, _) = start_node("coordinator", &tmp.path().join("c"), &boot, &["--coordinator"]);
+    let (_w, _) = worker("worker", &tmp.path().join("w"), &boot, &[]);
+    wait_status(&boot, "the worker known", |s| {
+        s["workers"].as_array().is_some_and(|w| w.len() == 1)
+    });
+    let mut keys = Vec::new();
+    for n in ["1", "2"] {
+        let (ok, queued, err) = request(
+            &boot,
+            &recipe("sleep"),
+            "a@example.org",
+            &["-o", "secs=5", "-o", &format!("n={n}")],
+        );
+        assert!(ok, "{err}");
+        keys.push(queued["build_key"].as_str().unwrap().to_string());
+    }
+    wait_status(&boot, "one running, one queued", |s| {
+        let states: Vec<&Value> = s["jobs"].as_array().unwrap().iter().map(|j| &j["state"]).collect();
+        states.len() == 2 && states.contains(&&Value::from("building")) && states.contains(&&Value::from("queued"))
+    });
+    c.kill();
+    let (_c, _) = start_node("coordinator again", &tmp.path().join("c"), &boot, &["--coordinator"]);
+    let after = status(&boot);
+    for key in &keys {
+        let known = open_job(&after, key).is_some()
+            || after["recent"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|j| j["build_key"] == key.as_str());
+        assert!(known, "job {key} lost in the restart: {after}");
+    }
+    wait_status(&boot, "both jobs done", |s| {
+        s["jobs_total"] == 0
+            && s["recent"]
+                .as_array()
+                .is_some_and(|r| r.iter().filter(|j| j["state"] == "done").count() == 2)
+    });
+}
+
+#[test]
+fn when_the_elected_coordinator_dies_another_takes_over_and_every_job_completes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_boot, boot) = start_bootstrap(&tmp.path().join("boot"));
+    let mut candidates: Vec<(String, Proc)> = ["c1", "c2", "c3"]
+        .iter()
+        .map(|name| {
+            let (proc, addr) = start_node(name, &tmp.path().join(name), &boot, &[]);
+            (peer_of(&addr), proc)
+        })
+        .collect();
+    let (_w, _) = worker("worker", &tmp.path().join("w"), &boot, &[]);
+    let before = wait_status(&boot, "an elected coordinator that knows the worker", |s| {
+        s["workers"].as_array().is_some_and(|w| w.len() == 1)
+    });
+    let elected = before["coordinator"].as_str().unwrap().to_string();
+    assert_eq!(before["pinned"], false);
+
+    let mut followers = Vec::new();
+    for n in ["1", "2"] {
+        let (ok, _, err) = request(
+            &boot,
+            &recipe("sleep"),
+            "a@example.org",
+            &["-o", "secs=3", "-o", &format!("n={n}")],
+        );
+        assert!(ok, "{err}");
+    }
+    for n in ["1", "2"] {
+        followers.push(request_waiting(
+            &format!("follower {n}"),
+            &boot,
+            &recipe("sleep"),
+            "b@example.org",
+            &["-o", "secs=3", "-o", &format!("n={n}")],
+        ));
+    }
+    wait_status(&boot, "a job running", |s| {
+        s["jobs"]
+            .as_array()
+            .is_some_and(|j| j.iter().any(|j| j["state"] == "building"))
+    });
+    let index = candidates.iter().position(|(peer, _)| *peer == elected).unwrap();
+    candidates[index].1.kill();
+    let after = wait_status(&boot, "a new coordinator", |s| s["coordinator"] != elected.as_str());
+    assert_ne!(after["coordinator"], elected.as_str());
+    for follower in &mut followers {
+        let done = wait_json(follower);
+        assert_eq!(done["state"], "done", "{done}");
+    }
+}
+
+#[test]
+fn bad_requests_are_refused_with_what_to_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_boot, boot) = start_bootstrap(&tmp.path().join("boot"));
+    let (ok, _, err) = request(&boot, &recipe("hello-c"), "not-an-address", &[]);
+    assert!(
+        !ok && err.contains("\"not-an-address\" is not an email address"),
+        "{err}"
+    );
+    let (ok, _, err) = request(&boot, &recipe("hello-c"), "a@example.org", &["-o", "opt=O9"]);
+    assert!(!ok && err.contains("O0, O1, O2, Os"), "{err}");
+    let (ok, _, err) = request(&boot, &recipe("hello-c"), "a@example.org", &["-o", "colour=red"]);
+    assert!(!ok && err.contains("colour"), "{err}");
+    // No coordinator anywhere: said plainly, after the election time.
+    let (ok, _, err) = request(&boot, &recipe("hello-c"), "a@example.org", &[]);
+    assert!(!ok && err.contains("kiln node --coordinator"), "{err}");
+}
