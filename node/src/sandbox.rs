@@ -171,6 +171,12 @@ impl Sandbox {
 
     /// Runs a build to its end. `Err` only when it could not start.
     pub async fn run(&self, spec: &BuildSpec) -> Result<BuildResult, SandboxError> {
+        self.run_logged(spec, &Log::default()).await
+    }
+
+    /// [`Sandbox::run`], writing the log into `log` as the build goes, so
+    /// its tail can be shown while it runs.
+    pub async fn run_logged(&self, spec: &BuildSpec, log: &Log) -> Result<BuildResult, SandboxError> {
         let bwrap = self
             .bwrap
             .as_ref()
@@ -182,17 +188,16 @@ impl Sandbox {
         for sub in ["work", "home", "tmp"] {
             std::fs::create_dir_all(dir.0.join(sub)).map_err(io_error(&dir.0))?;
         }
-        let log = Log::default();
-        prepare_source(&spec.source, &dir.0.join("work"), &log).await?;
-        let status = self.run_steps(bwrap, spec, &dir.0, &log).await;
+        prepare_source(&spec.source, &dir.0.join("work"), log).await?;
+        let status = self.run_steps(bwrap, spec, &dir.0, log).await;
         let status = match status {
-            BuildStatus::Succeeded { .. } => pack_outputs(&dir.0, &spec.outputs, &log)?,
+            BuildStatus::Succeeded { .. } => pack_outputs(&dir.0, &spec.outputs, log)?,
             other => other,
         };
         log.line(&format!("kiln: {}", describe(&status)));
         Ok(BuildResult {
             status,
-            log: log.into_bytes(),
+            log: log.to_bytes(),
             dir,
         })
     }
@@ -458,9 +463,23 @@ fn describe(status: &BuildStatus) -> String {
 /// A build log capped at [`LOG_BYTES_MAX`]: the first half and the last
 /// half are kept, and a line says how much was cut between them.
 #[derive(Clone, Default)]
-struct Log(Arc<Mutex<LogBuffer>>);
+pub struct Log(Arc<Mutex<LogBuffer>>);
 
 impl Log {
+    /// The last `bytes` bytes of the log (cut at a character boundary), and
+    /// how many bytes the log has had so far.
+    pub fn tail(&self, bytes: usize) -> (String, u64) {
+        let Ok(log) = self.0.lock() else {
+            return (String::new(), 0);
+        };
+        let from_tail = log.tail.len().min(bytes);
+        let from_head = (bytes - from_tail).min(log.head.len());
+        let mut last: Vec<u8> = log.head[log.head.len() - from_head..].to_vec();
+        last.extend(log.tail.iter().skip(log.tail.len() - from_tail));
+        let total = log.head.len() as u64 + log.tail.len() as u64 + log.cut_bytes;
+        (String::from_utf8_lossy(&last).into_owned(), total)
+    }
+
     fn append(&self, bytes: &[u8]) {
         if let Ok(mut log) = self.0.lock() {
             log.append(bytes);
@@ -471,7 +490,7 @@ impl Log {
         self.append(format!("{text}\n").as_bytes());
     }
 
-    fn into_bytes(self) -> Vec<u8> {
+    fn to_bytes(&self) -> Vec<u8> {
         self.0.lock().map(|log| log.to_bytes()).unwrap_or_default()
     }
 }

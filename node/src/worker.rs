@@ -33,6 +33,10 @@ const ASSIGN_MS_MAX: u64 = 30_000;
 const ASSIGN_STREAMS_MAX: usize = 16;
 /// How often the worker advertises itself.
 const ADVERT_MS: u64 = 2_000;
+/// How often a running build's log tail is gossiped (when it grew), and
+/// how much of it.
+const PROGRESS_MS: u64 = 2_000;
+const PROGRESS_TAIL_BYTES: usize = 1024;
 /// How long the worker keeps trying to publish an outcome.
 const OUTCOME_PUBLISH_MS_MAX: u64 = 60_000;
 
@@ -324,7 +328,15 @@ impl Worker {
             memory_bytes: recipe.memory_bytes,
             source,
         };
-        let result = self.sandbox.run(&spec).await;
+        let log = crate::sandbox::Log::default();
+        let progress = tokio::spawn(report_progress(
+            self.net.clone(),
+            SecretKey::from_bytes(&self.key.to_bytes()),
+            job.build_key,
+            log.clone(),
+        ));
+        let result = self.sandbox.run_logged(&spec, &log).await;
+        progress.abort();
         if let SourceInput::Archive(path) = &spec.source {
             let _ = std::fs::remove_file(path);
         }
@@ -435,6 +447,28 @@ impl Worker {
             if let Err(e) = self.net.publish(topics::WORKERS, bytes).await {
                 tracing::debug!(error = %e, "worker advert not published");
             }
+        }
+    }
+}
+
+/// Gossips the tail of a running build's log whenever it grew, so the
+/// requester following it sees what it does.
+async fn report_progress(net: NetClient, key: SecretKey, build_key: Hash, log: crate::sandbox::Log) {
+    let mut tick = tokio::time::interval(Duration::from_millis(PROGRESS_MS));
+    let mut reported = 0;
+    loop {
+        tick.tick().await;
+        let (tail, total) = log.tail(PROGRESS_TAIL_BYTES);
+        if total == reported {
+            continue;
+        }
+        reported = total;
+        let message = Gossip::V1(GossipV1::Progress {
+            build_key,
+            log_tail: tail,
+        });
+        if let Ok(bytes) = encode_gossip(&key, &message) {
+            let _ = net.publish(topics::RESULTS, bytes).await;
         }
     }
 }

@@ -396,3 +396,16 @@ fn bad_requests_are_refused_with_what_to_do() {
     let (ok, _, err) = request(&boot, &recipe("hello-c"), "a@example.org", &[]);
     assert!(!ok && err.contains("kiln node --coordinator"), "{err}");
 }
+
+#[test]
+fn a_requester_following_a_build_sees_its_log_as_it_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_boot, boot) = start_bootstrap(&tmp.path().join("boot"));
+    let (_c, _) = start_node("coordinator", &tmp.path().join("c"), &boot, &["--coordinator"]);
+    let (_w, _) = worker("worker", &tmp.path().join("w"), &boot, &[]);
+    let mut follower = request_waiting("follower", &boot, &recipe("chatty"), "a@example.org", &[]);
+    let done = wait_json(&mut follower);
+    assert_eq!(done["state"], "done", "{done}");
+    let seen = follower.stderr();
+    assert!(seen.contains("kiln: log: $ sleep 5"), "{seen}");
+}
