@@ -154,6 +154,9 @@ enum Command {
         /// Print one JSON document
         #[arg(long)]
         json: bool,
+        /// Also accept an existing build of another version of the recipe in this range, e.g. ">=1.2, <2"
+        #[arg(long, value_name = "RANGE")]
+        accept_versions: Option<String>,
     },
     /// Show the coordinator, the workers, the queue and recent builds.
     Status {
@@ -210,8 +213,11 @@ enum Command {
 enum RecipeCommand {
     /// List a recipe's options with their allowed values and defaults.
     Options {
-        /// Path to a recipe TOML file.
-        recipe: PathBuf,
+        /// A recipe TOML file, or the id of a recipe already in the network
+        #[arg(value_name = "PATH|HASH")]
+        recipe: String,
+        #[command(flatten)]
+        bootstrap: Bootstrap,
     },
     /// Sign a recipe with a publisher key, writing its [signature] section.
     Sign {
@@ -294,8 +300,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             wait,
             fetch,
             json,
+            accept_versions,
         } => {
             request::run(request::RequestArgs {
+                accept_versions,
                 emails,
                 recipe,
                 options,
@@ -324,8 +332,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             fetch(hash, output, bootstrap.bootstrap, &data_dir.resolve()?).await
         }
         Command::Recipe {
-            command: RecipeCommand::Options { recipe },
-        } => recipe_options(&recipe),
+            command: RecipeCommand::Options { recipe, bootstrap },
+        } => recipe_options(&recipe, bootstrap.bootstrap).await,
         Command::Recipe {
             command: RecipeCommand::Sign { recipe, key },
         } => recipe_sign(&recipe, &key),
@@ -484,8 +492,12 @@ fn system(json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn recipe_options(path: &Path) -> anyhow::Result<()> {
-    let (recipe, _) = load_recipe(path)?;
+async fn recipe_options(recipe: &str, bootstrap: Vec<Multiaddr>) -> anyhow::Result<()> {
+    let recipe = if Path::new(recipe).exists() || recipe.parse::<Hash>().is_err() {
+        load_recipe(Path::new(recipe))?.0
+    } else {
+        request::fetch_recipe(recipe.parse()?, bootstrap).await?
+    };
     println!("{} {}", recipe.name, recipe.version);
     if recipe.options.is_empty() {
         println!("  (no options)");

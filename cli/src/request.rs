@@ -22,6 +22,7 @@ pub struct RequestArgs {
     pub wait: bool,
     pub fetch: Option<PathBuf>,
     pub json: bool,
+    pub accept_versions: Option<String>,
 }
 
 fn now_ms() -> u64 {
@@ -71,8 +72,15 @@ async fn request(node: &EphemeralNode, args: &RequestArgs, spec: &RequestSpec<'_
     if let Some(first) = found.first() {
         return finish_built(node, args, build_key, first, &start).await;
     }
-    let (coordinator, reply, _) =
-        request::ask_coordinator(&node.net, &start, &CoordRequest::SubmitV1 { job: Box::new(job) }).await?;
+    let accept_versions = match &args.accept_versions {
+        Some(text) => Some(kiln_protocol::system::VersionRange::parse(text).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    let submit = CoordRequest::SubmitV1 {
+        job: Box::new(job),
+        accept_versions,
+    };
+    let (coordinator, reply, _) = request::ask_coordinator(&node.net, &start, &submit).await?;
     match reply {
         CoordReplyV1::Built { attestations } => match attestations.first() {
             Some(first) => finish_built(node, args, build_key, first, &start).await,
@@ -128,6 +136,18 @@ async fn load_recipe(
         let _ = node.net.provide(hash).await;
     }
     Ok((recipe, publisher))
+}
+
+/// Fetches a recipe by its id through an ephemeral node.
+pub async fn fetch_recipe(id: Hash, bootstrap: Vec<Multiaddr>) -> anyhow::Result<Recipe> {
+    if bootstrap.is_empty() {
+        bail!("{id} is not a file; to fetch it as a recipe id, pass --bootstrap MULTIADDR or set KILN_BOOTSTRAP");
+    }
+    let dir = tempfile::tempdir().context("cannot create a temporary data dir")?;
+    let node = EphemeralNode::start(dir.path(), bootstrap).await?;
+    let loaded = load_recipe(&node, &id.to_string()).await;
+    node.stop().await;
+    Ok(loaded?.0)
 }
 
 async fn finish_built(

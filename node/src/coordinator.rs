@@ -29,6 +29,7 @@ use kiln_protocol::messages::{
     check_email, encode_gossip, topics, Assigned, BuildOutcome, CoordinatorHeartbeat, Gossip, GossipV1, JobRequest,
     Settlement, WorkReply, WorkReplyV1, WorkRequest, ADDRESSES_MAX, EMAILS_MAX,
 };
+use kiln_protocol::system::VersionRange;
 use kiln_protocol::{build_key, wire, Attestation, Hash, PublicKey, Recipe, SecretKey, Signed, Source};
 use kiln_store::{RecordTable, Store};
 use libp2p::{Multiaddr, PeerId};
@@ -78,7 +79,8 @@ enum Input {
     },
     Addresses(Vec<Multiaddr>),
     Lookup {
-        build_key: Hash,
+        job: Box<JobRequest>,
+        accept_versions: Option<VersionRange>,
         reply: oneshot::Sender<Lookup>,
     },
     Submit {
@@ -209,19 +211,24 @@ impl Server {
 
     async fn answer(&self, peer: PeerId, request: CoordRequest, stream: &mut libp2p::Stream) -> std::io::Result<()> {
         let reply = match request {
-            CoordRequest::SubmitV1 { job } => self.submit(peer, *job).await,
+            CoordRequest::SubmitV1 { job, accept_versions } => self.submit(peer, *job, accept_versions).await,
             CoordRequest::StatusV1 => self.ask(|reply| Input::Status { reply }).await.unwrap_or_else(stopping),
             CoordRequest::WatchV1 { build_key } => return self.watch(build_key, stream).await,
         };
         write_frame_max::<_, COORD_FRAME_BYTES_MAX>(stream, &CoordReply::V1(reply)).await
     }
 
-    async fn submit(&self, peer: PeerId, job: JobRequest) -> CoordReplyV1 {
+    async fn submit(&self, peer: PeerId, job: JobRequest, accept_versions: Option<VersionRange>) -> CoordReplyV1 {
         if let Err(reason) = check_job(&job) {
             return CoordReplyV1::Refused { reason };
         }
-        let build_key = job.build_key;
-        match self.ask(|reply| Input::Lookup { build_key, reply }).await {
+        let asked = Box::new(job.clone());
+        let lookup = |reply| Input::Lookup {
+            job: asked,
+            accept_versions,
+            reply,
+        };
+        match self.ask(lookup).await {
             None => return stopping(),
             Some(Lookup::NotCoordinator(coordinator)) => return CoordReplyV1::NotCoordinator { coordinator },
             Some(Lookup::Built(attestations)) => return CoordReplyV1::Built { attestations },
@@ -478,10 +485,17 @@ impl Coordinator {
             Input::Addresses(addresses) => {
                 self.addresses = addresses.iter().take(ADDRESSES_MAX).map(|a| a.to_string()).collect();
             }
-            Input::Lookup { build_key, reply } => {
+            Input::Lookup {
+                job,
+                accept_versions,
+                reply,
+            } => {
+                let build_key = job.build_key;
                 let answer = if !self.acting {
                     Lookup::NotCoordinator(self.contact(now))
                 } else if let Some(attestations) = self.built(&build_key) {
+                    Lookup::Built(attestations)
+                } else if let Some(attestations) = accept_versions.and_then(|range| self.built_in_range(&job, &range)) {
                     Lookup::Built(attestations)
                 } else if self.schedule.job(&build_key).is_some() {
                     Lookup::Open
@@ -650,8 +664,9 @@ impl Coordinator {
                 debug!(error = %e, "attestation not kept");
             }
         }
-        self.record_result(&build_key, &settlement);
-        if let Some(job) = self.schedule.remove(&build_key) {
+        let job = self.schedule.remove(&build_key);
+        self.record_result(&build_key, &settlement, job.as_ref().map(|j| &j.request));
+        if let Some(job) = job {
             self.ended(job, &settlement);
         }
         self.persist(&build_key);
@@ -779,8 +794,9 @@ impl Coordinator {
 
     /// Records how a job ended, removes it, and tells its watchers.
     fn finish(&mut self, build_key: Hash, settlement: Settlement) {
-        self.record_result(&build_key, &settlement);
-        if let Some(job) = self.schedule.remove(&build_key) {
+        let job = self.schedule.remove(&build_key);
+        self.record_result(&build_key, &settlement, job.as_ref().map(|j| &j.request));
+        if let Some(job) = job {
             self.ended(job, &settlement);
         }
         self.persist(&build_key);
@@ -824,8 +840,15 @@ impl Coordinator {
         self.watchers.remove(&build_key);
     }
 
-    fn record_result(&self, build_key: &Hash, settlement: &Settlement) {
-        if let Ok(bytes) = wire::encode(settlement) {
+    fn record_result(&self, build_key: &Hash, settlement: &Settlement, job: Option<&JobRequest>) {
+        let record = ResultRecord {
+            settlement: settlement.clone(),
+            recipe_name: job.map(|j| j.recipe_name.clone()).unwrap_or_default(),
+            recipe_version: job.map(|j| j.recipe_version.clone()).unwrap_or_default(),
+            options: job.map(|j| j.options.clone()).unwrap_or_default(),
+            requirements: job.map(|j| j.requirements.clone()).unwrap_or_default(),
+        };
+        if let Ok(bytes) = wire::encode(&record) {
             if let Err(e) = self
                 .store
                 .put_record(RecordTable::Results, build_key.as_bytes(), &bytes)
@@ -835,14 +858,38 @@ impl Coordinator {
         }
     }
 
-    /// The attestations of a build this node knows is done.
-    fn built(&self, build_key: &Hash) -> Option<Vec<Signed<Attestation>>> {
+    fn result(&self, build_key: &Hash) -> Option<ResultRecord> {
         let bytes = self
             .store
             .get_record(RecordTable::Results, build_key.as_bytes())
             .ok()??;
-        let settlement: Settlement = wire::decode::<_, { kiln_store::RECORD_VALUE_BYTES_MAX }>(&bytes).ok()?;
-        let Settlement::Done { attestation, .. } = settlement else {
+        wire::decode::<_, { kiln_store::RECORD_VALUE_BYTES_MAX }>(&bytes).ok()
+    }
+
+    /// A finished build of the same recipe name, options and requirements
+    /// as `job`, whose version lies in `range` (the newest such).
+    fn built_in_range(&self, job: &JobRequest, range: &VersionRange) -> Option<Vec<Signed<Attestation>>> {
+        let records = self.store.records(RecordTable::Results).ok()?;
+        let found = records
+            .iter()
+            .filter_map(|(key, bytes)| {
+                let record: ResultRecord = wire::decode::<_, { kiln_store::RECORD_VALUE_BYTES_MAX }>(bytes).ok()?;
+                let same = record.recipe_name == job.recipe_name
+                    && record.options == job.options
+                    && record.requirements == job.requirements
+                    && matches!(record.settlement, Settlement::Done { .. })
+                    && range.contains(&record.recipe_version);
+                let key: [u8; 32] = key.as_slice().try_into().ok()?;
+                same.then_some((record.recipe_version, Hash::from_bytes(key)))
+            })
+            .max_by(|a, b| kiln_protocol::system::compare_versions(&a.0, &b.0))?;
+        info!(job = %job.build_key, version = found.0, range = %range, "an accepted version is already built");
+        self.built(&found.1)
+    }
+
+    /// The attestations of a build this node knows is done.
+    fn built(&self, build_key: &Hash) -> Option<Vec<Signed<Attestation>>> {
+        let Settlement::Done { attestation, .. } = self.result(build_key)?.settlement else {
             return None;
         };
         let mut attestations = self.store.attestations(build_key).unwrap_or_default();
@@ -860,13 +907,7 @@ impl Coordinator {
         if let Some(attestation) = self.built(build_key).and_then(|a| a.into_iter().next()) {
             return JobPhase::Done { attestation };
         }
-        let failed = self
-            .store
-            .get_record(RecordTable::Results, build_key.as_bytes())
-            .ok()
-            .flatten()
-            .and_then(|bytes| wire::decode::<Settlement, { kiln_store::RECORD_VALUE_BYTES_MAX }>(&bytes).ok());
-        match failed {
+        match self.result(build_key).map(|r| r.settlement) {
             Some(Settlement::Failed {
                 reason, log, attempts, ..
             }) => JobPhase::Failed { reason, log, attempts },
@@ -924,6 +965,17 @@ impl Coordinator {
             recent: self.recent.iter().cloned().collect(),
         }
     }
+}
+
+/// How a build ended, kept in the `Results` table under its build key,
+/// with what `--accept-versions` compares.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct ResultRecord {
+    settlement: Settlement,
+    recipe_name: String,
+    recipe_version: String,
+    options: std::collections::BTreeMap<String, String>,
+    requirements: kiln_protocol::Requirements,
 }
 
 /// The ed25519 key inside a peer id (Kiln peer ids always hold one).

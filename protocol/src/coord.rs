@@ -13,6 +13,7 @@ use crate::build::Attestation;
 use crate::hash::Hash;
 use crate::messages::JobRequest;
 use crate::sign::{PublicKey, Signed};
+use crate::system::VersionRange;
 
 /// Largest coordinator-protocol frame (a status report is the big one).
 pub const COORD_FRAME_BYTES_MAX: usize = 1 << 20;
@@ -28,7 +29,12 @@ pub const ATTESTATIONS_MAX: usize = 16;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CoordRequest {
     /// Queue this job, or join the identical one already queued or running.
-    SubmitV1 { job: Box<JobRequest> },
+    /// An existing build of the same recipe name, options and requirements
+    /// whose version lies in `accept_versions` answers it too.
+    SubmitV1 {
+        job: Box<JobRequest>,
+        accept_versions: Option<VersionRange>,
+    },
     /// Who works, what waits, what ended recently.
     StatusV1,
     /// Where this build stands now, then each change until it ends.

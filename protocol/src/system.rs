@@ -149,6 +149,39 @@ impl fmt::Display for Constraint {
     }
 }
 
+/// A range of versions (`--accept-versions ">=1.2, <2"`); a bare `1.4`
+/// means exactly that version. Compared as [`compare_versions`] does.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionRange(Vec<(Op, String)>);
+
+impl VersionRange {
+    pub fn parse(text: &str) -> Result<VersionRange, String> {
+        let bad = || format!("{text:?} is not a version range: write it like \">=1.2, <2\" or \"1.4\"");
+        match parse_constraint_text(text) {
+            Some(Constraint::Exact(v)) if v.len() <= SYSTEM_TEXT_BYTES_MAX => Ok(VersionRange(vec![(Op::Eq, v)])),
+            Some(Constraint::Bounds(bounds))
+                if bounds.len() <= 8 && bounds.iter().all(|(_, v)| v.len() <= SYSTEM_TEXT_BYTES_MAX) =>
+            {
+                Ok(VersionRange(bounds))
+            }
+            _ => Err(bad()),
+        }
+    }
+
+    pub fn contains(&self, version: &str) -> bool {
+        self.0
+            .iter()
+            .all(|(op, bound)| op.holds(compare_versions(version, bound)))
+    }
+}
+
+impl fmt::Display for VersionRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self.0.iter().map(|(op, v)| format!("{}{v}", op.as_str())).collect();
+        write!(f, "{}", parts.join(", "))
+    }
+}
+
 /// Why a requirement could not be read.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RequirementError {
@@ -493,6 +526,18 @@ pub fn format_bytes(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn version_ranges_accept_what_they_say() {
+        let range = VersionRange::parse(">=1.2, <2").unwrap();
+        assert!(
+            range.contains("1.2") && range.contains("1.10.3") && !range.contains("1.1.9") && !range.contains("2.0")
+        );
+        let exact = VersionRange::parse("1.4").unwrap();
+        assert!(exact.contains("1.4.0") && !exact.contains("1.5"));
+        assert!(VersionRange::parse(">=").unwrap_err().contains("not a version range"));
+        assert_eq!(range.to_string(), ">=1.2, <2");
+    }
 
     fn worker() -> SystemInfo {
         SystemInfo {

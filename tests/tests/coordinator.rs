@@ -167,6 +167,46 @@ fn a_request_is_built_once_merged_with_its_twin_replicated_and_then_answered_at_
     assert_eq!(existing["artifact"], artifact);
     assert_eq!(existing["attestation"]["build_key"], built["build_key"]);
 
+    // Version 1.1.0 of the recipe: a new build, unless the requester
+    // accepts the 1.x build that exists.
+    let newer = tmp.path().join("hello-1.1");
+    std::fs::create_dir_all(newer.join("src")).unwrap();
+    let source = Path::new(&recipe("hello-c")).parent().unwrap().to_path_buf();
+    std::fs::copy(source.join("src/hello.c"), newer.join("src/hello.c")).unwrap();
+    let text = std::fs::read_to_string(source.join("recipe.toml")).unwrap();
+    std::fs::write(
+        newer.join("recipe.toml"),
+        text.replace("version = \"1.0.0\"", "version = \"1.1.0\""),
+    )
+    .unwrap();
+    let newer = newer.join("recipe.toml");
+    let (ok, accepted, err) = request(
+        &boot,
+        newer.to_str().unwrap(),
+        "d@example.org",
+        &["-o", "greeting=loud", "--accept-versions", ">=1.0, <2"],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(accepted["state"], "done", "{accepted}");
+    assert_eq!(accepted["artifact"], artifact);
+    let (ok, fresh, err) = request(
+        &boot,
+        newer.to_str().unwrap(),
+        "d@example.org",
+        &["-o", "greeting=loud"],
+    );
+    assert!(ok, "{err}");
+    assert_ne!(fresh["state"], "done", "a new version is a new build: {fresh}");
+    assert_ne!(fresh["build_key"], built["build_key"]);
+    let (ok, options, _) = kiln(&[
+        "recipe",
+        "options",
+        existing["attestation"]["recipe_id"].as_str().unwrap(),
+        "--bootstrap",
+        &boot,
+    ]);
+    assert!(ok && options.contains("allowed: plain, loud"), "{options}");
+
     // Even with no coordinator at all, the DHT record answers.
     c.kill();
     let (ok, existing, err) = request(&boot, &recipe("hello-c"), "e@example.org", &["-o", "greeting=loud"]);
