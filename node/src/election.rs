@@ -1,12 +1,13 @@
 //! Who coordinates, decided by every node on its own from the heartbeats
 //! it hears, with no I/O. Every node that may coordinate sends a heartbeat
 //! each [`HEARTBEAT_MS`]; a node not heard for [`ELECTION_TIMEOUT_MS`] is
-//! gone. Among the living, a pinned node (`--coordinator`) wins over the
-//! elected ones, and the smallest peer id wins among equals. Every node
-//! sees the same heartbeats, so every node reaches the same answer; after
-//! a partition heals, both sides hear each other again and one winner
-//! remains. A new node waits one timeout before it may act, so it hears
-//! the current coordinator before it competes with it.
+//! gone. Among the living, a pinned node (`--coordinator`) wins; otherwise
+//! a node already acting keeps the role (a newcomer does not take over a
+//! working coordinator's queue); otherwise the smallest peer id wins. Ties
+//! at each level go to the smallest peer id, so after a partition heals and
+//! both sides' coordinators hear each other, one of them steps down. A new
+//! node waits one timeout before it may act, so it hears the current
+//! coordinator before it competes with it.
 
 use std::collections::HashMap;
 
@@ -35,6 +36,8 @@ pub struct Election {
     eligible: bool,
     pinned: bool,
     started_at_ms: u64,
+    /// Whether this node acts now (as its own heartbeats say).
+    acting: bool,
     candidates: HashMap<PeerId, Candidate>,
 }
 
@@ -45,6 +48,7 @@ impl Election {
             eligible: eligible || pinned,
             pinned,
             started_at_ms: now_ms,
+            acting: false,
             candidates: HashMap::new(),
         }
     }
@@ -79,19 +83,27 @@ impl Election {
         // A fresh node counts itself only after a full timeout, unless pinned.
         let me_counts =
             self.eligible && (self.pinned || now_ms.saturating_sub(self.started_at_ms) >= ELECTION_TIMEOUT_MS);
-        let me = me_counts.then_some((self.me, self.pinned));
-        let others = self.alive(now_ms).map(|(peer, c)| (*peer, c.pinned));
-        let all: Vec<(PeerId, bool)> = me.into_iter().chain(others).collect();
-        let any_pinned = all.iter().any(|(_, pinned)| *pinned);
+        let me = me_counts.then_some((self.me, self.pinned, self.acting));
+        let others = self.alive(now_ms).map(|(peer, c)| (*peer, c.pinned, c.acting));
+        let all: Vec<(PeerId, bool, bool)> = me.into_iter().chain(others).collect();
+        let any_pinned = all.iter().any(|(_, pinned, _)| *pinned);
+        let any_acting = all.iter().any(|(_, _, acting)| *acting);
         all.into_iter()
-            .filter(|(_, pinned)| *pinned || !any_pinned)
-            .map(|(peer, _)| peer)
+            .filter(|(_, pinned, acting)| if any_pinned { *pinned } else { *acting || !any_acting })
+            .map(|(peer, _, _)| peer)
             .min_by_key(|peer| peer.to_bytes())
     }
 
-    /// Whether this node should act as the coordinator now.
-    pub fn acting(&self, now_ms: u64) -> bool {
-        self.leader(now_ms) == Some(self.me)
+    /// Whether this node should act as the coordinator now; remembers the
+    /// answer, which its next heartbeat tells the others.
+    pub fn acting(&mut self, now_ms: u64) -> bool {
+        self.acting = self.leader(now_ms) == Some(self.me);
+        self.acting
+    }
+
+    /// Whether `peer` has said it may coordinate.
+    pub fn knows(&self, peer: &PeerId) -> bool {
+        self.candidates.contains_key(peer)
     }
 
     /// How to reach `peer`, from its heartbeats.
@@ -122,7 +134,7 @@ mod tests {
     fn beat(pinned: bool, at: u64) -> Candidate {
         Candidate {
             pinned,
-            acting: false,
+            acting: pinned,
             addresses: vec![],
             seen_at_ms: at,
         }
@@ -161,7 +173,7 @@ mod tests {
         let p = peers(2);
         // p[1] is pinned; p[0] has the smaller id but is only eligible.
         let mut small = Election::new(p[0], true, false, 0);
-        let pinned = Election::new(p[1], true, true, 0);
+        let mut pinned = Election::new(p[1], true, true, 0);
         assert!(pinned.acting(0), "a pinned node acts at once");
         small.heard(p[1], beat(true, 4_000));
         assert_eq!(small.leader(4_500), Some(p[1]));
@@ -183,21 +195,45 @@ mod tests {
     }
 
     #[test]
+    fn a_newcomer_with_a_smaller_id_leaves_the_acting_coordinator_alone() {
+        let p = peers(2);
+        let mut newcomer = Election::new(p[0], true, false, 10_000);
+        let acting = Candidate {
+            pinned: false,
+            acting: true,
+            addresses: vec![],
+            seen_at_ms: 14_000,
+        };
+        newcomer.heard(p[1], acting);
+        assert_eq!(newcomer.leader(14_500), Some(p[1]));
+        assert!(!newcomer.acting(14_500));
+        // The acting one dies: the newcomer takes over.
+        assert!(newcomer.acting(20_000));
+    }
+
+    #[test]
     fn a_healed_partition_converges_on_one_leader() {
-        let p = peers(4);
+        let p = peers(3);
+        let acting = |at| Candidate {
+            pinned: false,
+            acting: true,
+            addresses: vec![],
+            seen_at_ms: at,
+        };
+        // Split: p[0] alone on one side, p[1] and p[2] on the other.
         let mut a = Election::new(p[0], true, false, 0);
-        let mut d = Election::new(p[3], true, false, 0);
-        // Split: a hears only p[1], d hears only p[2].
-        a.heard(p[1], beat(false, 5_000));
-        d.heard(p[2], beat(false, 5_000));
-        assert_eq!(a.leader(5_000), Some(p[0]));
-        assert_eq!(d.leader(5_000), Some(p[2]));
-        // Healed.
-        for peer in &p {
-            a.heard(*peer, beat(false, 6_000));
-            d.heard(*peer, beat(false, 6_000));
-        }
-        assert_eq!(a.leader(6_000), Some(p[0]));
-        assert_eq!(d.leader(6_000), Some(p[0]));
+        let mut c = Election::new(p[2], true, false, 0);
+        c.heard(p[1], acting(5_000));
+        assert!(a.acting(5_000), "alone, p[0] coordinates its side");
+        assert!(!c.acting(5_000), "p[1] coordinates the other side");
+        // Healed: both coordinators hear each other; the larger steps down.
+        let mut b = Election::new(p[1], true, false, 0);
+        assert!(b.acting(5_000));
+        b.heard(p[0], acting(6_000));
+        a.heard(p[1], acting(6_000));
+        c.heard(p[0], acting(6_000));
+        assert!(!b.acting(6_000));
+        assert!(a.acting(6_000));
+        assert_eq!(c.leader(6_000), Some(p[0]));
     }
 }
