@@ -32,6 +32,7 @@ fn main() -> ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     let runtime = match tokio::runtime::Runtime::new() {
@@ -64,6 +65,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         max_store_bytes: None,
         // Answers who the coordinator is; never coordinates itself.
         coordinator: kiln_node::coordinator::CoordinatorOptions::default(),
+        mail: Default::default(),
     };
     kiln_node::run_node(options, |addr| println!("{addr}"), kiln_node::shutdown_signal()).await?;
     Ok(())

@@ -106,6 +106,40 @@ impl Contribute {
     }
 }
 
+#[derive(Args, Clone)]
+struct Mail {
+    /// Send requesters' mail through this SMTP server: smtp://HOST:PORT (plain), smtp://HOST?tls=required
+    /// (STARTTLS), smtps://HOST (TLS); USER:PASSWORD@HOST to log in. Without it, mail is written as .eml
+    /// files to DATA_DIR/outbox
+    #[arg(long, env = "KILN_SMTP_URL", value_name = "URL", hide_env_values = true)]
+    smtp: Option<String>,
+    /// A file holding the SMTP password (instead of putting it in the URL; also KILN_SMTP_PASSWORD)
+    #[arg(long, value_name = "FILE", requires = "smtp")]
+    smtp_password_file: Option<PathBuf>,
+    /// The sender of requesters' mail, e.g. "Kiln <kiln@example.org>"
+    #[arg(long, value_name = "ADDR")]
+    mail_from: Option<String>,
+}
+
+impl Mail {
+    fn options(&self) -> anyhow::Result<kiln_node::mailer::MailOptions> {
+        let password = match &self.smtp_password_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read --smtp-password-file {}", path.display()))?
+                    .trim_end_matches(['\n', '\r'])
+                    .to_string(),
+            ),
+            None => std::env::var("KILN_SMTP_PASSWORD").ok().filter(|p| !p.is_empty()),
+        };
+        Ok(kiln_node::mailer::MailOptions {
+            smtp_url: self.smtp.clone(),
+            smtp_password: password,
+            from: self.mail_from.clone(),
+        })
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run a node: join the network, serve and announce the blobs it holds.
@@ -128,6 +162,8 @@ enum Command {
         /// Never be elected coordinator
         #[arg(long)]
         no_coordinator: bool,
+        #[command(flatten)]
+        mail: Mail,
     },
     /// Ask the network for a build; everyone given with --email hears when it ends.
     Request {
@@ -236,7 +272,10 @@ enum RecipeCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // A node is a daemon: its log says what it does (jobs, mail). Other
+    // commands print their results and log only problems.
+    let daemon = matches!(cli.command, Command::Node { .. });
+    init_logging(if daemon { "warn,kiln_node=info" } else { "warn" });
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -256,11 +295,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
+fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
 }
@@ -275,6 +315,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             max_store_size,
             coordinator,
             no_coordinator,
+            mail,
         } => {
             let options = NodeOptions {
                 data_dir: data_dir.resolve()?,
@@ -287,6 +328,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     eligible: !no_coordinator,
                     pinned: coordinator,
                 },
+                mail: mail.options()?,
             };
             kiln_node::run_node(options, |addr| println!("{addr}"), kiln_node::shutdown_signal()).await?;
             Ok(())

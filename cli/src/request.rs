@@ -332,6 +332,9 @@ fn status_json(coordinator: &str, report: &StatusReport) -> serde_json::Value {
         "jobs_total": report.jobs_total,
         "jobs": report.jobs.iter().map(job_json).collect::<Vec<_>>(),
         "recent": report.recent.iter().map(job_json).collect::<Vec<_>>(),
+        "mail": json!({
+            "pending": report.mail.pending, "delivered": report.mail.delivered, "last_error": report.mail.last_error,
+        }),
     })
 }
 
@@ -387,4 +390,11 @@ fn print_status(coordinator: &str, report: &StatusReport) {
             job.phase.name()
         );
     }
+    let mail = &report.mail;
+    let problem = mail
+        .last_error
+        .as_deref()
+        .map(|e| format!("; last attempt: {e}"))
+        .unwrap_or_default();
+    println!("mail: {} pending, {} delivered{problem}", mail.pending, mail.delivered);
 }

@@ -17,6 +17,7 @@
 //! module carries them out.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -40,6 +41,7 @@ use crate::blobs;
 use crate::election::{Candidate, Election, HEARTBEAT_MS};
 use crate::frames::{read_frame, read_frame_max, write_frame, write_frame_max};
 use crate::identity::peer_id_of;
+use crate::mailer::MailHandle;
 use crate::net::{NetClient, COORD_PROTOCOL, WORK_PROTOCOL};
 use crate::node::NoProgress;
 use crate::schedule::{Decision, Job, JobState, Schedule, Submitted};
@@ -146,6 +148,7 @@ pub fn spawn(
     store: Store,
     key: SecretKey,
     options: CoordinatorOptions,
+    mail: Option<(MailHandle, Arc<AtomicBool>)>,
 ) -> (CoordHandle, Vec<tokio::task::JoinHandle<()>>) {
     let (tx, rx) = mpsc::channel(INPUTS_MAX);
     let handle = CoordHandle { inputs: tx.clone() };
@@ -163,7 +166,7 @@ pub fn spawn(
             }
         })
     };
-    let mut coordinator = Coordinator::new(net, store, key, options, tx);
+    let mut coordinator = Coordinator::new(net, store, key, options, tx, mail);
     coordinator.restore();
     let task = tokio::spawn(coordinator.run(rx));
     (handle, vec![server, task])
@@ -288,6 +291,9 @@ fn check_job(job: &JobRequest) -> Result<(), String> {
     }
     for email in &job.emails {
         check_email(email)?;
+        email
+            .parse::<lettre::Address>()
+            .map_err(|e| format!("{email:?} is not an email address: {e}"))?;
     }
     if build_key(&job.recipe_id, &job.options, &job.requirements) != job.build_key {
         return Err("the build key does not match the recipe, options and requirements".into());
@@ -339,6 +345,8 @@ struct Coordinator {
     replicating: HashSet<Hash>,
     acting: bool,
     input_fetches: Arc<tokio::sync::Semaphore>,
+    /// The mailer, and the flag that tells it this node coordinates.
+    mail: Option<(MailHandle, Arc<AtomicBool>)>,
 }
 
 impl Coordinator {
@@ -348,6 +356,7 @@ impl Coordinator {
         key: SecretKey,
         options: CoordinatorOptions,
         inputs: mpsc::Sender<Input>,
+        mail: Option<(MailHandle, Arc<AtomicBool>)>,
     ) -> Coordinator {
         let me = net.peer_id();
         Coordinator {
@@ -364,6 +373,7 @@ impl Coordinator {
             replicating: HashSet::new(),
             acting: false,
             input_fetches: Arc::new(tokio::sync::Semaphore::new(INPUT_FETCHES_MAX)),
+            mail,
         }
     }
 
@@ -414,6 +424,9 @@ impl Coordinator {
     async fn step(&mut self, now: u64) {
         self.election.tick(now);
         let acting = self.election.acting(now);
+        if let Some((_, flag)) = &self.mail {
+            flag.store(acting, Ordering::SeqCst);
+        }
         if acting != self.acting {
             self.acting = acting;
             if acting {
@@ -618,7 +631,17 @@ impl Coordinator {
                 self.schedule.failed(&build_key, worker, &reason, log);
                 self.changed(&build_key);
             }
-            GossipV1::Outcome(BuildOutcome::Failed { .. }) => {}
+            GossipV1::Outcome(BuildOutcome::Aborted {
+                build_key,
+                worker,
+                reason,
+                ..
+            }) if worker == signer => {
+                info!(job = %build_key, worker = %signer, reason, "build could not start");
+                self.schedule.aborted(&build_key, worker, &reason, now);
+                self.changed(&build_key);
+            }
+            GossipV1::Outcome(BuildOutcome::Failed { .. } | BuildOutcome::Aborted { .. }) => {}
             GossipV1::Progress { build_key, log_tail } => {
                 let assigned_here = matches!(self.schedule.job(&build_key).map(|j| &j.state), Some(JobState::Assigned { worker, .. }) if *worker == signer);
                 if assigned_here {
@@ -626,6 +649,12 @@ impl Coordinator {
                 }
             }
             GossipV1::Settled(settlement) => self.heard_settlement(settlement),
+            GossipV1::Delivered { outbox_key } => {
+                // Only a node that may coordinate delivers mail.
+                if let (Some((mail, _)), true) = (&self.mail, self.election.knows(&peer)) {
+                    mail.delivered(outbox_key);
+                }
+            }
         }
     }
 
@@ -832,6 +861,9 @@ impl Coordinator {
                 }
             }
         };
+        if let Some((mail, _)) = &self.mail {
+            mail.ended(&job.request, settlement);
+        }
         let mut view = job.view();
         view.phase = phase.clone();
         self.recent.push_front(view);
@@ -963,6 +995,7 @@ impl Coordinator {
             jobs_total: jobs.len() as u64,
             jobs: jobs.iter().take(STATUS_JOBS_MAX).map(|j| j.view()).collect(),
             recent: self.recent.iter().cloned().collect(),
+            mail: self.mail.as_ref().map(|(mail, _)| mail.view()).unwrap_or_default(),
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod coordinator;
 pub mod election;
 mod frames;
 pub mod identity;
+pub mod mailer;
 pub mod net;
 pub mod node;
 pub mod request;

@@ -493,10 +493,16 @@ impl EventLoop {
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
+                // Provider records carry the provider's external addresses;
+                // without any, a fetcher that has not met the provider
+                // cannot dial it. A node is reachable where it listens
+                // (a node behind NAT is reached through the relay).
+                self.swarm.add_external_address(address.clone());
                 let full = address.with_p2p(*self.swarm.local_peer_id()).unwrap_or_else(|a| a);
                 info!(address = %full, "listening");
                 self.emit(NetEvent::Listening(full));
             }
+            SwarmEvent::ExpiredListenAddr { address, .. } => self.swarm.remove_external_address(&address),
             SwarmEvent::ConnectionEstablished {
                 peer_id,
                 num_established,

@@ -15,6 +15,7 @@ use tracing::{info, warn};
 use crate::blobs::{self, FetchError, Progress};
 use crate::control::{self, ControlHandler, ControlReply, ControlRequest};
 use crate::coordinator::{self, CoordinatorOptions};
+use crate::mailer::{self, MailOptions};
 use crate::net::{self, NetClient, NetConfig, NetEvent};
 use crate::sandbox::Sandbox;
 use crate::worker::{Worker, WorkerPolicy};
@@ -37,6 +38,8 @@ pub enum NodeError {
     Control(std::io::Error),
     #[error(transparent)]
     Sandbox(#[from] crate::sandbox::SandboxError),
+    #[error(transparent)]
+    Mail(#[from] crate::mailer::MailError),
     #[error("the node did not start listening within {LISTEN_MS_MAX} ms; check the --listen addresses")]
     NoListen,
 }
@@ -54,6 +57,8 @@ pub struct NodeOptions {
     pub max_store_bytes: Option<u64>,
     /// Whether this node may coordinate (`--coordinator`, `--no-coordinator`).
     pub coordinator: CoordinatorOptions,
+    /// How a coordinator sends mail (`--smtp`, `--mail-from`).
+    pub mail: MailOptions,
 }
 
 /// How a contributed machine works.
@@ -115,7 +120,17 @@ pub async fn run_node(
         roles.push(tokio::spawn(worker.advertise()));
     }
     let coordinator_key = SecretKey::from_bytes(&worker_key_bytes);
-    let (coordination, tasks) = coordinator::spawn(net.clone(), store.clone(), coordinator_key, options.coordinator);
+    let mail = if options.coordinator.eligible || options.coordinator.pinned {
+        let acting = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mail_key = SecretKey::from_bytes(&worker_key_bytes);
+        let (handle, task) = mailer::spawn(net.clone(), store.clone(), mail_key, &options.mail, acting.clone())?;
+        roles.push(task);
+        Some((handle, acting))
+    } else {
+        None
+    };
+    let (coordination, tasks) =
+        coordinator::spawn(net.clone(), store.clone(), coordinator_key, options.coordinator, mail);
     roles.extend(tasks);
     let mut addresses = Vec::new();
     let first = tokio::time::timeout(Duration::from_millis(LISTEN_MS_MAX), events.recv()).await;

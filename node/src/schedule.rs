@@ -31,6 +31,9 @@ pub const FAILED_ATTEMPTS_MAX: u32 = 3;
 /// Workers lost (killed, cut off) while building one job before it is
 /// reported failed: a recipe that kills its workers is not retried forever.
 pub const LOST_ATTEMPTS_MAX: u32 = 5;
+/// How long a worker that could not fetch a job's inputs is not offered
+/// that job again (the inputs' holders may be changing hands).
+pub const ABORTED_SKIP_MS: u64 = 3_000;
 /// Open jobs (queued or running) one coordinator holds.
 pub const OPEN_JOBS_MAX: usize = 1_000_000;
 /// Workers one coordinator tracks.
@@ -403,6 +406,21 @@ impl Schedule {
         job.refused_until.insert(worker, now_ms + REFUSAL_SKIP_MS);
         job.waiting_because = Some(format!("last refused by a worker: {reason}"));
         self.requeue(build_key);
+    }
+
+    /// The worker could not start the build (its inputs were out of reach):
+    /// back in the queue, counted with the lost attempts, not the failed.
+    /// The worker is not asked again for [`ABORTED_SKIP_MS`].
+    pub fn aborted(&mut self, build_key: &Hash, worker: PublicKey, reason: &str, now_ms: u64) {
+        let Some(job) = self.jobs.get_mut(build_key) else {
+            return;
+        };
+        if !matches!(&job.state, JobState::Assigned { worker: w, .. } if *w == worker) {
+            return;
+        }
+        job.refused_until.insert(worker, now_ms + ABORTED_SKIP_MS);
+        job.waiting_because = Some(format!("the last attempt could not start: {reason}"));
+        self.lose(&[*build_key]);
     }
 
     /// A worker reported a failed build: it is retried elsewhere, or given

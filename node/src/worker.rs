@@ -7,6 +7,7 @@
 //!
 //! The decision (`decide`) is a plain function: tested without a network.
 
+use libp2p::PeerId;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -139,12 +140,16 @@ pub struct Worker {
 struct JobFailure {
     reason: String,
     log: Option<Hash>,
+    /// The build never started because its inputs could not be fetched:
+    /// the network's fault, not the recipe's.
+    aborted: bool,
 }
 
 fn failure(reason: impl Into<String>) -> JobFailure {
     JobFailure {
         reason: reason.into(),
         log: None,
+        aborted: false,
     }
 }
 
@@ -226,7 +231,7 @@ impl Worker {
                 let _ = write_frame(&mut stream, &WorkReply::V1(reply)).await;
                 drop(stream);
                 if verdict.is_ok() {
-                    worker.build(job, attempt).await;
+                    worker.build(job, attempt, peer).await;
                 }
             });
         }
@@ -271,10 +276,20 @@ impl Worker {
         }
     }
 
-    async fn build(&self, job: JobRequest, attempt: u32) {
+    /// Runs an assigned job; `from` (the coordinator) holds its inputs.
+    async fn build(&self, job: JobRequest, attempt: u32, from: PeerId) {
         self.set_building(job.build_key, true);
-        let outcome = match self.run_job(&job).await {
+        let outcome = match self.run_job(&job, from).await {
             Ok(attestation) => BuildOutcome::Done { attestation },
+            Err(failed) if failed.aborted => {
+                warn!(job = %job.build_key, reason = failed.reason, "build not started");
+                BuildOutcome::Aborted {
+                    build_key: job.build_key,
+                    worker: self.key.public(),
+                    reason: failed.reason,
+                    attempt,
+                }
+            }
             Err(failed) => {
                 warn!(job = %job.build_key, reason = failed.reason, "build failed");
                 BuildOutcome::Failed {
@@ -310,15 +325,15 @@ impl Worker {
         }
     }
 
-    async fn run_job(&self, job: &JobRequest) -> Result<Signed<Attestation>, JobFailure> {
+    async fn run_job(&self, job: &JobRequest, from: PeerId) -> Result<Signed<Attestation>, JobFailure> {
         let started_at_ms = now_ms();
-        let recipe = self.load_recipe(job).await?;
+        let recipe = self.load_recipe(job, from).await?;
         if recipe.network && !self.policy.allow_network {
             return Err(failure(
                 "recipe needs the network while building, and this worker does not allow it (--allow-network)",
             ));
         }
-        let source = self.prepare_source(&recipe, job).await?;
+        let source = self.prepare_source(&recipe, job, from).await?;
         let spec = BuildSpec {
             steps: recipe.render_steps(&job.options),
             outputs: recipe.outputs.clone(),
@@ -350,11 +365,13 @@ impl Worker {
             return Err(JobFailure {
                 reason: status_reason(&result.status),
                 log: Some(log),
+                aborted: false,
             });
         };
         let (artifact, artifact_bytes) = self.store.put_file(artifact, None).map_err(|e| JobFailure {
             reason: format!("cannot store the artifact: {e}"),
             log: Some(log),
+            aborted: false,
         })?;
         let _ = self.store.pin(&artifact, "built here; kept until replicated");
         let _ = self.net.provide(artifact).await;
@@ -378,8 +395,8 @@ impl Worker {
     }
 
     /// Fetches the recipe by its id and checks the job against it.
-    async fn load_recipe(&self, job: &JobRequest) -> Result<Recipe, JobFailure> {
-        self.fetch(job.recipe_id, "recipe").await?;
+    async fn load_recipe(&self, job: &JobRequest, from: PeerId) -> Result<Recipe, JobFailure> {
+        self.fetch(job.recipe_id, "recipe", from).await?;
         let bytes = self
             .store
             .read(&job.recipe_id)
@@ -396,14 +413,18 @@ impl Worker {
         Ok(recipe)
     }
 
-    async fn fetch(&self, hash: Hash, what: &str) -> Result<(), JobFailure> {
-        blobs::fetch(&self.net, &self.store, hash, Arc::new(NoProgress))
+    /// Fetches an input, from `from` first, then from the DHT's providers.
+    async fn fetch(&self, hash: Hash, what: &str, from: PeerId) -> Result<(), JobFailure> {
+        blobs::fetch_from(&self.net, &self.store, hash, &[from], Arc::new(NoProgress))
             .await
             .map(|_| ())
-            .map_err(|e| failure(format!("cannot fetch the {what} {hash}: {e}")))
+            .map_err(|e| JobFailure {
+                aborted: true,
+                ..failure(format!("cannot fetch the {what} {hash}: {e}"))
+            })
     }
 
-    async fn prepare_source(&self, recipe: &Recipe, job: &JobRequest) -> Result<SourceInput, JobFailure> {
+    async fn prepare_source(&self, recipe: &Recipe, job: &JobRequest, from: PeerId) -> Result<SourceInput, JobFailure> {
         match &recipe.source {
             Source::None => Ok(SourceInput::None),
             Source::Git { url, rev } => Ok(SourceInput::Git {
@@ -411,7 +432,7 @@ impl Worker {
                 rev: rev.clone(),
             }),
             Source::Blob(hash) => {
-                self.fetch(*hash, "source").await?;
+                self.fetch(*hash, "source", from).await?;
                 let path = self
                     .store
                     .dir()

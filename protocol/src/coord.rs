@@ -138,6 +138,18 @@ pub struct StatusReport {
     pub jobs_total: u64,
     /// Recently ended builds, newest first.
     pub recent: Vec<JobView>,
+    /// The coordinator's outbox.
+    pub mail: MailView,
+}
+
+/// How the coordinator's mail stands.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MailView {
+    /// Messages not yet delivered.
+    pub pending: u64,
+    pub delivered: u64,
+    /// Why the last delivery failed, if it did (no credentials in it).
+    pub last_error: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -134,6 +134,14 @@ pub enum BuildOutcome {
         reason: String,
         attempt: u32,
     },
+    /// The build never started: its inputs could not be fetched. Not the
+    /// recipe's fault, so not counted as a failed attempt.
+    Aborted {
+        build_key: Hash,
+        worker: PublicKey,
+        reason: String,
+        attempt: u32,
+    },
 }
 
 /// Every gossip message, versioned.
@@ -155,6 +163,10 @@ pub enum GossipV1 {
         log_tail: String,
     },
     Settled(Settlement),
+    /// The coordinator delivered the outbox message with this key.
+    Delivered {
+        outbox_key: Hash,
+    },
 }
 
 impl Signable for Gossip {
@@ -200,7 +212,9 @@ fn check_gossip(message: &Gossip) -> Result<(), GossipError> {
         GossipV1::Worker(w) if w.waiting_because.as_ref().is_some_and(|r| r.len() > REASON_BYTES_MAX) => {
             Err(GossipError::Invalid("reason too long"))
         }
-        GossipV1::Outcome(BuildOutcome::Failed { reason, .. }) if reason.len() > REASON_BYTES_MAX => {
+        GossipV1::Outcome(BuildOutcome::Failed { reason, .. } | BuildOutcome::Aborted { reason, .. })
+            if reason.len() > REASON_BYTES_MAX =>
+        {
             Err(GossipError::Invalid("reason too long"))
         }
         GossipV1::Settled(Settlement::Failed { reason, .. }) if reason.len() > REASON_BYTES_MAX => {
@@ -477,6 +491,21 @@ pub(crate) mod samples {
                 })),
             ),
             (
+                "aborted",
+                Gossip::V1(GossipV1::Outcome(BuildOutcome::Aborted {
+                    build_key: Hash::of(b"key"),
+                    worker: key().public(),
+                    reason: "cannot fetch the recipe".into(),
+                    attempt: 1,
+                })),
+            ),
+            (
+                "delivered",
+                Gossip::V1(GossipV1::Delivered {
+                    outbox_key: Hash::of(b"outbox"),
+                }),
+            ),
+            (
                 "settled_failed",
                 Gossip::V1(GossipV1::Settled(Settlement::Failed {
                     build_key: Hash::of(b"key"),
@@ -547,6 +576,11 @@ pub(crate) mod samples {
                 }],
                 jobs_total: 1,
                 recent: vec![],
+                mail: MailView {
+                    pending: 1,
+                    delivered: 3,
+                    last_error: Some("connection refused".into()),
+                },
             }),
             CoordReplyV1::Event {
                 build_key: Hash::of(b"key"),
@@ -728,6 +762,8 @@ mod tests {
         ("assigned", "430004ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b4ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c02ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22cd0b9d57b7d9dc025eafe79a0fee5f0d92d77ef02f9ea5dfa74f9f270e5ff0f312f3a33c3744dfd0664bae6cca41958b267763ef2bc4bd2bc1e435cd00873e609"),
         ("progress", "360005ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b4136363202d6f2068656c6c6f2068656c6c6f2e63ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c79717eb3e69ddd93346c94b5c3455b351e209fac789813181cfcb1481b12e4ad1d8d180f86fd376e99d450ac2dc8f530182dffa97e3a50502b54a53b5070c20d"),
         ("settled_done", "fb3801000600d3ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b42cd86560b2a6a0a54b6f2767adec4d9fbf74c7b4c39ebca63fef3cdcee0d14f3e068dc010bf492707f7e8d896457770f24703784cfe76bd785f8b76cc010bbf3089fbf48f8224338b32a7f298140ee6c52b29a22d05b35c9be97e19b614e4726baea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c0c9046e0df271bb372601a22970c8944a6e9a7a507d0168ef67436ade135240afd0068e5cf8b010000fde86be5cf8b010000ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c28caa55159918c48cde9180fbdda81993d210386d5d8991b14f04583f6f7361b40be2b885fee9d3d49ace3c23dea70598ecc0a330c94db2be0ddaf86ab5acf0502ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22ca24ceabbb7221c5aa92287d1050a5d7f73ede634c3a5f05902afe6c787552db16c1a39ba454c9b9365f7c051145c69e5dfd86fb4accc2c556d33fe0784131709"),
+        ("aborted", "5c000302ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b4ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c1763616e6e6f74206665746368207468652072656369706501ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c1d9223bf056777cd280d09420fef3907ce9d8bfb2d6ed32b4308155ff4a173c31f187e3b67e60bbfcb897afc76d48bd07cba78457db2f403e86e8ea4a183b003"),
+        ("delivered", "220007ea6f6f20b9e920b56a7995f760955e863b8610a469b6e1932cb4edfde97f3f39ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22cff5fb0e1f42007cd6159bf318cf76369416ebf4412330929309583abc3a43e6f7526788bad89e906d94774316ad556c0d89898e5816204aa0a23ebe7f4d14406"),
         ("settled_failed", "39000601ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b4136661696c6564206f6e203320776f726b6572730003ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22cb49c8ec700943cb4ef2987ec3c58cc94668fecdc12d437b52ce6ba7678d4cb9c12e5fad1d12230a9137ff1cbb7502025e2bb2ad6dd7bd9b6a64e651b6497ea07"),
         ("request0", "2b0000000023f82a295328e116801fc5ebb9b84c3c193d3a8f2c315ff47afb0526d01f1f94fc00001000fc00001000"),
         ("request1", "210000000123f82a295328e116801fc5ebb9b84c3c193d3a8f2c315ff47afb0526d01f1f94"),
@@ -746,7 +782,7 @@ mod tests {
         ("coord_reply1", "450000000001ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b40100011f616c6c2032206d61746368696e6720776f726b657273206172652062757379"),
         ("coord_reply2", "3c000000000201ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c01172f6970342f3132372e302e302e312f7463702f34303031"),
         ("coord_reply3", "0700000000030466756c6c"),
-        ("coord_reply4", "b60000000004ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c0001ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c0c6c696e75782f7838365f3634010200fb2c0101ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b40768656c6c6f2d6305312e302e300001ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c010200fd0068e5cf8b0100000100"),
+        ("coord_reply4", "cc0000000004ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c0001ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c0c6c696e75782f7838365f3634010200fb2c0101ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b40768656c6c6f2d6305312e302e300001ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c010200fd0068e5cf8b010000010001030112636f6e6e656374696f6e2072656675736564"),
         ("coord_reply5", "260000000005ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b402026f6b"),
     ];
 }

@@ -5,91 +5,12 @@
 // Test code: a panic is a failed assertion.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
-use kiln_tests::{bin, kiln, start_bootstrap, start_node, wait_until, Proc, START};
+use kiln_tests::farm::{peer_of, recipe, request, request_waiting, status, wait_json, wait_status, worker};
+use kiln_tests::{kiln, start_bootstrap, start_node, Proc, START};
 use serde_json::Value;
-
-/// Long enough for any build here (each takes seconds) plus a lease expiry.
-const BUILD: Duration = Duration::from_secs(120);
-
-fn recipe(name: &str) -> String {
-    let path: PathBuf = match name {
-        "hello-c" => concat!(env!("CARGO_MANIFEST_DIR"), "/../recipes/hello-c/recipe.toml").into(),
-        other => format!("{}/recipes/{other}/recipe.toml", env!("CARGO_MANIFEST_DIR")).into(),
-    };
-    path.to_str().unwrap().to_string()
-}
-
-fn worker(name: &str, dir: &Path, boot: &str, extra: &[&str]) -> (Proc, String) {
-    let mut args = vec!["--contribute", "--trust-any-recipe", "--no-coordinator"];
-    args.extend_from_slice(extra);
-    start_node(name, dir, boot, &args)
-}
-
-fn peer_of(addr: &str) -> String {
-    addr.rsplit('/').next().unwrap().to_string()
-}
-
-/// `kiln request --json ...` to completion: (success, parsed stdout, stderr).
-fn request(boot: &str, recipe: &str, email: &str, extra: &[&str]) -> (bool, Value, String) {
-    let mut args = vec![
-        "request",
-        "--json",
-        "--bootstrap",
-        boot,
-        "--email",
-        email,
-        "--recipe",
-        recipe,
-    ];
-    args.extend_from_slice(extra);
-    let (ok, out, err) = kiln(&args);
-    let json = serde_json::from_str(out.trim()).unwrap_or(Value::Null);
-    (ok, json, err)
-}
-
-/// `kiln request --json --wait ...` running in the background.
-fn request_waiting(name: &str, boot: &str, recipe: &str, email: &str, extra: &[&str]) -> Proc {
-    let mut command = Command::new(bin("kiln"));
-    command
-        .args([
-            "request",
-            "--json",
-            "--wait",
-            "--bootstrap",
-            boot,
-            "--email",
-            email,
-            "--recipe",
-            recipe,
-        ])
-        .args(extra);
-    Proc::spawn(name, command)
-}
-
-fn wait_json(proc: &mut Proc) -> Value {
-    let line = proc.wait_line(BUILD, |l| l.starts_with('{'));
-    serde_json::from_str(&line).unwrap()
-}
-
-fn status(boot: &str) -> Value {
-    let (ok, out, err) = kiln(&["status", "--json", "--bootstrap", boot]);
-    assert!(ok, "kiln status failed: {err}");
-    serde_json::from_str(&out).unwrap()
-}
-
-/// Polls `kiln status` until `condition` holds for it.
-fn wait_status(boot: &str, what: &str, condition: impl Fn(&Value) -> bool) -> Value {
-    let mut last = Value::Null;
-    wait_until(BUILD, what, || {
-        last = status(boot);
-        condition(&last)
-    });
-    last
-}
 
 fn open_job<'a>(status: &'a Value, build_key: &str) -> Option<&'a Value> {
     status["jobs"].as_array()?.iter().find(|j| j["build_key"] == build_key)

@@ -100,7 +100,13 @@ async fn main() {
                 let log = log.map(|l| l.to_string()).unwrap_or_else(|| "-".into());
                 println!("failed {worker} {log} {reason}");
             }
-            BuildOutcome::Failed { .. } => {}
+            BuildOutcome::Aborted {
+                build_key,
+                worker,
+                reason,
+                ..
+            } if build_key == job.build_key => println!("aborted {worker} {reason}"),
+            BuildOutcome::Failed { .. } | BuildOutcome::Aborted { .. } => {}
         }
     }
 }

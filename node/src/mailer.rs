@@ -1,0 +1,629 @@
+//! The mailer role: tells every requester how their build ended, exactly
+//! once per address, through a durable outbox.
+//!
+//! Every node that keeps the queue also keeps the outbox (the `Outbox`
+//! record table): when a job ends, one entry per address is written, with
+//! the message already composed. Only the acting coordinator delivers:
+//! over SMTP (lettre) when `--smtp` is given, otherwise as an `.eml` file in
+//! `DATA_DIR/outbox/`. A failed delivery is retried with backoff, across
+//! restarts. After each delivery the coordinator gossips `Delivered`, and
+//! every standby marks the entry sent, so a coordinator that takes over
+//! sends what the old one had not, and nothing twice. (A coordinator that
+//! dies between the SMTP server's acceptance and its gossip leaves the one
+//! window where a message can be sent twice.)
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use kiln_protocol::coord::MailView;
+use kiln_protocol::messages::{encode_gossip, topics, Gossip, GossipV1, JobRequest, Settlement};
+use kiln_protocol::{wire, Hash, SecretKey};
+use kiln_store::{RecordTable, Store};
+use lettre::message::header::ContentType;
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::net::NetClient;
+use crate::node::NoProgress;
+
+/// Inputs waiting for the mailer.
+const INPUTS_MAX: usize = 1024;
+/// How often due deliveries are looked for.
+const TICK_MS: u64 = 1_000;
+/// Retry delays double from the first to the last.
+const RETRY_MS_FIRST: u64 = 1_000;
+const RETRY_MS_MAX: u64 = 60_000;
+/// How long one SMTP delivery may take.
+const SMTP_MS_MAX: u64 = 30_000;
+/// Lines of a failed build's log quoted in its mail, and the most log
+/// bytes read for them.
+const LOG_LINES_QUOTED: usize = 40;
+const LOG_BYTES_READ_MAX: u64 = 1 << 20;
+/// How long the log of a failed build is looked for before the mail goes
+/// without it.
+const LOG_FETCH_MS_MAX: u64 = 10_000;
+/// How long a delivered message's record is kept (it stops a late
+/// `Delivered` or settlement from sending it again).
+const DELIVERED_KEEP_MS: u64 = 7 * 24 * 3600 * 1000;
+/// The longest delivery error shown by `kiln status`.
+const ERROR_SHOWN_BYTES_MAX: usize = 300;
+
+/// How mail leaves this node.
+#[derive(Clone, Debug, Default)]
+pub struct MailOptions {
+    /// `--smtp URL`; none: `.eml` files in the outbox folder.
+    pub smtp_url: Option<String>,
+    /// A password that is not in the URL (`KILN_SMTP_PASSWORD` or
+    /// `--smtp-password-file`).
+    pub smtp_password: Option<String>,
+    /// `--mail-from`.
+    pub from: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MailError {
+    #[error("--smtp {url}: {reason}; use smtp://HOST:PORT (plain), smtp://HOST?tls=required (STARTTLS) or smtps://HOST (TLS), with USER:PASSWORD@ before HOST if the server wants a login")]
+    Url { url: String, reason: String },
+    #[error("--mail-from {0:?} is not an address such as \"Kiln <kiln@example.org>\"")]
+    From(String),
+    #[error("cannot create the outbox folder {path}: {reason}")]
+    Outbox { path: String, reason: String },
+}
+
+/// `url` with any password replaced, for logs and errors.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_string(),
+    }
+}
+
+/// One message waiting or sent, kept under its outbox key.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct OutboxEntry {
+    build_key: Hash,
+    to: String,
+    subject: String,
+    body: String,
+    attempts: u32,
+    next_attempt_ms: u64,
+    delivered_ms: Option<u64>,
+}
+
+enum Input {
+    Ended {
+        job: Box<JobRequest>,
+        settlement: Box<Settlement>,
+    },
+    Delivered {
+        outbox_key: Hash,
+    },
+}
+
+/// A handle for feeding the mailer.
+#[derive(Clone)]
+pub struct MailHandle {
+    inputs: mpsc::Sender<Input>,
+    view: Arc<Mutex<MailView>>,
+}
+
+impl MailHandle {
+    /// A job ended: write its messages to the outbox.
+    pub fn ended(&self, job: &JobRequest, settlement: &Settlement) {
+        let input = Input::Ended {
+            job: Box::new(job.clone()),
+            settlement: Box::new(settlement.clone()),
+        };
+        if self.inputs.try_send(input).is_err() {
+            warn!(job = %job.build_key, "mailer input queue full; this job's mail is not queued");
+        }
+    }
+
+    /// The coordinator delivered this message (heard over gossip).
+    pub fn delivered(&self, outbox_key: Hash) {
+        let _ = self.inputs.try_send(Input::Delivered { outbox_key });
+    }
+
+    /// How the outbox stands, for `kiln status`.
+    pub fn view(&self) -> MailView {
+        self.view.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+}
+
+enum Transport {
+    Folder(PathBuf),
+    Smtp {
+        transport: Box<AsyncSmtpTransport<Tokio1Executor>>,
+        shown_url: String,
+    },
+}
+
+/// The mailer task's state.
+struct Mailer {
+    net: NetClient,
+    store: Store,
+    key: SecretKey,
+    from: lettre::message::Mailbox,
+    transport: Transport,
+    acting: Arc<AtomicBool>,
+    view: Arc<Mutex<MailView>>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Checks the options and starts the mailer. `acting` says whether this
+/// node coordinates now (only then does it deliver).
+pub fn spawn(
+    net: NetClient,
+    store: Store,
+    key: SecretKey,
+    options: &MailOptions,
+    acting: Arc<AtomicBool>,
+) -> Result<(MailHandle, tokio::task::JoinHandle<()>), MailError> {
+    let from_text = options.from.clone().unwrap_or_else(|| "Kiln <kiln@localhost>".into());
+    let from: lettre::message::Mailbox = from_text.parse().map_err(|_| MailError::From(from_text.clone()))?;
+    let transport = match &options.smtp_url {
+        None => {
+            let dir = store.dir().join("outbox");
+            std::fs::create_dir_all(&dir).map_err(|e| MailError::Outbox {
+                path: dir.display().to_string(),
+                reason: e.to_string(),
+            })?;
+            Transport::Folder(dir)
+        }
+        Some(url) => smtp_transport(url, options.smtp_password.as_deref())?,
+    };
+    let (tx, rx) = mpsc::channel(INPUTS_MAX);
+    let view = Arc::new(Mutex::new(MailView::default()));
+    let mailer = Mailer {
+        net,
+        store,
+        key,
+        from,
+        transport,
+        acting,
+        view: view.clone(),
+    };
+    match &mailer.transport {
+        Transport::Folder(dir) => info!(outbox = %dir.display(), "no --smtp: mail is written to the outbox folder"),
+        Transport::Smtp { shown_url, .. } => info!(smtp = shown_url, "mail goes out over SMTP"),
+    }
+    let task = tokio::spawn(mailer.run(rx));
+    Ok((MailHandle { inputs: tx, view }, task))
+}
+
+fn smtp_transport(url: &str, password: Option<&str>) -> Result<Transport, MailError> {
+    let shown_url = redact(url);
+    let fail = |reason: String| MailError::Url {
+        url: shown_url.clone(),
+        reason,
+    };
+    let mut builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(url).map_err(|e| fail(e.to_string()))?;
+    if let Some(password) = password {
+        let user = url
+            .split_once("://")
+            .and_then(|(_, rest)| rest.rsplit_once('@'))
+            .map(|(userinfo, _)| userinfo.split(':').next().unwrap_or("").to_string())
+            .filter(|u| !u.is_empty())
+            .ok_or_else(|| fail("a password was given but the URL names no user (smtp://USER@HOST)".into()))?;
+        builder = builder.credentials(Credentials::new(user, password.to_string()));
+    }
+    let transport = builder.timeout(Some(Duration::from_millis(SMTP_MS_MAX))).build();
+    Ok(Transport::Smtp {
+        transport: Box::new(transport),
+        shown_url,
+    })
+}
+
+/// The key of the message to `to` about `settlement`. A build key is built
+/// once, so one success mail per address and build key whichever
+/// attestation or coordinator settled it; a failure is keyed by the whole
+/// settlement, so a later request that fails again is told again.
+fn outbox_key(settlement: &Settlement, to: &str) -> Hash {
+    let mut bytes = match settlement {
+        Settlement::Done { attestation, .. } => match attestation.verify() {
+            Ok(a) => [b"done".as_slice(), a.build_key.as_bytes()].concat(),
+            Err(_) => wire::canonical(settlement),
+        },
+        Settlement::Failed { .. } => wire::canonical(settlement),
+    };
+    bytes.extend_from_slice(to.as_bytes());
+    Hash::derive("kiln 2026 outbox v1", &bytes)
+}
+
+impl Mailer {
+    async fn run(self, mut inputs: mpsc::Receiver<Input>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(TICK_MS));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                input = inputs.recv() => match input {
+                    Some(Input::Ended { job, settlement }) => {
+                        self.enqueue(&job, &settlement).await;
+                        self.deliver_due().await;
+                    }
+                    Some(Input::Delivered { outbox_key }) => {
+                        info!(outbox_key = %outbox_key, "mail delivered by the coordinator");
+                        self.mark_delivered(outbox_key, None);
+                    }
+                    None => break,
+                },
+                _ = tick.tick() => self.deliver_due().await,
+            }
+        }
+    }
+
+    fn entry(&self, key: &Hash) -> Option<OutboxEntry> {
+        let bytes = self.store.get_record(RecordTable::Outbox, key.as_bytes()).ok()??;
+        wire::decode::<_, { kiln_store::RECORD_VALUE_BYTES_MAX }>(&bytes).ok()
+    }
+
+    fn put(&self, key: &Hash, entry: &OutboxEntry) -> bool {
+        let written = wire::encode(entry).map_err(|e| e.to_string()).and_then(|bytes| {
+            self.store
+                .put_record(RecordTable::Outbox, key.as_bytes(), &bytes)
+                .map_err(|e| e.to_string())
+        });
+        if let Err(e) = &written {
+            warn!(to = entry.to, error = e, "outbox not written");
+        }
+        written.is_ok()
+    }
+
+    /// Writes one message per address, unless already there.
+    async fn enqueue(&self, job: &JobRequest, settlement: &Settlement) {
+        let (subject, body) = match settlement {
+            Settlement::Done { .. } => compose_done(job, settlement),
+            Settlement::Failed { log, .. } => {
+                let tail = match log {
+                    Some(log) => self.log_tail(*log).await,
+                    None => None,
+                };
+                compose_failed(job, settlement, tail.as_deref())
+            }
+        };
+        let mut emails = job.emails.clone();
+        emails.sort();
+        emails.dedup();
+        let mut queued = 0;
+        for to in emails {
+            let key = outbox_key(settlement, &to);
+            if self.entry(&key).is_some() {
+                continue;
+            }
+            queued += 1;
+            let entry = OutboxEntry {
+                build_key: job.build_key,
+                to,
+                subject: subject.clone(),
+                body: body.clone(),
+                attempts: 0,
+                next_attempt_ms: 0,
+                delivered_ms: None,
+            };
+            self.put(&key, &entry);
+        }
+        info!(job = %job.build_key, messages = queued, "mail queued");
+    }
+
+    /// The last lines of a build log, fetched if this node lacks it.
+    async fn log_tail(&self, log: Hash) -> Option<String> {
+        let fetch = crate::blobs::fetch(&self.net, &self.store, log, Arc::new(NoProgress));
+        let size = tokio::time::timeout(Duration::from_millis(LOG_FETCH_MS_MAX), fetch)
+            .await
+            .ok()?
+            .ok()?;
+        let start = size.saturating_sub(LOG_BYTES_READ_MAX);
+        let bytes = self.store.read_range(&log, start, size - start).ok()?;
+        let text = String::from_utf8_lossy(&bytes);
+        let lines: Vec<&str> = text.lines().collect();
+        Some(lines[lines.len().saturating_sub(LOG_LINES_QUOTED)..].join("\n"))
+    }
+
+    fn mark_delivered(&self, key: Hash, entry: Option<OutboxEntry>) {
+        let now = now_ms();
+        let entry = match entry.or_else(|| self.entry(&key)) {
+            Some(mut entry) => {
+                entry.delivered_ms = Some(now);
+                entry
+            }
+            // Heard of before its job's settlement: a tombstone, so the
+            // message is not written as pending later.
+            None => OutboxEntry {
+                build_key: Hash::from_bytes([0; 32]),
+                to: String::new(),
+                subject: String::new(),
+                body: String::new(),
+                attempts: 0,
+                next_attempt_ms: 0,
+                delivered_ms: Some(now),
+            },
+        };
+        self.put(&key, &entry);
+    }
+
+    /// Delivers what is due (when this node coordinates), forgets old
+    /// deliveries and counts what is left.
+    async fn deliver_due(&self) {
+        let Ok(records) = self.store.records(RecordTable::Outbox) else {
+            return;
+        };
+        let acting = self.acting.load(Ordering::SeqCst);
+        let now = now_ms();
+        let (mut pending, mut delivered) = (0, 0);
+        for (key, bytes) in records {
+            let Ok(entry) = wire::decode::<OutboxEntry, { kiln_store::RECORD_VALUE_BYTES_MAX }>(&bytes) else {
+                let _ = self.store.remove_record(RecordTable::Outbox, &key);
+                continue;
+            };
+            let Ok(key) = <[u8; 32]>::try_from(key.as_slice()) else {
+                continue;
+            };
+            match entry.delivered_ms {
+                Some(at) if now.saturating_sub(at) > DELIVERED_KEEP_MS => {
+                    let _ = self.store.remove_record(RecordTable::Outbox, &key);
+                }
+                Some(_) => delivered += 1,
+                None if acting && entry.next_attempt_ms <= now => {
+                    if self.deliver(Hash::from_bytes(key), entry).await {
+                        delivered += 1;
+                    } else {
+                        pending += 1;
+                    }
+                }
+                None => pending += 1,
+            }
+        }
+        if let Ok(mut view) = self.view.lock() {
+            view.pending = pending;
+            view.delivered = delivered;
+            if pending == 0 {
+                view.last_error = None;
+            }
+        }
+    }
+
+    /// One delivery attempt; whether the message went out.
+    async fn deliver(&self, key: Hash, mut entry: OutboxEntry) -> bool {
+        let sent = match self.message(&entry) {
+            Ok(message) => self.send(&key, message).await,
+            Err(reason) => {
+                warn!(to = entry.to, reason, "mail cannot be composed; dropped");
+                Ok(())
+            }
+        };
+        match sent {
+            Ok(()) => {
+                self.mark_delivered(key, Some(entry));
+                let message = Gossip::V1(GossipV1::Delivered { outbox_key: key });
+                if let Ok(bytes) = encode_gossip(&self.key, &message) {
+                    let _ = self.net.publish(topics::RESULTS, bytes).await;
+                }
+                true
+            }
+            Err(reason) => {
+                entry.attempts += 1;
+                let delay = RETRY_MS_FIRST
+                    .saturating_mul(1 << entry.attempts.min(16))
+                    .min(RETRY_MS_MAX);
+                entry.next_attempt_ms = now_ms() + delay;
+                warn!(
+                    to = entry.to,
+                    attempts = entry.attempts,
+                    retry_in_ms = delay,
+                    reason,
+                    "mail not delivered; will retry"
+                );
+                self.put(&key, &entry);
+                if let Ok(mut view) = self.view.lock() {
+                    let mut shown = reason;
+                    if shown.len() > ERROR_SHOWN_BYTES_MAX {
+                        let mut end = ERROR_SHOWN_BYTES_MAX;
+                        while !shown.is_char_boundary(end) {
+                            end -= 1;
+                        }
+                        shown.truncate(end);
+                    }
+                    view.last_error = Some(shown);
+                }
+                false
+            }
+        }
+    }
+
+    fn message(&self, entry: &OutboxEntry) -> Result<Message, String> {
+        let to: lettre::message::Mailbox = entry.to.parse().map_err(|e| format!("address {:?}: {e}", entry.to))?;
+        Message::builder()
+            .from(self.from.clone())
+            .to(to)
+            .subject(entry.subject.clone())
+            .header(ContentType::TEXT_PLAIN)
+            .body(entry.body.clone())
+            .map_err(|e| e.to_string())
+    }
+
+    async fn send(&self, key: &Hash, message: Message) -> Result<(), String> {
+        match &self.transport {
+            Transport::Folder(dir) => {
+                let path = dir.join(format!("{key}.eml"));
+                write_atomically(&path, &message.formatted()).map_err(|e| e.to_string())?;
+                info!(path = %path.display(), "mail written to the outbox folder");
+                Ok(())
+            }
+            Transport::Smtp { transport, shown_url } => {
+                transport.send(message).await.map(|_| ()).map_err(|e| {
+                    let reason = e.to_string();
+                    format!("{shown_url}: {reason}")
+                })?;
+                info!(smtp = shown_url, "mail delivered");
+                Ok(())
+            }
+        }
+    }
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("eml.tmp");
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+/// `os=linux arch=x86_64`: the system a build is for.
+fn target(job: &JobRequest) -> String {
+    let mut parts = Vec::new();
+    for key in ["os", "arch"] {
+        if let Some(c) = job.requirements.get(key) {
+            parts.push(format!("{key}{c}"));
+        }
+    }
+    if parts.is_empty() {
+        "any system".into()
+    } else {
+        parts.join(" ")
+    }
+}
+
+fn options_line(options: &BTreeMap<String, String>) -> String {
+    if options.is_empty() {
+        return "(none)".into();
+    }
+    options
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn compose_done(job: &JobRequest, settlement: &Settlement) -> (String, String) {
+    let Settlement::Done { attestation, holders } = settlement else {
+        return compose_failed(job, settlement, None);
+    };
+    let Ok(a) = attestation.verify() else {
+        return compose_failed(job, settlement, None);
+    };
+    let builder = crate::identity::peer_id_of(&a.worker)
+        .map(|p| p.to_string())
+        .unwrap_or_else(|| a.worker.to_string());
+    let seconds = a.finished_at_ms.saturating_sub(a.started_at_ms) as f64 / 1000.0;
+    let subject = format!(
+        "kiln: {} {} for {} is built",
+        job.recipe_name,
+        job.recipe_version,
+        target(job)
+    );
+    // In lines a mail client shows whole.
+    let hex = kiln_protocol::hash::to_hex(&wire::canonical(attestation));
+    let signed = hex
+        .as_bytes()
+        .chunks(64)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let body = format!(
+        "Your build of {name} {version} for {target} is ready.\n\
+         \n\
+         Artifact:   {artifact}\n\
+         Size:       {bytes} bytes ({size})\n\
+         Fetch it:   kiln fetch {artifact} -o {name}-{version}.tar\n\
+         Check it:   b3sum {name}-{version}.tar  (prints {artifact})\n\
+         Options:    {options}\n\
+         Requires:   {requirements}\n\
+         Built by:   worker {builder}\n\
+         Build time: {seconds:.1} s\n\
+         Held by:    {holders} peers\n\
+         Build key:  {build_key}\n\
+         Build log:  kiln fetch {log}\n\
+         \n\
+         Attestation, signed by the worker's ed25519 key {worker}:\n\
+         recipe {recipe}, system digest {system}, started {started} ms, finished {finished} ms (unix time).\n\
+         Signed envelope (hex):\n{signed}\n",
+        name = job.recipe_name,
+        version = job.recipe_version,
+        target = target(job),
+        artifact = a.artifact,
+        bytes = a.artifact_bytes,
+        size = kiln_protocol::system::format_bytes(a.artifact_bytes),
+        options = options_line(&job.options),
+        requirements = job.requirements,
+        build_key = job.build_key,
+        log = a.log,
+        worker = a.worker,
+        recipe = a.recipe_id,
+        system = a.system_digest,
+        started = a.started_at_ms,
+        finished = a.finished_at_ms,
+    );
+    (subject, body)
+}
+
+fn compose_failed(job: &JobRequest, settlement: &Settlement, log_tail: Option<&str>) -> (String, String) {
+    let (reason, log, attempts) = match settlement {
+        Settlement::Failed {
+            reason, log, attempts, ..
+        } => (reason.clone(), *log, *attempts),
+        Settlement::Done { .. } => ("the build's attestation does not verify".to_string(), None, 0),
+    };
+    let subject = format!(
+        "kiln: {} {} for {} failed",
+        job.recipe_name,
+        job.recipe_version,
+        target(job)
+    );
+    let log_line = log.map(|l| format!("Full log:   kiln fetch {l}\n")).unwrap_or_default();
+    let tail = log_tail
+        .map(|t| format!("\nThe last lines of its log:\n\n{t}\n"))
+        .unwrap_or_default();
+    let body = format!(
+        "Your build of {name} {version} for {target} failed.\n\
+         \n\
+         What failed: {reason}\n\
+         Attempts:   {attempts}\n\
+         Options:    {options}\n\
+         Build key:  {build_key}\n\
+         {log_line}{tail}",
+        name = job.recipe_name,
+        version = job.recipe_version,
+        target = target(job),
+        options = options_line(&job.options),
+        build_key = job.build_key,
+    );
+    (subject, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_show() {
+        assert_eq!(
+            redact("smtp://kiln:s3cret@mail.example.org:587?tls=required"),
+            "smtp://kiln:***@mail.example.org:587?tls=required"
+        );
+        assert_eq!(redact("smtp://mail.example.org"), "smtp://mail.example.org");
+        let error = smtp_transport("smtp://kiln:s3cret@", None).err().map(|e| e.to_string());
+        assert!(error.is_none_or(|e| !e.contains("s3cret")));
+    }
+}
