@@ -22,7 +22,8 @@ use kiln_protocol::coord::MailView;
 use kiln_protocol::messages::{encode_gossip, topics, Gossip, GossipV1, JobRequest, Settlement};
 use kiln_protocol::{wire, Hash, SecretKey};
 use kiln_store::{RecordTable, Store};
-use lettre::message::header::ContentType;
+use lettre::message::header::{ContentTransferEncoding, ContentType};
+use lettre::message::Body;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde::{Deserialize, Serialize};
@@ -455,7 +456,7 @@ impl Mailer {
             .to(to)
             .subject(entry.subject.clone())
             .header(ContentType::TEXT_PLAIN)
-            .body(entry.body.clone())
+            .body(plain_body(&entry.body))
             .map_err(|e| e.to_string())
     }
 
@@ -476,6 +477,23 @@ impl Mailer {
                 Ok(())
             }
         }
+    }
+}
+
+/// The body as plain 7-bit text when it is valid as such (ASCII, no line
+/// over RFC 5322's 998 characters), so hashes and commands stay whole for
+/// anyone reading the raw message; encoded otherwise. (lettre's own choice
+/// encodes every line over 76 characters.)
+fn plain_body(text: &str) -> Body {
+    const LINE_MAX: usize = 998;
+    let plain = text.is_ascii() && !text.contains(['\0', '\r']) && text.lines().all(|l| l.len() <= LINE_MAX);
+    if plain {
+        Body::dangerous_pre_encoded(
+            text.replace('\n', "\r\n").into_bytes(),
+            ContentTransferEncoding::SevenBit,
+        )
+    } else {
+        Body::new(text.to_string())
     }
 }
 
@@ -625,5 +643,14 @@ mod tests {
         assert_eq!(redact("smtp://mail.example.org"), "smtp://mail.example.org");
         let error = smtp_transport("smtp://kiln:s3cret@", None).err().map(|e| e.to_string());
         assert!(error.is_none_or(|e| !e.contains("s3cret")));
+    }
+
+    #[test]
+    fn bodies_stay_readable_text() {
+        let hash = "ab".repeat(32);
+        let plain = plain_body(&format!("Fetch it:   kiln fetch {hash} -o hello-c-1.0.0.tar\n"));
+        assert_eq!(plain.encoding(), ContentTransferEncoding::SevenBit);
+        let accented = plain_body("caf\u{e9} failed\n");
+        assert_ne!(accented.encoding(), ContentTransferEncoding::SevenBit);
     }
 }

@@ -1,0 +1,326 @@
+//! Mail to requesters, with real processes on 127.0.0.1: the `.eml` outbox
+//! a coordinator without `--smtp` writes, and a real SMTP server (aiosmtpd,
+//! `tests/smtp/server.py`) that requires a login, goes down and comes back,
+//! with coordinators killed in between. Every message is parsed.
+
+// Test code: a panic is a failed assertion.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use kiln_tests::farm::{peer_of, recipe, request, request_waiting, wait_json, wait_status, worker, BUILD};
+use kiln_tests::{kiln, start_bootstrap, start_node, wait_until, Proc, START};
+use serde_json::Value;
+
+#[derive(Debug)]
+struct Mail {
+    to: String,
+    subject: String,
+    body: String,
+    /// The SMTP envelope recipient (aiosmtpd's `X-RcptTo`).
+    envelope_to: Option<String>,
+}
+
+fn parse(bytes: &[u8]) -> Mail {
+    let mail = mailparse::parse_mail(bytes).unwrap();
+    let header = |name: &str| mail.headers.iter().find(|h| h.get_key_ref().eq_ignore_ascii_case(name));
+    Mail {
+        to: header("To").map(|h| h.get_value()).unwrap_or_default(),
+        subject: header("Subject").map(|h| h.get_value()).unwrap_or_default(),
+        body: mail.get_body().unwrap(),
+        envelope_to: header("X-RcptTo").map(|h| h.get_value()),
+    }
+}
+
+/// Every message in `dir` (files ending in `ext`, or all files).
+fn mails_in(dir: &Path, ext: Option<&str>) -> Vec<Mail> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .map(|e| e.unwrap().path())
+        .filter(|p| ext.is_none_or(|ext| p.extension().is_some_and(|e| e == ext)))
+        .map(|p| parse(&std::fs::read(p).unwrap()))
+        .collect()
+}
+
+/// How many messages each address got.
+fn recipients(mails: &[Mail]) -> BTreeMap<String, usize> {
+    let mut count = BTreeMap::new();
+    for mail in mails {
+        *count.entry(mail.to.clone()).or_default() += 1;
+    }
+    count
+}
+
+fn counts(pairs: &[(&str, usize)]) -> BTreeMap<String, usize> {
+    pairs.iter().map(|(a, n)| (a.to_string(), *n)).collect()
+}
+
+fn outbox(data_dir: &Path) -> Vec<Mail> {
+    mails_in(&data_dir.join("outbox"), Some("eml"))
+}
+
+fn mail_settled(s: &Value, delivered: u64) -> bool {
+    s["mail"]["pending"] == 0 && s["mail"]["delivered"] == delivered
+}
+
+/// A real SMTP server process storing what it accepts in a Maildir.
+struct Smtp {
+    port: u16,
+    maildir: PathBuf,
+    login: Option<String>,
+    proc: Option<Proc>,
+}
+
+impl Smtp {
+    fn new(maildir: PathBuf, login: Option<&str>) -> Smtp {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        Smtp {
+            port,
+            maildir,
+            login: login.map(str::to_string),
+            proc: None,
+        }
+    }
+
+    fn start(&mut self) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/smtp/server.py");
+        let mut command = Command::new("python3");
+        command
+            .arg(script)
+            .arg(self.port.to_string())
+            .arg(&self.maildir)
+            .args(&self.login);
+        let mut proc = Proc::spawn("smtp server (python3 with aiosmtpd: pip install aiosmtpd)", command);
+        proc.wait_line(START, |l| l == "ready");
+        self.proc = Some(proc);
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut proc) = self.proc.take() {
+            proc.kill();
+        }
+    }
+
+    fn mails(&self) -> Vec<Mail> {
+        mails_in(&self.maildir.join("new"), None)
+    }
+}
+
+#[test]
+fn every_requester_is_mailed_once_with_what_they_need() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_boot, boot) = start_bootstrap(&tmp.path().join("boot"));
+    let c_dir = tmp.path().join("c");
+    let (c, _) = start_node("coordinator", &c_dir, &boot, &["--coordinator"]);
+    let (_w, w_addr) = worker("worker", &tmp.path().join("w"), &boot, &[]);
+
+    // One requester names a@ twice and b@; another joins the running build
+    // with b@ and c@: three messages, one per address.
+    let (ok, first, err) = request(
+        &boot,
+        &recipe("sleep"),
+        "a@example.org",
+        &["--email", "b@example.org", "--email", "a@example.org", "-o", "secs=3"],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(first["merged"], false, "{first}");
+    let mut second = request_waiting(
+        "second requester",
+        &boot,
+        &recipe("sleep"),
+        "b@example.org",
+        &["--email", "c@example.org", "-o", "secs=3"],
+    );
+    let done = wait_json(&mut second);
+    assert_eq!(done["state"], "done", "{done}");
+    let artifact = done["artifact"].as_str().unwrap();
+    wait_status(&boot, "three messages delivered", |s| mail_settled(s, 3));
+    c.wait_stderr(START, "mail written to the outbox folder");
+
+    let mails = outbox(&c_dir);
+    assert_eq!(
+        recipients(&mails),
+        counts(&[("a@example.org", 1), ("b@example.org", 1), ("c@example.org", 1)])
+    );
+    let builder = peer_of(&w_addr);
+    for mail in &mails {
+        assert!(
+            mail.subject.contains("sleep 1 for os=linux") && mail.subject.ends_with("is built"),
+            "{mail:?}"
+        );
+        for needle in [
+            format!("Artifact:   {artifact}"),
+            format!("kiln fetch {artifact}"),
+            "secs=3".to_string(),
+            format!("worker {builder}"),
+            "Build time:".to_string(),
+            "Signed envelope (hex):".to_string(),
+        ] {
+            assert!(mail.body.contains(&needle), "{needle:?} missing from {mail:?}");
+        }
+    }
+
+    // A build that fails: its mail says what failed and quotes the log.
+    let mut failing = request_waiting("failing", &boot, &recipe("fail"), "d@example.org", &[]);
+    let failed = wait_json(&mut failing);
+    assert_eq!(failed["state"], "failed", "{failed}");
+    wait_status(&boot, "the failure mail delivered", |s| mail_settled(s, 4));
+    let mails = outbox(&c_dir);
+    let to_d: Vec<&Mail> = mails.iter().filter(|m| m.to == "d@example.org").collect();
+    assert_eq!(to_d.len(), 1, "{mails:?}");
+    let mail = to_d[0];
+    assert!(
+        mail.subject.contains("fail 1 for os=linux") && mail.subject.ends_with("failed"),
+        "{mail:?}"
+    );
+    assert!(mail.body.contains("What failed:"), "{mail:?}");
+    assert!(
+        mail.body.contains("error: deliberate compile error"),
+        "the log's last lines: {mail:?}"
+    );
+
+    // A malformed address is refused when the request is made.
+    let (ok, _, err) = request(&boot, &recipe("sleep"), "a@example.org", &["--email", "b@@example.org"]);
+    assert!(
+        !ok && err.contains("\"b@@example.org\" is not an email address"),
+        "{err}"
+    );
+}
+
+#[test]
+fn mail_waits_out_an_smtp_outage_and_a_coordinator_restart_and_goes_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let password = "pw-7f3a9c-secret";
+    let mut smtp = Smtp::new(tmp.path().join("maildir"), Some(&format!("kiln:{password}")));
+    let password_file = tmp.path().join("smtp-password");
+    std::fs::write(&password_file, format!("{password}\n")).unwrap();
+    let url = format!("smtp://kiln@127.0.0.1:{}", smtp.port);
+    let args = [
+        "--coordinator",
+        "--smtp",
+        &url,
+        "--smtp-password-file",
+        password_file.to_str().unwrap(),
+        "--mail-from",
+        "Kiln <kiln@example.org>",
+    ];
+    let (_boot, boot) = start_bootstrap(&tmp.path().join("boot"));
+    let c_dir = tmp.path().join("c");
+    let (mut c, _) = start_node("coordinator", &c_dir, &boot, &args);
+    let (_w, _) = worker("worker", &tmp.path().join("w"), &boot, &[]);
+
+    // The build ends while the SMTP server is down: the mail waits.
+    let mut requester = request_waiting(
+        "requester",
+        &boot,
+        &recipe("sleep"),
+        "a@example.org",
+        &["--email", "b@example.org", "-o", "secs=1"],
+    );
+    let done = wait_json(&mut requester);
+    assert_eq!(done["state"], "done", "{done}");
+    let down = wait_status(&boot, "two messages waiting, with the reason", |s| {
+        s["mail"]["pending"] == 2 && s["mail"]["last_error"].is_string()
+    });
+    assert!(
+        down["mail"]["last_error"].as_str().unwrap().contains("127.0.0.1"),
+        "{down}"
+    );
+
+    // The coordinator dies and comes back: the outbox is still there.
+    c.kill();
+    let first_log = c.stderr();
+    let (c2, _) = start_node("coordinator again", &c_dir, &boot, &args);
+    wait_status(&boot, "the outbox restored", |s| s["mail"]["pending"] == 2);
+
+    // The server comes back: each message goes out once.
+    smtp.start();
+    wait_status(&boot, "both messages delivered", |s| mail_settled(s, 2));
+    let mails = smtp.mails();
+    assert_eq!(
+        recipients(&mails),
+        counts(&[("a@example.org", 1), ("b@example.org", 1)])
+    );
+    for mail in &mails {
+        assert_eq!(mail.envelope_to.as_deref(), Some(mail.to.as_str()), "{mail:?}");
+        assert!(mail.subject.ends_with("is built"), "{mail:?}");
+    }
+
+    // The password shows nowhere.
+    let (ok, shown, err) = kiln(&["status", "--bootstrap", &boot]);
+    assert!(ok, "{err}");
+    assert!(shown.contains("mail: 0 pending, 2 delivered"), "{shown}");
+    for text in [first_log, c2.stderr(), shown] {
+        assert!(!text.contains(password), "the SMTP password leaked: {text}");
+    }
+}
+
+#[test]
+fn a_coordinator_that_takes_over_sends_what_the_old_one_had_not_and_nothing_twice() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut smtp = Smtp::new(tmp.path().join("maildir"), None);
+    smtp.start();
+    let url = format!("smtp://127.0.0.1:{}", smtp.port);
+    let (_boot, boot) = start_bootstrap(&tmp.path().join("boot"));
+    let mut candidates: Vec<(String, Proc)> = ["c1", "c2"]
+        .iter()
+        .map(|name| {
+            let (proc, addr) = start_node(name, &tmp.path().join(name), &boot, &["--smtp", &url]);
+            (peer_of(&addr), proc)
+        })
+        .collect();
+    let (_w, _) = worker("worker", &tmp.path().join("w"), &boot, &[]);
+    let before = wait_status(&boot, "an elected coordinator that knows the worker", |s| {
+        s["workers"].as_array().is_some_and(|w| w.len() == 1)
+    });
+    let elected = before["coordinator"].as_str().unwrap().to_string();
+    let acting = candidates.iter().position(|(peer, _)| *peer == elected).unwrap();
+    let standby = 1 - acting;
+
+    // The first build's mail goes out, and the standby hears that it did.
+    let mut first = request_waiting("first", &boot, &recipe("sleep"), "a@example.org", &["-o", "secs=1"]);
+    assert_eq!(wait_json(&mut first)["state"], "done");
+    wait_until(BUILD, "the first message received", || smtp.mails().len() == 1);
+    wait_until(BUILD, "the standby to record the delivery", || {
+        candidates[standby]
+            .1
+            .stderr()
+            .contains("mail delivered by the coordinator")
+    });
+
+    // The second build's mail cannot go out; the standby has it queued.
+    smtp.stop();
+    let mut second = request_waiting(
+        "second",
+        &boot,
+        &recipe("sleep"),
+        "b@example.org",
+        &["-o", "secs=1", "-o", "n=2"],
+    );
+    let done = wait_json(&mut second);
+    assert_eq!(done["state"], "done", "{done}");
+    let build_key = done["build_key"].as_str().unwrap().to_string();
+    wait_status(&boot, "the second message waiting", |s| s["mail"]["pending"] == 1);
+    wait_until(BUILD, "the standby to queue the second message", || {
+        let log = candidates[standby].1.stderr();
+        log.lines().any(|l| l.contains("mail queued") && l.contains(&build_key))
+    });
+
+    // The coordinator dies; the standby takes over and sends only what
+    // was not sent.
+    candidates[acting].1.kill();
+    wait_status(&boot, "the standby coordinating", |s| {
+        s["coordinator"] != elected.as_str() && s["mail"]["pending"] == 1
+    });
+    smtp.start();
+    wait_status(&boot, "every message delivered", |s| mail_settled(s, 2));
+    assert_eq!(
+        recipients(&smtp.mails()),
+        counts(&[("a@example.org", 1), ("b@example.org", 1)])
+    );
+}
