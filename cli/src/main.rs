@@ -2,6 +2,7 @@
 //! error chain and exits non-zero on failure. The work is done in the
 //! library crates; this binary stays thin.
 
+mod demo;
 mod progress;
 mod request;
 
@@ -194,6 +195,9 @@ enum Command {
         #[arg(long, value_name = "RANGE")]
         accept_versions: Option<String>,
     },
+    /// See Kiln work on this machine: a local network (bootstrap, coordinator, two workers) builds the
+    /// example C program, mails you (to a file), and a fresh node fetches it by hash; nothing to configure.
+    Demo,
     /// Show the coordinator, the workers, the queue and recent builds.
     Status {
         #[command(flatten)]
@@ -274,8 +278,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // A node is a daemon: its log says what it does (jobs, mail). Other
     // commands print their results and log only problems.
-    let daemon = matches!(cli.command, Command::Node { .. });
-    init_logging(if daemon { "warn,kiln_node=info" } else { "warn" });
+    // The demo prints its own story; its nodes log only errors.
+    init_logging(match cli.command {
+        Command::Node { .. } => "warn,kiln_node=info",
+        Command::Demo => "error",
+        _ => "warn",
+    });
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -343,21 +351,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             fetch,
             json,
             accept_versions,
-        } => {
-            request::run(request::RequestArgs {
-                accept_versions,
-                emails,
-                recipe,
-                options,
-                targets,
-                bootstrap: bootstrap.bootstrap,
-                wait,
-                fetch,
-                json,
-            })
-            .await
-        }
+        } => request::run(request::RequestArgs {
+            accept_versions,
+            emails,
+            recipe,
+            options,
+            targets,
+            bootstrap: bootstrap.bootstrap,
+            wait,
+            fetch,
+            json,
+        })
+        .await
+        .map(|_| ()),
         Command::Status { bootstrap, json } => request::status(bootstrap.bootstrap, json).await,
+        Command::Demo => demo::run().await,
         Command::Id { data_dir } => {
             let key = kiln_node::identity::load_or_create(&data_dir.resolve()?)?;
             println!("{}", kiln_node::identity::keypair(&key).public().to_peer_id());
@@ -466,6 +474,21 @@ fn load_recipe(path: &Path) -> anyhow::Result<(Recipe, Option<kiln_protocol::Pub
 
 fn recipe_sign(path: &Path, key: &Path) -> anyhow::Result<()> {
     let secret = kiln_node::identity::load_or_create_at(key)?;
+    let (recipe, signature) = sign_recipe_file(path, &secret)?;
+    println!(
+        "signed recipe {} (id {}) as {}",
+        recipe.name,
+        recipe.id(),
+        signature.publisher
+    );
+    Ok(())
+}
+
+/// Signs the recipe at `path` in place with a publisher key.
+fn sign_recipe_file(
+    path: &Path,
+    secret: &kiln_protocol::SecretKey,
+) -> anyhow::Result<(Recipe, kiln_protocol::PublisherSignature)> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read recipe {}: check the path", path.display()))?;
     let unsigned = without_signature(&text);
@@ -474,7 +497,7 @@ fn recipe_sign(path: &Path, key: &Path) -> anyhow::Result<()> {
     let loaded = load_recipe(&tmp);
     let _ = std::fs::remove_file(&tmp);
     let (recipe, _) = loaded?;
-    let signature = kiln_protocol::PublisherSignature::sign(&secret, &recipe.id());
+    let signature = kiln_protocol::PublisherSignature::sign(secret, &recipe.id());
     let signed = format!(
         "{}\n[signature]\npublisher = \"{}\"\nsignature = \"{}\"\n",
         unsigned.trim_end(),
@@ -482,13 +505,7 @@ fn recipe_sign(path: &Path, key: &Path) -> anyhow::Result<()> {
         signature.signature
     );
     std::fs::write(path, signed).with_context(|| format!("cannot rewrite {}", path.display()))?;
-    println!(
-        "signed recipe {} (id {}) as {}",
-        recipe.name,
-        recipe.id(),
-        signature.publisher
-    );
-    Ok(())
+    Ok((recipe, signature))
 }
 
 /// The recipe text without its `[signature]` table (up to the next table).

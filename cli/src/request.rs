@@ -42,7 +42,9 @@ fn parse_options(options: &[String]) -> anyhow::Result<Vec<(String, String)>> {
         .collect()
 }
 
-pub async fn run(args: RequestArgs) -> anyhow::Result<()> {
+/// `kiln request`; returns the artifact when the build is done by the time
+/// it returns.
+pub async fn run(args: RequestArgs) -> anyhow::Result<Option<Hash>> {
     if args.bootstrap.is_empty() {
         bail!("no bootstrap peer to join the network through: pass --bootstrap MULTIADDR or set KILN_BOOTSTRAP");
     }
@@ -63,7 +65,7 @@ pub async fn run(args: RequestArgs) -> anyhow::Result<()> {
     result
 }
 
-async fn request(node: &EphemeralNode, args: &RequestArgs, spec: &RequestSpec<'_>) -> anyhow::Result<()> {
+async fn request(node: &EphemeralNode, args: &RequestArgs, spec: &RequestSpec<'_>) -> anyhow::Result<Option<Hash>> {
     let (recipe, publisher) = load_recipe(node, &args.recipe).await?;
     let job = request::prepare_job(&recipe, publisher, spec, now_ms())?;
     let build_key = job.build_key;
@@ -104,9 +106,9 @@ async fn request(node: &EphemeralNode, args: &RequestArgs, spec: &RequestSpec<'_
                 eprintln!("kiln: {} will be emailed when it ends", args.emails.join(", "));
             }
             if args.wait || args.fetch.is_some() {
-                return follow(node, args, build_key, &start).await;
+                return follow(node, args, build_key, &start).await.map(Some);
             }
-            Ok(())
+            Ok(None)
         }
         CoordReplyV1::Refused { reason } => bail!("the coordinator refused the request: {reason}"),
         other => bail!("unexpected answer from the coordinator: {other:?}"),
@@ -156,7 +158,7 @@ async fn finish_built(
     build_key: Hash,
     attestation: &Signed<Attestation>,
     _start: &[libp2p::PeerId],
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<Hash>> {
     let a = attestation.verify()?;
     if args.json {
         println!(
@@ -175,7 +177,7 @@ async fn finish_built(
     if let Some(path) = &args.fetch {
         fetch_artifact(node, a.artifact, path).await?;
     }
-    Ok(())
+    Ok(Some(a.artifact))
 }
 
 pub fn attestation_json(a: &Attestation) -> serde_json::Value {
@@ -209,7 +211,7 @@ async fn follow(
     args: &RequestArgs,
     build_key: Hash,
     start: &[libp2p::PeerId],
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Hash> {
     let mut last = String::new();
     let end = request::watch(&node.net, start, build_key, |phase| {
         let line = describe(phase);
@@ -234,7 +236,7 @@ async fn follow(
             if let Some(path) = &args.fetch {
                 fetch_artifact(node, a.artifact, path).await?;
             }
-            Ok(())
+            Ok(a.artifact)
         }
         JobPhase::Failed { reason, log, attempts } => {
             if args.json {
@@ -257,7 +259,9 @@ fn describe(phase: &JobPhase) -> String {
             waiting_because: Some(why),
         } => format!("queued: {why}"),
         JobPhase::Queued { waiting_because: None } => "queued".into(),
-        JobPhase::Assigned { worker, attempt } => format!("building on worker {worker} (attempt {attempt})"),
+        JobPhase::Assigned { worker, attempt } => {
+            format!("building on worker {} (attempt {attempt})", peer_of(worker))
+        }
         JobPhase::Log { tail } => format!("log: {}", tail.lines().last().unwrap_or("")),
         JobPhase::Replicating { artifact } => format!("built {artifact}; copying it to a second peer"),
         JobPhase::Done { .. } => "done".into(),

@@ -9,6 +9,7 @@
 //! call takes `now_ms`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use kiln_protocol::coord::{JobPhase, JobView, WorkerView};
 use kiln_protocol::messages::{JobRequest, WorkerAdvert, EMAILS_MAX};
@@ -181,7 +182,7 @@ pub struct Schedule {
     workers: HashMap<PublicKey, WorkerEntry>,
     /// Workers matching each requirement set (by digest); cleared when a
     /// worker joins, leaves or changes its system.
-    matching: HashMap<Hash, Vec<PublicKey>>,
+    matching: HashMap<Hash, Arc<[PublicKey]>>,
     /// Jobs built or given up, not yet settled.
     ended: BTreeSet<Hash>,
     next_sequence: u64,
@@ -560,17 +561,25 @@ impl Schedule {
         }
     }
 
-    fn matching_workers(&mut self, job_digest: Hash, request: &JobRequest) -> &[PublicKey] {
-        let workers = &self.workers;
-        self.matching.entry(job_digest).or_insert_with(|| {
-            let mut found: Vec<PublicKey> = workers
-                .iter()
-                .filter(|(_, w)| request.requirements.check(&w.advert.system).is_ok())
-                .map(|(k, _)| *k)
-                .collect();
-            found.sort();
-            found
-        })
+    /// The workers that satisfy a job's requirements: computed once per
+    /// requirement set until the workers change, then shared.
+    fn matching_workers(&mut self, build_key: &Hash) -> Arc<[PublicKey]> {
+        let Some(job) = self.jobs.get(build_key) else {
+            return Arc::from([]);
+        };
+        if let Some(found) = self.matching.get(&job.requirements_digest) {
+            return found.clone();
+        }
+        let mut found: Vec<PublicKey> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| job.request.requirements.check(&w.advert.system).is_ok())
+            .map(|(k, _)| *k)
+            .collect();
+        found.sort();
+        let found: Arc<[PublicKey]> = found.into();
+        self.matching.insert(job.requirements_digest, found.clone());
+        found
     }
 
     fn match_one(&mut self, build_key: &Hash, now_ms: u64) -> Match {
@@ -583,27 +592,25 @@ impl Schedule {
                 job.lost_attempts
             ));
         }
-        let (digest, request) = (job.requirements_digest, job.request.clone());
-        let matching = self.matching_workers(digest, &request).to_vec();
+        let matching = self.matching_workers(build_key);
         let Some(job) = self.jobs.get(build_key) else {
             return Match::Wait(String::new());
         };
-        let untried: Vec<&PublicKey> = matching.iter().filter(|w| !job.failed_on.contains(w)).collect();
-        if job.failed_attempts > 0 && untried.is_empty() {
+        let untried = || matching.iter().filter(|w| !job.failed_on.contains(w));
+        if job.failed_attempts > 0 && untried().next().is_none() {
             let last = job.last_failure.as_ref().map(|(r, _)| r.as_str()).unwrap_or("?");
             return Match::GiveUp(format!(
                 "failed on {} worker(s), and no other worker matches; last failure: {last}",
                 job.failed_attempts
             ));
         }
-        let best = untried
-            .iter()
+        let best = untried()
             .filter(|w| !job.skips(w, now_ms))
             .filter_map(|w| self.workers.get(w).map(|entry| (*w, entry)))
             .filter(|(_, entry)| entry.free() > 0 && now_ms.saturating_sub(entry.seen_at_ms) <= LEASE_MS)
-            .min_by_key(|(w, entry)| (entry.load() * 1000 / entry.advert.max_jobs.max(1), **w));
+            .min_by_key(|(w, entry)| (entry.load() * 1000 / entry.advert.max_jobs.max(1), *w));
         match best {
-            Some((worker, _)) => Match::Worker(*worker),
+            Some((worker, _)) => Match::Worker(worker),
             None => Match::Wait(self.why_waiting(job, &matching)),
         }
     }

@@ -139,8 +139,22 @@ impl Proc {
 
     /// Sends SIGTERM and waits (up to `timeout`) for a clean exit.
     pub fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        self.signal("-TERM", timeout)
+    }
+
+    /// Sends SIGINT (Ctrl-C) and waits (up to `timeout`) for an exit.
+    pub fn interrupt(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        self.signal("-INT", timeout)
+    }
+
+    /// Waits (up to `timeout`) for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        self.signal("-0", timeout)
+    }
+
+    fn signal(&mut self, signal: &str, timeout: Duration) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("process still running");
-        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let _ = Command::new("kill").arg(signal).arg(child.id().to_string()).status();
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = child.try_wait().expect("wait") {
@@ -148,7 +162,11 @@ impl Proc {
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!("{} did not stop within {timeout:?} of SIGTERM", self.name);
+                panic!(
+                    "{} did not stop within {timeout:?} of kill {signal}; stderr: {}",
+                    self.name,
+                    self.stderr()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
