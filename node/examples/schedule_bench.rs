@@ -134,9 +134,18 @@ fn main() {
         decided = schedule.plan(1).len();
         timings.push(start.elapsed());
     }
+    let before = LIVE_BYTES.load(Ordering::Relaxed);
+    let copies: Vec<JobRequest> = requests.clone();
+    let request_bytes = (LIVE_BYTES.load(Ordering::Relaxed) - before) / jobs as isize;
+    drop(copies);
     let took = median(timings);
     println!("jobs {jobs}, workers {workers}, runs {runs}");
-    println!("decisions {decided} (every job matched), median plan {took:?}");
+    println!("decisions {decided} (the other jobs wait: every worker that matches them is full), median plan {took:?}");
+    println!(
+        "size of a Job {} bytes, of a JobRequest {} bytes",
+        std::mem::size_of::<kiln_node::schedule::Job>(),
+        std::mem::size_of::<JobRequest>()
+    );
     println!("decisions per second {:.0}", decided as f64 / took.as_secs_f64());
-    println!("heap bytes per queued job {per_job}");
+    println!("heap bytes per queued job {per_job}, of which the job request itself (inline and heap) {request_bytes}");
 }

@@ -798,7 +798,7 @@ impl Coordinator {
             return;
         };
         let settlement = Settlement::Done {
-            attestation: attestation.clone(),
+            attestation: (*attestation).clone(),
             holders,
         };
         let _ = self.store.put_attestation(&attestation);

@@ -53,7 +53,8 @@ pub enum JobState {
     },
     /// Built by `attestation`'s worker; being copied to a second peer.
     Replicating {
-        attestation: Signed<Attestation>,
+        /// Boxed: most jobs are queued, and this keeps every job small.
+        attestation: Box<Signed<Attestation>>,
     },
     /// Given up; the coordinator reports the failure and removes it.
     GaveUp {
@@ -176,7 +177,8 @@ pub enum ScheduleError {
 /// The open jobs and the known workers.
 #[derive(Default)]
 pub struct Schedule {
-    jobs: HashMap<Hash, Job>,
+    /// Boxed, so the table's spare capacity costs a pointer per slot.
+    jobs: HashMap<Hash, Box<Job>>,
     /// Queued jobs by submission order.
     queue: BTreeMap<u64, Hash>,
     workers: HashMap<PublicKey, WorkerEntry>,
@@ -202,7 +204,7 @@ impl Schedule {
     }
 
     pub fn job(&self, build_key: &Hash) -> Option<&Job> {
-        self.jobs.get(build_key)
+        self.jobs.get(build_key).map(|job| &**job)
     }
 
     pub fn open_jobs(&self) -> usize {
@@ -215,7 +217,7 @@ impl Schedule {
 
     /// Open jobs, oldest first.
     pub fn jobs(&self) -> Vec<&Job> {
-        let mut jobs: Vec<&Job> = self.jobs.values().collect();
+        let mut jobs: Vec<&Job> = self.jobs.values().map(|job| &**job).collect();
         jobs.sort_by_key(|j| j.sequence);
         jobs
     }
@@ -281,7 +283,7 @@ impl Schedule {
             }
             JobState::Assigned { .. } => {}
         }
-        self.jobs.insert(job.request.build_key, job);
+        self.jobs.insert(job.request.build_key, Box::new(job));
     }
 
     /// Removes an ended job.
@@ -294,7 +296,7 @@ impl Schedule {
                 entry.assigned.remove(build_key);
             }
         }
-        Some(job)
+        Some(*job)
     }
 
     /// Back to the queue, from wherever it was.
@@ -469,7 +471,9 @@ impl Schedule {
                 entry.assigned.remove(build_key);
             }
         }
-        job.state = JobState::Replicating { attestation };
+        job.state = JobState::Replicating {
+            attestation: Box::new(attestation),
+        };
         self.ended.insert(*build_key);
         true
     }
