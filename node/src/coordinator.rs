@@ -61,6 +61,12 @@ const WATCHERS_PER_BUILD_MAX: usize = 64;
 const WATCHED_BUILDS_MAX: usize = 4096;
 /// Phase changes queued for one watcher before it is dropped.
 const WATCH_EVENTS_MAX: usize = 64;
+/// A page of open jobs sent to a standby catching up: at most this many,
+/// and half a coordinator frame.
+const SYNC_PAGE_JOBS_MAX: usize = 1024;
+const SYNC_PAGE_BYTES_MAX: usize = COORD_FRAME_BYTES_MAX / 2;
+/// How long a standby waits before it asks again after a failed catch-up.
+const SYNC_RETRY_MS: u64 = 5_000;
 /// Input fetches (recipes and sources of gossiped jobs) at once.
 const INPUT_FETCHES_MAX: usize = 4;
 
@@ -105,6 +111,18 @@ enum Input {
     Replicated {
         build_key: Hash,
         result: Result<u32, String>,
+    },
+    /// A standby asks for a page of the open jobs.
+    Sync {
+        after: Option<Hash>,
+        reply: oneshot::Sender<CoordReplyV1>,
+    },
+    /// A page of the coordinator's open jobs, fetched by this standby;
+    /// `done` with the last page, `None` if the fetch failed.
+    Synced {
+        from: PeerId,
+        jobs: Option<Vec<JobRequest>>,
+        done: bool,
     },
 }
 
@@ -217,6 +235,10 @@ impl Server {
             CoordRequest::SubmitV1 { job, accept_versions } => self.submit(peer, *job, accept_versions).await,
             CoordRequest::StatusV1 => self.ask(|reply| Input::Status { reply }).await.unwrap_or_else(stopping),
             CoordRequest::WatchV1 { build_key } => return self.watch(build_key, stream).await,
+            CoordRequest::SyncV1 { after } => self
+                .ask(|reply| Input::Sync { after, reply })
+                .await
+                .unwrap_or_else(stopping),
         };
         write_frame_max::<_, COORD_FRAME_BYTES_MAX>(stream, &CoordReply::V1(reply)).await
     }
@@ -345,6 +367,12 @@ struct Coordinator {
     replicating: HashSet<Hash>,
     acting: bool,
     input_fetches: Arc<tokio::sync::Semaphore>,
+    /// The coordinator whose open jobs this standby has fetched since it
+    /// started or that coordinator took over; whether a fetch is under
+    /// way; when the next may start.
+    synced_with: Option<PeerId>,
+    syncing: bool,
+    sync_not_before_ms: u64,
     /// The mailer, and the flag that tells it this node coordinates.
     mail: Option<(MailHandle, Arc<AtomicBool>)>,
 }
@@ -373,6 +401,9 @@ impl Coordinator {
             replicating: HashSet::new(),
             acting: false,
             input_fetches: Arc::new(tokio::sync::Semaphore::new(INPUT_FETCHES_MAX)),
+            synced_with: None,
+            syncing: false,
+            sync_not_before_ms: 0,
             mail,
         }
     }
@@ -435,6 +466,7 @@ impl Coordinator {
                 info!(leader = ?self.election.leader(now), "standing by; another node coordinates");
             }
         }
+        self.catch_up(now);
         let lost = self.schedule.tick(now);
         for build_key in &lost {
             warn!(job = %build_key, "lease expired: the worker went quiet; job back in the queue");
@@ -455,6 +487,82 @@ impl Coordinator {
         for build_key in self.schedule.ended() {
             self.settle(build_key);
         }
+    }
+
+    /// A standby fetches the coordinator's open jobs once per coordinator
+    /// (gossip brings each later one), so jobs queued while it was down or
+    /// before it started are not lost if it takes over.
+    fn catch_up(&mut self, now: u64) {
+        if self.acting || self.syncing || !self.election.eligible() || now < self.sync_not_before_ms {
+            return;
+        }
+        let Some(leader) = self.election.leader(now).filter(|l| *l != self.me) else {
+            return;
+        };
+        if self.synced_with == Some(leader) {
+            return;
+        }
+        let Some(contact) = self.contact(now) else {
+            return;
+        };
+        self.syncing = true;
+        let (net, inputs) = (self.net.clone(), self.inputs.clone());
+        tokio::spawn(async move {
+            let reached = crate::request::reach(&net, &contact).await;
+            let mut after = None;
+            loop {
+                let page = match reached {
+                    Some(peer) => crate::request::ask_peer(&net, peer, &CoordRequest::SyncV1 { after }).await,
+                    None => Err(std::io::Error::other("no peer id")),
+                };
+                let (jobs, next) = match page {
+                    Ok((CoordReplyV1::Jobs { jobs, next }, _)) => (Some(jobs), next),
+                    Ok((other, _)) => {
+                        debug!(reply = ?other, "the coordinator did not list its jobs");
+                        (None, None)
+                    }
+                    Err(e) => {
+                        debug!(error = %e, "cannot fetch the coordinator's open jobs");
+                        (None, None)
+                    }
+                };
+                let failed = jobs.is_none();
+                let done = next.is_none();
+                let synced = Input::Synced {
+                    from: leader,
+                    jobs,
+                    done,
+                };
+                if inputs.send(synced).await.is_err() || failed || done {
+                    return;
+                }
+                after = next;
+            }
+        });
+    }
+
+    /// A page of the open jobs, in build-key order after `after`.
+    fn sync_page(&self, after: Option<Hash>) -> CoordReplyV1 {
+        let mut open: Vec<&Job> = self
+            .schedule
+            .jobs()
+            .into_iter()
+            .filter(|j| after.is_none_or(|a| j.request.build_key > a))
+            .collect();
+        open.sort_by_key(|j| j.request.build_key);
+        let (mut jobs, mut bytes) = (Vec::new(), 0);
+        for job in &open {
+            let size = wire::encode(&job.request).map(|b| b.len()).unwrap_or(usize::MAX);
+            if jobs.len() >= SYNC_PAGE_JOBS_MAX || bytes + size > SYNC_PAGE_BYTES_MAX {
+                break;
+            }
+            bytes += size;
+            jobs.push(job.request.clone());
+        }
+        let next = (jobs.len() < open.len())
+            .then(|| jobs.last().map(|j: &JobRequest| j.build_key))
+            .flatten();
+        CoordReplyV1::Jobs { jobs, next }
     }
 
     async fn heartbeat(&mut self, now: u64) {
@@ -561,6 +669,24 @@ impl Coordinator {
                     info!(job = %build_key, worker = %worker, reason, "assignment refused");
                     self.schedule.refused(&build_key, worker, &reason, now);
                     self.changed(&build_key);
+                }
+            }
+            Input::Sync { after, reply } => {
+                let _ = reply.send(self.sync_page(after));
+            }
+            Input::Synced { from, jobs, done } => {
+                let Some(jobs) = jobs else {
+                    self.syncing = false;
+                    self.sync_not_before_ms = now + SYNC_RETRY_MS;
+                    return;
+                };
+                for job in jobs {
+                    self.heard_job(job, from);
+                }
+                if done {
+                    self.syncing = false;
+                    self.synced_with = Some(from);
+                    info!(coordinator = %from, jobs = self.schedule.open_jobs(), "caught up with the coordinator's open jobs");
                 }
             }
             Input::Replicated { build_key, result } => {
@@ -677,8 +803,9 @@ impl Coordinator {
                 let Ok(_permit) = permits.acquire_owned().await else {
                     return;
                 };
-                if let Err(e) = hold_inputs(&net, &store, &job, &[from]).await {
-                    debug!(job = %job.build_key, error = e, "inputs of a gossiped job not fetched");
+                match hold_inputs(&net, &store, &job, &[from]).await {
+                    Ok(()) => info!(job = %job.build_key, "holding the inputs of a job, in case this node takes over"),
+                    Err(e) => debug!(job = %job.build_key, error = e, "inputs of a gossiped job not fetched"),
                 }
             });
         }

@@ -175,13 +175,13 @@ pub async fn ask_coordinator(
         for first in start {
             let mut peer = *first;
             for _ in 0..REDIRECTS_MAX {
-                match ask_once(net, peer, request).await {
+                match ask_peer(net, peer, request).await {
                     Ok((
                         CoordReplyV1::NotCoordinator {
                             coordinator: Some(contact),
                         },
                         _,
-                    )) if !is(&contact, peer) => match redirect(net, &contact).await {
+                    )) if !is(&contact, peer) => match reach(net, &contact).await {
                         Some(next) => peer = next,
                         None => break,
                     },
@@ -208,7 +208,8 @@ fn is(contact: &Contact, peer: PeerId) -> bool {
     peer_id_of(&contact.peer) == Some(peer)
 }
 
-async fn redirect(net: &NetClient, contact: &Contact) -> Option<PeerId> {
+/// Dials the peer a contact names at its addresses; its peer id.
+pub async fn reach(net: &NetClient, contact: &Contact) -> Option<PeerId> {
     let peer = peer_id_of(&contact.peer)?;
     let addresses: Vec<Multiaddr> = contact.addresses.iter().filter_map(|a| a.parse().ok()).collect();
     if !addresses.is_empty() {
@@ -217,7 +218,13 @@ async fn redirect(net: &NetClient, contact: &Contact) -> Option<PeerId> {
     Some(peer)
 }
 
-async fn ask_once(net: &NetClient, peer: PeerId, request: &CoordRequest) -> std::io::Result<(CoordReplyV1, Stream)> {
+/// Sends one coordinator-protocol request to `peer`; its first answer and
+/// the stream.
+pub async fn ask_peer(
+    net: &NetClient,
+    peer: PeerId,
+    request: &CoordRequest,
+) -> std::io::Result<(CoordReplyV1, Stream)> {
     let mut control = net.stream_control();
     let open = control.open_stream(peer, COORD_PROTOCOL);
     let mut stream = tokio::time::timeout(Duration::from_secs(10), open)

@@ -39,6 +39,10 @@ pub enum CoordRequest {
     StatusV1,
     /// Where this build stands now, then each change until it ends.
     WatchV1 { build_key: Hash },
+    /// The open jobs this node knows with build keys after `after`, a page
+    /// at a time: how a node that may take over catches up with the
+    /// coordinator after it starts (gossip carries only what is new).
+    SyncV1 { after: Option<Hash> },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,6 +75,11 @@ pub enum CoordReplyV1 {
     Event {
         build_key: Hash,
         phase: JobPhase,
+    },
+    /// A page of open jobs in build-key order; more follow `next` if set.
+    Jobs {
+        jobs: Vec<JobRequest>,
+        next: Option<Hash>,
     },
 }
 

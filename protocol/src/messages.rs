@@ -524,12 +524,15 @@ pub(crate) mod samples {
         };
         let requests = vec![
             CoordRequest::SubmitV1 {
-                job: Box::new(job),
+                job: Box::new(job.clone()),
                 accept_versions: Some(crate::system::VersionRange::parse(">=1.0, <2").unwrap()),
             },
             CoordRequest::StatusV1,
             CoordRequest::WatchV1 {
                 build_key: Hash::of(b"key"),
+            },
+            CoordRequest::SyncV1 {
+                after: Some(Hash::of(b"key")),
             },
         ];
         let replies = vec![
@@ -585,6 +588,10 @@ pub(crate) mod samples {
             CoordReplyV1::Event {
                 build_key: Hash::of(b"key"),
                 phase: JobPhase::Log { tail: "ok".into() },
+            },
+            CoordReplyV1::Jobs {
+                jobs: vec![job],
+                next: Some(Hash::of(b"key")),
             },
         ];
         (requests, replies.into_iter().map(CoordReply::V1).collect())
@@ -778,11 +785,13 @@ mod tests {
         ("coord_request0", "8500000000ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b42cd86560b2a6a0a54b6f2767adec4d9fbf74c7b4c39ebca63fef3cdcee0d14f30768656c6c6f2d6305312e302e300001036f7074024f3201026f7300056c696e7578010d61406578616d706c652e6f7267fd0068e5cf8b01000001020203312e30050132"),
         ("coord_request1", "0100000001"),
         ("coord_request2", "2100000002ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b4"),
+        ("coord_request3", "220000000301ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b4"),
         ("coord_reply0", "37010000000001d3ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b42cd86560b2a6a0a54b6f2767adec4d9fbf74c7b4c39ebca63fef3cdcee0d14f3e068dc010bf492707f7e8d896457770f24703784cfe76bd785f8b76cc010bbf3089fbf48f8224338b32a7f298140ee6c52b29a22d05b35c9be97e19b614e4726baea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c0c9046e0df271bb372601a22970c8944a6e9a7a507d0168ef67436ade135240afd0068e5cf8b010000fde86be5cf8b010000ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c28caa55159918c48cde9180fbdda81993d210386d5d8991b14f04583f6f7361b40be2b885fee9d3d49ace3c23dea70598ecc0a330c94db2be0ddaf86ab5acf05"),
         ("coord_reply1", "450000000001ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b40100011f616c6c2032206d61746368696e6720776f726b657273206172652062757379"),
         ("coord_reply2", "3c000000000201ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c01172f6970342f3132372e302e302e312f7463702f34303031"),
         ("coord_reply3", "0700000000030466756c6c"),
         ("coord_reply4", "cc0000000004ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c0001ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c0c6c696e75782f7838365f3634010200fb2c0101ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b40768656c6c6f2d6305312e302e300001ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c010200fd0068e5cf8b010000010001030112636f6e6e656374696f6e2072656675736564"),
         ("coord_reply5", "260000000005ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b402026f6b"),
+        ("coord_reply6", "9e000000000601ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b42cd86560b2a6a0a54b6f2767adec4d9fbf74c7b4c39ebca63fef3cdcee0d14f30768656c6c6f2d6305312e302e300001036f7074024f3201026f7300056c696e7578010d61406578616d706c652e6f7267fd0068e5cf8b01000001ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b4"),
     ];
 }

@@ -8,8 +8,8 @@
 use std::path::Path;
 use std::process::Command;
 
-use kiln_tests::farm::{peer_of, recipe, request, request_waiting, status, wait_json, wait_status, worker};
-use kiln_tests::{kiln, start_bootstrap, start_node, Proc, START};
+use kiln_tests::farm::{peer_of, recipe, request, request_waiting, status, wait_json, wait_status, worker, BUILD};
+use kiln_tests::{kiln, start_bootstrap, start_node, wait_until, Proc, START};
 use serde_json::Value;
 
 fn open_job<'a>(status: &'a Value, build_key: &str) -> Option<&'a Value> {
@@ -338,6 +338,48 @@ fn when_the_elected_coordinator_dies_another_takes_over_and_every_job_completes(
         let done = wait_json(follower);
         assert_eq!(done["state"], "done", "{done}");
     }
+}
+
+#[test]
+fn a_node_that_starts_after_jobs_were_queued_catches_up_and_completes_them_when_the_coordinator_dies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_boot, boot) = start_bootstrap(&tmp.path().join("boot"));
+    let (mut first, first_addr) = start_node("first", &tmp.path().join("first"), &boot, &[]);
+    // No worker yet: the jobs stay queued.
+    let mut keys = Vec::new();
+    for n in ["1", "2"] {
+        let (ok, queued, err) = request(
+            &boot,
+            &recipe("sleep"),
+            "a@example.org",
+            &["-o", "secs=1", "-o", &format!("n={n}")],
+        );
+        assert!(ok, "{err}");
+        keys.push(queued["build_key"].as_str().unwrap().to_string());
+    }
+    assert_eq!(status(&boot)["coordinator"], peer_of(&first_addr).as_str());
+
+    // A second eligible node starts now: gossip alone would not tell it of
+    // these jobs.
+    let (late, _) = start_node("late", &tmp.path().join("late"), &boot, &[]);
+    late.wait_stderr(BUILD, "caught up with the coordinator's open jobs");
+    wait_until(BUILD, "the late node to hold both jobs' inputs", || {
+        let log = late.stderr();
+        keys.iter().all(|key| {
+            log.lines()
+                .any(|l| l.contains("holding the inputs of a job") && l.contains(key.as_str()))
+        })
+    });
+
+    first.kill();
+    let (_w, _) = worker("worker", &tmp.path().join("w"), &boot, &[]);
+    wait_status(&boot, "both jobs done by the late node", |s| {
+        s["coordinator"] != peer_of(&first_addr).as_str()
+            && s["jobs_total"] == 0
+            && s["recent"]
+                .as_array()
+                .is_some_and(|r| r.iter().filter(|j| j["state"] == "done").count() == 2)
+    });
 }
 
 #[test]
