@@ -26,6 +26,12 @@ use libp2p::Multiaddr;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log only errors (RUST_LOG, when set, decides instead)
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    /// Log more: -v what nodes do, -vv Kiln's debug detail, -vvv every library's
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
 }
 
 #[derive(Args, Clone)]
@@ -198,6 +204,11 @@ enum Command {
     /// See Kiln work on this machine: a local network (bootstrap, coordinator, two workers) builds the
     /// example C program, mails you (to a file), and a fresh node fetches it by hash; nothing to configure.
     Demo,
+    /// Print a shell completion script, e.g. `kiln completions bash > ~/.local/share/bash-completion/completions/kiln`
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Show the coordinator, the workers, the queue and recent builds.
     Status {
         #[command(flatten)]
@@ -279,10 +290,17 @@ fn main() -> ExitCode {
     // A node is a daemon: its log says what it does (jobs, mail). Other
     // commands print their results and log only problems.
     // The demo prints its own story; its nodes log only errors.
-    init_logging(match cli.command {
+    let default = match cli.command {
         Command::Node { .. } => "warn,kiln_node=info",
         Command::Demo => "error",
         _ => "warn",
+    };
+    init_logging(match (cli.quiet, cli.verbose) {
+        (true, _) => "error",
+        (_, 0) => default,
+        (_, 1) => "warn,kiln=info,kiln_node=info,kiln_store=info",
+        (_, 2) => "info,kiln=debug,kiln_node=debug,kiln_store=debug",
+        _ => "debug",
     });
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -306,11 +324,13 @@ fn main() -> ExitCode {
 fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let shown = filter.to_string();
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
+    tracing::debug!(filter = shown, "log filter (RUST_LOG, -q or -v)");
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -366,6 +386,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .map(|_| ()),
         Command::Status { bootstrap, json } => request::status(bootstrap.bootstrap, json).await,
         Command::Demo => demo::run().await,
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "kiln", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Id { data_dir } => {
             let key = kiln_node::identity::load_or_create(&data_dir.resolve()?)?;
             println!("{}", kiln_node::identity::keypair(&key).public().to_peer_id());

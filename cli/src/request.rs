@@ -3,9 +3,9 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
+use kiln_node::clock::now_ms;
 use kiln_node::request::{self, RequestSpec};
 use kiln_node::EphemeralNode;
 use kiln_protocol::coord::{CoordReplyV1, CoordRequest, JobPhase, JobView, StatusReport};
@@ -23,13 +23,6 @@ pub struct RequestArgs {
     pub fetch: Option<PathBuf>,
     pub json: bool,
     pub accept_versions: Option<String>,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 fn parse_options(options: &[String]) -> anyhow::Result<Vec<(String, String)>> {
@@ -342,6 +335,16 @@ fn status_json(coordinator: &str, report: &StatusReport) -> serde_json::Value {
     })
 }
 
+fn print_job(job: &JobView, detail: &str) {
+    println!(
+        "  {}  {} {}  {}{detail}",
+        job.build_key,
+        job.recipe_name,
+        job.recipe_version,
+        job.phase.name()
+    );
+}
+
 fn print_status(coordinator: &str, report: &StatusReport) {
     println!(
         "coordinator {coordinator}{}",
@@ -356,7 +359,10 @@ fn print_status(coordinator: &str, report: &StatusReport) {
             .unwrap_or_default();
         println!(
             "  {}  {}/{} jobs  {}{waiting}",
-            w.worker, w.running_jobs, w.max_jobs, w.system
+            peer_of(&w.worker),
+            w.running_jobs,
+            w.max_jobs,
+            w.system
         );
     }
     println!("open jobs: {}", report.jobs_total);
@@ -365,16 +371,10 @@ fn print_status(coordinator: &str, report: &StatusReport) {
             JobPhase::Queued {
                 waiting_because: Some(why),
             } => format!(": {why}"),
-            JobPhase::Assigned { worker, attempt } => format!(" on {worker} (attempt {attempt})"),
+            JobPhase::Assigned { worker, attempt } => format!(" on {} (attempt {attempt})", peer_of(worker)),
             _ => String::new(),
         };
-        println!(
-            "  {}  {} {}  {}{detail}",
-            job.build_key,
-            job.recipe_name,
-            job.recipe_version,
-            job.phase.name()
-        );
+        print_job(job, &detail);
     }
     println!("recent: {}", report.recent.len());
     for job in &report.recent {
@@ -386,13 +386,7 @@ fn print_status(coordinator: &str, report: &StatusReport) {
             JobPhase::Failed { reason, .. } => format!(": {reason}"),
             _ => String::new(),
         };
-        println!(
-            "  {}  {} {}  {}{detail}",
-            job.build_key,
-            job.recipe_name,
-            job.recipe_version,
-            job.phase.name()
-        );
+        print_job(job, &detail);
     }
     let mail = &report.mail;
     let problem = mail

@@ -88,3 +88,33 @@ fn a_bad_store_size_says_what_a_size_looks_like() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("use for example 512MiB, 20GiB or 1TiB"));
 }
+
+#[test]
+fn completions_cover_every_subcommand() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = kiln().args(["completions", shell]).output().unwrap();
+        assert!(out.status.success(), "{shell}");
+        let script = String::from_utf8_lossy(&out.stdout);
+        for command in ["node", "request", "fetch", "publish", "status", "demo"] {
+            assert!(script.contains(command), "{shell} completion lacks {command}");
+        }
+    }
+    let out = kiln().args(["completions", "tcsh"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("possible values"));
+}
+
+#[test]
+fn quiet_hides_warnings_and_verbose_shows_more() {
+    let recipe = concat!(env!("CARGO_MANIFEST_DIR"), "/../recipes/hello-c/recipe.toml");
+    let run = |flag: &str| {
+        let out = kiln().args([flag, "system"]).env_remove("RUST_LOG").output().unwrap();
+        assert!(out.status.success(), "{flag}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    assert_eq!(run("-q"), "");
+    assert!(run("-vvv").contains("log filter"), "-vvv logs debug lines");
+    assert!(!run("-v").contains("log filter"), "-v logs no debug lines");
+    let out = kiln().args(["-q", "-v", "recipe", "options", recipe]).output().unwrap();
+    assert!(!out.status.success(), "-q and -v together are refused");
+}

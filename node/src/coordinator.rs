@@ -19,7 +19,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures::StreamExt;
 use kiln_protocol::coord::{
@@ -38,6 +38,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::blobs;
+use crate::clock::now_ms;
 use crate::election::{Candidate, Election, HEARTBEAT_MS};
 use crate::frames::{read_frame, read_frame_max, write_frame, write_frame_max};
 use crate::identity::peer_id_of;
@@ -151,13 +152,6 @@ impl CoordHandle {
     pub fn addresses(&self, addresses: Vec<Multiaddr>) {
         let _ = self.inputs.try_send(Input::Addresses(addresses));
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// Starts the coordinator (or standby) task and its protocol server.

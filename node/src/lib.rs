@@ -8,6 +8,7 @@
 
 pub mod archive;
 pub mod blobs;
+pub mod clock;
 pub mod control;
 pub mod coordinator;
 pub mod election;

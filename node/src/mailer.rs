@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use kiln_protocol::coord::MailView;
 use kiln_protocol::messages::{encode_gossip, topics, Gossip, GossipV1, JobRequest, Settlement};
@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use crate::clock::now_ms;
 use crate::net::NetClient;
 use crate::node::NoProgress;
 
@@ -160,13 +161,6 @@ struct Mailer {
     transport: Transport,
     acting: Arc<AtomicBool>,
     view: Arc<Mutex<MailView>>,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// Checks the options and starts the mailer. `acting` says whether this

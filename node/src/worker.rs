@@ -11,7 +11,7 @@ use libp2p::PeerId;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures::StreamExt;
 use kiln_protocol::messages::{
@@ -23,6 +23,7 @@ use kiln_store::Store;
 use tracing::{info, warn};
 
 use crate::blobs;
+use crate::clock::now_ms;
 use crate::frames::{read_frame, write_frame};
 use crate::net::{NetClient, WORK_PROTOCOL};
 use crate::node::NoProgress;
@@ -151,13 +152,6 @@ fn failure(reason: impl Into<String>) -> JobFailure {
         log: None,
         aborted: false,
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl Worker {

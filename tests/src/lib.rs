@@ -234,6 +234,22 @@ pub fn kiln(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// `kiln fetch HASH -o OUTPUT --bootstrap BOOTSTRAP --data-dir DATA_DIR` to
+/// completion: (success, stdout, stderr).
+pub fn fetch(data_dir: &Path, bootstrap: &str, hash: impl std::fmt::Display, output: &Path) -> (bool, String, String) {
+    let hash = hash.to_string();
+    kiln(&[
+        "fetch",
+        &hash,
+        "-o",
+        output.to_str().expect("a UTF-8 path"),
+        "--bootstrap",
+        bootstrap,
+        "--data-dir",
+        data_dir.to_str().expect("a UTF-8 path"),
+    ])
+}
+
 /// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
 pub fn test_bytes(len: usize, seed: u64) -> Vec<u8> {
     let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;

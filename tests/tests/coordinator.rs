@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 
 use kiln_tests::farm::{peer_of, recipe, request, request_waiting, status, wait_json, wait_status, worker, BUILD};
-use kiln_tests::{kiln, start_bootstrap, start_node, wait_until, Proc, START};
+use kiln_tests::{fetch, kiln, start_bootstrap, start_node, wait_until, Proc, START};
 use serde_json::Value;
 
 fn open_job<'a>(status: &'a Value, build_key: &str) -> Option<&'a Value> {
@@ -69,16 +69,7 @@ fn a_request_is_built_once_merged_with_its_twin_replicated_and_then_answered_at_
     w2.kill();
     let artifact = built["artifact"].as_str().unwrap();
     let again = tmp.path().join("again.tar");
-    let (ok, _, err) = kiln(&[
-        "fetch",
-        artifact,
-        "-o",
-        again.to_str().unwrap(),
-        "--bootstrap",
-        &boot,
-        "--data-dir",
-        tmp.path().join("f").to_str().unwrap(),
-    ]);
+    let (ok, _, err) = fetch(&tmp.path().join("f"), &boot, artifact, &again);
     assert!(ok, "fetch after the builder left: {err}");
 
     // Asked again: answered from the DHT record, without building.
@@ -226,16 +217,7 @@ fn a_failing_build_is_retried_on_the_other_worker_then_reported_with_its_log() {
     assert!(reason.contains("step 2 failed"), "{reason}");
     let log = failed["log"].as_str().unwrap();
     let saved = tmp.path().join("build.log");
-    let (ok, _, err) = kiln(&[
-        "fetch",
-        log,
-        "-o",
-        saved.to_str().unwrap(),
-        "--bootstrap",
-        &boot,
-        "--data-dir",
-        tmp.path().join("f").to_str().unwrap(),
-    ]);
+    let (ok, _, err) = fetch(&tmp.path().join("f"), &boot, log, &saved);
     assert!(ok, "{err}");
     assert!(std::fs::read_to_string(&saved)
         .unwrap()

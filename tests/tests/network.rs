@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use kiln_protocol::Hash;
-use kiln_tests::{bin, is_listen_line, kiln, start_bootstrap, start_node, test_bytes, Proc, START};
+use kiln_tests::{bin, fetch, is_listen_line, kiln, start_bootstrap, start_node, test_bytes, Proc, START};
 
 const FETCH: Duration = Duration::from_secs(60);
 const MIB: usize = 1024 * 1024;
@@ -37,19 +37,6 @@ fn publish(file: &Path, data_dir: &Path) -> String {
     let (ok, out, err) = kiln(&["publish", path(file), "--data-dir", path(data_dir)]);
     assert!(ok, "publish failed: {err}");
     out
-}
-
-fn fetch(data_dir: &Path, bootstrap: &str, hash: &Hash, output: &Path) -> (bool, String, String) {
-    kiln(&[
-        "fetch",
-        &hash.to_string(),
-        "-o",
-        path(output),
-        "--bootstrap",
-        bootstrap,
-        "--data-dir",
-        path(data_dir),
-    ])
 }
 
 /// Starts `kiln-evil MODE...` and waits until it listens.
@@ -91,7 +78,7 @@ fn publish_on_one_node_fetch_on_another_through_the_bootstrap() {
 
     // A third machine that knows only the bootstrap fetches it.
     let output = tmp.path().join("fetched.bin");
-    let (ok, _, err) = fetch(&tmp.path().join("c"), &boot_addr, &hash, &output);
+    let (ok, _, err) = fetch(&tmp.path().join("c"), &boot_addr, hash, &output);
     assert!(ok, "fetch failed: {err}");
     assert_eq!(Hash::of(&std::fs::read(&output).unwrap()), hash);
 
@@ -115,7 +102,7 @@ fn a_provider_that_lies_is_dropped_and_nothing_corrupt_is_stored() {
 
     let output = tmp.path().join("fetched.bin");
     let fetcher_dir = tmp.path().join("fetcher");
-    let (ok, _, err) = fetch(&fetcher_dir, &boot_addr, &hash, &output);
+    let (ok, _, err) = fetch(&fetcher_dir, &boot_addr, hash, &output);
     assert!(ok, "fetch failed: {err}");
     assert!(
         err.contains("provider sent bytes that do not match the hash"),
@@ -139,7 +126,7 @@ fn a_provider_killed_mid_transfer_is_replaced_by_another() {
     publish(&file, &tmp.path().join("honest"));
 
     let output = tmp.path().join("fetched.bin");
-    let (ok, _, err) = fetch(&tmp.path().join("fetcher"), &boot_addr, &hash, &output);
+    let (ok, _, err) = fetch(&tmp.path().join("fetcher"), &boot_addr, hash, &output);
     assert!(ok, "fetch failed: {err}");
     assert_eq!(Hash::of(&std::fs::read(&output).unwrap()), hash);
     dying.wait_line(FETCH, |l| l == "dying");
@@ -154,7 +141,7 @@ fn an_unknown_hash_is_a_clear_error_in_bounded_time() {
     let (ok, _, err) = fetch(
         &tmp.path().join("f"),
         &boot_addr,
-        &Hash::of(b"nobody has this"),
+        Hash::of(b"nobody has this"),
         &tmp.path().join("out"),
     );
     assert!(!ok);
@@ -190,7 +177,7 @@ fn garbage_gossip_and_frames_are_rejected_and_the_node_keeps_serving() {
     victim.wait_stderr(FETCH, "gossip rejected");
 
     let output = tmp.path().join("fetched.bin");
-    let (ok, _, err) = fetch(&tmp.path().join("fetcher"), &boot_addr, &hash, &output);
+    let (ok, _, err) = fetch(&tmp.path().join("fetcher"), &boot_addr, hash, &output);
     assert!(ok, "the victim stopped serving: {err}");
     assert_eq!(std::fs::read(&output).unwrap(), data);
 }
@@ -218,7 +205,7 @@ fn an_interrupted_fetch_resumes_where_it_stopped() {
     let mut dying = evil_provider(&["die-after", "4"], &tmp.path().join("dying"), &boot_addr, &file);
     let fetcher = tmp.path().join("fetcher");
     let output = tmp.path().join("fetched.bin");
-    let (ok, _, err) = fetch(&fetcher, &boot_addr, &hash, &output);
+    let (ok, _, err) = fetch(&fetcher, &boot_addr, hash, &output);
     assert!(!ok, "the fetch cannot succeed with a dead provider");
     assert!(err.contains("every provider of"), "{err}");
     dying.kill();
@@ -269,7 +256,7 @@ fn nodes_rejoin_a_restarted_bootstrap_and_announce_their_blobs_again() {
     let output = tmp.path().join("fetched.bin");
     let newcomer = tmp.path().join("newcomer");
     kiln_tests::wait_until(Duration::from_secs(30), "the blob to be announced again", || {
-        fetch(&newcomer, &boot_addr, &hash, &output).0
+        fetch(&newcomer, &boot_addr, hash, &output).0
     });
     assert_eq!(std::fs::read(&output).unwrap(), data);
 }
@@ -281,7 +268,7 @@ fn a_provider_claiming_an_absurd_blob_size_is_refused_before_allocating() {
     let (file, _, hash) = write_blob(tmp.path(), 3 * MIB, 7);
     let _liar = evil_provider(&["huge"], &tmp.path().join("liar"), &boot_addr, &file);
 
-    let (ok, _, err) = fetch(&tmp.path().join("fetcher"), &boot_addr, &hash, &tmp.path().join("out"));
+    let (ok, _, err) = fetch(&tmp.path().join("fetcher"), &boot_addr, hash, &tmp.path().join("out"));
     assert!(!ok, "a fetch from a provider that lies about the size cannot succeed");
     assert!(err.contains("over Kiln's limit"), "{err}");
     assert!(!tmp.path().join("out").exists());

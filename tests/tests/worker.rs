@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use kiln_protocol::Hash;
-use kiln_tests::{bin, is_listen_line, kiln, start_bootstrap, start_node, Proc, START};
+use kiln_tests::{bin, fetch, is_listen_line, kiln, start_bootstrap, start_node, Proc, START};
 
 const BUILD: Duration = Duration::from_secs(120);
 
@@ -75,16 +75,7 @@ fn the_c_recipe_built_on_two_workers_gives_one_hash_and_runs() {
 
     // Anyone fetches the artifact by hash; it holds the program, which runs.
     let output = tmp.path().join("artifact.tar");
-    let (ok, _, err) = kiln(&[
-        "fetch",
-        &artifact(&first),
-        "-o",
-        output.to_str().unwrap(),
-        "--bootstrap",
-        &boot_addr,
-        "--data-dir",
-        tmp.path().join("f").to_str().unwrap(),
-    ]);
+    let (ok, _, err) = fetch(&tmp.path().join("f"), &boot_addr, artifact(&first), &output);
     assert!(ok, "{err}");
     let unpacked = tmp.path().join("unpacked");
     tar::Archive::new(std::fs::File::open(&output).unwrap())
@@ -159,16 +150,7 @@ fn a_failing_build_is_reported_with_its_log() {
     assert!(failed.ends_with("step 1 failed: exit status: 2"), "{failed}");
     let log: Hash = failed.split(' ').nth(2).unwrap().parse().unwrap();
     let output = tmp.path().join("build.log");
-    let (ok, _, err) = kiln(&[
-        "fetch",
-        &log.to_string(),
-        "-o",
-        output.to_str().unwrap(),
-        "--bootstrap",
-        &boot_addr,
-        "--data-dir",
-        tmp.path().join("f").to_str().unwrap(),
-    ]);
+    let (ok, _, err) = fetch(&tmp.path().join("f"), &boot_addr, log, &output);
     assert!(ok, "{err}");
     let text = std::fs::read_to_string(&output).unwrap();
     assert!(
