@@ -2,6 +2,7 @@
 //! error chain and exits non-zero on failure. The work is done in the
 //! library crates; this binary stays thin.
 
+mod config;
 mod demo;
 mod progress;
 mod request;
@@ -286,7 +287,18 @@ enum RecipeCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let args = match config::path() {
+        Some(file) => match config::apply::<Cli>(args, &file) {
+            Ok(args) => args,
+            Err(err) => {
+                eprintln!("kiln: error: {err:#}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => args,
+    };
+    let cli = Cli::parse_from(args);
     // A node is a daemon: its log says what it does (jobs, mail). Other
     // commands print their results and log only problems.
     // The demo prints its own story; its nodes log only errors.

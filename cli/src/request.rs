@@ -325,6 +325,7 @@ fn status_json(coordinator: &str, report: &StatusReport) -> serde_json::Value {
         "workers": report.workers.iter().map(|w| json!({
             "worker": w.worker.to_string(), "peer": peer_of(&w.worker), "system": w.system, "running_jobs": w.running_jobs,
             "max_jobs": w.max_jobs, "waiting_because": w.waiting_because, "seen_ms_ago": w.seen_ms_ago,
+            "state": worker_state(w), "jobs": w.jobs.iter().map(|j| j.to_string()).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
         "jobs_total": report.jobs_total,
         "jobs": report.jobs.iter().map(job_json).collect::<Vec<_>>(),
@@ -333,6 +334,15 @@ fn status_json(coordinator: &str, report: &StatusReport) -> serde_json::Value {
             "pending": report.mail.pending, "delivered": report.mail.delivered, "last_error": report.mail.last_error,
         }),
     })
+}
+
+/// `building`, `idle`, or why the worker takes nothing now.
+fn worker_state(w: &kiln_protocol::coord::WorkerView) -> String {
+    match &w.waiting_because {
+        Some(why) => format!("waiting: {why}"),
+        None if w.running_jobs > 0 => "building".into(),
+        None => "idle".into(),
+    }
 }
 
 fn print_job(job: &JobView, detail: &str) {
@@ -352,18 +362,17 @@ fn print_status(coordinator: &str, report: &StatusReport) {
     );
     println!("workers: {}", report.workers.len());
     for w in &report.workers {
-        let waiting = w
-            .waiting_because
-            .as_deref()
-            .map(|r| format!("  waiting: {r}"))
-            .unwrap_or_default();
         println!(
-            "  {}  {}/{} jobs  {}{waiting}",
+            "  {}  {}  {}/{} jobs  {}",
             peer_of(&w.worker),
+            worker_state(w),
             w.running_jobs,
             w.max_jobs,
             w.system
         );
+        for job in &w.jobs {
+            println!("      building {job}");
+        }
     }
     println!("open jobs: {}", report.jobs_total);
     for job in &report.jobs {

@@ -118,3 +118,58 @@ fn quiet_hides_warnings_and_verbose_shows_more() {
     let out = kiln().args(["-q", "-v", "recipe", "options", recipe]).output().unwrap();
     assert!(!out.status.success(), "-q and -v together are refused");
 }
+
+#[test]
+fn the_config_file_sets_defaults_for_any_flag_and_the_command_line_wins() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("config.toml");
+    let dir = |name: &str| tmp.path().join(name);
+    std::fs::write(
+        &config,
+        format!(
+            "data-dir = \"{}\"\n[system]\njson = true\n",
+            dir("from-config").display()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str], env: Option<(&str, &std::path::Path)>| {
+        let mut command = kiln();
+        command
+            .args(args)
+            .env("KILN_CONFIG", &config)
+            .env_remove("KILN_DATA_DIR");
+        if let Some((name, value)) = env {
+            command.env(name, value);
+        }
+        command.output().unwrap()
+    };
+    // A top-level key applies to every command with that flag.
+    assert!(run(&["id"], None).status.success());
+    assert!(dir("from-config/node.key").exists());
+    // The command line, and the flag's environment variable, win.
+    assert!(run(&["id", "--data-dir", dir("typed").to_str().unwrap()], None)
+        .status
+        .success());
+    assert!(dir("typed/node.key").exists());
+    assert!(run(&["id"], Some(("KILN_DATA_DIR", &dir("from-env")))).status.success());
+    assert!(dir("from-env/node.key").exists());
+    // A command's table: a switch.
+    let out = run(&["system"], None);
+    assert!(
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).is_ok(),
+        "--json from the file"
+    );
+
+    // Mistakes name the file and the setting.
+    std::fs::write(&config, "[id]\nno-such-flag = 1\n").unwrap();
+    let out = run(&["id"], None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("config.toml") && stderr.contains("\"no-such-flag\""),
+        "{stderr}"
+    );
+    std::fs::write(&config, "[nodes]\ncontribute = true\n").unwrap();
+    let stderr = String::from_utf8_lossy(&run(&["id"], None).stderr).into_owned();
+    assert!(stderr.contains("no `nodes` command"), "{stderr}");
+}

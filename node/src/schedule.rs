@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use kiln_protocol::coord::{JobPhase, JobView, WorkerView};
+use kiln_protocol::coord::{JobPhase, JobView, WorkerView, STATUS_WORKER_JOBS_MAX};
 use kiln_protocol::messages::{JobRequest, WorkerAdvert, EMAILS_MAX};
 use kiln_protocol::{wire, Attestation, Hash, PublicKey, Signed};
 use serde::{Deserialize, Serialize};
@@ -659,6 +659,13 @@ impl Schedule {
                 max_jobs: entry.advert.max_jobs,
                 waiting_because: entry.advert.waiting_because.clone(),
                 seen_ms_ago: now_ms.saturating_sub(entry.seen_at_ms),
+                jobs: entry
+                    .assigned
+                    .iter()
+                    .chain(entry.advert.running.iter().filter(|k| !entry.assigned.contains(k)))
+                    .take(STATUS_WORKER_JOBS_MAX)
+                    .copied()
+                    .collect(),
             })
             .collect();
         views.sort_by_key(|v| v.worker);

@@ -170,7 +170,12 @@ pub struct WorkerView {
     pub max_jobs: u32,
     pub waiting_because: Option<String>,
     pub seen_ms_ago: u64,
+    /// The builds it runs or was given (build keys), at most a few.
+    pub jobs: Vec<Hash>,
 }
+
+/// Build keys listed per worker in a status report.
+pub const STATUS_WORKER_JOBS_MAX: usize = 8;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobView {

@@ -307,11 +307,21 @@ fn when_the_elected_coordinator_dies_another_takes_over_and_every_job_completes(
             &["-o", "secs=3", "-o", &format!("n={n}")],
         ));
     }
-    wait_status(&boot, "a job running", |s| {
+    let running = wait_status(&boot, "a job running", |s| {
         s["jobs"]
             .as_array()
             .is_some_and(|j| j.iter().any(|j| j["state"] == "building"))
     });
+    // Status shows the worker building that job.
+    let job = running["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["state"] == "building")
+        .unwrap();
+    let shown = &running["workers"][0];
+    assert_eq!(shown["state"], "building", "{running}");
+    assert_eq!(shown["jobs"][0], job["build_key"], "{running}");
     let index = candidates.iter().position(|(peer, _)| *peer == elected).unwrap();
     candidates[index].1.kill();
     let after = wait_status(&boot, "a new coordinator", |s| s["coordinator"] != elected.as_str());
