@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use kiln_protocol::messages::{Gossip, GossipV1, Settlement};
 use kiln_protocol::Hash;
 use kiln_store::Store;
 use libp2p::Multiaddr;
@@ -68,6 +69,26 @@ pub struct WorkerOptions {
     pub labels: std::collections::BTreeMap<String, String>,
 }
 
+/// Unpins an artifact this node built (and its log) once a settlement says
+/// another peer holds it too: it stays in the store as a cache, evictable
+/// under `--max-store-size`, instead of filling a contributor's disk.
+fn release_if_replicated(store: &Store, builder: &kiln_protocol::PublicKey, message: &Gossip) {
+    let Gossip::V1(GossipV1::Settled(Settlement::Done { attestation, holders })) = message else {
+        return;
+    };
+    let Ok(a) = attestation.verify() else {
+        return;
+    };
+    if a.worker != *builder || *holders < 2 {
+        return;
+    }
+    for hash in [a.artifact, a.log] {
+        if store.unpin(&hash).unwrap_or(false) {
+            info!(blob = %hash, "another peer holds this build now; unpinned here (kept as a cache)");
+        }
+    }
+}
+
 /// Runs a node until `shutdown` resolves. `ready` gets each full listen
 /// address once the node listens.
 pub async fn run_node(
@@ -102,6 +123,8 @@ pub async fn run_node(
     // Register every protocol before telling anyone our address.
     let server = blobs::spawn_server(&net, store.clone());
     let mut roles = Vec::new();
+    // A worker releases what it built once the network holds a copy.
+    let builder = options.worker.as_ref().map(|_| worker_key.public());
     if let (Some(worker), Some(sandbox)) = (options.worker, sandbox) {
         let labels = worker.labels;
         let system = tokio::task::spawn_blocking(move || crate::system::probe(labels))
@@ -168,7 +191,12 @@ pub async fn run_node(
                     addresses.push(addr);
                     coordination.addresses(addresses.clone());
                 }
-                Some(NetEvent::Gossip { signer, message, .. }) => coordination.gossip(signer, message),
+                Some(NetEvent::Gossip { signer, message, .. }) => {
+                    if let Some(builder) = &builder {
+                        release_if_replicated(&store, builder, &message);
+                    }
+                    coordination.gossip(signer, message);
+                }
                 Some(other) => tracing::debug!(event = ?other, "network event"),
                 None => break,
             },

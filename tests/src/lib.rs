@@ -58,6 +58,8 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(name: &str, mut command: Command) -> Proc {
+        // The tester's own config file does not apply.
+        command.env("KILN_CONFIG", "/dev/null");
         command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -224,6 +226,7 @@ pub fn start_node(name: &str, data_dir: &Path, bootstrap: &str, extra: &[&str]) 
 pub fn kiln(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(bin("kiln"))
         .args(args)
+        .env("KILN_CONFIG", "/dev/null")
         .stdin(Stdio::null())
         .output()
         .expect("run kiln");

@@ -47,6 +47,12 @@ fn a_request_is_built_once_merged_with_its_twin_replicated_and_then_answered_at_
     let recent = status["recent"].as_array().unwrap();
     assert_eq!(recent.len(), 1, "built once: {status}");
     assert_eq!(recent[0]["requesters"], 3, "every requester kept: {status}");
+    // Once the coordinator holds a copy, the builder stops pinning its own.
+    wait_until(BUILD, "the builder to release its pinned artifact", || {
+        [&w1, &w2]
+            .iter()
+            .any(|w| w.stderr().contains("another peer holds this build now"))
+    });
 
     // The C recipe, fetched as it ends; the program runs.
     let out = tmp.path().join("hello.tar");
