@@ -66,6 +66,8 @@ const WATCH_EVENTS_MAX: usize = 64;
 /// and half a coordinator frame.
 const SYNC_PAGE_JOBS_MAX: usize = 1024;
 const SYNC_PAGE_BYTES_MAX: usize = COORD_FRAME_BYTES_MAX / 2;
+/// The most pages one catch-up reads (a million open jobs fit in far fewer).
+const SYNC_PAGES_MAX: usize = 4096;
 /// How long a standby waits before it asks again after a failed catch-up.
 const SYNC_RETRY_MS: u64 = 5_000;
 /// Input fetches (recipes and sources of gossiped jobs) at once.
@@ -504,6 +506,7 @@ impl Coordinator {
         tokio::spawn(async move {
             let reached = crate::request::reach(&net, &contact).await;
             let mut after = None;
+            let mut pages = 0;
             loop {
                 let page = match reached {
                     Some(peer) => crate::request::ask_peer(&net, peer, &CoordRequest::SyncV1 { after }).await,
@@ -528,6 +531,13 @@ impl Coordinator {
                     done,
                 };
                 if inputs.send(synced).await.is_err() || failed || done {
+                    return;
+                }
+                // Each page must move forward, and there are at most so
+                // many: a peer cannot keep this loop going.
+                pages += 1;
+                if pages >= SYNC_PAGES_MAX || next <= after {
+                    debug!("the coordinator's job pages do not advance; catch-up stopped");
                     return;
                 }
                 after = next;
@@ -770,8 +780,11 @@ impl Coordinator {
             }
             GossipV1::Settled(settlement) => self.heard_settlement(settlement),
             GossipV1::Delivered { outbox_key } => {
-                // Only a node that may coordinate delivers mail.
-                if let (Some((mail, _)), true) = (&self.mail, self.election.knows(&peer)) {
+                // Only the coordinator delivers mail: a receipt from any
+                // other peer (which could suppress mail) is ignored, and
+                // the coordinator trusts only its own deliveries.
+                let from_coordinator = !self.acting && self.election.leader(now) == Some(peer);
+                if let (Some((mail, _)), true) = (&self.mail, from_coordinator) {
                     mail.delivered(outbox_key);
                 }
             }

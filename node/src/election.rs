@@ -101,11 +101,6 @@ impl Election {
         self.acting
     }
 
-    /// Whether `peer` has said it may coordinate.
-    pub fn knows(&self, peer: &PeerId) -> bool {
-        self.candidates.contains_key(peer)
-    }
-
     /// How to reach `peer`, from its heartbeats.
     pub fn addresses(&self, peer: &PeerId) -> Vec<String> {
         self.candidates
