@@ -44,9 +44,10 @@ const RETRY_MS_MAX: u64 = 60_000;
 /// How long one SMTP delivery may take.
 const SMTP_MS_MAX: u64 = 30_000;
 /// Lines of a failed build's log quoted in its mail, and the most log
-/// bytes read for them.
+/// bytes read for them (kept far below an outbox record's limit, so a log
+/// of very long lines still leaves a message that can be stored).
 const LOG_LINES_QUOTED: usize = 40;
-const LOG_BYTES_READ_MAX: u64 = 1 << 20;
+const LOG_BYTES_READ_MAX: u64 = 16 * 1024;
 /// How long the log of a failed build is looked for before the mail goes
 /// without it.
 const LOG_FETCH_MS_MAX: u64 = 10_000;
