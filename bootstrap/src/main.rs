@@ -66,6 +66,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         // Answers who the coordinator is; never coordinates itself.
         coordinator: kiln_node::coordinator::CoordinatorOptions::default(),
         mail: Default::default(),
+        http: None,
     };
     kiln_node::run_node(options, |addr| println!("{addr}"), kiln_node::shutdown_signal()).await?;
     Ok(())

@@ -112,6 +112,7 @@ fn node_options(data_dir: PathBuf, bootstrap: Vec<Multiaddr>) -> NodeOptions {
         max_store_bytes: None,
         coordinator: CoordinatorOptions::default(),
         mail: Default::default(),
+        http: None,
     }
 }
 
@@ -159,6 +160,8 @@ async fn demo(dir: &Path, network: &mut Network) -> anyhow::Result<()> {
         .await?;
     say(&format!("bootstrap peer  {boot}"));
     let coordinator_dir = dir.join("coordinator");
+    let http = kiln_node::dashboard::bind((std::net::Ipv4Addr::LOCALHOST, 0).into())?;
+    let dashboard = http.local_addr()?;
     let coordinator = network
         .start(
             "coordinator",
@@ -167,11 +170,13 @@ async fn demo(dir: &Path, network: &mut Network) -> anyhow::Result<()> {
                     eligible: true,
                     pinned: true,
                 },
+                http: Some(http),
                 ..node_options(coordinator_dir.clone(), vec![boot.clone()])
             },
         )
         .await?;
     say(&format!("coordinator     {coordinator}"));
+    say(&format!("dashboard       http://{dashboard}/ (while the demo runs)"));
     for n in 1..=WORKERS {
         let trusted = [publisher.public()].into_iter().collect();
         let worker = network

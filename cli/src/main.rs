@@ -172,6 +172,10 @@ enum Command {
         no_coordinator: bool,
         #[command(flatten)]
         mail: Mail,
+        /// Serve the dashboard (HTML, JSON at /api/status, Prometheus at /metrics) on HOST:PORT, or on
+        /// 127.0.0.1:PORT given a port alone; --http alone uses 127.0.0.1:8180
+        #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "8180", value_parser = kiln_node::dashboard::parse_addr)]
+        http: Option<std::net::SocketAddr>,
     },
     /// Ask the network for a build; everyone given with --email hears when it ends.
     Request {
@@ -356,7 +360,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             coordinator,
             no_coordinator,
             mail,
+            http,
         } => {
+            let http = match http {
+                Some(addr) => Some(kiln_node::dashboard::bind(addr)?),
+                None => None,
+            };
             let options = NodeOptions {
                 data_dir: data_dir.resolve()?,
                 listen,
@@ -369,6 +378,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     pinned: coordinator,
                 },
                 mail: mail.options()?,
+                http,
             };
             kiln_node::run_node(options, |addr| println!("{addr}"), kiln_node::shutdown_signal()).await?;
             Ok(())

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use kiln_node::clock::now_ms;
+use kiln_node::report::{peer_of, status_json, worker_state};
 use kiln_node::request::{self, RequestSpec};
 use kiln_node::EphemeralNode;
 use kiln_protocol::coord::{CoordReplyV1, CoordRequest, JobPhase, JobView, StatusReport};
@@ -286,63 +287,6 @@ pub async fn status(bootstrap: Vec<Multiaddr>, json: bool) -> anyhow::Result<()>
         print_status(&coordinator.to_string(), &report);
     }
     Ok(())
-}
-
-/// A worker's peer id, as `kiln node` prints it.
-fn peer_of(key: &kiln_protocol::PublicKey) -> String {
-    kiln_node::identity::peer_id_of(key)
-        .map(|p| p.to_string())
-        .unwrap_or_else(|| key.to_string())
-}
-
-fn job_json(job: &JobView) -> serde_json::Value {
-    let (waiting, worker, artifact, reason) = match &job.phase {
-        JobPhase::Queued { waiting_because } => (waiting_because.clone(), None, None, None),
-        JobPhase::Assigned { worker, .. } => (None, Some(peer_of(worker)), None, None),
-        JobPhase::Replicating { artifact } => (None, None, Some(artifact.to_string()), None),
-        JobPhase::Done { attestation } => (
-            None,
-            None,
-            attestation.verify().ok().map(|a| a.artifact.to_string()),
-            None,
-        ),
-        JobPhase::Failed { reason, .. } => (None, None, None, Some(reason.clone())),
-        _ => (None, None, None, None),
-    };
-    json!({
-        "build_key": job.build_key.to_string(),
-        "recipe": job.recipe_name, "version": job.recipe_version, "options": job.options,
-        "state": job.phase.name(), "waiting_because": waiting, "worker": worker,
-        "artifact": artifact, "reason": reason,
-        "requesters": job.requesters, "failed_attempts": job.failed_attempts,
-    })
-}
-
-fn status_json(coordinator: &str, report: &StatusReport) -> serde_json::Value {
-    json!({
-        "coordinator": coordinator,
-        "pinned": report.pinned,
-        "workers": report.workers.iter().map(|w| json!({
-            "worker": w.worker.to_string(), "peer": peer_of(&w.worker), "system": w.system, "running_jobs": w.running_jobs,
-            "max_jobs": w.max_jobs, "waiting_because": w.waiting_because, "seen_ms_ago": w.seen_ms_ago,
-            "state": worker_state(w), "jobs": w.jobs.iter().map(|j| j.to_string()).collect::<Vec<_>>(),
-        })).collect::<Vec<_>>(),
-        "jobs_total": report.jobs_total,
-        "jobs": report.jobs.iter().map(job_json).collect::<Vec<_>>(),
-        "recent": report.recent.iter().map(job_json).collect::<Vec<_>>(),
-        "mail": json!({
-            "pending": report.mail.pending, "delivered": report.mail.delivered, "last_error": report.mail.last_error,
-        }),
-    })
-}
-
-/// `building`, `idle`, or why the worker takes nothing now.
-fn worker_state(w: &kiln_protocol::coord::WorkerView) -> String {
-    match &w.waiting_because {
-        Some(why) => format!("waiting: {why}"),
-        None if w.running_jobs > 0 => "building".into(),
-        None => "idle".into(),
-    }
 }
 
 fn print_job(job: &JobView, detail: &str) {

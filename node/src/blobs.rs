@@ -22,6 +22,7 @@ use tokio::sync::{Notify, Semaphore};
 use tracing::{debug, info, warn};
 
 use crate::frames::read_frame;
+use crate::metrics::{Metrics, METRICS};
 use crate::net::{NetClient, BLOB_PROTOCOL};
 
 /// Streams served at once; past this a fetcher is told to come back later.
@@ -177,7 +178,9 @@ async fn serve_range(stream: &mut Stream, store: &Store, hash: Hash, offset: u64
     match data {
         Ok(data) => {
             write_reply(stream, BlobReplyV1::Data { blob_bytes, length }).await?;
-            stream.write_all(&data).await
+            stream.write_all(&data).await?;
+            Metrics::add(&METRICS.bytes_served, data.len() as u64);
+            Ok(())
         }
         Err(e) => {
             warn!(blob = %hash, error = %e, "cannot read a served blob");
@@ -390,7 +393,9 @@ impl Plan {
     }
 
     fn done(&self, index: u64) {
-        self.progress.advance(ranges::range_len(self.blob_bytes, index));
+        let bytes = ranges::range_len(self.blob_bytes, index);
+        self.progress.advance(bytes);
+        Metrics::add(&METRICS.bytes_fetched, bytes);
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         self.changed.notify_waiters();
     }

@@ -43,6 +43,7 @@ use crate::election::{Candidate, Election, HEARTBEAT_MS};
 use crate::frames::{read_frame, read_frame_max, write_frame, write_frame_max};
 use crate::identity::peer_id_of;
 use crate::mailer::MailHandle;
+use crate::metrics::{Metrics, METRICS};
 use crate::net::{NetClient, COORD_PROTOCOL, WORK_PROTOCOL};
 use crate::node::NoProgress;
 use crate::schedule::{Decision, Job, JobState, Schedule, Submitted};
@@ -153,6 +154,14 @@ impl CoordHandle {
 
     pub fn addresses(&self, addresses: Vec<Multiaddr>) {
         let _ = self.inputs.try_send(Input::Addresses(addresses));
+    }
+
+    /// What `kiln status` would get from this node: the farm's status if
+    /// it coordinates, else who does. `None` if the task has stopped.
+    pub async fn status(&self) -> Option<CoordReplyV1> {
+        let (reply, answer) = oneshot::channel();
+        self.inputs.send(Input::Status { reply }).await.ok()?;
+        answer.await.ok()
     }
 }
 
@@ -371,6 +380,9 @@ struct Coordinator {
     sync_not_before_ms: u64,
     /// The mailer, and the flag that tells it this node coordinates.
     mail: Option<(MailHandle, Arc<AtomicBool>)>,
+    /// When this node accepted each open job it has not yet offered to a
+    /// worker (for the dispatch-latency metric); one entry per open job.
+    accepted_at_ms: HashMap<Hash, u64>,
 }
 
 impl Coordinator {
@@ -401,6 +413,7 @@ impl Coordinator {
             syncing: false,
             sync_not_before_ms: 0,
             mail,
+            accepted_at_ms: HashMap::new(),
         }
     }
 
@@ -851,6 +864,9 @@ impl Coordinator {
             };
         }
         info!(job = %build_key, merged, emails, "job accepted");
+        if !merged {
+            self.accepted_at_ms.insert(build_key, now_ms());
+        }
         if let Some(job) = self.schedule.job(&build_key) {
             let request = job.request.clone();
             self.gossip(topics::JOBS, GossipV1::Job(request)).await;
@@ -869,6 +885,9 @@ impl Coordinator {
             return;
         };
         info!(job = %build_key, worker = %worker, attempt, "assigning");
+        if let Some(accepted) = self.accepted_at_ms.remove(&build_key) {
+            METRICS.dispatched(now_ms().saturating_sub(accepted));
+        }
         self.gossip(
             topics::JOBS,
             GossipV1::Assigned(Assigned {
@@ -976,6 +995,7 @@ impl Coordinator {
     /// After a job ended: inputs unpinned, watchers told, kept in recent.
     fn ended(&mut self, job: Job, settlement: &Settlement) {
         let build_key = job.request.build_key;
+        self.accepted_at_ms.remove(&build_key);
         let _ = self.store.unpin(&job.request.recipe_id);
         let phase = match settlement {
             Settlement::Done { attestation, .. } => {
@@ -1007,6 +1027,10 @@ impl Coordinator {
     }
 
     fn record_result(&self, build_key: &Hash, settlement: &Settlement, job: Option<&JobRequest>) {
+        match settlement {
+            Settlement::Done { .. } => Metrics::add(&METRICS.jobs_done, 1),
+            Settlement::Failed { .. } => Metrics::add(&METRICS.jobs_failed, 1),
+        }
         let record = ResultRecord {
             settlement: settlement.clone(),
             recipe_name: job.map(|j| j.recipe_name.clone()).unwrap_or_default(),

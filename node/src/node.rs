@@ -16,6 +16,7 @@ use tracing::{info, warn};
 use crate::blobs::{self, FetchError, Progress};
 use crate::control::{self, ControlHandler, ControlReply, ControlRequest};
 use crate::coordinator::{self, CoordinatorOptions};
+use crate::dashboard::{self, Dashboard};
 use crate::mailer::{self, MailOptions};
 use crate::net::{self, NetClient, NetConfig, NetEvent};
 use crate::sandbox::Sandbox;
@@ -37,6 +38,8 @@ pub enum NodeError {
     Net(#[from] net::NetError),
     #[error("control socket: {0}")]
     Control(std::io::Error),
+    #[error("{0}")]
+    Dashboard(std::io::Error),
     #[error(transparent)]
     Sandbox(#[from] crate::sandbox::SandboxError),
     #[error(transparent)]
@@ -60,6 +63,8 @@ pub struct NodeOptions {
     pub coordinator: CoordinatorOptions,
     /// How a coordinator sends mail (`--smtp`, `--mail-from`).
     pub mail: MailOptions,
+    /// Serve the dashboard on this listener (`--http`; see [`dashboard::bind`]).
+    pub http: Option<std::net::TcpListener>,
 }
 
 /// How a contributed machine works.
@@ -104,6 +109,10 @@ pub async fn run_node(
     };
     let store = Store::open_with(&options.data_dir, store_options)?;
     let listener = control::bind(&options.data_dir).map_err(NodeError::Control)?;
+    let http = match options.http {
+        Some(listener) => Some(tokio::net::TcpListener::from_std(listener).map_err(NodeError::Dashboard)?),
+        None => None,
+    };
     let sandbox = match &options.worker {
         Some(worker) => Some(Sandbox::new(&options.data_dir, worker.policy.allow_network)?),
         None => None,
@@ -155,6 +164,11 @@ pub async fn run_node(
     let (coordination, tasks) =
         coordinator::spawn(net.clone(), store.clone(), coordinator_key, options.coordinator, mail);
     roles.extend(tasks);
+    let dashboard = http.map(|listener| {
+        let dashboard = Arc::new(Dashboard::new(net.clone(), store.clone(), coordination.clone()));
+        roles.push(tokio::spawn(dashboard::serve(listener, dashboard.clone())));
+        dashboard
+    });
     let mut addresses = Vec::new();
     let first = tokio::time::timeout(Duration::from_millis(LISTEN_MS_MAX), events.recv()).await;
     match first {
@@ -192,6 +206,9 @@ pub async fn run_node(
                     coordination.addresses(addresses.clone());
                 }
                 Some(NetEvent::Gossip { signer, message, .. }) => {
+                    if let Some(dashboard) = &dashboard {
+                        dashboard.heard(&message);
+                    }
                     if let Some(builder) = &builder {
                         release_if_replicated(&store, builder, &message);
                     }
@@ -204,6 +221,9 @@ pub async fn run_node(
         }
         if let Ok(mut known) = handler.addresses.lock() {
             known.clone_from(&addresses);
+        }
+        if let Some(dashboard) = &dashboard {
+            dashboard.addresses(&addresses);
         }
     }
     info!("shutting down");

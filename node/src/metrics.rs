@@ -1,0 +1,160 @@
+//! Counters a node keeps about itself, shown at the dashboard's `/metrics`
+//! in Prometheus' text format. One node runs per process, so they are
+//! process-wide; every field is an atomic and never blocks.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Upper bounds (seconds) of the dispatch-latency histogram's buckets.
+pub const DISPATCH_BUCKETS_S: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0];
+
+/// What this node counted since it started.
+pub struct Metrics {
+    /// Verified blob bytes fetched from other peers.
+    pub bytes_fetched: AtomicU64,
+    /// Blob bytes sent to other peers.
+    pub bytes_served: AtomicU64,
+    /// Builds this node saw end, by how they ended.
+    pub jobs_done: AtomicU64,
+    pub jobs_failed: AtomicU64,
+    dispatch: Histogram,
+}
+
+/// A Prometheus histogram of milliseconds, reported in seconds.
+struct Histogram {
+    /// Observations at or under each bound (not cumulative here).
+    buckets: [AtomicU64; DISPATCH_BUCKETS_S.len()],
+    count: AtomicU64,
+    sum_ms: AtomicU64,
+}
+
+/// The process's metrics.
+pub static METRICS: Metrics = Metrics {
+    bytes_fetched: AtomicU64::new(0),
+    bytes_served: AtomicU64::new(0),
+    jobs_done: AtomicU64::new(0),
+    jobs_failed: AtomicU64::new(0),
+    dispatch: Histogram {
+        buckets: [const { AtomicU64::new(0) }; DISPATCH_BUCKETS_S.len()],
+        count: AtomicU64::new(0),
+        sum_ms: AtomicU64::new(0),
+    },
+};
+
+impl Metrics {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// A job this node coordinates went to a worker `ms` after it was accepted.
+    pub fn dispatched(&self, ms: u64) {
+        let seconds = ms as f64 / 1000.0;
+        if let Some(i) = DISPATCH_BUCKETS_S.iter().position(|bound| seconds <= *bound) {
+            self.dispatch.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.dispatch.count.fetch_add(1, Ordering::Relaxed);
+        self.dispatch.sum_ms.fetch_add(ms, Ordering::Relaxed);
+    }
+
+    /// Appends this node's counters in Prometheus' text format.
+    pub fn render(&self, out: &mut String) {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        metric(
+            out,
+            "kiln_bytes_fetched_total",
+            "counter",
+            "Verified blob bytes this node fetched from peers.",
+            get(&self.bytes_fetched),
+        );
+        metric(
+            out,
+            "kiln_bytes_served_total",
+            "counter",
+            "Blob bytes this node served to peers.",
+            get(&self.bytes_served),
+        );
+        metric(
+            out,
+            "kiln_jobs_done_total",
+            "counter",
+            "Builds this node saw finish since it started.",
+            get(&self.jobs_done),
+        );
+        metric(
+            out,
+            "kiln_jobs_failed_total",
+            "counter",
+            "Builds this node saw fail since it started.",
+            get(&self.jobs_failed),
+        );
+        let name = "kiln_dispatch_latency_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Time from a job's acceptance by this node as coordinator to its first offer to a worker."
+        );
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (bound, bucket) in DISPATCH_BUCKETS_S.iter().zip(&self.dispatch.buckets) {
+            cumulative += get(bucket);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        let count = get(&self.dispatch.count);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum {}", get(&self.dispatch.sum_ms) as f64 / 1000.0);
+        let _ = writeln!(out, "{name}_count {count}");
+    }
+}
+
+/// Appends one metric with its help and type lines.
+pub fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_histogram_is_cumulative_and_counts_slow_dispatches_only_in_inf() {
+        let m = Metrics {
+            bytes_fetched: AtomicU64::new(0),
+            bytes_served: AtomicU64::new(7),
+            jobs_done: AtomicU64::new(0),
+            jobs_failed: AtomicU64::new(0),
+            dispatch: Histogram {
+                buckets: [const { AtomicU64::new(0) }; DISPATCH_BUCKETS_S.len()],
+                count: AtomicU64::new(0),
+                sum_ms: AtomicU64::new(0),
+            },
+        };
+        m.dispatched(3);
+        m.dispatched(300);
+        m.dispatched(120_000);
+        let mut out = String::new();
+        m.render(&mut out);
+        assert!(out.contains("kiln_bytes_served_total 7\n"), "{out}");
+        assert!(
+            out.contains("kiln_dispatch_latency_seconds_bucket{le=\"0.005\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("kiln_dispatch_latency_seconds_bucket{le=\"0.25\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("kiln_dispatch_latency_seconds_bucket{le=\"0.5\"} 2\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("kiln_dispatch_latency_seconds_bucket{le=\"60\"} 2\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("kiln_dispatch_latency_seconds_bucket{le=\"+Inf\"} 3\n"),
+            "{out}"
+        );
+        assert!(out.contains("kiln_dispatch_latency_seconds_sum 120.303\n"), "{out}");
+        assert!(out.contains("kiln_dispatch_latency_seconds_count 3\n"), "{out}");
+    }
+}

@@ -1,0 +1,74 @@
+//! The farm's status as JSON: what `kiln status --json` prints and the
+//! dashboard's `/api/status` serves, one shape for both.
+
+use kiln_protocol::coord::{JobPhase, JobView, StatusReport, WorkerView};
+use serde_json::json;
+
+/// A worker's peer id, as `kiln node` prints it.
+pub fn peer_of(key: &kiln_protocol::PublicKey) -> String {
+    crate::identity::peer_id_of(key)
+        .map(|p| p.to_string())
+        .unwrap_or_else(|| key.to_string())
+}
+
+/// One job: its state, and once built, the artifact, its builder and log.
+pub fn job_json(job: &JobView) -> serde_json::Value {
+    let mut value = json!({
+        "build_key": job.build_key.to_string(),
+        "recipe": job.recipe_name, "version": job.recipe_version, "options": job.options,
+        "state": job.phase.name(), "waiting_because": null, "worker": null,
+        "artifact": null, "reason": null,
+        "requesters": job.requesters, "failed_attempts": job.failed_attempts,
+    });
+    match &job.phase {
+        JobPhase::Queued { waiting_because } => value["waiting_because"] = json!(waiting_because),
+        JobPhase::Assigned { worker, attempt } => {
+            value["worker"] = json!(peer_of(worker));
+            value["attempt"] = json!(attempt);
+        }
+        JobPhase::Replicating { artifact } => value["artifact"] = json!(artifact.to_string()),
+        JobPhase::Done { attestation } => {
+            if let Ok(a) = attestation.verify() {
+                value["artifact"] = json!(a.artifact.to_string());
+                value["artifact_bytes"] = json!(a.artifact_bytes);
+                value["builder"] = json!(peer_of(&a.worker));
+                value["log"] = json!(a.log.to_string());
+                value["build_ms"] = json!(a.finished_at_ms.saturating_sub(a.started_at_ms));
+            }
+        }
+        JobPhase::Failed { reason, log, attempts } => {
+            value["reason"] = json!(reason);
+            value["log"] = json!(log.map(|l| l.to_string()));
+            value["attempts"] = json!(attempts);
+        }
+        JobPhase::Log { .. } | JobPhase::Unknown => {}
+    }
+    value
+}
+
+pub fn status_json(coordinator: &str, report: &StatusReport) -> serde_json::Value {
+    json!({
+        "coordinator": coordinator,
+        "pinned": report.pinned,
+        "workers": report.workers.iter().map(|w| json!({
+            "worker": w.worker.to_string(), "peer": peer_of(&w.worker), "system": w.system, "running_jobs": w.running_jobs,
+            "max_jobs": w.max_jobs, "waiting_because": w.waiting_because, "seen_ms_ago": w.seen_ms_ago,
+            "state": worker_state(w), "jobs": w.jobs.iter().map(|j| j.to_string()).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "jobs_total": report.jobs_total,
+        "jobs": report.jobs.iter().map(job_json).collect::<Vec<_>>(),
+        "recent": report.recent.iter().map(job_json).collect::<Vec<_>>(),
+        "mail": json!({
+            "pending": report.mail.pending, "delivered": report.mail.delivered, "last_error": report.mail.last_error,
+        }),
+    })
+}
+
+/// `building`, `idle`, or why the worker takes nothing now.
+pub fn worker_state(w: &WorkerView) -> String {
+    match &w.waiting_because {
+        Some(why) => format!("waiting: {why}"),
+        None if w.running_jobs > 0 => "building".into(),
+        None => "idle".into(),
+    }
+}
