@@ -206,15 +206,10 @@ async fn follow(
     build_key: Hash,
     start: &[libp2p::PeerId],
 ) -> anyhow::Result<Hash> {
-    let mut last = String::new();
-    let end = request::watch(&node.net, start, build_key, |phase| {
-        let line = describe(phase);
-        if line != last {
-            eprintln!("kiln: {line}");
-            last = line;
-        }
-    })
-    .await?;
+    let mut phases = crate::progress::Phases::new();
+    let end = request::watch(&node.net, start, build_key, |phase| phases.show(describe(phase))).await;
+    phases.finish();
+    let end = end?;
     match end {
         JobPhase::Done { attestation } => {
             let a = attestation.verify()?;
