@@ -29,14 +29,15 @@ enum Expect {
     Succeeds(&'static str),
     /// Keeps running and prints this on stderr (it is then stopped).
     WaitsSaying(&'static str),
-    /// Run by another test, named here.
-    RunBy(&'static str),
+    /// Run by another file (a test or CI, from the repository root), which
+    /// holds this text.
+    RunBy(&'static str, &'static str),
 }
 use Expect::*;
 
 const COMMANDS: &[(&str, Expect)] = &[
-    ("cargo test --workspace --locked -- --test-threads=2", RunBy("CI (.ci/run), and this test is part of it")),
-    ("cargo run --bin kiln -- demo", RunBy("tests/tests/demo.rs, which runs `kiln demo` to the end and with Ctrl-C")),
+    ("cargo test --workspace --locked -- --test-threads=2", RunBy(".ci/run", "\ncargo test --workspace --locked -- --test-threads=2\n")),
+    ("cargo run --bin kiln -- demo", RunBy("tests/tests/demo.rs", ".arg(\"demo\")")),
     ("kiln-bootstrap --listen /ip4/0.0.0.0/tcp/4001 --data-dir ~/kiln-bootstrap", Listens),
     ("kiln node --coordinator --bootstrap MULTIADDR --http 8180", Listens),
     ("kiln system", Succeeds("pointer_width")),
@@ -184,7 +185,11 @@ fn every_command_in_the_readme_does_what_it_says() {
             filled = filled.replace("HASH", &first_artifact());
         }
         match expect {
-            RunBy(_) => continue,
+            RunBy(file, runs) => {
+                let runner = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).join(file);
+                let text = std::fs::read_to_string(&runner).unwrap_or_else(|e| panic!("{line}: {file}: {e}"));
+                assert!(text.contains(runs), "{file} no longer runs {line:?}");
+            }
             Listens => {
                 let mut proc = Proc::spawn(line, reader.command(&filled));
                 let addr = proc.wait_line(START, |l| l.starts_with("/ip4/127.0.0.1/") && l.contains("/p2p/"));
