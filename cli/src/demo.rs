@@ -116,17 +116,24 @@ fn node_options(data_dir: PathBuf, bootstrap: Vec<Multiaddr>) -> NodeOptions {
     }
 }
 
-/// Runs the demo; Ctrl-C stops it early, cleanly.
-pub async fn run() -> anyhow::Result<()> {
+/// Runs the demo; Ctrl-C stops it early, cleanly. With `keep`, the network
+/// (and its dashboard) stays up after the demo until Ctrl-C.
+pub async fn run(keep: bool) -> anyhow::Result<()> {
     let dir = tempfile::Builder::new()
         .prefix("kiln-demo-")
         .tempdir()
         .context("cannot create a temporary directory for the demo")?;
     let mut network = Network::new();
+    let stop = kiln_node::shutdown_signal();
+    tokio::pin!(stop);
     let result = tokio::select! {
         result = demo(dir.path(), &mut network) => result,
-        _ = kiln_node::shutdown_signal() => Err(anyhow::anyhow!("interrupted; the demo network is stopped and its directory removed")),
+        _ = &mut stop => Err(anyhow::anyhow!("interrupted; the demo network is stopped and its directory removed")),
     };
+    if keep && result.is_ok() {
+        say("the demo network keeps running (--keep): the dashboard is at the address above; Ctrl-C stops it");
+        stop.await;
+    }
     say("stopping the demo network");
     network.stop().await;
     say(&format!("removed {}", dir.path().display()));

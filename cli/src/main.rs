@@ -208,7 +208,11 @@ enum Command {
     },
     /// See Kiln work on this machine: a local network (bootstrap, coordinator, two workers) builds the
     /// example C program, mails you (to a file), and a fresh node fetches it by hash; nothing to configure.
-    Demo,
+    Demo {
+        /// Keep the demo network (and its dashboard) running at the end, until Ctrl-C
+        #[arg(long)]
+        keep: bool,
+    },
     /// Print a shell completion script, e.g. `kiln completions bash > ~/.local/share/bash-completion/completions/kiln`
     Completions {
         #[arg(value_enum)]
@@ -291,6 +295,7 @@ enum RecipeCommand {
 }
 
 fn main() -> ExitCode {
+    restore_sigpipe();
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let args = match config::path() {
         Some(file) => match config::apply::<Cli>(args, &file) {
@@ -307,8 +312,10 @@ fn main() -> ExitCode {
     // commands print their results and log only problems.
     // The demo prints its own story; its nodes log only errors.
     let default = match cli.command {
-        Command::Node { .. } => "warn,kiln_node=info",
-        Command::Demo => "error",
+        // libp2p's Kademlia warns when a lone node has no peer to refresh
+        // from; Kiln says what matters about bootstrap peers itself.
+        Command::Node { .. } => "warn,kiln_node=info,libp2p_kad=error",
+        Command::Demo { .. } => "error",
         _ => "warn",
     };
     init_logging(match (cli.quiet, cli.verbose) {
@@ -334,6 +341,17 @@ fn main() -> ExitCode {
             }
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Rust ignores SIGPIPE, so `kiln status | head -1` would panic writing to
+/// a closed pipe; like other command-line tools, kiln just ends instead.
+#[allow(unsafe_code)]
+fn restore_sigpipe() {
+    // SAFETY: called first thing in main, before any thread exists;
+    // resetting a signal to its default action has no other effect.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
@@ -380,6 +398,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 mail: mail.options()?,
                 http,
             };
+            if options.bootstrap.is_empty() {
+                tracing::warn!("no --bootstrap given (nor KILN_BOOTSTRAP): this node is alone until other nodes list it as their bootstrap peer");
+            }
             kiln_node::run_node(options, |addr| println!("{addr}"), kiln_node::shutdown_signal()).await?;
             Ok(())
         }
@@ -407,7 +428,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .await
         .map(|_| ()),
         Command::Status { bootstrap, json } => request::status(bootstrap.bootstrap, json).await,
-        Command::Demo => demo::run().await,
+        Command::Demo { keep } => demo::run(keep).await,
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "kiln", &mut std::io::stdout());
@@ -477,8 +498,40 @@ async fn publish(path: &Path, data_dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Checks `-o PATH` before anything is downloaded.
+fn check_output(output: &Path) -> anyhow::Result<()> {
+    if output.is_dir() {
+        bail!(
+            "-o {} is a directory: give the file to write, e.g. -o {}",
+            output.display(),
+            output.join("NAME").display()
+        );
+    }
+    if let Some(parent) = output.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.is_dir() {
+            bail!(
+                "-o {}: the directory {} does not exist; create it first",
+                output.display(),
+                parent.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn fetched(hash: &Hash, bytes: u64, output: Option<&Path>) {
+    let place = match output {
+        Some(path) => format!("to {}", path.display()),
+        None => "into the store".into(),
+    };
+    eprintln!("kiln: fetched {bytes} bytes {place}; every range checked against {hash}");
+}
+
 async fn fetch(hash: Hash, output: Option<PathBuf>, bootstrap: Vec<Multiaddr>, data_dir: &Path) -> anyhow::Result<()> {
     let output = output.map(|o| std::path::absolute(&o).unwrap_or(o));
+    if let Some(output) = &output {
+        check_output(output)?;
+    }
     match control::ask(
         data_dir,
         &ControlRequest::Fetch {
@@ -488,7 +541,10 @@ async fn fetch(hash: Hash, output: Option<PathBuf>, bootstrap: Vec<Multiaddr>, d
     )
     .await?
     {
-        Some(ControlReply::Fetched { .. }) => return Ok(()),
+        Some(ControlReply::Fetched { bytes, .. }) => {
+            fetched(&hash, bytes, output.as_deref());
+            return Ok(());
+        }
         Some(ControlReply::Error { message }) => bail!("{message}"),
         Some(other) => bail!("unexpected answer from the node: {other:?}"),
         None => {}
@@ -501,7 +557,7 @@ async fn fetch(hash: Hash, output: Option<PathBuf>, bootstrap: Vec<Multiaddr>, d
     let result = kiln_node::fetch_to(&node.net, &node.store, hash, output.as_deref(), progress.clone()).await;
     progress.finish();
     node.stop().await;
-    result?;
+    fetched(&hash, result?, output.as_deref());
     Ok(())
 }
 

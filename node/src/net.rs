@@ -68,6 +68,35 @@ pub enum NetError {
     Provide(String),
 }
 
+/// libp2p's TCP listeners share ports (SO_REUSEPORT), so a second process
+/// told to listen on a port already taken would quietly share it. A plain
+/// bind first catches that: a port given explicitly must be free.
+fn check_port_free(addr: &Multiaddr) -> Result<(), NetError> {
+    let mut ip = None;
+    let mut port = None;
+    for protocol in addr.iter() {
+        match protocol {
+            Protocol::Ip4(a) => ip = Some(std::net::IpAddr::V4(a)),
+            Protocol::Ip6(a) => ip = Some(std::net::IpAddr::V6(a)),
+            Protocol::Tcp(p) => port = Some(p),
+            _ => {}
+        }
+    }
+    let (Some(ip), Some(port)) = (ip, port) else {
+        return Ok(());
+    };
+    if port == 0 {
+        return Ok(());
+    }
+    match std::net::TcpListener::bind((ip, port)) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(NetError::Listen {
+            addr: addr.clone(),
+            reason: format!("{e} (another process listens there?)"),
+        }),
+    }
+}
+
 /// What the network tells the roles.
 #[derive(Debug)]
 pub enum NetEvent {
@@ -83,6 +112,8 @@ pub enum NetEvent {
     },
     PeerConnected(PeerId),
     PeerDisconnected(PeerId),
+    /// A dial to a bootstrap peer failed, and why.
+    BootstrapUnreachable(PeerId, String),
 }
 
 /// How to start the network.
@@ -207,6 +238,7 @@ pub fn start(config: NetConfig) -> Result<(NetClient, mpsc::Receiver<NetEvent>, 
     let peer_id = keypair.public().to_peer_id();
     let mut swarm = build_swarm(keypair, &config)?;
     for addr in &config.listen {
+        check_port_free(addr)?;
         swarm.listen_on(addr.clone()).map_err(|e| NetError::Listen {
             addr: addr.clone(),
             reason: e.to_string(),
@@ -236,6 +268,8 @@ pub fn start(config: NetConfig) -> Result<(NetClient, mpsc::Receiver<NetEvent>, 
         events: events_tx,
         bootstrap,
         bootstrap_seen: HashSet::new(),
+        bootstrap_failing: HashSet::new(),
+        dht_server: config.dht_server,
         provided: HashSet::new(),
         provider_queries: HashMap::new(),
         provide_queries: HashMap::new(),
@@ -328,6 +362,10 @@ pub struct EventLoop {
     bootstrap: Vec<(PeerId, Multiaddr)>,
     /// Bootstrap peers we have been connected to at least once.
     bootstrap_seen: HashSet<PeerId>,
+    /// Bootstrap peers whose last dial failed (warned about once per streak).
+    bootstrap_failing: HashSet<PeerId>,
+    /// A long-running node (not a short-lived client).
+    dht_server: bool,
     provided: HashSet<Hash>,
     provider_queries: HashMap<QueryId, ProviderQuery>,
     provide_queries: HashMap<QueryId, oneshot::Sender<Result<(), NetError>>>,
@@ -527,6 +565,27 @@ impl EventLoop {
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                 }
             }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                error,
+                ..
+            } => {
+                let bootstrap = self.bootstrap.iter().find(|(p, _)| *p == peer).map(|(_, a)| a.clone());
+                if let Some(addr) = bootstrap {
+                    self.emit(NetEvent::BootstrapUnreachable(peer, error.to_string()));
+                    // A client fails on this itself; a node keeps trying.
+                    if self.dht_server && !self.swarm.is_connected(&peer) && self.bootstrap_failing.insert(peer) {
+                        warn!(
+                            address = %addr,
+                            error = %error,
+                            "cannot reach a bootstrap peer; retrying every {} s (is it running, and is the address right?)",
+                            REDIAL_MS / 1000
+                        );
+                    }
+                } else {
+                    debug!(peer = %peer, error = %error, "dial failed");
+                }
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.on_kad_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
                 propagation_source,
@@ -539,6 +598,9 @@ impl EventLoop {
 
     fn on_connected(&mut self, peer: PeerId) {
         let is_bootstrap = self.bootstrap.iter().any(|(p, _)| *p == peer);
+        if self.bootstrap_failing.remove(&peer) {
+            info!(peer = %peer, "reached the bootstrap peer");
+        }
         if is_bootstrap && !self.bootstrap_seen.insert(peer) {
             // A bootstrap peer came back: it may have restarted and lost the
             // provider records it held for us.

@@ -9,8 +9,7 @@ use std::time::Duration;
 use kiln_protocol::messages::{Gossip, GossipV1, Settlement};
 use kiln_protocol::Hash;
 use kiln_store::Store;
-use libp2p::Multiaddr;
-use tokio::sync::mpsc;
+use libp2p::{Multiaddr, PeerId};
 use tracing::{info, warn};
 
 use crate::blobs::{self, FetchError, Progress};
@@ -26,6 +25,8 @@ use kiln_protocol::SecretKey;
 
 /// How long a node waits for its first listen address.
 const LISTEN_MS_MAX: u64 = 10_000;
+/// How long a short-lived client waits to reach a bootstrap peer.
+const JOIN_MS_MAX: u64 = 10_000;
 
 /// Why a node could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +47,8 @@ pub enum NodeError {
     Mail(#[from] crate::mailer::MailError),
     #[error("the node did not start listening within {LISTEN_MS_MAX} ms; check the --listen addresses")]
     NoListen,
+    #[error("cannot reach the bootstrap peer {0}; is it running, and is the address right (as `kiln-bootstrap` or `kiln node` printed it, with its /p2p/ peer id)?")]
+    NoBootstrap(String),
 }
 
 /// What `kiln node` and `kiln-bootstrap` start.
@@ -356,13 +359,16 @@ pub struct EphemeralNode {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
     server: tokio::task::JoinHandle<()>,
-    _events: mpsc::Receiver<NetEvent>,
+    /// Drains the network's events (a client acts on none of them).
+    drain: tokio::task::JoinHandle<()>,
 }
 
 impl EphemeralNode {
     pub async fn start(data_dir: &Path, bootstrap: Vec<Multiaddr>) -> Result<EphemeralNode, NodeError> {
         let key = identity::load_or_create(data_dir)?;
         let store = Store::open(data_dir)?;
+        let entry: Vec<PeerId> = crate::request::bootstrap_peers(&bootstrap);
+        let shown: Vec<String> = bootstrap.iter().map(|a| a.to_string()).collect();
         let config = NetConfig {
             key,
             listen: Vec::new(),
@@ -370,25 +376,52 @@ impl EphemeralNode {
             relay_server: false,
             dht_server: false,
         };
-        let (net, events, event_loop) = net::start(config)?;
+        let (net, mut events, event_loop) = net::start(config)?;
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(event_loop.run(async {
             let _ = stop_rx.await;
         }));
         // Serves what it publishes (a requester's recipe and source).
         let server = blobs::spawn_server(&net, store.clone());
+        // Nothing works before a bootstrap peer answers: say so at once
+        // rather than time out later on something else.
+        let joined = tokio::time::timeout(Duration::from_millis(JOIN_MS_MAX), async {
+            let mut failed = std::collections::BTreeMap::new();
+            while let Some(event) = events.recv().await {
+                match event {
+                    NetEvent::PeerConnected(peer) if entry.contains(&peer) => return Ok(()),
+                    NetEvent::BootstrapUnreachable(peer, why) => {
+                        failed.insert(peer, why);
+                        if entry.iter().all(|p| failed.contains_key(p)) {
+                            return Err(failed.into_values().collect::<Vec<_>>().join("; "));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Err("the network task stopped".to_string())
+        })
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {} s", JOIN_MS_MAX / 1000)));
+        if let (Err(why), false) = (joined, entry.is_empty()) {
+            server.abort();
+            let _ = stop_tx.send(());
+            let _ = task.await;
+            return Err(NodeError::NoBootstrap(format!("{}: {why}", shown.join(", "))));
+        }
         Ok(EphemeralNode {
             net,
             store,
             stop: Some(stop_tx),
             task,
             server,
-            _events: events,
+            drain: tokio::spawn(async move { while events.recv().await.is_some() {} }),
         })
     }
 
     pub async fn stop(mut self) {
         self.server.abort();
+        self.drain.abort();
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

@@ -148,7 +148,7 @@ pub enum SignError {
     BadSignature,
     #[error("public key is not a valid ed25519 point")]
     BadKey,
-    #[error("{0:?} is not a public key: expected 64 hex characters, as printed by `kiln keygen` or `kiln id --key`")]
+    #[error("{0:?} is not a public key: expected 64 hex characters, as printed by `kiln keygen`")]
     KeyText(String),
     #[error("not a signature: expected 128 hex characters")]
     SignatureText,

@@ -39,10 +39,10 @@ const COMMANDS: &[(&str, Expect)] = &[
     ("cargo test --workspace --locked -- --test-threads=2", RunBy(".ci/run", "\ncargo test --workspace --locked -- --test-threads=2\n")),
     ("cargo run --bin kiln -- demo", RunBy("tests/tests/demo.rs", ".arg(\"demo\")")),
     ("kiln-bootstrap --listen /ip4/0.0.0.0/tcp/4001 --data-dir ~/kiln-bootstrap", Listens),
-    ("kiln node --coordinator --bootstrap MULTIADDR --http 8180", Listens),
+    ("kiln node --coordinator --bootstrap MULTIADDR --http 8180 --data-dir ~/kiln-coordinator", Listens),
     ("kiln system", Succeeds("pointer_width")),
-    ("kiln node --contribute --trust-publisher KEY --bootstrap MULTIADDR", Listens),
-    ("kiln node --contribute --trust-any-recipe --bootstrap MULTIADDR", Listens),
+    ("kiln node --contribute --trust-publisher KEY --bootstrap MULTIADDR --data-dir ~/kiln-worker1", Listens),
+    ("kiln node --contribute --trust-any-recipe --bootstrap MULTIADDR --data-dir ~/kiln-worker2", Listens),
     (
         "kiln request --email me@example.org --recipe recipes/hello-c/recipe.toml -o greeting=loud --bootstrap MULTIADDR",
         Succeeds("me@example.org will be emailed when it ends"),
