@@ -38,9 +38,12 @@ start_provider() {
     "$BIN/kiln" publish "$DIR/blob" --data-dir "$DIR/$1" > /dev/null
 }
 
+# Seconds for one whole `kiln fetch` process into an empty data dir (the
+# previous fetch's files are removed before the clock starts).
 fetch_once() {
     rm -rf "$DIR/fetcher" "$DIR/out"
-    "$BIN/kiln" fetch "$HASH" -o "$DIR/out" --bootstrap "$BOOT" --data-dir "$DIR/fetcher"
+    sync
+    seconds "$BIN/kiln" fetch "$HASH" -o "$DIR/out" --bootstrap "$BOOT" --data-dir "$DIR/fetcher"
 }
 
 socat_once() {
@@ -85,14 +88,14 @@ results=()
 t=$(for _ in $(seq "$RUNS"); do seconds socat_once; done | median); results+=("$(report "socat -b 131072 + sync + b3sum" "$t")")
 t=$(for _ in $(seq "$RUNS"); do sendme_time "$DIR/blob"; done | median); results+=("$(report "sendme (unshare -n) + sync" "$t")")
 start_provider p1
-t=$(for _ in $(seq "$RUNS"); do seconds fetch_once; done | median); results+=("$(report "kiln fetch, one provider" "$t")")
+t=$(for _ in $(seq "$RUNS"); do fetch_once; done | median); results+=("$(report "kiln fetch, one provider" "$t")")
 cmp "$DIR/blob" "$DIR/out"
 start_provider p2
-t=$(for _ in $(seq "$RUNS"); do seconds fetch_once; done | median); results+=("$(report "kiln fetch, two providers" "$t")")
+t=$(for _ in $(seq "$RUNS"); do fetch_once; done | median); results+=("$(report "kiln fetch, two providers" "$t")")
 cmp "$DIR/blob" "$DIR/out"
 SIZE_SMALL=4096; head -c $SIZE_SMALL /dev/urandom > "$DIR/small"; "$BIN/kiln" publish "$DIR/small" --data-dir "$DIR/p1" > /dev/null
 HASH=$(b3sum --no-names "$DIR/small"); BYTES=$SIZE_SMALL
-t=$(for _ in $(seq "$RUNS"); do seconds fetch_once; done | median)
+t=$(for _ in $(seq "$RUNS"); do fetch_once; done | median)
 results+=("$(awk -v s="$t" 'BEGIN { printf "%-34s median %7.1f ms\n", "kiln fetch 4 KiB, one provider", s * 1000 }')")
 t=$(for _ in $(seq "$RUNS"); do sendme_time "$DIR/small"; done | median)
 results+=("$(awk -v s="$t" 'BEGIN { printf "%-34s median %7.1f ms\n", "sendme 4 KiB (unshare -n)", s * 1000 }')")

@@ -132,6 +132,8 @@ async fn write_reply(stream: &mut Stream, reply: BlobReplyV1) -> std::io::Result
 }
 
 async fn serve_stream(mut stream: Stream, store: Store, cache: RangeHashCache) -> std::io::Result<()> {
+    // One buffer per stream, reused for every range it serves.
+    let mut buffer = Vec::new();
     while let Some(request) = read_frame::<BlobRequest>(&mut stream, SERVE_IDLE_MS_MAX).await? {
         match request {
             BlobRequest::RangeHashesV1 { hash } => {
@@ -156,37 +158,52 @@ async fn serve_stream(mut stream: Stream, store: Store, cache: RangeHashCache) -
                 .await?;
                 stream.write_all(&list.concat()).await?;
             }
-            BlobRequest::V1 { hash, offset, length } => serve_range(&mut stream, &store, hash, offset, length).await?,
+            BlobRequest::V1 { hash, offset, length } => {
+                buffer = serve_range(&mut stream, &store, hash, offset, length, buffer).await?;
+            }
         }
         stream.flush().await?;
     }
     Ok(())
 }
 
-async fn serve_range(stream: &mut Stream, store: &Store, hash: Hash, offset: u64, length: u64) -> std::io::Result<()> {
+/// Serves one range, reading it into `buffer`, which it gives back.
+async fn serve_range(
+    stream: &mut Stream,
+    store: &Store,
+    hash: Hash,
+    offset: u64,
+    length: u64,
+    mut buffer: Vec<u8>,
+) -> std::io::Result<Vec<u8>> {
     let Some(blob_bytes) = store.size(&hash) else {
-        return write_reply(stream, BlobReplyV1::NotFound).await;
+        write_reply(stream, BlobReplyV1::NotFound).await?;
+        return Ok(buffer);
     };
     let in_bounds = offset.checked_add(length).is_some_and(|end| end <= blob_bytes);
     if !in_bounds || length > kiln_protocol::messages::RANGE_BYTES_MAX {
-        return write_reply(stream, BlobReplyV1::BadRange { blob_bytes }).await;
+        write_reply(stream, BlobReplyV1::BadRange { blob_bytes }).await?;
+        return Ok(buffer);
     }
     let store = store.clone();
-    let data = tokio::task::spawn_blocking(move || store.read_range(&hash, offset, length))
-        .await
-        .map_err(std::io::Error::other)?;
-    match data {
-        Ok(data) => {
+    let (read, buffer) = tokio::task::spawn_blocking(move || {
+        let read = store.read_range_into(&hash, offset, length, &mut buffer);
+        (read, buffer)
+    })
+    .await
+    .map_err(std::io::Error::other)?;
+    match read {
+        Ok(()) => {
             write_reply(stream, BlobReplyV1::Data { blob_bytes, length }).await?;
-            stream.write_all(&data).await?;
-            Metrics::add(&METRICS.bytes_served, data.len() as u64);
-            Ok(())
+            stream.write_all(&buffer).await?;
+            Metrics::add(&METRICS.bytes_served, buffer.len() as u64);
         }
         Err(e) => {
             warn!(blob = %hash, error = %e, "cannot read a served blob");
-            write_reply(stream, BlobReplyV1::NotFound).await
+            write_reply(stream, BlobReplyV1::NotFound).await?;
         }
     }
+    Ok(buffer)
 }
 
 /// Why a fetch failed.
@@ -311,9 +328,11 @@ async fn fetch_with(
         changed: Notify::new(),
         faults: Mutex::new(faults),
         progress,
+        buffers: Arc::new(BufferPool::default()),
     });
     let (writes, write_rx) = tokio::sync::mpsc::channel::<(u64, Vec<u8>)>(WRITES_QUEUED_MAX);
-    let writer = tokio::task::spawn_blocking(move || write_ranges(partial, write_rx));
+    let buffers = plan.buffers.clone();
+    let writer = tokio::task::spawn_blocking(move || write_ranges(partial, write_rx, &buffers));
     let mut tasks = Vec::new();
     for peer in good {
         for _ in 0..STREAMS_PER_PROVIDER {
@@ -346,9 +365,11 @@ fn missing_range_indexes(missing: &[std::ops::Range<u64>], blob_bytes: u64) -> V
 fn write_ranges(
     mut partial: kiln_store::PartialBlob,
     mut writes: tokio::sync::mpsc::Receiver<(u64, Vec<u8>)>,
+    buffers: &BufferPool,
 ) -> Result<bool, kiln_store::StoreError> {
     while let Some((offset, bytes)) = writes.blocking_recv() {
         partial.write_at(offset, &bytes)?;
+        buffers.give(bytes);
     }
     if !partial.is_complete() {
         partial.flush()?;
@@ -358,6 +379,31 @@ fn write_ranges(
     // blob hash before it was written: no need to read it all back.
     partial.finish_verified()?;
     Ok(true)
+}
+
+/// Range buffers the writer has finished with, for the next ranges: a
+/// fetch then does not zero (and fault in) a fresh megabyte per range.
+#[derive(Default)]
+struct BufferPool(Mutex<Vec<Vec<u8>>>);
+
+/// Buffers kept: as many as can be queued for the writer and in flight.
+const POOLED_BUFFERS_MAX: usize = WRITES_QUEUED_MAX + 2 * STREAMS_PER_PROVIDER;
+
+impl BufferPool {
+    /// A buffer of `len` bytes (their contents are to be overwritten).
+    fn take(&self, len: usize) -> Vec<u8> {
+        let mut buffer = self.0.lock().ok().and_then(|mut pool| pool.pop()).unwrap_or_default();
+        buffer.resize(len, 0);
+        buffer
+    }
+
+    fn give(&self, buffer: Vec<u8>) {
+        if let Ok(mut pool) = self.0.lock() {
+            if pool.len() < POOLED_BUFFERS_MAX {
+                pool.push(buffer);
+            }
+        }
+    }
 }
 
 /// The ranges still to fetch, shared by every download task.
@@ -371,6 +417,7 @@ struct Plan {
     changed: Notify,
     faults: Mutex<HashMap<PeerId, ProviderFault>>,
     progress: Arc<dyn Progress>,
+    buffers: Arc<BufferPool>,
 }
 
 impl Plan {
@@ -500,7 +547,7 @@ async fn download_over(
         let Some(index) = plan.next().await else { return Ok(()) };
         let offset = index * RANGE_BYTES;
         let length = ranges::range_len(plan.blob_bytes, index);
-        match request_range(stream, plan.hash, offset, length).await {
+        match request_range(stream, plan.hash, offset, length, &plan.buffers).await {
             Ok(data) if plan.check(index, &data) => {
                 *fetched += data.len() as u64;
                 let sent = writes.send((offset, data)).await;
@@ -526,7 +573,13 @@ async fn download_over(
     Ok(())
 }
 
-async fn request_range(stream: &mut Stream, hash: Hash, offset: u64, length: u64) -> Result<Vec<u8>, ProviderFault> {
+async fn request_range(
+    stream: &mut Stream,
+    hash: Hash,
+    offset: u64,
+    length: u64,
+    buffers: &BufferPool,
+) -> Result<Vec<u8>, ProviderFault> {
     let io = |e: std::io::Error| ProviderFault::Missing(e.to_string());
     let frame =
         encode_frame(&BlobRequest::V1 { hash, offset, length }).map_err(|e| ProviderFault::Missing(e.to_string()))?;
@@ -534,7 +587,7 @@ async fn request_range(stream: &mut Stream, hash: Hash, offset: u64, length: u64
     stream.flush().await.map_err(io)?;
     match read_frame::<BlobReply>(stream, FETCH_IO_MS_MAX).await.map_err(io)? {
         Some(BlobReply::V1(BlobReplyV1::Data { length: sent, .. })) if sent == length => {
-            let mut data = vec![0u8; length as usize];
+            let mut data = buffers.take(length as usize);
             tokio::time::timeout(Duration::from_millis(FETCH_IO_MS_MAX), stream.read_exact(&mut data))
                 .await
                 .map_err(|_| ProviderFault::Missing("data arrived too slowly".into()))?

@@ -29,19 +29,23 @@ struct Histogram {
 }
 
 /// The process's metrics.
-pub static METRICS: Metrics = Metrics {
-    bytes_fetched: AtomicU64::new(0),
-    bytes_served: AtomicU64::new(0),
-    jobs_done: AtomicU64::new(0),
-    jobs_failed: AtomicU64::new(0),
-    dispatch: Histogram {
-        buckets: [const { AtomicU64::new(0) }; DISPATCH_BUCKETS_S.len()],
-        count: AtomicU64::new(0),
-        sum_ms: AtomicU64::new(0),
-    },
-};
+pub static METRICS: Metrics = Metrics::new();
 
 impl Metrics {
+    const fn new() -> Metrics {
+        Metrics {
+            bytes_fetched: AtomicU64::new(0),
+            bytes_served: AtomicU64::new(0),
+            jobs_done: AtomicU64::new(0),
+            jobs_failed: AtomicU64::new(0),
+            dispatch: Histogram {
+                buckets: [const { AtomicU64::new(0) }; DISPATCH_BUCKETS_S.len()],
+                count: AtomicU64::new(0),
+                sum_ms: AtomicU64::new(0),
+            },
+        }
+    }
+
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }
@@ -117,17 +121,8 @@ mod tests {
 
     #[test]
     fn the_histogram_is_cumulative_and_counts_slow_dispatches_only_in_inf() {
-        let m = Metrics {
-            bytes_fetched: AtomicU64::new(0),
-            bytes_served: AtomicU64::new(7),
-            jobs_done: AtomicU64::new(0),
-            jobs_failed: AtomicU64::new(0),
-            dispatch: Histogram {
-                buckets: [const { AtomicU64::new(0) }; DISPATCH_BUCKETS_S.len()],
-                count: AtomicU64::new(0),
-                sum_ms: AtomicU64::new(0),
-            },
-        };
+        let m = Metrics::new();
+        Metrics::add(&m.bytes_served, 7);
         m.dispatched(3);
         m.dispatched(300);
         m.dispatched(120_000);

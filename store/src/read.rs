@@ -169,6 +169,14 @@ impl Store {
     /// caller checks ranges against the hash it trusts). The range must lie
     /// inside the blob and be at most [`RANGE_BYTES_MAX`] long.
     pub fn read_range(&self, hash: &Hash, offset: u64, len_bytes: u64) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.read_range_into(hash, offset, len_bytes, &mut out)?;
+        Ok(out)
+    }
+
+    /// Like [`Store::read_range`], into `out` (resized to the range): a
+    /// server reuses one buffer rather than zeroing a new one per range.
+    pub fn read_range_into(&self, hash: &Hash, offset: u64, len_bytes: u64, out: &mut Vec<u8>) -> Result<()> {
         let size_bytes = self.size(hash).ok_or(StoreError::Missing { hash: *hash })?;
         let inside = offset.checked_add(len_bytes).is_some_and(|end| end <= size_bytes);
         if !inside || len_bytes > RANGE_BYTES_MAX {
@@ -181,10 +189,9 @@ impl Store {
             });
         }
         let file = self.open_blob(hash)?.ok_or(StoreError::Missing { hash: *hash })?;
-        let mut out = vec![0u8; usize::try_from(len_bytes).unwrap_or(usize::MAX)];
-        file.read_exact_at(&mut out, offset)
-            .map_err(|e| StoreError::io("reading a range of blob", &self.blob_path(hash), e))?;
-        Ok(out)
+        out.resize(usize::try_from(len_bytes).unwrap_or(usize::MAX), 0);
+        file.read_exact_at(out, offset)
+            .map_err(|e| StoreError::io("reading a range of blob", &self.blob_path(hash), e))
     }
 
     /// Re-hashes a stored blob. `Ok(false)`: its bytes did not match its

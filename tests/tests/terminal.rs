@@ -39,19 +39,23 @@ fn progress_is_drawn_on_a_terminal_and_never_into_a_pipe() {
 
     // request --wait: states above a spinner that counts the seconds.
     let r = recipe("sleep");
-    let args = [
-        "request",
-        "--wait",
-        "--bootstrap",
-        &boot,
-        "--email",
-        "a@example.org",
-        "--recipe",
-        &r,
-        "-o",
-        "secs=3",
-    ];
-    let (ok, screen) = on_terminal(&args);
+    let wait_for = |secs| {
+        let args = [
+            "request",
+            "--wait",
+            "--bootstrap",
+            &boot,
+            "--email",
+            "a@example.org",
+            "--recipe",
+            &r,
+            "-o",
+            secs,
+        ];
+        args.map(String::from)
+    };
+    let args = wait_for("secs=3");
+    let (ok, screen) = on_terminal(&args.each_ref().map(String::as_str));
     assert!(ok, "{screen}");
     assert!(screen.contains("kiln: building on worker"), "{screen}");
     assert!(screen.contains("kiln: done"), "{screen}");
@@ -62,19 +66,8 @@ fn progress_is_drawn_on_a_terminal_and_never_into_a_pipe() {
     );
 
     // The same on a pipe: the same lines, no control sequences.
-    let args = [
-        "request",
-        "--wait",
-        "--bootstrap",
-        &boot,
-        "--email",
-        "a@example.org",
-        "--recipe",
-        &r,
-        "-o",
-        "secs=1",
-    ];
-    let (ok, out, err) = kiln(&args);
+    let args = wait_for("secs=1");
+    let (ok, out, err) = kiln(&args.each_ref().map(String::as_str));
     assert!(ok, "{err}");
     assert!(err.contains("kiln: building on worker"), "{err}");
     assert!(
