@@ -367,10 +367,40 @@ fn write_ranges(
     mut writes: tokio::sync::mpsc::Receiver<(u64, Vec<u8>)>,
     buffers: &BufferPool,
 ) -> Result<bool, kiln_store::StoreError> {
+    // Progress is made durable on a second thread (one flush at a time, in
+    // order) while this one goes on writing: the disk writes back during
+    // the transfer instead of stalling it every PARTIAL_FLUSH_BYTES.
+    let (flushes, pending) = std::sync::mpsc::sync_channel::<kiln_store::PendingFlush>(1);
+    let syncer = std::thread::Builder::new()
+        .name("kiln-fetch-sync".into())
+        .spawn(move || pending.into_iter().try_for_each(kiln_store::PendingFlush::complete))
+        .map_err(|e| kiln_store::StoreError::io("starting the sync thread", partial.path(), e))?;
+    let mut written = Ok(());
     while let Some((offset, bytes)) = writes.blocking_recv() {
-        partial.write_at(offset, &bytes)?;
+        match partial.write_at_deferred(offset, &bytes) {
+            Ok(Some(flush)) => {
+                if flushes.send(flush).is_err() {
+                    break;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                written = Err(e);
+                break;
+            }
+        }
         buffers.give(bytes);
     }
+    drop(flushes);
+    let synced = syncer.join().unwrap_or_else(|_| {
+        Err(kiln_store::StoreError::io(
+            "syncing",
+            partial.path(),
+            std::io::Error::other("the sync thread panicked"),
+        ))
+    });
+    written?;
+    synced?;
     if !partial.is_complete() {
         partial.flush()?;
         return Ok(false);

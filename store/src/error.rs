@@ -165,7 +165,7 @@ impl DiskFullReason {
 impl StoreError {
     /// An I/O error during `operation` on `path`, told apart as disk full
     /// when it is one.
-    pub(crate) fn io(operation: &'static str, path: &Path, source: io::Error) -> StoreError {
+    pub fn io(operation: &'static str, path: &Path, source: io::Error) -> StoreError {
         match DiskFullReason::of(&source) {
             Some(reason) => StoreError::DiskFull {
                 operation,

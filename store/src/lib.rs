@@ -38,7 +38,7 @@ mod store;
 pub use error::{DiskFullReason, Result, StoreError};
 pub use export::Exported;
 pub use index::RecordTable;
-pub use partial::{PartialBlob, PartialInfo};
+pub use partial::{PartialBlob, PartialInfo, PendingFlush};
 pub use read::{BlobReader, VerifyReport};
 pub use store::{Store, StoreOptions};
 

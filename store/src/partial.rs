@@ -228,6 +228,25 @@ fn progress_ranges(progress: &Progress) -> RangeSet {
     ranges
 }
 
+/// Bytes written to a partial blob, to be made durable and then recorded
+/// as done (the record never runs ahead of the disk).
+pub struct PendingFlush {
+    store: Store,
+    hash: Hash,
+    file: File,
+    path: PathBuf,
+    progress: Vec<u8>,
+}
+
+impl PendingFlush {
+    pub fn complete(self) -> Result<()> {
+        self.file
+            .sync_data()
+            .map_err(|e| StoreError::io("syncing partial blob", &self.path, e))?;
+        self.store.inner.index.set_partial(&self.hash, &self.progress)
+    }
+}
+
 impl PartialBlob {
     pub fn hash(&self) -> Hash {
         self.hash
@@ -235,6 +254,11 @@ impl PartialBlob {
 
     pub fn total_bytes(&self) -> u64 {
         self.total_bytes
+    }
+
+    /// The file the blob is written to until it is complete.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
     }
 
     /// Bytes written so far (flushed or not).
@@ -254,6 +278,14 @@ impl PartialBlob {
     /// Writes `bytes` at `offset`. Not verified here: [`PartialBlob::finish`]
     /// checks the whole blob.
     pub fn write_at(&mut self, offset: u64, bytes: &[u8]) -> Result<()> {
+        self.write_range(offset, bytes)?;
+        if self.unflushed_bytes >= PARTIAL_FLUSH_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn write_range(&mut self, offset: u64, bytes: &[u8]) -> Result<()> {
         let len_bytes = bytes.len() as u64;
         let end = offset.checked_add(len_bytes).filter(|end| *end <= self.total_bytes);
         let Some(end) = end else {
@@ -277,29 +309,52 @@ impl PartialBlob {
                 limit: PARTIAL_RANGES_MAX,
             });
         }
-        if self.unflushed_bytes >= PARTIAL_FLUSH_BYTES {
-            self.flush()?;
-        }
         Ok(())
     }
 
     /// Makes the written bytes durable, then records them as done.
     pub fn flush(&mut self) -> Result<()> {
-        if !self.dirty {
-            return Ok(());
+        match self.detach_flush()? {
+            Some(pending) => pending.complete(),
+            None => Ok(()),
         }
-        self.file
-            .sync_data()
+    }
+
+    /// Like [`PartialBlob::write_at`], but a flush that falls due is handed
+    /// back to be completed on another thread, so writing goes on while the
+    /// disk catches up. Complete each one, in order, before
+    /// [`PartialBlob::finish_verified`].
+    pub fn write_at_deferred(&mut self, offset: u64, bytes: &[u8]) -> Result<Option<PendingFlush>> {
+        self.write_range(offset, bytes)?;
+        if self.unflushed_bytes >= PARTIAL_FLUSH_BYTES {
+            return self.detach_flush();
+        }
+        Ok(None)
+    }
+
+    /// What has been written so far, as a flush to complete (`None` if
+    /// nothing is new).
+    fn detach_flush(&mut self) -> Result<Option<PendingFlush>> {
+        if !self.dirty {
+            return Ok(None);
+        }
+        let file = self
+            .file
+            .try_clone()
             .map_err(|e| StoreError::io("syncing partial blob", &self.path, e))?;
         let progress = Progress {
             total_bytes: self.total_bytes,
             done: self.done.0.iter().map(|(start, end)| (*start, *end)).collect(),
         };
-        let bytes = wire::canonical(&progress);
-        self.store.inner.index.set_partial(&self.hash, &bytes)?;
         self.dirty = false;
         self.unflushed_bytes = 0;
-        Ok(())
+        Ok(Some(PendingFlush {
+            store: self.store.clone(),
+            hash: self.hash,
+            file,
+            path: self.path.clone(),
+            progress: wire::canonical(&progress),
+        }))
     }
 
     /// Hashes the whole file and, if it is the blob it should be, moves it
