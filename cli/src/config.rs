@@ -85,6 +85,12 @@ pub fn apply<C: CommandFactory>(args: Vec<OsString>, file: &Path) -> anyhow::Res
                 file.display()
             );
         }
+        if !value.is_table() && !any_command_has(&root, key) {
+            bail!(
+                "the config file {} sets {key:?}, which is no flag of any kiln command (a misspelling?); `kiln help COMMAND` lists the flags",
+                file.display()
+            );
+        }
     }
     // Top-level settings (`general`), then each table along the command
     // path, the more specific winning.
@@ -145,6 +151,12 @@ pub fn apply<C: CommandFactory>(args: Vec<OsString>, file: &Path) -> anyhow::Res
     let mut out = args;
     out.splice(position..position, added);
     Ok(out)
+}
+
+/// Whether `command` or any command under it has the flag `--long`.
+fn any_command_has(command: &clap::Command, long: &str) -> bool {
+    command.get_arguments().any(|a| a.get_long() == Some(long))
+        || command.get_subcommands().any(|sub| any_command_has(sub, long))
 }
 
 fn scalar(file: &Path, key: &str, value: &toml::Value) -> anyhow::Result<String> {

@@ -296,18 +296,38 @@ enum RecipeCommand {
 
 fn main() -> ExitCode {
     restore_sigpipe();
-    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let args = match config::path() {
-        Some(file) => match config::apply::<Cli>(args, &file) {
+    let typed: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let file = config::path();
+    let args = match &file {
+        Some(file) => match config::apply::<Cli>(typed.clone(), file) {
             Ok(args) => args,
             Err(err) => {
                 eprintln!("kiln: error: {err:#}");
                 return ExitCode::FAILURE;
             }
         },
-        None => args,
+        None => typed.clone(),
     };
-    let cli = Cli::parse_from(args);
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(err) => {
+            // A value the command line alone would not have given: it came
+            // from the config file, so say where to fix it.
+            let shown = matches!(
+                err.kind(),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+            );
+            if let (Some(file), false, Ok(_)) = (&file, shown, Cli::try_parse_from(&typed)) {
+                let _ = err.print();
+                eprintln!(
+                    "kiln: that setting comes from the config file {}: fix it there",
+                    file.display()
+                );
+                return ExitCode::from(2);
+            }
+            err.exit()
+        }
+    };
     // A node is a daemon: its log says what it does (jobs, mail). Other
     // commands print their results and log only problems.
     // The demo prints its own story; its nodes log only errors.

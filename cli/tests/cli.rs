@@ -172,4 +172,20 @@ fn the_config_file_sets_defaults_for_any_flag_and_the_command_line_wins() {
     std::fs::write(&config, "[nodes]\ncontribute = true\n").unwrap();
     let stderr = String::from_utf8_lossy(&run(&["id"], None).stderr).into_owned();
     assert!(stderr.contains("no `nodes` command"), "{stderr}");
+    // A misspelt top-level key is not silently ignored.
+    std::fs::write(&config, "bootstrapp = [\"/ip4/127.0.0.1/tcp/1\"]\n").unwrap();
+    let stderr = String::from_utf8_lossy(&run(&["id"], None).stderr).into_owned();
+    assert!(
+        stderr.contains("\"bootstrapp\"") && stderr.contains("no flag of any kiln command"),
+        "{stderr}"
+    );
+    // A bad value from the file says it came from the file.
+    std::fs::write(&config, "[node]\ntrust-publisher = [\"not-a-key\"]\n").unwrap();
+    let out = run(&["node", "--contribute"], None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("not-a-key") && stderr.contains("comes from the config file"),
+        "{stderr}"
+    );
 }
