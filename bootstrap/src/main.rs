@@ -16,20 +16,33 @@ use libp2p::Multiaddr;
 )]
 struct Cli {
     /// Address to listen on (repeatable); give a fixed port so others can list this peer
-    #[arg(long, default_value = "/ip4/0.0.0.0/tcp/4001")]
+    #[arg(long, default_value = "/ip4/0.0.0.0/tcp/4001", value_parser = kiln_node::net::parse_multiaddr)]
     listen: Vec<Multiaddr>,
     /// Other bootstrap peers to join (repeatable; also KILN_BOOTSTRAP)
-    #[arg(long, env = "KILN_BOOTSTRAP", value_delimiter = ',')]
+    #[arg(long, env = "KILN_BOOTSTRAP", value_delimiter = ',', value_parser = kiln_node::net::parse_multiaddr)]
     bootstrap: Vec<Multiaddr>,
     /// Where the identity and index live; keep it to keep the peer id
+    /// (default: the platform's data dir, ~/.local/share/kiln/bootstrap)
     #[arg(long, env = "KILN_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Log only errors
+    #[arg(short, long, conflicts_with = "verbose")]
+    quiet: bool,
+    /// Log more (-v: what the peer does, -vv: debug)
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let default = match (cli.quiet, cli.verbose) {
+        (true, _) => "error",
+        (_, 0) => "warn,libp2p_kad=error",
+        (_, 1) => "warn,kiln_node=info",
+        _ => "info,kiln_node=debug",
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

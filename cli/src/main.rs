@@ -55,7 +55,7 @@ impl DataDir {
 #[derive(Args, Clone)]
 struct Bootstrap {
     /// A peer to join the network through (repeatable; also KILN_BOOTSTRAP, comma separated)
-    #[arg(long, env = "KILN_BOOTSTRAP", value_delimiter = ',')]
+    #[arg(long, env = "KILN_BOOTSTRAP", value_delimiter = ',', value_parser = kiln_node::net::parse_multiaddr)]
     bootstrap: Vec<Multiaddr>,
 }
 
@@ -153,7 +153,7 @@ enum Command {
     /// Run a node: join the network, serve and announce the blobs it holds.
     Node {
         /// Address to listen on (repeatable)
-        #[arg(long, default_value = "/ip4/0.0.0.0/tcp/0")]
+        #[arg(long, default_value = "/ip4/0.0.0.0/tcp/0", value_parser = kiln_node::net::parse_multiaddr)]
         listen: Vec<Multiaddr>,
         #[command(flatten)]
         bootstrap: Bootstrap,

@@ -209,7 +209,7 @@ async fn serve_range(
 /// Why a fetch failed.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    #[error("no peer in the network holds {0} (no provider found in the DHT within 20 s); check the hash, or publish it first with `kiln publish`")]
+    #[error("no peer in the network holds {0} (the DHT lists no provider for it); check the hash, or publish it first with `kiln publish`")]
     NoProviders(Hash),
     #[error("every provider of {hash} failed ({reasons}); try again later")]
     AllProvidersFailed { hash: Hash, reasons: String },

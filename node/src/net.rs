@@ -68,6 +68,14 @@ pub enum NetError {
     Provide(String),
 }
 
+/// Parses a multiaddr given on the command line, saying what one looks
+/// like when it is not one (a common first mistake: `127.0.0.1:4001`).
+pub fn parse_multiaddr(text: &str) -> Result<Multiaddr, String> {
+    text.trim().parse().map_err(|e| {
+        format!("{text:?} is not a multiaddr ({e}): write addresses as /ip4/127.0.0.1/tcp/4001, and a peer to join as the full /ip4/.../tcp/.../p2p/PEER_ID line kiln-bootstrap or kiln node prints")
+    })
+}
+
 /// libp2p's TCP listeners share ports (SO_REUSEPORT), so a second process
 /// told to listen on a port already taken would quietly share it. A plain
 /// bind first catches that: a port given explicitly must be free.

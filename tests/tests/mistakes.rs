@@ -15,6 +15,11 @@ fn a_dead_bootstrap_a_taken_port_and_a_bad_output_path_are_reported_at_once() {
     let (mut boot_proc, boot) = start_bootstrap(&tmp.path().join("boot"));
     let port = boot.split('/').nth(4).unwrap().to_string();
 
+    // A host:port where a multiaddr belongs says what one looks like.
+    let (ok, _, err) = kiln(&["status", "--bootstrap", "127.0.0.1:4001"]);
+    assert!(!ok);
+    assert!(err.contains("write addresses as /ip4/127.0.0.1/tcp/4001"), "{err}");
+
     // A second process on a port already in use fails instead of sharing it.
     let taken = format!("/ip4/127.0.0.1/tcp/{port}");
     let d = tmp.path().join("second");
