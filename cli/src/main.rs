@@ -295,7 +295,6 @@ enum RecipeCommand {
 }
 
 fn main() -> ExitCode {
-    restore_sigpipe();
     let typed: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let file = config::path();
     let args = match &file {
@@ -328,6 +327,11 @@ fn main() -> ExitCode {
             err.exit()
         }
     };
+    // Commands that print end quietly when their reader goes away; a node
+    // (and the demo's nodes) must not die of a client's closed socket.
+    if !matches!(cli.command, Command::Node { .. } | Command::Demo { .. }) {
+        restore_sigpipe();
+    }
     // A node is a daemon: its log says what it does (jobs, mail). Other
     // commands print their results and log only problems.
     // The demo prints its own story; its nodes log only errors.
@@ -366,6 +370,7 @@ fn main() -> ExitCode {
 
 /// Rust ignores SIGPIPE, so `kiln status | head -1` would panic writing to
 /// a closed pipe; like other command-line tools, kiln just ends instead.
+/// Called after parsing, before any thread is started.
 #[allow(unsafe_code)]
 fn restore_sigpipe() {
     // SAFETY: called first thing in main, before any thread exists;

@@ -160,6 +160,11 @@ async fn serve_stream(mut stream: Stream, store: Store, cache: RangeHashCache) -
             }
             BlobRequest::V1 { hash, offset, length } => {
                 buffer = serve_range(&mut stream, &store, hash, offset, length, buffer).await?;
+                // A peer may ask for ranges of up to RANGE_BYTES_MAX; keep
+                // only a buffer of the usual size between requests.
+                if buffer.capacity() > RANGE_BYTES as usize {
+                    buffer = Vec::new();
+                }
             }
         }
         stream.flush().await?;

@@ -1027,9 +1027,12 @@ impl Coordinator {
     }
 
     fn record_result(&self, build_key: &Hash, settlement: &Settlement, job: Option<&JobRequest>) {
-        match settlement {
-            Settlement::Done { .. } => Metrics::add(&METRICS.jobs_done, 1),
-            Settlement::Failed { .. } => Metrics::add(&METRICS.jobs_failed, 1),
+        // Counted once, where the job was open: not for repeats of a
+        // settlement or for builds this node never heard of.
+        match (settlement, job.is_some()) {
+            (Settlement::Done { .. }, true) => Metrics::add(&METRICS.jobs_done, 1),
+            (Settlement::Failed { .. }, true) => Metrics::add(&METRICS.jobs_failed, 1),
+            (_, false) => {}
         }
         let record = ResultRecord {
             settlement: settlement.clone(),

@@ -29,7 +29,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use kiln_protocol::coord::{CoordReplyV1, CoordRequest, JobPhase, JobView, StatusReport};
 use kiln_protocol::messages::{Gossip, GossipV1};
-use kiln_protocol::Hash;
+use kiln_protocol::{Hash, PublicKey};
 use kiln_store::Store;
 use libp2p::{Multiaddr, PeerId};
 use serde_json::json;
@@ -39,7 +39,6 @@ use tracing::{debug, info, warn};
 use crate::coordinator::CoordHandle;
 use crate::metrics::{metric, METRICS};
 use crate::net::NetClient;
-use crate::node::NoProgress;
 use crate::report::{job_json, peer_of, status_json, worker_state};
 
 /// The dashboard's port when `--http` names none.
@@ -51,8 +50,6 @@ const STATUS_MS_MAX: u64 = 3_000;
 const PROVIDERS_MS_MAX: u64 = 3_000;
 const PROVIDERS_KEEP_MS: u64 = 10_000;
 const PROVIDERS_CACHED_MAX: usize = 256;
-/// How long a build page waits for an ended build's log to be fetched.
-const LOG_FETCH_MS_MAX: u64 = 10_000;
 /// The most of a stored log a build page shows (its end).
 const LOG_SHOWN_BYTES_MAX: u64 = 64 * 1024;
 /// Running builds whose latest log tail is kept.
@@ -81,7 +78,8 @@ pub struct Dashboard {
     coordination: CoordHandle,
     started: Instant,
     addresses: Mutex<Vec<Multiaddr>>,
-    live_logs: Mutex<VecDeque<(Hash, String)>>,
+    /// The latest log tail gossiped for a build, and who sent it.
+    live_logs: Mutex<VecDeque<(Hash, PublicKey, String)>>,
     providers: Mutex<HashMap<Hash, (Instant, Vec<PeerId>)>>,
     requests: Semaphore,
 }
@@ -107,25 +105,26 @@ impl Dashboard {
         }
     }
 
-    /// Keeps the latest log tail a worker gossiped for a running build.
-    pub fn heard(&self, message: &Gossip) {
+    /// Keeps the latest log tail a peer gossiped for a build; it is shown
+    /// only while that peer is the build's assigned worker.
+    pub fn heard(&self, signer: &PublicKey, message: &Gossip) {
         let Gossip::V1(GossipV1::Progress { build_key, log_tail }) = message else {
             return;
         };
         if let Ok(mut logs) = self.live_logs.lock() {
-            logs.retain(|(key, _)| key != build_key);
+            logs.retain(|(key, from, _)| !(key == build_key && from == signer));
             if logs.len() >= LIVE_LOGS_MAX {
                 logs.pop_front();
             }
-            logs.push_back((*build_key, log_tail.clone()));
+            logs.push_back((*build_key, *signer, log_tail.clone()));
         }
     }
 
-    fn live_log(&self, build_key: &Hash) -> Option<String> {
+    fn live_log(&self, build_key: &Hash, worker: &PublicKey) -> Option<String> {
         let logs = self.live_logs.lock().ok()?;
         logs.iter()
-            .find(|(key, _)| key == build_key)
-            .map(|(_, tail)| tail.clone())
+            .find(|(key, from, _)| key == build_key && from == worker)
+            .map(|(_, _, tail)| tail.clone())
     }
 
     /// The farm's status from the acting coordinator, and who that is.
@@ -179,6 +178,7 @@ impl Dashboard {
         let built: Vec<(Hash, u64, &JobView)> = report
             .recent
             .iter()
+            .take(kiln_protocol::coord::STATUS_RECENT_MAX)
             .filter_map(|job| match &job.phase {
                 JobPhase::Done { attestation } => {
                     attestation.verify().ok().map(|a| (a.artifact, a.artifact_bytes, job))
@@ -246,35 +246,23 @@ impl Dashboard {
                 format!("{build_key} is neither open nor among the recent builds; the front page lists them"),
             ));
         };
-        let stored = match &job.phase {
-            JobPhase::Done { attestation } => attestation.verify().ok().map(|a| a.log),
-            JobPhase::Failed { log, .. } => *log,
+        let log = match &job.phase {
+            JobPhase::Done { attestation } => attestation.verify().ok().and_then(|a| self.stored_log(a.log)),
+            JobPhase::Failed { log: Some(hash), .. } => self.stored_log(*hash),
+            JobPhase::Assigned { worker, .. } => self.live_log(&build_key, worker).map(|text| (LogSource::Live, text)),
             _ => None,
-        };
-        let log = match stored {
-            Some(hash) => self.stored_log(hash).await.map(|text| (LogSource::Stored(hash), text)),
-            None => self.live_log(&build_key).map(|text| (LogSource::Live, text)),
         };
         Ok(BuildPage { job, log })
     }
 
-    /// The end of a stored log, fetched into this node's store if needed.
-    async fn stored_log(&self, hash: Hash) -> Option<String> {
-        if !self.store.has(&hash) {
-            let fetch = crate::blobs::fetch(&self.net, &self.store, hash, Arc::new(NoProgress));
-            match tokio::time::timeout(Duration::from_millis(LOG_FETCH_MS_MAX), fetch).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
-                    debug!(log = %hash, error = %e, "log not fetched");
-                    return None;
-                }
-                Err(_) => return None,
-            }
-        }
+    /// The end of a stored log this node holds (the coordinator holds every
+    /// finished build's log). A page load fetches nothing: a log's size is
+    /// its builder's choice; the page says how to fetch one not held here.
+    fn stored_log(&self, hash: Hash) -> Option<(LogSource, String)> {
         let size = self.store.size(&hash)?;
         let from = size.saturating_sub(LOG_SHOWN_BYTES_MAX);
         let bytes = self.store.read_range(&hash, from, size - from).ok()?;
-        Some(String::from_utf8_lossy(&bytes).into_owned())
+        Some((LogSource::Stored(hash), String::from_utf8_lossy(&bytes).into_owned()))
     }
 }
 
@@ -453,7 +441,7 @@ async fn metrics(State(d): Shared) -> Response {
         let shown = report.jobs.len() as u64;
         // The report lists the oldest jobs in full; the rest count as queued.
         let running = shown - queued as u64;
-        let queued = report.jobs_total - running;
+        let queued = report.jobs_total.saturating_sub(running);
         metric(
             &mut out,
             "kiln_jobs_queued",
@@ -807,13 +795,30 @@ fn render_build(p: &BuildPage) -> String {
                 esc(text)
             );
         }
-        None => b.push_str("<p class=\"muted\">No log yet.</p>"),
+        None => match log_hash(&job.phase) {
+            Some(hash) => {
+                let _ = write!(
+                    b,
+                    "<p class=\"muted\">This node does not hold the log: <code>kiln fetch {hash}</code></p>"
+                );
+            }
+            None => b.push_str("<p class=\"muted\">No log yet.</p>"),
+        },
     }
     page(
         &format!("Kiln: {} {}", job.recipe_name, name),
         !job.phase.is_final(),
         &b,
     )
+}
+
+/// The stored log of an ended build.
+fn log_hash(phase: &JobPhase) -> Option<Hash> {
+    match phase {
+        JobPhase::Done { attestation } => attestation.verify().ok().map(|a| a.log),
+        JobPhase::Failed { log, .. } => *log,
+        _ => None,
+    }
 }
 
 fn render_error(message: &str) -> String {

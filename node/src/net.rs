@@ -85,7 +85,8 @@ fn check_port_free(addr: &Multiaddr) -> Result<(), NetError> {
     for protocol in addr.iter() {
         match protocol {
             Protocol::Ip4(a) => ip = Some(std::net::IpAddr::V4(a)),
-            Protocol::Ip6(a) => ip = Some(std::net::IpAddr::V6(a)),
+            // A plain IPv6 bind is dual-stack and would also take the IPv4
+            // port: only IPv4 addresses are checked.
             Protocol::Tcp(p) => port = Some(p),
             _ => {}
         }
@@ -245,8 +246,11 @@ pub fn start(config: NetConfig) -> Result<(NetClient, mpsc::Receiver<NetEvent>, 
     let keypair = identity::keypair(&config.key);
     let peer_id = keypair.public().to_peer_id();
     let mut swarm = build_swarm(keypair, &config)?;
+    // Every port is checked before the first listener takes one.
     for addr in &config.listen {
         check_port_free(addr)?;
+    }
+    for addr in &config.listen {
         swarm.listen_on(addr.clone()).map_err(|e| NetError::Listen {
             addr: addr.clone(),
             reason: e.to_string(),

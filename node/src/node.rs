@@ -173,9 +173,18 @@ pub async fn run_node(
         dashboard
     });
     let mut addresses = Vec::new();
-    let first = tokio::time::timeout(Duration::from_millis(LISTEN_MS_MAX), events.recv()).await;
+    // Other events (a bootstrap peer refusing a dial) may come first.
+    let first = tokio::time::timeout(Duration::from_millis(LISTEN_MS_MAX), async {
+        while let Some(event) = events.recv().await {
+            if let NetEvent::Listening(addr) = event {
+                return Some(addr);
+            }
+        }
+        None
+    })
+    .await;
     match first {
-        Ok(Some(NetEvent::Listening(addr))) => {
+        Ok(Some(addr)) => {
             ready(&addr);
             addresses.push(addr);
             coordination.addresses(addresses.clone());
@@ -210,7 +219,7 @@ pub async fn run_node(
                 }
                 Some(NetEvent::Gossip { signer, message, .. }) => {
                     if let Some(dashboard) = &dashboard {
-                        dashboard.heard(&message);
+                        dashboard.heard(&signer, &message);
                     }
                     if let Some(builder) = &builder {
                         release_if_replicated(&store, builder, &message);
@@ -377,6 +386,8 @@ impl EphemeralNode {
             dht_server: false,
         };
         let (net, mut events, event_loop) = net::start(config)?;
+        // The network never dials itself.
+        let entry: Vec<PeerId> = entry.into_iter().filter(|p| *p != net.peer_id()).collect();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(event_loop.run(async {
             let _ = stop_rx.await;
@@ -385,7 +396,10 @@ impl EphemeralNode {
         let server = blobs::spawn_server(&net, store.clone());
         // Nothing works before a bootstrap peer answers: say so at once
         // rather than time out later on something else.
-        let joined = tokio::time::timeout(Duration::from_millis(JOIN_MS_MAX), async {
+        let joining = async {
+            if entry.is_empty() {
+                return Ok(());
+            }
             let mut failed = std::collections::BTreeMap::new();
             while let Some(event) = events.recv().await {
                 match event {
@@ -400,10 +414,11 @@ impl EphemeralNode {
                 }
             }
             Err("the network task stopped".to_string())
-        })
-        .await
-        .unwrap_or_else(|_| Err(format!("no answer within {} s", JOIN_MS_MAX / 1000)));
-        if let (Err(why), false) = (joined, entry.is_empty()) {
+        };
+        let joined = tokio::time::timeout(Duration::from_millis(JOIN_MS_MAX), joining)
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {} s", JOIN_MS_MAX / 1000)));
+        if let Err(why) = joined {
             server.abort();
             let _ = stop_tx.send(());
             let _ = task.await;
