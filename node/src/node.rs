@@ -208,6 +208,18 @@ pub async fn run_node(
         addresses: Default::default(),
     });
     let control = tokio::spawn(control::serve(listener, handler.clone()));
+    // The control socket and the dashboard learn the listen addresses when
+    // they change, not on every network event.
+    let share_addresses = |addresses: &[Multiaddr]| {
+        if let Ok(mut known) = handler.addresses.lock() {
+            known.clear();
+            known.extend_from_slice(addresses);
+        }
+        if let Some(dashboard) = &dashboard {
+            dashboard.addresses(addresses);
+        }
+    };
+    share_addresses(&addresses);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -216,6 +228,7 @@ pub async fn run_node(
                     ready(&addr);
                     addresses.push(addr);
                     coordination.addresses(addresses.clone());
+                    share_addresses(&addresses);
                 }
                 Some(NetEvent::Gossip { signer, message, .. }) => {
                     if let Some(dashboard) = &dashboard {
@@ -230,12 +243,6 @@ pub async fn run_node(
                 None => break,
             },
             () = &mut shutdown => break,
-        }
-        if let Ok(mut known) = handler.addresses.lock() {
-            known.clone_from(&addresses);
-        }
-        if let Some(dashboard) = &dashboard {
-            dashboard.addresses(&addresses);
         }
     }
     info!("shutting down");
