@@ -15,7 +15,7 @@ use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use kiln_protocol::messages::{encode_frame, BlobReply, BlobReplyV1, BlobRequest};
 use kiln_protocol::ranges::{self, RangeHash, RANGE_BYTES};
 use kiln_protocol::Hash;
-use kiln_store::Store;
+use kiln_store::{AlignedBuffer, Store};
 use libp2p::{PeerId, Stream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{Notify, Semaphore};
@@ -335,7 +335,7 @@ async fn fetch_with(
         progress,
         buffers: Arc::new(BufferPool::default()),
     });
-    let (writes, write_rx) = tokio::sync::mpsc::channel::<(u64, Vec<u8>)>(WRITES_QUEUED_MAX);
+    let (writes, write_rx) = tokio::sync::mpsc::channel::<(u64, AlignedBuffer)>(WRITES_QUEUED_MAX);
     let buffers = plan.buffers.clone();
     let writer = tokio::task::spawn_blocking(move || write_ranges(partial, write_rx, &buffers));
     let mut tasks = Vec::new();
@@ -369,7 +369,7 @@ fn missing_range_indexes(missing: &[std::ops::Range<u64>], blob_bytes: u64) -> V
 
 fn write_ranges(
     mut partial: kiln_store::PartialBlob,
-    mut writes: tokio::sync::mpsc::Receiver<(u64, Vec<u8>)>,
+    mut writes: tokio::sync::mpsc::Receiver<(u64, AlignedBuffer)>,
     buffers: &BufferPool,
 ) -> Result<bool, kiln_store::StoreError> {
     // Progress is made durable on a second thread (one flush at a time, in
@@ -418,21 +418,26 @@ fn write_ranges(
 
 /// Range buffers the writer has finished with, for the next ranges: a
 /// fetch then does not zero (and fault in) a fresh megabyte per range.
+/// They are aligned, so the store writes whole ranges past the page cache.
 #[derive(Default)]
-struct BufferPool(Mutex<Vec<Vec<u8>>>);
+struct BufferPool(Mutex<Vec<AlignedBuffer>>);
 
 /// Buffers kept: as many as can be queued for the writer and in flight.
 const POOLED_BUFFERS_MAX: usize = WRITES_QUEUED_MAX + 2 * STREAMS_PER_PROVIDER;
 
 impl BufferPool {
     /// A buffer of `len` bytes (their contents are to be overwritten).
-    fn take(&self, len: usize) -> Vec<u8> {
-        let mut buffer = self.0.lock().ok().and_then(|mut pool| pool.pop()).unwrap_or_default();
-        buffer.resize(len, 0);
-        buffer
+    fn take(&self, len: usize) -> AlignedBuffer {
+        match self.0.lock().ok().and_then(|mut pool| pool.pop()) {
+            Some(mut buffer) => {
+                buffer.set_len(len);
+                buffer
+            }
+            None => AlignedBuffer::with_len(len),
+        }
     }
 
-    fn give(&self, buffer: Vec<u8>) {
+    fn give(&self, buffer: AlignedBuffer) {
         if let Ok(mut pool) = self.0.lock() {
             if pool.len() < POOLED_BUFFERS_MAX {
                 pool.push(buffer);
@@ -528,7 +533,7 @@ async fn download_from(
     net: NetClient,
     peer: PeerId,
     plan: Arc<Plan>,
-    writes: tokio::sync::mpsc::Sender<(u64, Vec<u8>)>,
+    writes: tokio::sync::mpsc::Sender<(u64, AlignedBuffer)>,
 ) -> u64 {
     let mut fetched = 0;
     let mut failures = 0;
@@ -575,7 +580,7 @@ async fn download_over(
     stream: &mut Stream,
     peer: PeerId,
     plan: &Plan,
-    writes: &tokio::sync::mpsc::Sender<(u64, Vec<u8>)>,
+    writes: &tokio::sync::mpsc::Sender<(u64, AlignedBuffer)>,
     fetched: &mut u64,
 ) -> Result<(), ProviderFault> {
     while !plan.is_lying(&peer) {
@@ -614,7 +619,7 @@ async fn request_range(
     offset: u64,
     length: u64,
     buffers: &BufferPool,
-) -> Result<Vec<u8>, ProviderFault> {
+) -> Result<AlignedBuffer, ProviderFault> {
     let io = |e: std::io::Error| ProviderFault::Missing(e.to_string());
     let frame =
         encode_frame(&BlobRequest::V1 { hash, offset, length }).map_err(|e| ProviderFault::Missing(e.to_string()))?;

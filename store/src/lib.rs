@@ -25,6 +25,7 @@
 //!
 //! Not for: networking, fetching, deciding what to pin, or building.
 
+mod buffer;
 mod error;
 mod export;
 mod fsutil;
@@ -35,6 +36,7 @@ mod read;
 mod records;
 mod store;
 
+pub use buffer::{AlignedBuffer, DIRECT_IO_ALIGN};
 pub use error::{DiskFullReason, Result, StoreError};
 pub use export::Exported;
 pub use index::RecordTable;

@@ -12,11 +12,12 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use kiln_protocol::{wire, Hash};
 use serde::{Deserialize, Serialize};
 
+use crate::buffer::is_direct_aligned;
 use crate::error::{Result, StoreError};
 use crate::put::seal;
 use crate::store::Store;
@@ -96,6 +97,9 @@ pub struct PartialBlob {
     hash: Hash,
     total_bytes: u64,
     file: File,
+    /// The same file opened for direct I/O, where the file system allows
+    /// it: aligned ranges are written past the page cache.
+    direct: Option<File>,
     path: PathBuf,
     done: RangeSet,
     unflushed_bytes: u64,
@@ -145,11 +149,13 @@ impl Store {
                 RangeSet::default()
             }
         };
+        let direct = open_direct(&path);
         let mut partial = PartialBlob {
             store: self.clone(),
             hash: *hash,
             total_bytes,
             file,
+            direct,
             path,
             done,
             unflushed_bytes: 0,
@@ -297,9 +303,11 @@ impl PartialBlob {
                 limit_bytes: self.total_bytes,
             });
         };
-        self.file
-            .write_all_at(bytes, offset)
-            .map_err(|e| StoreError::io("writing partial blob", &self.path, e))?;
+        if !self.write_direct(offset, bytes)? {
+            self.file
+                .write_all_at(bytes, offset)
+                .map_err(|e| StoreError::io("writing partial blob", &self.path, e))?;
+        }
         self.done.insert(offset, end);
         self.dirty = true;
         self.unflushed_bytes += len_bytes;
@@ -310,6 +318,26 @@ impl PartialBlob {
             });
         }
         Ok(())
+    }
+
+    /// Writes `bytes` past the page cache if they and `offset` are aligned
+    /// for it (see [`crate::AlignedBuffer`]). `false`: not written, write
+    /// them through the page cache. A file system that turns out to refuse
+    /// direct writes is not asked again.
+    fn write_direct(&mut self, offset: u64, bytes: &[u8]) -> Result<bool> {
+        let Some(direct) = &self.direct else { return Ok(false) };
+        if !is_direct_aligned(bytes, offset) {
+            return Ok(false);
+        }
+        match direct.write_all_at(bytes, offset) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
+                tracing::debug!(path = %self.path.display(), error = %e, "direct writes refused; using the page cache");
+                self.direct = None;
+                Ok(false)
+            }
+            Err(e) => Err(StoreError::io("writing partial blob", &self.path, e)),
+        }
     }
 
     /// Makes the written bytes durable, then records them as done.
@@ -430,6 +458,29 @@ impl PartialBlob {
     }
 }
 
+/// The partial file opened again for direct I/O (`O_DIRECT`), or `None`
+/// where that is not available. A fetch writes gigabytes that nothing
+/// reads soon: copying them into the page cache, then writing them back,
+/// cost more CPU than the transfer itself.
+fn open_direct(path: &Path) -> Option<File> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        match OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(path) {
+            Ok(file) => Some(file),
+            Err(e) => {
+                tracing::debug!(path = %path.display(), error = %e, "no direct I/O; using the page cache");
+                None
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = path;
+        None
+    }
+}
+
 impl std::fmt::Debug for PartialBlob {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PartialBlob")
@@ -452,6 +503,36 @@ impl Drop for PartialBlob {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{AlignedBuffer, DIRECT_IO_ALIGN};
+
+    #[test]
+    fn aligned_ranges_go_past_the_page_cache_and_the_rest_through_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let range = 16 * DIRECT_IO_ALIGN;
+        let data: Vec<u8> = (0..3 * range + 1000).map(|i| (i * 7 % 251) as u8).collect();
+        let hash = Hash::of(&data);
+        let mut partial = store.begin_partial(&hash, data.len() as u64).unwrap();
+        let direct_at_start = partial.direct.is_some();
+        let mut buffer = AlignedBuffer::with_len(range);
+        // The short last range first (through the page cache), then whole
+        // ranges from aligned buffers, then one from an unaligned slice.
+        for start in [3 * range, 0, range] {
+            let end = (start + range).min(data.len());
+            buffer.set_len(end - start);
+            buffer.copy_from_slice(&data[start..end]);
+            partial.write_at(start as u64, &buffer).unwrap();
+        }
+        partial.write_at(2 * range as u64, &data[2 * range..3 * range]).unwrap();
+        assert_eq!(
+            partial.direct.is_some(),
+            direct_at_start,
+            "aligned writes must not make direct I/O give up"
+        );
+        // `finish` reads the whole file back and checks its hash.
+        assert_eq!(partial.finish().unwrap(), data.len() as u64);
+        assert_eq!(store.read(&hash).unwrap(), data);
+    }
 
     fn set(ranges: &[(u64, u64)]) -> RangeSet {
         let mut out = RangeSet::default();

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use common::{assert_blob_files_match_names, bytes, files_under, ChildGuard, Rng};
 use kiln_protocol::Hash;
-use kiln_store::{RecordTable, Store, StoreOptions};
+use kiln_store::{AlignedBuffer, RecordTable, Store, StoreOptions};
 
 const CHILD_DIR_ENV: &str = "KILN_STORE_CRASH_CHILD_DIR";
 const CHILD_SEED_ENV: &str = "KILN_STORE_CRASH_CHILD_SEED";
@@ -61,12 +61,18 @@ fn child_round(store: &Store, seed: u64, round: u64) {
     if round % 3 == 2 {
         println!("partial {seed} {round} {hash}");
         let mut partial = store.begin_partial(&hash, data.len() as u64).unwrap();
-        // Back to front, so progress has holes until the end.
+        // Back to front, so progress has holes until the end. Chunks start
+        // at multiples of `chunk` and come from an aligned buffer, so all
+        // but the short last one are written past the page cache.
+        let chunk = PROGRESS_STEP_BYTES * 3;
+        let mut buffer = AlignedBuffer::with_len(chunk);
         let mut end = data.len();
         while end > 0 {
-            let start = end.saturating_sub(PROGRESS_STEP_BYTES * 3);
-            partial.write_at(start as u64, &data[start..end]).unwrap();
-            if end % 2 == 0 {
+            let start = (end - 1) / chunk * chunk;
+            buffer.set_len(end - start);
+            buffer.copy_from_slice(&data[start..end]);
+            partial.write_at(start as u64, &buffer).unwrap();
+            if (start / chunk) % 2 == 0 {
                 partial.flush().unwrap();
             }
             println!("progress {}", data.len() - start);
