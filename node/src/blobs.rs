@@ -404,6 +404,9 @@ fn write_ranges(
             std::io::Error::other("the sync thread panicked"),
         ))
     });
+    if synced.is_err() {
+        partial.sync_failed();
+    }
     written?;
     synced?;
     if !partial.is_complete() {

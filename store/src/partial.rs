@@ -104,6 +104,10 @@ pub struct PartialBlob {
     done: RangeSet,
     unflushed_bytes: u64,
     dirty: bool,
+    /// A sync failed: what was written since the last good one may not be
+    /// on disk (and a retried fsync can succeed without it), so nothing
+    /// more is recorded as done.
+    sync_failed: bool,
 }
 
 impl Store {
@@ -160,6 +164,7 @@ impl Store {
             done,
             unflushed_bytes: 0,
             dirty: true,
+            sync_failed: false,
         };
         partial.flush()?;
         Ok(partial)
@@ -343,9 +348,17 @@ impl PartialBlob {
     /// Makes the written bytes durable, then records them as done.
     pub fn flush(&mut self) -> Result<()> {
         match self.detach_flush()? {
-            Some(pending) => pending.complete(),
+            Some(pending) => pending.complete().inspect_err(|_| self.sync_failed = true),
             None => Ok(()),
         }
+    }
+
+    /// Tells the partial blob that a [`PendingFlush`] of it failed. From
+    /// then on it records no more progress (flushing and finishing fail):
+    /// the progress recorded before the failure still holds, and a resumed
+    /// download fetches everything after it again.
+    pub fn sync_failed(&mut self) {
+        self.sync_failed = true;
     }
 
     /// Like [`PartialBlob::write_at`], but a flush that falls due is handed
@@ -363,6 +376,10 @@ impl PartialBlob {
     /// What has been written so far, as a flush to complete (`None` if
     /// nothing is new).
     fn detach_flush(&mut self) -> Result<Option<PendingFlush>> {
+        if self.sync_failed {
+            let why = io::Error::other("an earlier sync of it failed, so what was written since cannot be trusted");
+            return Err(StoreError::io("recording progress of partial blob", &self.path, why));
+        }
         if !self.dirty {
             return Ok(None);
         }
@@ -504,6 +521,34 @@ impl Drop for PartialBlob {
 mod tests {
     use super::*;
     use crate::{AlignedBuffer, DIRECT_IO_ALIGN};
+
+    #[test]
+    fn after_a_failed_sync_no_more_progress_is_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let data: Vec<u8> = (0..3 * DIRECT_IO_ALIGN).map(|i| (i % 253) as u8).collect();
+        let (hash, len) = (Hash::of(&data), data.len() as u64);
+        let step = DIRECT_IO_ALIGN;
+        let mut partial = store.begin_partial(&hash, len).unwrap();
+        partial.write_at(0, &data[..step]).unwrap();
+        partial.flush().unwrap();
+        partial.write_at(step as u64, &data[step..2 * step]).unwrap();
+        partial.sync_failed();
+        let error = partial.flush().unwrap_err().to_string();
+        assert!(error.contains("an earlier sync of it failed"), "{error}");
+        partial.write_at(2 * step as u64, &data[2 * step..]).unwrap();
+        assert!(
+            partial.finish_verified().is_err(),
+            "a partial that failed a sync is not finished"
+        );
+        let partial = store.begin_partial(&hash, len).unwrap();
+        assert_eq!(
+            partial.done_bytes(),
+            step as u64,
+            "only the progress synced before the failure"
+        );
+        assert_eq!(partial.missing_ranges(), vec![step as u64..len]);
+    }
 
     #[test]
     fn aligned_ranges_go_past_the_page_cache_and_the_rest_through_it() {
