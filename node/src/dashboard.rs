@@ -37,6 +37,7 @@ use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 use crate::coordinator::CoordHandle;
+use crate::http_limit::LimitedListener;
 use crate::metrics::{metric, METRICS};
 use crate::net::NetClient;
 use crate::report::{job_json, peer_of, status_json, worker_state};
@@ -309,6 +310,12 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(listener)
 }
 
+/// Most dashboard connections open at once; more wait to be accepted.
+const CONNECTIONS_MAX: usize = 64;
+/// A dashboard connection with no traffic for this long is closed (a page
+/// refreshes every REFRESH_S seconds).
+const CONNECTION_IDLE_MS_MAX: u64 = 30_000;
+
 /// Serves the dashboard until the task is aborted.
 pub async fn serve(listener: tokio::net::TcpListener, dashboard: Arc<Dashboard>) {
     if let Ok(addr) = listener.local_addr() {
@@ -322,6 +329,7 @@ pub async fn serve(listener: tokio::net::TcpListener, dashboard: Arc<Dashboard>)
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .with_state(dashboard);
+    let listener = LimitedListener::new(listener, CONNECTIONS_MAX, Duration::from_millis(CONNECTION_IDLE_MS_MAX));
     if let Err(e) = axum::serve(listener, router).await {
         warn!(error = %e, "the dashboard stopped");
     }

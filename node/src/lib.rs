@@ -14,6 +14,7 @@ pub mod coordinator;
 pub mod dashboard;
 pub mod election;
 mod frames;
+mod http_limit;
 pub mod identity;
 pub mod mailer;
 pub mod metrics;
