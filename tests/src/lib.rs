@@ -8,7 +8,7 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -222,14 +222,95 @@ pub fn start_node(name: &str, data_dir: &Path, bootstrap: &str, extra: &[&str]) 
     (proc, addr)
 }
 
+/// Longest a one-shot command (`kiln fetch`, `kiln request --wait`, ...)
+/// may run in a test before it is killed and the test fails.
+pub const COMMAND_TIME_MAX: Duration = Duration::from_secs(180);
+
+/// Runs `command` to completion, like [`Command::output`] (empty stdin,
+/// both outputs captured), but kills it and fails the test if it runs longer than
+/// `limit`: a hang shows as a failure with what the command printed, not as
+/// a stuck test suite.
+pub fn output_within(command: &mut Command, limit: Duration) -> Output {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
+    let stdout = Drain::start(child.stdout.take().expect("piped stdout"));
+    let stderr = Drain::start(child.stderr.take().expect("piped stderr"));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the command") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{command:?} still ran after {limit:?}; killed it. stdout:\n{}\nstderr:\n{}",
+                stdout.text(),
+                stderr.text()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Output {
+        status,
+        stdout: stdout.finish(deadline),
+        stderr: stderr.finish(deadline),
+    }
+}
+
+/// A pipe read to its end on a thread of its own, readable at any time.
+struct Drain {
+    bytes: Arc<Mutex<Vec<u8>>>,
+    done: mpsc::Receiver<()>,
+}
+
+impl Drain {
+    fn start(mut pipe: impl Read + Send + 'static) -> Drain {
+        let bytes = Arc::new(Mutex::new(Vec::new()));
+        let (done_tx, done) = mpsc::channel();
+        let sink = bytes.clone();
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 8192];
+            loop {
+                match pipe.read(&mut chunk) {
+                    Ok(0) => break,
+                    Ok(n) => sink.lock().unwrap().extend_from_slice(&chunk[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => break,
+                }
+            }
+            let _ = done_tx.send(());
+        });
+        Drain { bytes, done }
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes.lock().unwrap()).into_owned()
+    }
+
+    /// Everything read, once the pipe has ended (or `deadline` passed:
+    /// a process the command left behind may hold the pipe open).
+    fn finish(self, deadline: Instant) -> Vec<u8> {
+        let _ = self
+            .done
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()));
+        std::mem::take(&mut *self.bytes.lock().unwrap())
+    }
+}
+
 /// Runs `kiln ARGS` to completion and returns (success, stdout, stderr).
 pub fn kiln(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(bin("kiln"))
-        .args(args)
-        .env("KILN_CONFIG", "/dev/null")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run kiln");
+    let out = output_within(
+        Command::new(bin("kiln"))
+            .args(args)
+            .env("KILN_CONFIG", "/dev/null")
+            .stdin(Stdio::null()),
+        COMMAND_TIME_MAX,
+    );
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -10,7 +10,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use kiln_protocol::Hash;
-use kiln_tests::{bin, fetch, is_listen_line, kiln, start_bootstrap, start_node, test_bytes, Proc, START};
+use kiln_tests::{
+    bin, fetch, is_listen_line, kiln, output_within, start_bootstrap, start_node, test_bytes, Proc, COMMAND_TIME_MAX,
+    START,
+};
 
 const FETCH: Duration = Duration::from_secs(60);
 const MIB: usize = 1024 * 1024;
@@ -213,20 +216,21 @@ fn an_interrupted_fetch_resumes_where_it_stopped() {
     // Another provider appears; the next fetch starts from what is there.
     let (_honest, _) = start_node("honest", &tmp.path().join("honest"), &boot_addr, &[]);
     publish(&file, &tmp.path().join("honest"));
-    let out = Command::new(bin("kiln"))
-        .env("RUST_LOG", "kiln_node=info")
-        .args([
-            "fetch",
-            &hash.to_string(),
-            "-o",
-            path(&output),
-            "--bootstrap",
-            &boot_addr,
-            "--data-dir",
-        ])
-        .arg(&fetcher)
-        .output()
-        .unwrap();
+    let out = output_within(
+        Command::new(bin("kiln"))
+            .env("RUST_LOG", "kiln_node=info")
+            .args([
+                "fetch",
+                &hash.to_string(),
+                "-o",
+                path(&output),
+                "--bootstrap",
+                &boot_addr,
+                "--data-dir",
+            ])
+            .arg(&fetcher),
+        COMMAND_TIME_MAX,
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("resuming an interrupted fetch"), "{err}");

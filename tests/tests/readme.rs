@@ -17,7 +17,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use kiln_tests::farm::BUILD;
-use kiln_tests::{bin_dir, wait_until, Proc, START};
+use kiln_tests::{bin_dir, output_within, wait_until, Proc, COMMAND_TIME_MAX, START};
 use serde_json::Value;
 
 /// What a README command must do.
@@ -199,7 +199,7 @@ fn every_command_in_the_readme_does_what_it_says() {
                 running.push(proc);
             }
             Succeeds(needle) => {
-                let out = reader.command(&filled).output().unwrap();
+                let out = output_within(&mut reader.command(&filled), COMMAND_TIME_MAX);
                 let (stdout, stderr) = (
                     String::from_utf8_lossy(&out.stdout),
                     String::from_utf8_lossy(&out.stderr),

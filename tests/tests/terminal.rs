@@ -8,7 +8,7 @@
 use std::process::{Command, Stdio};
 
 use kiln_tests::farm::{recipe, worker};
-use kiln_tests::{bin, kiln, start_bootstrap, start_node, test_bytes};
+use kiln_tests::{bin, kiln, output_within, start_bootstrap, start_node, test_bytes, COMMAND_TIME_MAX};
 
 /// Runs `kiln ARGS` with stdout and stderr on a pseudo-terminal; returns
 /// (success, everything the terminal showed).
@@ -17,13 +17,14 @@ fn on_terminal(args: &[&str]) -> (bool, String) {
     for arg in args {
         line.push_str(&format!(" '{arg}'"));
     }
-    let out = Command::new("script")
-        .args(["--quiet", "--return", "--command", &line, "/dev/null"])
-        .env("KILN_CONFIG", "/dev/null")
-        .env("TERM", "xterm-256color")
-        .stdin(Stdio::null())
-        .output()
-        .expect("script (util-linux) makes the pseudo-terminal");
+    let out = output_within(
+        Command::new("script")
+            .args(["--quiet", "--return", "--command", &line, "/dev/null"])
+            .env("KILN_CONFIG", "/dev/null")
+            .env("TERM", "xterm-256color")
+            .stdin(Stdio::null()),
+        COMMAND_TIME_MAX,
+    );
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
