@@ -176,6 +176,7 @@ async fn demo(dir: &Path, network: &mut Network) -> anyhow::Result<()> {
                 coordinator: CoordinatorOptions {
                     eligible: true,
                     pinned: true,
+                    trusted: None,
                 },
                 http: Some(http),
                 ..node_options(coordinator_dir.clone(), vec![boot.clone()])
@@ -196,6 +197,7 @@ async fn demo(dir: &Path, network: &mut Network) -> anyhow::Result<()> {
                             idle_only: false,
                             trust: Trust::Publishers(trusted),
                             allow_network: false,
+                            coordinators: None,
                         },
                         labels: Default::default(),
                     }),

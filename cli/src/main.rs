@@ -109,6 +109,8 @@ impl Contribute {
             idle_only: self.idle_only,
             trust,
             allow_network: self.allow_network,
+            // Set from the node's --trust-coordinator.
+            coordinators: None,
         };
         Ok(Some(kiln_node::WorkerOptions { policy, labels }))
     }
@@ -170,6 +172,10 @@ enum Command {
         /// Never be elected coordinator
         #[arg(long)]
         no_coordinator: bool,
+        /// Take only this peer as coordinator (repeatable): hear only its heartbeats and settlements, take
+        /// work only from it, and coordinate only if this node is one of them. `kiln id` prints a peer id
+        #[arg(long = "trust-coordinator", value_name = "PEER_ID", value_parser = parse_peer_id)]
+        trust_coordinators: Vec<libp2p::PeerId>,
         #[command(flatten)]
         mail: Mail,
         /// Serve the dashboard (HTML, JSON at /api/status, Prometheus at /metrics) on HOST:PORT, or on
@@ -402,6 +408,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             max_store_size,
             coordinator,
             no_coordinator,
+            trust_coordinators,
             mail,
             http,
         } => {
@@ -409,16 +416,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(addr) => Some(kiln_node::dashboard::bind(addr)?),
                 None => None,
             };
+            let trusted = (!trust_coordinators.is_empty()).then(|| trust_coordinators.into_iter().collect());
+            let mut worker = contribute.worker_options()?;
+            if let Some(worker) = &mut worker {
+                worker.policy.coordinators.clone_from(&trusted);
+            }
             let options = NodeOptions {
                 data_dir: data_dir.resolve()?,
                 listen,
                 bootstrap: bootstrap.bootstrap,
                 relay_server: false,
-                worker: contribute.worker_options()?,
+                worker,
                 max_store_bytes: max_store_size,
                 coordinator: kiln_node::coordinator::CoordinatorOptions {
                     eligible: !no_coordinator,
                     pinned: coordinator,
+                    trusted,
                 },
                 mail: mail.options()?,
                 http,
@@ -498,6 +511,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn parse_peer_id(text: &str) -> Result<libp2p::PeerId, String> {
+    text.trim().parse().map_err(|_| {
+        format!("{text:?} is not a peer id: `kiln id --data-dir DIR` prints a node's (it starts with 12D3KooW)")
+    })
 }
 
 fn parse_size(text: &str) -> Result<u64, String> {

@@ -16,7 +16,7 @@
 //! Decisions live in [`crate::schedule`] and [`crate::election`]; this
 //! module carries them out.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,13 +74,16 @@ const SYNC_RETRY_MS: u64 = 5_000;
 /// Input fetches (recipes and sources of gossiped jobs) at once.
 const INPUT_FETCHES_MAX: usize = 4;
 
-/// Whether this node may coordinate.
-#[derive(Clone, Copy, Debug, Default)]
+/// Whether this node may coordinate, and whom it takes as coordinator.
+#[derive(Clone, Debug, Default)]
 pub struct CoordinatorOptions {
     /// May be elected (not `--no-coordinator`).
     pub eligible: bool,
     /// Pinned with `--coordinator`.
     pub pinned: bool,
+    /// The only peers that may coordinate (`--trust-coordinator`); `None`:
+    /// any peer that may be elected.
+    pub trusted: Option<BTreeSet<PeerId>>,
 }
 
 /// What the coordinator task is told.
@@ -396,7 +399,7 @@ impl Coordinator {
     ) -> Coordinator {
         let me = net.peer_id();
         Coordinator {
-            election: Election::new(me, options.eligible, options.pinned, now_ms()),
+            election: Election::new(me, options.eligible, options.pinned, now_ms()).trusting(options.trusted.clone()),
             net,
             store,
             key,
@@ -791,7 +794,12 @@ impl Coordinator {
                     self.notify(&build_key, JobPhase::Log { tail: log_tail });
                 }
             }
-            GossipV1::Settled(settlement) => self.heard_settlement(settlement),
+            // Only coordinators settle jobs: the word of any other peer
+            // (which could drop queued jobs or claim builds) is ignored.
+            GossipV1::Settled(settlement) if self.election.is_candidate(&peer) => self.heard_settlement(settlement),
+            GossipV1::Settled(settlement) => {
+                info!(peer = %peer, job = ?settlement.build_key(), "settlement from a peer that does not coordinate; ignored");
+            }
             GossipV1::Delivered { outbox_key } => {
                 // Only the coordinator delivers mail: a receipt from any
                 // other peer (which could suppress mail) is ignored, and

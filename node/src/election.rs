@@ -8,8 +8,12 @@
 //! both sides' coordinators hear each other, one of them steps down. A new
 //! node waits one timeout before it may act, so it hears the current
 //! coordinator before it competes with it.
+//!
+//! On an open network any peer can send heartbeats, and claim to be
+//! pinned. A node given the coordinators it trusts (`--trust-coordinator`)
+//! hears only their heartbeats, and coordinates only if it is one of them.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use libp2p::PeerId;
 
@@ -39,6 +43,8 @@ pub struct Election {
     /// Whether this node acts now (as its own heartbeats say).
     acting: bool,
     candidates: HashMap<PeerId, Candidate>,
+    /// The only peers that may coordinate, if the node was given a list.
+    trusted: Option<BTreeSet<PeerId>>,
 }
 
 impl Election {
@@ -50,7 +56,29 @@ impl Election {
             started_at_ms: now_ms,
             acting: false,
             candidates: HashMap::new(),
+            trusted: None,
         }
+    }
+
+    /// Hears only the heartbeats of `trusted` peers (all, given `None`),
+    /// and may coordinate only if it is one of them or pinned itself.
+    pub fn trusting(mut self, trusted: Option<BTreeSet<PeerId>>) -> Election {
+        if let Some(trusted) = &trusted {
+            self.eligible = self.pinned || (self.eligible && trusted.contains(&self.me));
+        }
+        self.trusted = trusted;
+        self
+    }
+
+    /// Whether `peer` may coordinate, as far as this node trusts it.
+    pub fn trusts(&self, peer: &PeerId) -> bool {
+        self.trusted.as_ref().is_none_or(|trusted| trusted.contains(peer))
+    }
+
+    /// Whether `peer` sent heartbeats lately (and is trusted): the peers
+    /// whose word on how jobs ended this node takes.
+    pub fn is_candidate(&self, peer: &PeerId) -> bool {
+        self.candidates.contains_key(peer)
     }
 
     pub fn eligible(&self) -> bool {
@@ -63,7 +91,7 @@ impl Election {
 
     /// A heartbeat from another node.
     pub fn heard(&mut self, peer: PeerId, candidate: Candidate) {
-        if peer == self.me {
+        if peer == self.me || !self.trusts(&peer) {
             return;
         }
         if self.candidates.len() >= CANDIDATES_MAX && !self.candidates.contains_key(&peer) {
@@ -187,6 +215,24 @@ mod tests {
         assert_eq!(bystander.leader(10_000), None);
         bystander.heard(p[1], beat(false, 10_000));
         assert_eq!(bystander.leader(10_000), Some(p[1]));
+    }
+
+    #[test]
+    fn a_node_given_trusted_coordinators_hears_only_them() {
+        let p = peers(3);
+        let trusted: BTreeSet<PeerId> = [p[1], p[2]].into();
+        let mut view = Election::new(p[2], true, false, 0).trusting(Some(trusted.clone()));
+        // p[0] has the smallest id and even claims to be pinned.
+        view.heard(p[0], beat(true, 5_000));
+        view.heard(p[1], beat(false, 5_000));
+        assert!(!view.is_candidate(&p[0]) && view.is_candidate(&p[1]));
+        assert_eq!(view.leader(5_000), Some(p[1]));
+        let outsider = Election::new(p[0], true, false, 0).trusting(Some(trusted.clone()));
+        assert!(!outsider.eligible(), "a node not on its own list does not coordinate");
+        let pinned = Election::new(p[0], true, true, 0).trusting(Some(trusted));
+        assert!(pinned.eligible(), "its own --coordinator pin still holds for itself");
+        let open = Election::new(p[0], true, false, 0).trusting(None);
+        assert!(open.eligible() && open.trusts(&p[2]));
     }
 
     #[test]

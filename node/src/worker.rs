@@ -59,6 +59,9 @@ pub struct WorkerPolicy {
     pub idle_only: bool,
     pub trust: Trust,
     pub allow_network: bool,
+    /// Take assignments only from these peers (`--trust-coordinator`);
+    /// `None`: from any peer.
+    pub coordinators: Option<BTreeSet<PeerId>>,
 }
 
 /// Load per CPU above which an idle-only worker counts the machine as busy.
@@ -216,7 +219,12 @@ impl Worker {
                     }
                 };
                 let WorkRequest::AssignV1 { job, attempt } = request;
-                let verdict = worker.take(&job);
+                let verdict = match &worker.policy.coordinators {
+                    Some(trusted) if !trusted.contains(&peer) => Err(format!(
+                        "this worker takes work only from the coordinators it trusts (--trust-coordinator), and {peer} is not one"
+                    )),
+                    _ => worker.take(&job),
+                };
                 let reply = match &verdict {
                     Ok(()) => WorkReplyV1::Accepted,
                     Err(reason) => WorkReplyV1::Refused { reason: reason.clone() },
@@ -535,6 +543,7 @@ mod tests {
             idle_only: false,
             trust: Trust::Publishers(BTreeSet::from([publisher.public()])),
             allow_network: false,
+            coordinators: None,
         };
         let signed = Some(PublisherSignature::sign(&publisher, &Hash::of(b"recipe")));
         assert_eq!(

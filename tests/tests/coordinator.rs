@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 
 use kiln_tests::farm::{peer_of, recipe, request, request_waiting, status, wait_json, wait_status, worker, BUILD};
-use kiln_tests::{fetch, kiln, start_bootstrap, start_node, wait_until, Proc, START};
+use kiln_tests::{bin, fetch, kiln, start_bootstrap, start_node, wait_until, Proc, START};
 use serde_json::Value;
 
 fn open_job<'a>(status: &'a Value, build_key: &str) -> Option<&'a Value> {
@@ -136,7 +136,7 @@ fn a_request_is_built_once_merged_with_its_twin_replicated_and_then_answered_at_
 fn a_job_no_worker_matches_waits_says_why_and_runs_when_one_joins() {
     let tmp = tempfile::tempdir().unwrap();
     let (_boot, boot) = start_bootstrap(&tmp.path().join("boot"));
-    let (_c, _) = start_node("coordinator", &tmp.path().join("c"), &boot, &["--coordinator"]);
+    let (c, _) = start_node("coordinator", &tmp.path().join("c"), &boot, &["--coordinator"]);
     let (_w1, _) = worker("worker 1", &tmp.path().join("w1"), &boot, &[]);
     wait_status(&boot, "the worker to be known", |s| {
         s["workers"].as_array().is_some_and(|w| w.len() == 1)
@@ -160,6 +160,19 @@ fn a_job_no_worker_matches_waits_says_why_and_runs_when_one_joins() {
     assert!(why.contains("no worker matches") && why.contains("site"), "{why}");
     let (ok, text, _) = kiln(&["status", "--bootstrap", &boot]);
     assert!(ok && text.contains("no worker matches"), "{text}");
+
+    // A peer that does not coordinate gossips that the job failed: the
+    // coordinator ignores it, and the job stays queued.
+    let mut command = Command::new(bin("kiln-evil"));
+    command
+        .args(["settle", "--data-dir"])
+        .arg(tmp.path().join("evil"))
+        .args(["--bootstrap", &boot, &build_key]);
+    let mut evil = Proc::spawn("evil", command);
+    evil.wait_line(START, |l| l == "settlement sent");
+    c.wait_stderr(START, "settlement from a peer that does not coordinate; ignored");
+    evil.kill();
+    assert!(open_job(&status(&boot), &build_key).is_some(), "the job was dropped");
 
     let mut follower = request_waiting(
         "follower",

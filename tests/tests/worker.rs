@@ -128,6 +128,34 @@ fn a_worker_that_trusts_publishers_refuses_an_unsigned_recipe_and_runs_a_signed_
 }
 
 #[test]
+fn a_worker_given_trusted_coordinators_takes_work_only_from_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_boot, boot_addr) = start_bootstrap(&tmp.path().join("boot"));
+    let (ok, trusted, err) = kiln(&["id", "--data-dir", tmp.path().join("c").to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let (_w, peer) = worker(
+        "worker",
+        &tmp.path().join("w"),
+        &boot_addr,
+        &["--trust-any-recipe", "--trust-coordinator", trusted.trim()],
+    );
+
+    let mut stranger = assign(
+        &tmp.path().join("stranger"),
+        &boot_addr,
+        &hello_recipe(),
+        false,
+        std::slice::from_ref(&peer),
+    );
+    let refusal = stranger.wait_line(START, |l| l.starts_with("refused"));
+    assert!(refusal.contains("--trust-coordinator"), "{refusal}");
+    stranger.kill();
+
+    let mut trusted = assign(&tmp.path().join("c"), &boot_addr, &hello_recipe(), false, &[peer]);
+    trusted.wait_line(START, |l| l.starts_with("accepted"));
+}
+
+#[test]
 fn a_failing_build_is_reported_with_its_log() {
     let tmp = tempfile::tempdir().unwrap();
     let (_boot, boot_addr) = start_bootstrap(&tmp.path().join("boot"));

@@ -6,6 +6,7 @@
 //! kiln-evil die-after N --data-dir D --bootstrap B FILE serve N ranges honestly, then abort
 //! kiln-evil huge      --data-dir D --bootstrap B FILE   claim FILE is an absurdly large blob
 //! kiln-evil garbage   --data-dir D --bootstrap B PEER    send bad gossip and bad frames to PEER
+//! kiln-evil settle    --data-dir D --bootstrap B KEY     gossip, signed as itself, that job KEY failed
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -34,6 +35,7 @@ async fn main() {
     let bootstrap: Multiaddr = rest[3].parse().unwrap();
     let target = rest[4].clone();
     let key = kiln_node::identity::load_or_create(&data_dir).unwrap();
+    let secret = SecretKey::from_bytes(&key.to_bytes());
     let config = NetConfig {
         key,
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
@@ -50,6 +52,7 @@ async fn main() {
     match mode.as_str() {
         "corrupt" | "die-after" | "huge" => serve_file(net, PathBuf::from(target), &mode, mode_arg).await,
         "garbage" => garbage(net, target.parse().unwrap()).await,
+        "settle" => settle(net, secret, target.parse().unwrap()).await,
         other => panic!("unknown mode {other}"),
     }
 }
@@ -124,9 +127,13 @@ async fn serve_file(net: NetClient, file: PathBuf, mode: &str, die_after: u64) {
 
 /// Publishes on the jobs topic until a subscriber exists, with a deadline.
 async fn publish(net: &NetClient, bytes: Vec<u8>) {
+    publish_on(net, topics::JOBS, bytes).await;
+}
+
+async fn publish_on(net: &NetClient, topic: &'static str, bytes: Vec<u8>) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        match net.publish(topics::JOBS, bytes.clone()).await {
+        match net.publish(topic, bytes.clone()).await {
             Ok(()) => return,
             Err(e) if Instant::now() < deadline => {
                 let _ = e;
@@ -134,6 +141,23 @@ async fn publish(net: &NetClient, bytes: Vec<u8>) {
             }
             Err(e) => panic!("cannot publish: {e}"),
         }
+    }
+}
+
+/// A peer that does not coordinate says, again and again (each message
+/// new, so gossip does not drop repeats), that a job failed: nodes must
+/// not believe it.
+async fn settle(net: NetClient, key: SecretKey, build_key: Hash) {
+    for n in 0.. {
+        let settled = Gossip::V1(GossipV1::Settled(messages::Settlement::Failed {
+            build_key,
+            reason: format!("kiln-evil says so ({n})"),
+            log: None,
+            attempts: 3,
+        }));
+        publish_on(&net, topics::RESULTS, messages::encode_gossip(&key, &settled).unwrap()).await;
+        println!("settlement sent");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
