@@ -108,6 +108,8 @@ pub struct PartialBlob {
     /// on disk (and a retried fsync can succeed without it), so nothing
     /// more is recorded as done.
     sync_failed: bool,
+    /// Writes that went past the page cache.
+    direct_writes: u64,
 }
 
 impl Store {
@@ -165,6 +167,7 @@ impl Store {
             unflushed_bytes: 0,
             dirty: true,
             sync_failed: false,
+            direct_writes: 0,
         };
         partial.flush()?;
         Ok(partial)
@@ -245,15 +248,19 @@ pub struct PendingFlush {
     store: Store,
     hash: Hash,
     file: File,
+    /// The direct-I/O handle too: local file systems sync the whole file
+    /// from either, but some (FUSE, network ones) sync per handle.
+    direct: Option<File>,
     path: PathBuf,
     progress: Vec<u8>,
 }
 
 impl PendingFlush {
     pub fn complete(self) -> Result<()> {
-        self.file
-            .sync_data()
-            .map_err(|e| StoreError::io("syncing partial blob", &self.path, e))?;
+        for file in std::iter::once(&self.file).chain(&self.direct) {
+            file.sync_data()
+                .map_err(|e| StoreError::io("syncing partial blob", &self.path, e))?;
+        }
         self.store.inner.index.set_partial(&self.hash, &self.progress)
     }
 }
@@ -335,7 +342,10 @@ impl PartialBlob {
             return Ok(false);
         }
         match direct.write_all_at(bytes, offset) {
-            Ok(()) => Ok(true),
+            Ok(()) => {
+                self.direct_writes += 1;
+                Ok(true)
+            }
             Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
                 tracing::debug!(path = %self.path.display(), error = %e, "direct writes refused; using the page cache");
                 self.direct = None;
@@ -377,16 +387,20 @@ impl PartialBlob {
     /// nothing is new).
     fn detach_flush(&mut self) -> Result<Option<PendingFlush>> {
         if self.sync_failed {
-            let why = io::Error::other("an earlier sync of it failed, so what was written since cannot be trusted");
+            let why = io::Error::other(
+                "an earlier sync of it failed, so what was written since cannot be trusted; run the fetch again once the disk is sound: it resumes from the last progress saved before the failure",
+            );
             return Err(StoreError::io("recording progress of partial blob", &self.path, why));
         }
         if !self.dirty {
             return Ok(None);
         }
-        let file = self
-            .file
-            .try_clone()
-            .map_err(|e| StoreError::io("syncing partial blob", &self.path, e))?;
+        let clone = |file: &File| {
+            file.try_clone()
+                .map_err(|e| StoreError::io("syncing partial blob", &self.path, e))
+        };
+        let file = clone(&self.file)?;
+        let direct = self.direct.as_ref().map(clone).transpose()?;
         let progress = Progress {
             total_bytes: self.total_bytes,
             done: self.done.0.iter().map(|(start, end)| (*start, *end)).collect(),
@@ -397,6 +411,7 @@ impl PartialBlob {
             store: self.store.clone(),
             hash: self.hash,
             file,
+            direct,
             path: self.path.clone(),
             progress: wire::canonical(&progress),
         }))
@@ -574,6 +589,14 @@ mod tests {
             direct_at_start,
             "aligned writes must not make direct I/O give up"
         );
+        if direct_at_start {
+            assert!(
+                partial.direct_writes >= 2,
+                "the aligned ranges went past the page cache"
+            );
+        } else {
+            eprintln!("no O_DIRECT on this file system: only the page cache path was tested");
+        }
         // `finish` reads the whole file back and checks its hash.
         assert_eq!(partial.finish().unwrap(), data.len() as u64);
         assert_eq!(store.read(&hash).unwrap(), data);
