@@ -37,7 +37,7 @@ use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 use crate::coordinator::CoordHandle;
-use crate::http_limit::LimitedListener;
+use crate::http_limit::{self, LimitedListener};
 use crate::metrics::{metric, METRICS};
 use crate::net::NetClient;
 use crate::report::{job_json, peer_of, status_json, worker_state};
@@ -315,6 +315,8 @@ const CONNECTIONS_MAX: usize = 64;
 /// A dashboard connection with no traffic for this long is closed (a page
 /// refreshes every REFRESH_S seconds).
 const CONNECTION_IDLE_MS_MAX: u64 = 30_000;
+/// Time a client has to send a request's headers.
+const HEADERS_MS_MAX: u64 = 10_000;
 
 /// Serves the dashboard until the task is aborted.
 pub async fn serve(listener: tokio::net::TcpListener, dashboard: Arc<Dashboard>) {
@@ -330,9 +332,7 @@ pub async fn serve(listener: tokio::net::TcpListener, dashboard: Arc<Dashboard>)
         .fallback(not_found)
         .with_state(dashboard);
     let listener = LimitedListener::new(listener, CONNECTIONS_MAX, Duration::from_millis(CONNECTION_IDLE_MS_MAX));
-    if let Err(e) = axum::serve(listener, router).await {
-        warn!(error = %e, "the dashboard stopped");
-    }
+    http_limit::serve(listener, router, Duration::from_millis(HEADERS_MS_MAX)).await;
 }
 
 type Shared = State<Arc<Dashboard>>;

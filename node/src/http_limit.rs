@@ -1,8 +1,11 @@
 //! Bounds on the dashboard's HTTP connections: at most a fixed number open
-//! at once (more wait in the kernel's accept queue), and each closed once
-//! it has sent and received nothing for a while. Without them, a client
-//! that opens connections and never finishes a request holds memory and
-//! file descriptors for as long as it likes.
+//! at once (more wait in the kernel's accept queue), each closed once it
+//! has sent and received nothing for a while, and a request's headers read
+//! within a time limit (so a client dripping a byte now and then cannot
+//! hold a slot either). Without them, a client that opens connections and
+//! never finishes a request holds memory and file descriptors for as long
+//! as it likes. (`axum::serve` gives hyper no timer, so hyper's own header
+//! timeout never fires there: [`serve`] drives hyper itself.)
 
 use std::future::Future;
 use std::io;
@@ -58,6 +61,27 @@ impl axum::serve::Listener for LimitedListener {
     }
 }
 
+/// Serves `router` on `listener`'s connections, each given `headers` to
+/// send a request's headers, until the task is aborted.
+pub async fn serve(mut listener: LimitedListener, router: axum::Router, headers: Duration) {
+    use axum::serve::Listener as _;
+    loop {
+        let (connection, _) = listener.accept().await;
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(headers);
+            let served = http
+                .serve_connection(hyper_util::rt::TokioIo::new(connection), service)
+                .await;
+            if let Err(e) = served {
+                tracing::debug!(error = %e, "dashboard connection ended");
+            }
+        });
+    }
+}
+
 /// An accepted connection: frees its slot when dropped, and fails its
 /// pending read or write once it has been idle too long.
 pub struct LimitedConnection {
@@ -102,6 +126,19 @@ impl AsyncWrite for LimitedConnection {
         self.watch(cx, polled)
     }
 
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.watch(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let polled = Pin::new(&mut self.stream).poll_flush(cx);
         self.watch(cx, polled)
@@ -120,12 +157,12 @@ mod tests {
 
     const TEST_TIME_MAX: Duration = Duration::from_secs(10);
 
-    async fn serve(slots: usize, idle: Duration) -> SocketAddr {
+    async fn serve_for_test(slots: usize, idle: Duration, headers: Duration) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let limited = LimitedListener::new(listener, slots, idle);
         let addr = axum::serve::Listener::local_addr(&limited).unwrap();
         let router = axum::Router::new().route("/", get(|| async { "ok" }));
-        tokio::spawn(async move { axum::serve(limited, router).await });
+        tokio::spawn(serve(limited, router, headers));
         addr
     }
 
@@ -154,7 +191,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_silent_connection_is_closed_once_idle() {
-        let addr = serve(4, Duration::from_millis(300)).await;
+        let addr = serve_for_test(4, Duration::from_millis(300), TEST_TIME_MAX).await;
         let silent = TcpStream::connect(addr).await.unwrap();
         let opened = tokio::time::Instant::now();
         let ended = closed(silent).await;
@@ -166,9 +203,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_client_dripping_its_headers_is_cut_off() {
+        let headers = Duration::from_millis(400);
+        let addr = serve_for_test(4, Duration::from_secs(2), headers).await;
+        let mut dripping = TcpStream::connect(addr).await.unwrap();
+        let start = tokio::time::Instant::now();
+        // A byte every 100 ms never lets the idle limit (2 s) fire: only
+        // the header limit ends this, or nothing does for 20 s.
+        let mut cut_off = None;
+        for byte in b"GET / HTTP/1.1\r\nhost: x\r\nx-slow: ".iter().cycle().take(200) {
+            if dripping.write_all(&[*byte]).await.is_err() {
+                cut_off = Some(start.elapsed());
+                break;
+            }
+            let mut peek = [0u8; 1];
+            // Anything but silence (a close, an error, an answer) means
+            // the server gave up on the request.
+            if tokio::time::timeout(Duration::from_millis(100), dripping.read(&mut peek))
+                .await
+                .is_ok()
+            {
+                cut_off = Some(start.elapsed());
+                break;
+            }
+        }
+        let cut_off = cut_off.expect("the server never closed the dripping connection");
+        assert!(cut_off >= headers, "closed after {cut_off:?}, before the header limit");
+    }
+
+    #[tokio::test]
     async fn connections_past_the_limit_wait_for_a_free_slot() {
         let idle = Duration::from_millis(500);
-        let addr = serve(2, idle).await;
+        let addr = serve_for_test(2, idle, TEST_TIME_MAX).await;
         let start = tokio::time::Instant::now();
         let first = TcpStream::connect(addr).await.unwrap();
         let second = TcpStream::connect(addr).await.unwrap();
