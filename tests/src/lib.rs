@@ -292,12 +292,17 @@ impl Drain {
         String::from_utf8_lossy(&self.bytes.lock().unwrap()).into_owned()
     }
 
-    /// Everything read, once the pipe has ended (or `deadline` passed:
-    /// a process the command left behind may hold the pipe open).
+    /// Everything read, once the pipe has ended. A pipe still open at
+    /// `deadline` (held by a process the command left behind) fails the
+    /// test.
     fn finish(self, deadline: Instant) -> Vec<u8> {
-        let _ = self
-            .done
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()));
+        let left = deadline.saturating_duration_since(Instant::now());
+        if self.done.recv_timeout(left).is_err() {
+            panic!(
+                "the command exited, but a process it left behind still held its output:\n{}",
+                self.text()
+            );
+        }
         std::mem::take(&mut *self.bytes.lock().unwrap())
     }
 }
