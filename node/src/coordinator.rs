@@ -168,6 +168,27 @@ impl CoordHandle {
     }
 }
 
+/// Unpins an artifact this node built (and its log) once a coordinator's
+/// settlement says another peer holds it too: it stays in the store as a
+/// cache, evictable under `--max-store-size`, instead of filling a
+/// contributor's disk.
+fn release_if_replicated(store: &Store, me: &PublicKey, settlement: &Settlement) {
+    let Settlement::Done { attestation, holders } = settlement else {
+        return;
+    };
+    let Ok(a) = attestation.verify() else {
+        return;
+    };
+    if a.worker != *me || *holders < 2 {
+        return;
+    }
+    for hash in [a.artifact, a.log] {
+        if store.unpin(&hash).unwrap_or(false) {
+            info!(blob = %hash, "another peer holds this build now; unpinned here (kept as a cache)");
+        }
+    }
+}
+
 /// Starts the coordinator (or standby) task and its protocol server.
 pub fn spawn(
     net: NetClient,
@@ -749,9 +770,12 @@ impl Coordinator {
                 build_key,
                 worker,
                 attempt,
-            }) => {
+            }) if self.election.speaks_for_queue(&peer) => {
                 self.schedule.assigned(&build_key, worker, attempt, now);
                 self.changed(&build_key);
+            }
+            GossipV1::Assigned(assigned) => {
+                info!(peer = %peer, job = %assigned.build_key, "assignment from a peer that does not coordinate; ignored");
             }
             GossipV1::Outcome(BuildOutcome::Done { attestation }) => {
                 let Ok(a) = attestation.verify() else {
@@ -796,7 +820,10 @@ impl Coordinator {
             }
             // Only coordinators settle jobs: the word of any other peer
             // (which could drop queued jobs or claim builds) is ignored.
-            GossipV1::Settled(settlement) if self.election.is_candidate(&peer) => self.heard_settlement(settlement),
+            GossipV1::Settled(settlement) if self.election.speaks_for_queue(&peer) => {
+                release_if_replicated(&self.store, &self.key.public(), &settlement);
+                self.heard_settlement(settlement);
+            }
             GossipV1::Settled(settlement) => {
                 info!(peer = %peer, job = ?settlement.build_key(), "settlement from a peer that does not coordinate; ignored");
             }

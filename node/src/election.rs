@@ -75,10 +75,16 @@ impl Election {
         self.trusted.as_ref().is_none_or(|trusted| trusted.contains(peer))
     }
 
-    /// Whether `peer` sent heartbeats lately (and is trusted): the peers
-    /// whose word on how jobs ended this node takes.
-    pub fn is_candidate(&self, peer: &PeerId) -> bool {
-        self.candidates.contains_key(peer)
+    /// Whether this node takes `peer`'s word on the queue (a job assigned,
+    /// a job ended): given trusted coordinators, any of them (even before
+    /// its first heartbeat arrives); otherwise a peer whose recent
+    /// heartbeats say it acts or is pinned. On an open network that only
+    /// asks a stranger to claim the role; the list is what keeps it out.
+    pub fn speaks_for_queue(&self, peer: &PeerId) -> bool {
+        match &self.trusted {
+            Some(trusted) => trusted.contains(peer),
+            None => self.candidates.get(peer).is_some_and(|c| c.acting || c.pinned),
+        }
     }
 
     pub fn eligible(&self) -> bool {
@@ -225,14 +231,19 @@ mod tests {
         // p[0] has the smallest id and even claims to be pinned.
         view.heard(p[0], beat(true, 5_000));
         view.heard(p[1], beat(false, 5_000));
-        assert!(!view.is_candidate(&p[0]) && view.is_candidate(&p[1]));
+        assert!(!view.speaks_for_queue(&p[0]), "not on the list, whatever it claims");
+        assert!(view.speaks_for_queue(&p[1]) && view.speaks_for_queue(&p[2]));
         assert_eq!(view.leader(5_000), Some(p[1]));
         let outsider = Election::new(p[0], true, false, 0).trusting(Some(trusted.clone()));
         assert!(!outsider.eligible(), "a node not on its own list does not coordinate");
         let pinned = Election::new(p[0], true, true, 0).trusting(Some(trusted));
         assert!(pinned.eligible(), "its own --coordinator pin still holds for itself");
-        let open = Election::new(p[0], true, false, 0).trusting(None);
+        let mut open = Election::new(p[0], true, false, 0).trusting(None);
         assert!(open.eligible() && open.trusts(&p[2]));
+        open.heard(p[1], beat(false, 5_000));
+        assert!(!open.speaks_for_queue(&p[1]), "a candidate that does not act");
+        open.heard(p[2], beat(true, 5_000));
+        assert!(open.speaks_for_queue(&p[2]));
     }
 
     #[test]

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kiln_protocol::messages::{Gossip, GossipV1, Settlement};
 use kiln_protocol::Hash;
 use kiln_store::Store;
 use libp2p::{Multiaddr, PeerId};
@@ -49,6 +48,8 @@ pub enum NodeError {
     NoListen,
     #[error("cannot reach the bootstrap peer {0}; is it running, and is the address right (as `kiln-bootstrap` or `kiln node` printed it, with its /p2p/ peer id)?")]
     NoBootstrap(String),
+    #[error("this node ({0}) is pinned with --coordinator but is not in its own --trust-coordinator list, so the nodes sharing that list would not follow it: add --trust-coordinator {0}")]
+    PinnedUntrusted(PeerId),
 }
 
 /// What `kiln node` and `kiln-bootstrap` start.
@@ -77,26 +78,6 @@ pub struct WorkerOptions {
     pub labels: std::collections::BTreeMap<String, String>,
 }
 
-/// Unpins an artifact this node built (and its log) once a settlement says
-/// another peer holds it too: it stays in the store as a cache, evictable
-/// under `--max-store-size`, instead of filling a contributor's disk.
-fn release_if_replicated(store: &Store, builder: &kiln_protocol::PublicKey, message: &Gossip) {
-    let Gossip::V1(GossipV1::Settled(Settlement::Done { attestation, holders })) = message else {
-        return;
-    };
-    let Ok(a) = attestation.verify() else {
-        return;
-    };
-    if a.worker != *builder || *holders < 2 {
-        return;
-    }
-    for hash in [a.artifact, a.log] {
-        if store.unpin(&hash).unwrap_or(false) {
-            info!(blob = %hash, "another peer holds this build now; unpinned here (kept as a cache)");
-        }
-    }
-}
-
 /// Runs a node until `shutdown` resolves. `ready` gets each full listen
 /// address once the node listens.
 pub async fn run_node(
@@ -105,6 +86,12 @@ pub async fn run_node(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), NodeError> {
     let key = identity::load_or_create(&options.data_dir)?;
+    let me = identity::keypair(&key).public().to_peer_id();
+    if let (true, Some(trusted)) = (options.coordinator.pinned, &options.coordinator.trusted) {
+        if !trusted.contains(&me) {
+            return Err(NodeError::PinnedUntrusted(me));
+        }
+    }
     let worker_key_bytes = key.to_bytes();
     let worker_key = SecretKey::from_bytes(&worker_key_bytes);
     let store_options = kiln_store::StoreOptions {
@@ -136,7 +123,6 @@ pub async fn run_node(
     let server = blobs::spawn_server(&net, store.clone());
     let mut roles = Vec::new();
     // A worker releases what it built once the network holds a copy.
-    let builder = options.worker.as_ref().map(|_| worker_key.public());
     if let (Some(worker), Some(sandbox)) = (options.worker, sandbox) {
         let labels = worker.labels;
         let system = tokio::task::spawn_blocking(move || crate::system::probe(labels))
@@ -233,9 +219,6 @@ pub async fn run_node(
                 Some(NetEvent::Gossip { signer, message, .. }) => {
                     if let Some(dashboard) = &dashboard {
                         dashboard.heard(&signer, &message);
-                    }
-                    if let Some(builder) = &builder {
-                        release_if_replicated(&store, builder, &message);
                     }
                     coordination.gossip(signer, message);
                 }

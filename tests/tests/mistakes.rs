@@ -27,6 +27,33 @@ fn a_dead_bootstrap_a_taken_port_and_a_bad_output_path_are_reported_at_once() {
     assert!(!ok);
     assert!(err.contains("Address already in use"), "{err}");
 
+    // A pinned coordinator missing from its own trust list, and a peer id
+    // that is none, are refused before the node starts.
+    let (ok, other, _) = kiln(&["id", "--data-dir", tmp.path().join("other").to_str().unwrap()]);
+    assert!(ok);
+    let d = tmp.path().join("pinned");
+    let node = |trusted: &str| {
+        kiln(&[
+            "node",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--coordinator",
+            "--trust-coordinator",
+            trusted,
+            "--data-dir",
+            d.to_str().unwrap(),
+        ])
+    };
+    let (ok, _, err) = node(other.trim());
+    assert!(!ok);
+    assert!(
+        err.contains("not in its own --trust-coordinator list") && err.contains("add --trust-coordinator 12D3KooW"),
+        "{err}"
+    );
+    let (ok, _, err) = node("coordinator-1");
+    assert!(!ok);
+    assert!(err.contains("is not a peer id: `kiln id --data-dir DIR`"), "{err}");
+
     // A node that cannot reach its bootstrap peer says so in its log.
     let (node, _) = start_node("node", &tmp.path().join("n"), &boot, &[]);
     let hash = "0".repeat(64);
