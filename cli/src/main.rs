@@ -2,6 +2,19 @@
 //! error chain and exits non-zero on failure. The work is done in the
 //! library crates; this binary stays thin.
 
+/// Set by `-q`: the `kiln:` lines that tell a person what a command did
+/// are left out (errors are still printed).
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Prints `kiln: ...` on stderr, unless `-q` was given.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        if !crate::QUIET.load(std::sync::atomic::Ordering::Relaxed) {
+            eprintln!("kiln: {}", format_args!($($arg)*));
+        }
+    };
+}
+
 mod config;
 mod demo;
 mod progress;
@@ -348,6 +361,7 @@ fn main() -> ExitCode {
         Command::Demo { .. } => "error",
         _ => "warn",
     };
+    QUIET.store(cli.quiet, std::sync::atomic::Ordering::Relaxed);
     init_logging(match (cli.quiet, cli.verbose) {
         (true, _) => "error",
         (_, 0) => default,
@@ -503,8 +517,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keygen { key } => {
             let secret = kiln_node::identity::load_or_create_at(&key)?;
             println!("{}", secret.public());
-            eprintln!(
-                "kiln: publisher key in {}; workers trust it with --trust-publisher {}",
+            say!(
+                "publisher key in {}; workers trust it with --trust-publisher {}",
                 key.display(),
                 secret.public()
             );
@@ -536,7 +550,7 @@ async fn publish(path: &Path, data_dir: &Path) -> anyhow::Result<()> {
             let store = kiln_store::Store::open(data_dir)?;
             let (hash, _) = kiln_node::publish(&store, &path).await.map_err(anyhow::Error::msg)?;
             println!("{hash}");
-            eprintln!("kiln: stored in {}; no node runs on this data dir, so nobody can fetch it yet: start `kiln node --data-dir {}` to serve it", data_dir.display(), data_dir.display());
+            say!("stored in {}; no node runs on this data dir, so nobody can fetch it yet: start `kiln node --data-dir {}` to serve it", data_dir.display(), data_dir.display());
         }
     }
     Ok(())
@@ -568,7 +582,7 @@ fn fetched(hash: &Hash, bytes: u64, output: Option<&Path>) {
         Some(path) => format!("to {}", path.display()),
         None => "into the store".into(),
     };
-    eprintln!("kiln: fetched {bytes} bytes {place}; every range checked against {hash}");
+    say!("fetched {bytes} bytes {place}; every range checked against {hash}");
 }
 
 async fn fetch(hash: Hash, output: Option<PathBuf>, bootstrap: Vec<Multiaddr>, data_dir: &Path) -> anyhow::Result<()> {

@@ -80,7 +80,7 @@ impl Phases {
                 bar.println(format!("kiln: {line}"));
                 bar.set_message(line.clone());
             }
-            None => eprintln!("kiln: {line}"),
+            None => say!("{line}"),
         }
         self.last = line;
     }

@@ -91,13 +91,13 @@ async fn request(node: &EphemeralNode, args: &RequestArgs, spec: &RequestSpec<'_
                 );
             } else if !args.json {
                 println!("{build_key}");
-                eprintln!(
-                    "kiln: {} build {build_key} of {} {}; coordinator {coordinator}",
+                say!(
+                    "{} build {build_key} of {} {}; coordinator {coordinator}",
                     if merged { "joined the queued" } else { "queued" },
                     recipe.name,
                     recipe.version
                 );
-                eprintln!("kiln: {} will be emailed when it ends", args.emails.join(", "));
+                say!("{} will be emailed when it ends", args.emails.join(", "));
             }
             if args.wait || args.fetch.is_some() {
                 return follow(node, args, build_key, &start).await.map(Some);
@@ -162,11 +162,12 @@ async fn finish_built(
         );
     } else {
         println!("{}", a.artifact);
-        eprintln!(
-            "kiln: already built: build {build_key} is artifact {} ({} bytes)",
-            a.artifact, a.artifact_bytes
+        say!(
+            "already built: build {build_key} is artifact {} ({} bytes)",
+            a.artifact,
+            a.artifact_bytes
         );
-        eprintln!("kiln: fetch it with: kiln fetch {}", a.artifact);
+        say!("fetch it with: kiln fetch {}", a.artifact);
     }
     if let Some(path) = &args.fetch {
         fetch_artifact(node, a.artifact, path).await?;
@@ -195,7 +196,7 @@ async fn fetch_artifact(node: &EphemeralNode, artifact: Hash, path: &Path) -> an
     let result = kiln_node::fetch_to(&node.net, &node.store, artifact, Some(&path), progress.clone()).await;
     progress.finish();
     result.with_context(|| format!("cannot fetch artifact {artifact}"))?;
-    eprintln!("kiln: artifact written to {}", path.display());
+    say!("artifact written to {}", path.display());
     Ok(())
 }
 

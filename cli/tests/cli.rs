@@ -113,6 +113,29 @@ fn quiet_hides_warnings_and_verbose_shows_more() {
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
     assert_eq!(run("-q"), "");
+    // -q also leaves out the `kiln:` lines that say what was done.
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let publish = |quiet: bool| {
+        let mut command = kiln();
+        if quiet {
+            command.arg("-q");
+        }
+        let out = command
+            .args(["publish", recipe, "--data-dir", data.to_str().unwrap()])
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim().len(),
+            64,
+            "the hash on stdout"
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    assert!(publish(false).contains("kiln: stored in"));
+    assert_eq!(publish(true), "");
     assert!(run("-vvv").contains("log filter"), "-vvv logs debug lines");
     assert!(!run("-v").contains("log filter"), "-v logs no debug lines");
     let out = kiln().args(["-q", "-v", "recipe", "options", recipe]).output().unwrap();
