@@ -142,7 +142,7 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
 
 async fn demo(dir: &Path, network: &mut Network) -> anyhow::Result<()> {
     say(&format!("a local Kiln network in {}", dir.display()));
-    let probe = kiln_node::sandbox::Sandbox::new(&dir.join("probe"), false)?;
+    let probe = kiln_node::worker::sandbox::Sandbox::new(&dir.join("probe"), false)?;
     if let Some(problem) = probe.isolation_problem() {
         bail!("builds cannot be isolated on this machine ({problem}); install bubblewrap (apt-get install bubblewrap) and run `kiln demo` again");
     }
@@ -167,7 +167,7 @@ async fn demo(dir: &Path, network: &mut Network) -> anyhow::Result<()> {
         .await?;
     say(&format!("bootstrap peer  {boot}"));
     let coordinator_dir = dir.join("coordinator");
-    let http = kiln_node::dashboard::bind((std::net::Ipv4Addr::LOCALHOST, 0).into())?;
+    let http = kiln_node::web::bind((std::net::Ipv4Addr::LOCALHOST, 0).into())?;
     let dashboard = http.local_addr()?;
     let coordinator = network
         .start(
@@ -252,10 +252,10 @@ async fn demo(dir: &Path, network: &mut Network) -> anyhow::Result<()> {
 /// Waits until the coordinator knows every worker.
 async fn wait_for_workers(dir: &Path, boot: &Multiaddr) -> anyhow::Result<()> {
     let node = EphemeralNode::start(&dir.join("status"), vec![boot.clone()]).await?;
-    let start = kiln_node::request::bootstrap_peers(std::slice::from_ref(boot));
+    let start = kiln_node::coord_client::bootstrap_peers(std::slice::from_ref(boot));
     let deadline = tokio::time::Instant::now() + Duration::from_millis(WORKERS_MS_MAX);
     let known = loop {
-        let reply = kiln_node::request::ask_coordinator(&node.net, &start, &CoordRequest::StatusV1).await;
+        let reply = kiln_node::coord_client::ask_coordinator(&node.net, &start, &CoordRequest::StatusV1).await;
         if let Ok((_, CoordReplyV1::Status(report), _)) = reply {
             if report.workers.len() >= WORKERS {
                 break true;
@@ -302,7 +302,7 @@ async fn fetch(dir: &Path, boot: &Multiaddr, artifact: Hash, to: &Path) -> anyho
         &node.store,
         artifact,
         Some(to),
-        Arc::new(kiln_node::node::NoProgress),
+        Arc::new(kiln_node::blobs::NoProgress),
     )
     .await;
     node.stop().await;

@@ -193,7 +193,7 @@ enum Command {
         mail: Mail,
         /// Serve the dashboard (HTML, JSON at /api/status, Prometheus at /metrics) on HOST:PORT, or on
         /// 127.0.0.1:PORT given a port alone; --http alone uses 127.0.0.1:8180
-        #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "8180", value_parser = kiln_node::dashboard::parse_addr)]
+        #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "8180", value_parser = kiln_node::web::parse_addr)]
         http: Option<std::net::SocketAddr>,
     },
     /// Ask the network for a build; everyone given with --email hears when it ends.
@@ -427,7 +427,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             http,
         } => {
             let http = match http {
-                Some(addr) => Some(kiln_node::dashboard::bind(addr)?),
+                Some(addr) => Some(kiln_node::web::bind(addr)?),
                 None => None,
             };
             let trusted = (!trust_coordinators.is_empty()).then(|| trust_coordinators.into_iter().collect());
@@ -687,7 +687,7 @@ fn without_signature(text: &str) -> String {
 }
 
 fn system(json: bool) -> anyhow::Result<()> {
-    let info = kiln_node::system::probe(Default::default());
+    let info = kiln_node::worker::system::probe(Default::default());
     if json {
         println!("{}", serde_json::to_string_pretty(&info)?);
         return Ok(());

@@ -1,13 +1,14 @@
 //! `kiln request` and `kiln status`: what the user sees. The work is done
-//! by `kiln_node::request`.
+//! by `kiln_node::requester` and `kiln_node::coord_client`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use kiln_node::clock::now_ms;
+use kiln_node::coord_client;
 use kiln_node::report::{peer_of, status_json, worker_state};
-use kiln_node::request::{self, RequestSpec};
+use kiln_node::requester::{self, RequestSpec};
 use kiln_node::EphemeralNode;
 use kiln_protocol::coord::{CoordReplyV1, CoordRequest, JobPhase, JobView, StatusReport};
 use kiln_protocol::{Attestation, Hash, Recipe, Signed};
@@ -61,10 +62,10 @@ pub async fn run(args: RequestArgs) -> anyhow::Result<Option<Hash>> {
 
 async fn request(node: &EphemeralNode, args: &RequestArgs, spec: &RequestSpec<'_>) -> anyhow::Result<Option<Hash>> {
     let (recipe, publisher) = load_recipe(node, &args.recipe).await?;
-    let job = request::prepare_job(&recipe, publisher, spec, now_ms())?;
+    let job = requester::prepare_job(&recipe, publisher, spec, now_ms())?;
     let build_key = job.build_key;
-    let start = request::bootstrap_peers(&args.bootstrap);
-    let found = request::lookup_built(&node.net, build_key).await;
+    let start = coord_client::bootstrap_peers(&args.bootstrap);
+    let found = requester::lookup_built(&node.net, build_key).await;
     if let Some(first) = found.first() {
         return finish_built(node, args, build_key, first, &start).await;
     }
@@ -76,7 +77,7 @@ async fn request(node: &EphemeralNode, args: &RequestArgs, spec: &RequestSpec<'_
         job: Box::new(job),
         accept_versions,
     };
-    let (coordinator, reply, _) = request::ask_coordinator(&node.net, &start, &submit).await?;
+    let (coordinator, reply, _) = coord_client::ask_coordinator(&node.net, &start, &submit).await?;
     match reply {
         CoordReplyV1::Built { attestations } => match attestations.first() {
             Some(first) => finish_built(node, args, build_key, first, &start).await,
@@ -118,7 +119,7 @@ async fn load_recipe(
     let path = Path::new(recipe);
     if !path.exists() {
         if let Ok(id) = recipe.parse::<Hash>() {
-            kiln_node::blobs::fetch(&node.net, &node.store, id, Arc::new(kiln_node::node::NoProgress))
+            kiln_node::blobs::fetch(&node.net, &node.store, id, Arc::new(kiln_node::blobs::NoProgress))
                 .await
                 .with_context(|| format!("cannot fetch recipe {id} from the network"))?;
             let recipe = Recipe::from_canonical_bytes(&node.store.read(&id)?)
@@ -127,7 +128,7 @@ async fn load_recipe(
         }
         bail!("recipe {recipe:?} is neither a file nor a recipe id (64 hex characters)");
     }
-    let (recipe, publisher) = request::load_recipe_into(&node.store, path)?;
+    let (recipe, publisher) = requester::load_recipe_into(&node.store, path)?;
     for (hash, _) in node.store.list() {
         let _ = node.net.provide(hash).await;
     }
@@ -208,7 +209,7 @@ async fn follow(
     start: &[libp2p::PeerId],
 ) -> anyhow::Result<Hash> {
     let mut phases = crate::progress::Phases::new();
-    let end = request::watch(&node.net, start, build_key, |phase| phases.show(describe(phase))).await;
+    let end = coord_client::watch(&node.net, start, build_key, |phase| phases.show(describe(phase))).await;
     phases.finish();
     let end = end?;
     match end {
@@ -267,8 +268,8 @@ pub async fn status(bootstrap: Vec<Multiaddr>, json: bool) -> anyhow::Result<()>
     }
     let dir = tempfile::tempdir().context("cannot create a temporary data dir")?;
     let node = EphemeralNode::start(dir.path(), bootstrap.clone()).await?;
-    let start = request::bootstrap_peers(&bootstrap);
-    let answer = request::ask_coordinator(&node.net, &start, &CoordRequest::StatusV1).await;
+    let start = coord_client::bootstrap_peers(&bootstrap);
+    let answer = coord_client::ask_coordinator(&node.net, &start, &CoordRequest::StatusV1).await;
     node.stop().await;
     let (coordinator, reply, _) = answer?;
     let CoordReplyV1::Status(report) = reply else {

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use kiln_node::sandbox::{BuildSpec, BuildStatus, Sandbox, SourceInput};
+use kiln_node::worker::sandbox::{BuildSpec, BuildStatus, Sandbox, SourceInput};
 
 const STEP: &str = "echo hello > out.txt";
 

@@ -1,4 +1,4 @@
-//! The coordinator's matching alone (`kiln_node::schedule`): JOBS queued
+//! The coordinator's matching alone (`kiln_node::coordinator::schedule`): JOBS queued
 //! jobs against WORKERS workers with varied systems (4 arches, 3 libcs, 8
 //! memory sizes, 3 compiler versions, labels), jobs with 48 distinct
 //! requirement sets and 3 addresses each. Workers take 100 jobs each, so
@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
-use kiln_node::schedule::{Schedule, Submitted};
+use kiln_node::coordinator::schedule::{Schedule, Submitted};
 use kiln_protocol::messages::{JobRequest, WorkerAdvert};
 use kiln_protocol::{build_key, Hash, Requirements, SecretKey, SystemInfo};
 
@@ -143,7 +143,7 @@ fn main() {
     println!("decisions {decided} (the other jobs wait: every worker that matches them is full), median plan {took:?}");
     println!(
         "size of a Job {} bytes, of a JobRequest {} bytes",
-        std::mem::size_of::<kiln_node::schedule::Job>(),
+        std::mem::size_of::<kiln_node::coordinator::schedule::Job>(),
         std::mem::size_of::<JobRequest>()
     );
     println!("decisions per second {:.0}", decided as f64 / took.as_secs_f64());

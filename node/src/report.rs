@@ -6,7 +6,7 @@ use serde_json::json;
 
 /// A worker's peer id, as `kiln node` prints it.
 pub fn peer_of(key: &kiln_protocol::PublicKey) -> String {
-    crate::identity::peer_id_of(key)
+    crate::net::identity::peer_id_of(key)
         .map(|p| p.to_string())
         .unwrap_or_else(|| key.to_string())
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use kiln_node::archive;
-use kiln_node::sandbox::{BuildSpec, BuildStatus, Sandbox, SourceInput};
+use kiln_node::worker::sandbox::{BuildSpec, BuildStatus, Sandbox, SourceInput};
 use kiln_protocol::Hash;
 
 fn spec(steps: &[&str], outputs: &[&str]) -> BuildSpec {

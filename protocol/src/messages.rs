@@ -24,8 +24,11 @@ pub const GOSSIP_BYTES_MAX: usize = 64 * 1024;
 pub const FRAME_BYTES_MAX: usize = 16 * 1024;
 /// Most email addresses one request may carry.
 pub const EMAILS_MAX: usize = 16;
-/// Largest range one blob request may ask for.
-pub const RANGE_BYTES_MAX: u64 = 64 * 1024 * 1024;
+/// Largest range one blob request may ask for, and the largest a store
+/// reads at once (`kiln_store::RANGE_BYTES_MAX` is this constant): sixteen
+/// of the 1 MiB ranges a fetch asks for. A provider refuses a longer one
+/// with `BadRange`.
+pub const RANGE_BYTES_MAX: u64 = 16 * 1024 * 1024;
 /// Longest reason text carried in a message.
 pub const REASON_BYTES_MAX: usize = 4096;
 /// Most running builds a worker advert lists.

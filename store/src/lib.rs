@@ -42,14 +42,16 @@ pub use export::Exported;
 pub use index::RecordTable;
 pub use partial::{PartialBlob, PartialInfo, PendingFlush};
 pub use read::{BlobReader, VerifyReport};
-pub use store::{Store, StoreOptions};
+pub use store::{RemovedListener, Store, StoreOptions};
 
 /// Buffer for copying and hashing blob bytes.
 pub const COPY_BUFFER_BYTES: usize = 1024 * 1024;
 /// Largest blob [`Store::read`] returns whole; larger ones are streamed.
 pub const READ_BYTES_MAX: u64 = 64 * 1024 * 1024;
-/// Largest range [`Store::read_range`] returns at once.
-pub const RANGE_BYTES_MAX: u64 = 16 * 1024 * 1024;
+/// Largest range [`Store::read_range`] returns at once: the protocol's
+/// limit for one blob request, so a peer can never ask for a range the
+/// store would refuse to read.
+pub use kiln_protocol::messages::RANGE_BYTES_MAX;
 /// Most attestations kept for one build key (independent rebuilds).
 pub const ATTESTATIONS_PER_BUILD_MAX: u64 = 64;
 /// Largest encoded signed attestation accepted.

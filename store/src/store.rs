@@ -41,7 +41,13 @@ pub(crate) struct Inner {
     pub(crate) partial_dir: PathBuf,
     pub(crate) index: Index,
     state: Mutex<State>,
+    /// Told of every blob that leaves the store (see [`Store::on_removed`]).
+    removed: Mutex<Option<RemovedListener>>,
 }
+
+/// Called with the hashes of blobs that left the store: evicted under the
+/// cap, removed, or forgotten because their file vanished or was corrupt.
+pub type RemovedListener = Arc<dyn Fn(&[Hash]) + Send + Sync>;
 
 /// What the store knows about one blob on disk.
 #[derive(Clone, Copy, Debug)]
@@ -140,6 +146,7 @@ impl Store {
                 partial_dir,
                 index,
                 state: Mutex::new(state),
+                removed: Mutex::new(None),
             }),
         };
         store.set_size_cap(options.size_cap_bytes)?;
@@ -240,7 +247,25 @@ impl Store {
                 tracing::debug!(blob = %hash, size_bytes = entry.size_bytes, "evicted blob");
             }
         }
+        self.tell_removed(victims);
         self.inner.index.remove_access_times(victims)
+    }
+
+    /// Registers the one listener told of every blob that leaves the store
+    /// (a node withdraws its provider records with it). It runs while the
+    /// store's state lock is held: it must not call the store, and should
+    /// only hand the hashes on.
+    pub fn on_removed(&self, listener: RemovedListener) {
+        if let Ok(mut slot) = self.inner.removed.lock() {
+            *slot = Some(listener);
+        }
+    }
+
+    fn tell_removed(&self, hashes: &[Hash]) {
+        let listener = self.inner.removed.lock().ok().and_then(|slot| slot.clone());
+        if let Some(listener) = listener {
+            listener(hashes);
+        }
     }
 
     /// Makes room for a new blob of `blob_bytes` under the cap, evicting
@@ -313,6 +338,7 @@ impl Store {
         let mut state = self.lock();
         if let Some(entry) = state.blobs.remove(hash) {
             state.total_bytes = state.total_bytes.saturating_sub(entry.size_bytes);
+            self.tell_removed(std::slice::from_ref(hash));
         }
     }
 

@@ -1,143 +1,29 @@
-//! The swarm and its event loop. One task owns the `Swarm`; everything else
-//! holds a cheap [`NetClient`] and talks to the loop over a bounded command
-//! channel, each command carrying a oneshot for its answer (the shape of
-//! rust-libp2p's `examples/file-sharing`).
-//!
-//! Every node runs identify, ping, Kademlia (server mode, `/kiln/kad/1.0.0`),
-//! gossipsub with message validation, and the blob stream protocol; a
-//! bootstrap peer also runs a relay server. Bootstrap peers are redialled
-//! when they go away, and provider records are announced again when a
-//! bootstrap peer comes back (it may have lost them).
+//! The swarm's behaviours and the event loop that owns the swarm: it runs
+//! commands from [`NetClient`]s, follows DHT queries to their end (each with
+//! a deadline), validates gossip, and keeps bootstrap peers connected.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use futures::StreamExt;
-use kiln_protocol::messages::{decode_gossip, topics, Gossip, GossipError};
-use kiln_protocol::{Hash, PublicKey, SecretKey};
+use kiln_protocol::messages::{decode_gossip, Gossip, GossipError};
+use kiln_protocol::{Hash, PublicKey};
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
 use libp2p::kad::{self, store::MemoryStore, QueryId, QueryResult, RecordKey};
-use libp2p::multiaddr::Protocol;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{identify, noise, ping, relay, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm};
+use libp2p::{identify, noise, ping, relay, tcp, yamux, Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::identity;
-
-pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/kiln/kad/1.0.0");
-pub const BLOB_PROTOCOL: StreamProtocol = StreamProtocol::new("/kiln/blob/1");
-pub const WORK_PROTOCOL: StreamProtocol = StreamProtocol::new("/kiln/work/1");
-pub const COORD_PROTOCOL: StreamProtocol = StreamProtocol::new("/kiln/coord/1");
-const IDENTIFY_PROTOCOL: &str = "/kiln/id/1.0.0";
-
-/// Commands waiting for the event loop.
-const COMMANDS_MAX: usize = 256;
-/// Events waiting for the roles; past this, gossip is dropped (and logged).
-const EVENTS_MAX: usize = 1024;
-/// Most provider lookups in flight at once.
-const PROVIDER_QUERIES_MAX: usize = 64;
-/// How long a provider lookup may take.
-const PROVIDERS_QUERY_MS_MAX: u64 = 20_000;
-/// Invalid gossip messages tolerated from one peer before it is blacklisted.
-const INVALID_GOSSIP_MAX: u32 = 8;
-/// Keys this node may announce as a provider.
-const PROVIDED_KEYS_MAX: usize = 1_000_000;
-/// How often missing bootstrap connections are redialled.
-const REDIAL_MS: u64 = 2_000;
-
-/// Why a network operation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum NetError {
-    #[error("the network task has stopped")]
-    Stopped,
-    #[error("cannot listen on {addr}: {reason}; pick another address or port")]
-    Listen { addr: Multiaddr, reason: String },
-    #[error("cannot set up the network transport: {0}")]
-    Transport(String),
-    #[error("{0:?} is not a usable bootstrap address: it must end in /p2p/PEER_ID (as printed by `kiln-bootstrap`)")]
-    BootstrapAddress(Multiaddr),
-    #[error("too many lookups in flight; try again")]
-    Busy,
-    #[error("cannot publish gossip: {0}")]
-    Publish(String),
-    #[error("cannot announce as a provider: {0}")]
-    Provide(String),
-}
-
-/// Parses a multiaddr given on the command line, saying what one looks
-/// like when it is not one (a common first mistake: `127.0.0.1:4001`).
-pub fn parse_multiaddr(text: &str) -> Result<Multiaddr, String> {
-    text.trim().parse().map_err(|e| {
-        format!("{text:?} is not a multiaddr ({e}): write addresses as /ip4/127.0.0.1/tcp/4001, and a peer to join as the full /ip4/.../tcp/.../p2p/PEER_ID line kiln-bootstrap or kiln node prints")
-    })
-}
-
-/// libp2p's TCP listeners share ports (SO_REUSEPORT), so a second process
-/// told to listen on a port already taken would quietly share it. A plain
-/// bind first catches that: a port given explicitly must be free.
-fn check_port_free(addr: &Multiaddr) -> Result<(), NetError> {
-    let mut ip = None;
-    let mut port = None;
-    for protocol in addr.iter() {
-        match protocol {
-            Protocol::Ip4(a) => ip = Some(std::net::IpAddr::V4(a)),
-            // A plain IPv6 bind is dual-stack and would also take the IPv4
-            // port: only IPv4 addresses are checked.
-            Protocol::Tcp(p) => port = Some(p),
-            _ => {}
-        }
-    }
-    let (Some(ip), Some(port)) = (ip, port) else {
-        return Ok(());
-    };
-    if port == 0 {
-        return Ok(());
-    }
-    match std::net::TcpListener::bind((ip, port)) {
-        Ok(_) => Ok(()),
-        Err(e) => Err(NetError::Listen {
-            addr: addr.clone(),
-            reason: format!("{e} (another process listens there?)"),
-        }),
-    }
-}
-
-/// What the network tells the roles.
-#[derive(Debug)]
-pub enum NetEvent {
-    /// A full listen address, `/ip4/.../tcp/.../p2p/PEER_ID`.
-    Listening(Multiaddr),
-    /// A valid, signed gossip message.
-    Gossip {
-        topic: String,
-        from: PeerId,
-        /// The author's key (the peer id `from` is made of).
-        signer: PublicKey,
-        message: Box<Gossip>,
-    },
-    PeerConnected(PeerId),
-    PeerDisconnected(PeerId),
-    /// A dial to a bootstrap peer failed, and why.
-    BootstrapUnreachable(PeerId, String),
-}
-
-/// How to start the network.
-pub struct NetConfig {
-    pub key: SecretKey,
-    pub listen: Vec<Multiaddr>,
-    pub bootstrap: Vec<Multiaddr>,
-    /// Run a relay server (bootstrap peers do).
-    pub relay_server: bool,
-    /// Answer DHT queries (long-lived nodes); an ephemeral client doesn't.
-    pub dht_server: bool,
-}
+use super::client::Command;
+use super::identity;
+use super::*;
 
 #[derive(NetworkBehaviour)]
-struct Behaviour {
+pub(super) struct Behaviour {
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     kad: kad::Behaviour<MemoryStore>,
@@ -146,103 +32,9 @@ struct Behaviour {
     stream: libp2p_stream::Behaviour,
 }
 
-enum Command {
-    Provide {
-        hash: Hash,
-        reply: oneshot::Sender<Result<(), NetError>>,
-    },
-    Providers {
-        hash: Hash,
-        reply: oneshot::Sender<Result<Vec<PeerId>, NetError>>,
-    },
-    Publish {
-        topic: &'static str,
-        bytes: Vec<u8>,
-        reply: oneshot::Sender<Result<(), NetError>>,
-    },
-    ConnectedPeers {
-        reply: oneshot::Sender<Vec<PeerId>>,
-    },
-    Dial {
-        peer: PeerId,
-        addresses: Vec<Multiaddr>,
-    },
-    PutRecord {
-        key: Hash,
-        value: Vec<u8>,
-        reply: oneshot::Sender<Result<(), NetError>>,
-    },
-    GetRecord {
-        key: Hash,
-        reply: oneshot::Sender<Result<Option<Vec<u8>>, NetError>>,
-    },
-}
-
-/// A cheap handle to the network.
-#[derive(Clone)]
-pub struct NetClient {
-    commands: mpsc::Sender<Command>,
-    stream: libp2p_stream::Control,
-    peer_id: PeerId,
-}
-
-impl NetClient {
-    pub fn peer_id(&self) -> PeerId {
-        self.peer_id
-    }
-
-    /// A handle for opening and accepting streams.
-    pub fn stream_control(&self) -> libp2p_stream::Control {
-        self.stream.clone()
-    }
-
-    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, NetError> {
-        let (reply, answer) = oneshot::channel();
-        self.commands.send(make(reply)).await.map_err(|_| NetError::Stopped)?;
-        answer.await.map_err(|_| NetError::Stopped)
-    }
-
-    /// Announces in the DHT that this node holds `hash`.
-    pub async fn provide(&self, hash: Hash) -> Result<(), NetError> {
-        self.ask(|reply| Command::Provide { hash, reply }).await?
-    }
-
-    /// Finds the peers that announced `hash` (not this node), dialling them.
-    pub async fn providers(&self, hash: Hash) -> Result<Vec<PeerId>, NetError> {
-        self.ask(|reply| Command::Providers { hash, reply }).await?
-    }
-
-    /// Publishes already signed and encoded gossip on `topic`.
-    pub async fn publish(&self, topic: &'static str, bytes: Vec<u8>) -> Result<(), NetError> {
-        self.ask(|reply| Command::Publish { topic, bytes, reply }).await?
-    }
-
-    pub async fn connected_peers(&self) -> Result<Vec<PeerId>, NetError> {
-        self.ask(|reply| Command::ConnectedPeers { reply }).await
-    }
-
-    /// Connects to `peer` at these addresses (if not connected already).
-    pub async fn dial(&self, peer: PeerId, addresses: Vec<Multiaddr>) -> Result<(), NetError> {
-        self.commands
-            .send(Command::Dial { peer, addresses })
-            .await
-            .map_err(|_| NetError::Stopped)
-    }
-
-    /// Stores a value in the DHT under `key`'s multihash (Kademlia record).
-    pub async fn put_record(&self, key: Hash, value: Vec<u8>) -> Result<(), NetError> {
-        self.ask(|reply| Command::PutRecord { key, value, reply }).await?
-    }
-
-    /// The first value found in the DHT under `key`'s multihash, if any.
-    pub async fn get_record(&self, key: Hash) -> Result<Option<Vec<u8>>, NetError> {
-        self.ask(|reply| Command::GetRecord { key, reply }).await?
-    }
-}
-
 /// Starts listening and dialling; returns the client, the event stream and
 /// the loop, which the caller spawns.
-pub fn start(config: NetConfig) -> Result<(NetClient, mpsc::Receiver<NetEvent>, EventLoop), NetError> {
+pub(super) fn start(config: NetConfig) -> Result<(NetClient, mpsc::Receiver<NetEvent>, EventLoop), NetError> {
     let keypair = identity::keypair(&config.key);
     let peer_id = keypair.public().to_peer_id();
     let mut swarm = build_swarm(keypair, &config)?;
@@ -289,18 +81,13 @@ pub fn start(config: NetConfig) -> Result<(NetClient, mpsc::Receiver<NetEvent>, 
         get_queries: HashMap::new(),
         invalid_gossip: HashMap::new(),
     };
-    Ok((
-        NetClient {
-            commands: commands_tx,
-            stream,
-            peer_id,
-        },
-        events_rx,
-        event_loop,
-    ))
+    Ok((NetClient::new(commands_tx, stream, peer_id), events_rx, event_loop))
 }
 
-fn build_swarm(keypair: libp2p::identity::Keypair, config: &NetConfig) -> Result<Swarm<Behaviour>, NetError> {
+pub(super) fn build_swarm(
+    keypair: libp2p::identity::Keypair,
+    config: &NetConfig,
+) -> Result<Swarm<Behaviour>, NetError> {
     let relay_server = config.relay_server;
     let dht_server = config.dht_server;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
@@ -364,6 +151,29 @@ struct ProviderQuery {
     reply: oneshot::Sender<Result<Vec<PeerId>, NetError>>,
     found: Vec<PeerId>,
     deadline: Instant,
+}
+
+impl ProviderQuery {
+    /// Adds providers the DHT returned (not `me`, not twice), at most
+    /// [`PROVIDERS_PER_QUERY_MAX`] in all. Returns the new ones, to dial.
+    fn add(&mut self, me: &PeerId, providers: impl IntoIterator<Item = PeerId>) -> Vec<PeerId> {
+        let mut new = Vec::new();
+        for peer in providers {
+            if self.is_full() {
+                break;
+            }
+            if peer != *me && !self.found.contains(&peer) {
+                self.found.push(peer);
+                new.push(peer);
+            }
+        }
+        new
+    }
+
+    /// Enough providers found: the query can end early.
+    fn is_full(&self) -> bool {
+        self.found.len() >= PROVIDERS_PER_QUERY_MAX
+    }
 }
 
 /// The task that owns the swarm.
@@ -459,6 +269,17 @@ impl EventLoop {
                     Err(e) => {
                         let _ = reply.send(Err(NetError::Provide(e.to_string())));
                     }
+                }
+            }
+            Command::StopProviding { hashes } => {
+                for hash in hashes {
+                    if self.provided.remove(&hash) {
+                        debug!(blob = %hash, "no longer held; withdrawn from the DHT");
+                    }
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .stop_providing(&RecordKey::new(&hash.multihash()));
                 }
             }
             Command::Providers { hash, reply } => {
@@ -649,17 +470,21 @@ impl EventLoop {
                 let Some(query) = self.provider_queries.get_mut(&id) else {
                     return;
                 };
-                for peer in providers.into_iter().filter(|p| *p != me) {
-                    if !query.found.contains(&peer) {
-                        query.found.push(peer);
-                        // Dial now, while the query still knows the address.
-                        let opts = DialOpts::peer_id(peer)
-                            .condition(PeerCondition::DisconnectedAndNotDialing)
-                            .build();
-                        let _ = self.swarm.dial(opts);
+                let new = query.add(&me, providers);
+                let full = query.is_full();
+                for peer in new {
+                    // Dial now, while the query still knows the address.
+                    let opts = DialOpts::peer_id(peer)
+                        .condition(PeerCondition::DisconnectedAndNotDialing)
+                        .build();
+                    let _ = self.swarm.dial(opts);
+                }
+                if full {
+                    if let Some(mut running) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+                        running.finish();
                     }
                 }
-                if step.last {
+                if step.last || full {
                     self.finish_provider_query(id);
                 }
             }
@@ -742,4 +567,35 @@ fn check_gossip_message(message: &gossipsub::Message) -> Result<(PublicKey, Goss
         return Err(GossipError::Invalid("signed by a key that is not its author's"));
     }
     Ok((signer, gossip))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn query() -> ProviderQuery {
+        ProviderQuery {
+            reply: oneshot::channel().0,
+            found: Vec::new(),
+            deadline: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn a_provider_query_keeps_and_dials_a_bounded_number_of_providers() {
+        let me = PeerId::random();
+        let many: Vec<PeerId> = (0..PROVIDERS_PER_QUERY_MAX * 5).map(|_| PeerId::random()).collect();
+        let mut q = query();
+        let first = q.add(&me, [me, many[0], many[0]]);
+        assert_eq!(first, vec![many[0]], "itself and repeats are not kept");
+        let dialled = q.add(&me, many.clone());
+        assert_eq!(dialled.len(), PROVIDERS_PER_QUERY_MAX - 1);
+        assert_eq!(q.found.len(), PROVIDERS_PER_QUERY_MAX);
+        assert!(q.is_full());
+        assert!(
+            q.add(&me, [PeerId::random()]).is_empty(),
+            "a full query dials no one more"
+        );
+    }
 }

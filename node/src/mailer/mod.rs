@@ -11,28 +11,36 @@
 //! sends what the old one had not, and nothing twice. (A coordinator that
 //! dies between the SMTP server's acceptance and its gossip leaves the one
 //! window where a message can be sent twice.)
+//!
+//! - `deliver`: one pass over the outbox, and one delivery attempt (SMTP or
+//!   an `.eml` file);
+//! - `compose`: the subject and body of each message, as plain text.
+//!
+//! Not for: deciding when a job has ended (the coordinator tells it).
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kiln_protocol::coord::MailView;
-use kiln_protocol::messages::{encode_gossip, topics, Gossip, GossipV1, JobRequest, Settlement};
+use kiln_protocol::messages::{JobRequest, Settlement};
 use kiln_protocol::{wire, Hash, SecretKey};
 use kiln_store::{RecordTable, Store};
-use lettre::message::header::{ContentTransferEncoding, ContentType};
-use lettre::message::Body;
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use lettre::{AsyncSmtpTransport, Tokio1Executor};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use crate::blobs::NoProgress;
 use crate::clock::now_ms;
 use crate::net::NetClient;
-use crate::node::NoProgress;
+
+mod compose;
+mod deliver;
+
+use compose::{compose_done, compose_failed};
 
 /// Inputs waiting for the mailer.
 const INPUTS_MAX: usize = 1024;
@@ -165,7 +173,10 @@ struct Mailer {
 }
 
 /// Checks the options and starts the mailer. `acting` says whether this
-/// node coordinates now (only then does it deliver).
+/// node coordinates now (only then does it deliver). The mailer stops once
+/// every [`MailHandle`] is gone and it has written what they sent it to
+/// the outbox: a node stops its coordinator first, so no settlement's mail
+/// is lost on a clean stop.
 pub fn spawn(
     net: NetClient,
     store: Store,
@@ -245,6 +256,7 @@ fn outbox_key(settlement: &Settlement, to: &str) -> Hash {
 }
 
 impl Mailer {
+    /// Runs until every handle is gone and each input they sent is handled.
     async fn run(self, mut inputs: mpsc::Receiver<Input>) {
         let mut tick = tokio::time::interval(Duration::from_millis(TICK_MS));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -266,12 +278,12 @@ impl Mailer {
         }
     }
 
-    fn entry(&self, key: &Hash) -> Option<OutboxEntry> {
+    pub(super) fn entry(&self, key: &Hash) -> Option<OutboxEntry> {
         let bytes = self.store.get_record(RecordTable::Outbox, key.as_bytes()).ok()??;
         wire::decode::<_, { kiln_store::RECORD_VALUE_BYTES_MAX }>(&bytes).ok()
     }
 
-    fn put(&self, key: &Hash, entry: &OutboxEntry) -> bool {
+    pub(super) fn put(&self, key: &Hash, entry: &OutboxEntry) -> bool {
         let written = wire::encode(entry).map_err(|e| e.to_string()).and_then(|bytes| {
             self.store
                 .put_record(RecordTable::Outbox, key.as_bytes(), &bytes)
@@ -284,7 +296,7 @@ impl Mailer {
     }
 
     /// Writes one message per address, unless already there.
-    async fn enqueue(&self, job: &JobRequest, settlement: &Settlement) {
+    pub(super) async fn enqueue(&self, job: &JobRequest, settlement: &Settlement) {
         let (subject, body) = match settlement {
             Settlement::Done { .. } => compose_done(job, settlement),
             Settlement::Failed { log, .. } => {
@@ -320,7 +332,7 @@ impl Mailer {
     }
 
     /// The last lines of a build log, fetched if this node lacks it.
-    async fn log_tail(&self, log: Hash) -> Option<String> {
+    pub(super) async fn log_tail(&self, log: Hash) -> Option<String> {
         let fetch = crate::blobs::fetch(&self.net, &self.store, log, Arc::new(NoProgress));
         let size = tokio::time::timeout(Duration::from_millis(LOG_FETCH_MS_MAX), fetch)
             .await
@@ -333,7 +345,7 @@ impl Mailer {
         Some(lines[lines.len().saturating_sub(LOG_LINES_QUOTED)..].join("\n"))
     }
 
-    fn mark_delivered(&self, key: Hash, entry: Option<OutboxEntry>) {
+    pub(super) fn mark_delivered(&self, key: Hash, entry: Option<OutboxEntry>) {
         let now = now_ms();
         let entry = match entry.or_else(|| self.entry(&key)) {
             Some(mut entry) => {
@@ -354,280 +366,13 @@ impl Mailer {
         };
         self.put(&key, &entry);
     }
-
-    /// Delivers what is due (when this node coordinates), forgets old
-    /// deliveries and counts what is left.
-    async fn deliver_due(&self) {
-        let Ok(records) = self.store.records(RecordTable::Outbox) else {
-            return;
-        };
-        let acting = self.acting.load(Ordering::SeqCst);
-        let now = now_ms();
-        let (mut pending, mut delivered) = (0, 0);
-        for (key, bytes) in records {
-            let Ok(entry) = wire::decode::<OutboxEntry, { kiln_store::RECORD_VALUE_BYTES_MAX }>(&bytes) else {
-                let _ = self.store.remove_record(RecordTable::Outbox, &key);
-                continue;
-            };
-            let Ok(key) = <[u8; 32]>::try_from(key.as_slice()) else {
-                continue;
-            };
-            match entry.delivered_ms {
-                Some(at) if now.saturating_sub(at) > DELIVERED_KEEP_MS => {
-                    let _ = self.store.remove_record(RecordTable::Outbox, &key);
-                }
-                Some(_) => delivered += 1,
-                None if acting && entry.next_attempt_ms <= now => {
-                    if self.deliver(Hash::from_bytes(key), entry).await {
-                        delivered += 1;
-                    } else {
-                        pending += 1;
-                    }
-                }
-                None => pending += 1,
-            }
-        }
-        if let Ok(mut view) = self.view.lock() {
-            view.pending = pending;
-            view.delivered = delivered;
-            if pending == 0 {
-                view.last_error = None;
-            }
-        }
-    }
-
-    /// One delivery attempt; whether the message went out.
-    async fn deliver(&self, key: Hash, mut entry: OutboxEntry) -> bool {
-        let sent = match self.message(&entry) {
-            Ok(message) => self.send(&key, message).await,
-            Err(reason) => {
-                warn!(to = entry.to, reason, "mail cannot be composed; dropped");
-                Ok(())
-            }
-        };
-        match sent {
-            Ok(()) => {
-                self.mark_delivered(key, Some(entry));
-                let message = Gossip::V1(GossipV1::Delivered { outbox_key: key });
-                if let Ok(bytes) = encode_gossip(&self.key, &message) {
-                    let _ = self.net.publish(topics::RESULTS, bytes).await;
-                }
-                true
-            }
-            Err(reason) => {
-                entry.attempts += 1;
-                let delay = RETRY_MS_FIRST
-                    .saturating_mul(1 << entry.attempts.min(16))
-                    .min(RETRY_MS_MAX);
-                entry.next_attempt_ms = now_ms() + delay;
-                warn!(
-                    to = entry.to,
-                    attempts = entry.attempts,
-                    retry_in_ms = delay,
-                    reason,
-                    "mail not delivered; will retry"
-                );
-                self.put(&key, &entry);
-                if let Ok(mut view) = self.view.lock() {
-                    let mut shown = reason;
-                    if shown.len() > ERROR_SHOWN_BYTES_MAX {
-                        let mut end = ERROR_SHOWN_BYTES_MAX;
-                        while !shown.is_char_boundary(end) {
-                            end -= 1;
-                        }
-                        shown.truncate(end);
-                    }
-                    view.last_error = Some(shown);
-                }
-                false
-            }
-        }
-    }
-
-    fn message(&self, entry: &OutboxEntry) -> Result<Message, String> {
-        let to: lettre::message::Mailbox = entry.to.parse().map_err(|e| format!("address {:?}: {e}", entry.to))?;
-        Message::builder()
-            .from(self.from.clone())
-            .to(to)
-            .subject(entry.subject.clone())
-            .header(ContentType::TEXT_PLAIN)
-            .body(plain_body(&entry.body))
-            .map_err(|e| e.to_string())
-    }
-
-    async fn send(&self, key: &Hash, message: Message) -> Result<(), String> {
-        match &self.transport {
-            Transport::Folder(dir) => {
-                let path = dir.join(format!("{key}.eml"));
-                write_atomically(&path, &message.formatted()).map_err(|e| e.to_string())?;
-                info!(path = %path.display(), "mail written to the outbox folder");
-                Ok(())
-            }
-            Transport::Smtp { transport, shown_url } => {
-                transport.send(message).await.map(|_| ()).map_err(|e| {
-                    let reason = e.to_string();
-                    format!("{shown_url}: {reason}")
-                })?;
-                info!(smtp = shown_url, "mail delivered");
-                Ok(())
-            }
-        }
-    }
-}
-
-/// The body as plain 7-bit text when it is valid as such (ASCII, no line
-/// over RFC 5322's 998 characters), so hashes and commands stay whole for
-/// anyone reading the raw message; encoded otherwise. (lettre's own choice
-/// encodes every line over 76 characters.)
-fn plain_body(text: &str) -> Body {
-    const LINE_MAX: usize = 998;
-    let plain = text.is_ascii() && !text.contains(['\0', '\r']) && text.lines().all(|l| l.len() <= LINE_MAX);
-    if plain {
-        Body::dangerous_pre_encoded(
-            text.replace('\n', "\r\n").into_bytes(),
-            ContentTransferEncoding::SevenBit,
-        )
-    } else {
-        Body::new(text.to_string())
-    }
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("eml.tmp");
-    {
-        use std::io::Write;
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)
-}
-
-/// `os=linux arch=x86_64`: the system a build is for.
-fn target(job: &JobRequest) -> String {
-    let mut parts = Vec::new();
-    for key in ["os", "arch"] {
-        if let Some(c) = job.requirements.get(key) {
-            parts.push(format!("{key}{c}"));
-        }
-    }
-    if parts.is_empty() {
-        "any system".into()
-    } else {
-        parts.join(" ")
-    }
-}
-
-fn options_line(options: &BTreeMap<String, String>) -> String {
-    if options.is_empty() {
-        return "(none)".into();
-    }
-    options
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn compose_done(job: &JobRequest, settlement: &Settlement) -> (String, String) {
-    let Settlement::Done { attestation, holders } = settlement else {
-        return compose_failed(job, settlement, None);
-    };
-    let Ok(a) = attestation.verify() else {
-        return compose_failed(job, settlement, None);
-    };
-    let builder = crate::identity::peer_id_of(&a.worker)
-        .map(|p| p.to_string())
-        .unwrap_or_else(|| a.worker.to_string());
-    let seconds = a.finished_at_ms.saturating_sub(a.started_at_ms) as f64 / 1000.0;
-    let subject = format!(
-        "kiln: {} {} for {} is built",
-        job.recipe_name,
-        job.recipe_version,
-        target(job)
-    );
-    // In lines a mail client shows whole.
-    let hex = kiln_protocol::hash::to_hex(&wire::canonical(attestation));
-    let signed = hex
-        .as_bytes()
-        .chunks(64)
-        .map(|c| String::from_utf8_lossy(c).into_owned())
-        .collect::<Vec<_>>()
-        .join("\n");
-    let body = format!(
-        "Your build of {name} {version} for {target} is ready.\n\
-         \n\
-         Artifact:   {artifact}\n\
-         Size:       {bytes} bytes ({size})\n\
-         Fetch it:   kiln fetch {artifact} -o {name}-{version}.tar\n\
-         Check it:   b3sum {name}-{version}.tar  (prints {artifact})\n\
-         Options:    {options}\n\
-         Requires:   {requirements}\n\
-         Built by:   worker {builder}\n\
-         Build time: {seconds:.1} s\n\
-         Held by:    {holders} peers\n\
-         Build key:  {build_key}\n\
-         Build log:  kiln fetch {log}\n\
-         \n\
-         Attestation, signed by the worker's ed25519 key {worker}:\n\
-         recipe {recipe}, system digest {system}, started {started} ms, finished {finished} ms (unix time).\n\
-         Signed envelope (hex):\n{signed}\n",
-        name = job.recipe_name,
-        version = job.recipe_version,
-        target = target(job),
-        artifact = a.artifact,
-        bytes = a.artifact_bytes,
-        size = kiln_protocol::system::format_bytes(a.artifact_bytes),
-        options = options_line(&job.options),
-        requirements = job.requirements,
-        build_key = job.build_key,
-        log = a.log,
-        worker = a.worker,
-        recipe = a.recipe_id,
-        system = a.system_digest,
-        started = a.started_at_ms,
-        finished = a.finished_at_ms,
-    );
-    (subject, body)
-}
-
-fn compose_failed(job: &JobRequest, settlement: &Settlement, log_tail: Option<&str>) -> (String, String) {
-    let (reason, log, attempts) = match settlement {
-        Settlement::Failed {
-            reason, log, attempts, ..
-        } => (reason.clone(), *log, *attempts),
-        Settlement::Done { .. } => ("the build's attestation does not verify".to_string(), None, 0),
-    };
-    let subject = format!(
-        "kiln: {} {} for {} failed",
-        job.recipe_name,
-        job.recipe_version,
-        target(job)
-    );
-    let log_line = log.map(|l| format!("Full log:   kiln fetch {l}\n")).unwrap_or_default();
-    let tail = log_tail
-        .map(|t| format!("\nThe last lines of its log:\n\n{t}\n"))
-        .unwrap_or_default();
-    let body = format!(
-        "Your build of {name} {version} for {target} failed.\n\
-         \n\
-         What failed: {reason}\n\
-         Attempts:   {attempts}\n\
-         Options:    {options}\n\
-         Build key:  {build_key}\n\
-         {log_line}{tail}",
-        name = job.recipe_name,
-        version = job.recipe_version,
-        target = target(job),
-        options = options_line(&job.options),
-        build_key = job.build_key,
-    );
-    (subject, body)
 }
 
 #[cfg(test)]
 mod tests {
+    use super::compose::plain_body;
     use super::*;
+    use lettre::message::header::ContentTransferEncoding;
 
     #[test]
     fn passwords_never_show() {

@@ -6,14 +6,19 @@
 //! gets one JSON answer line.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use kiln_protocol::Hash;
+use kiln_store::Store;
+use libp2p::Multiaddr;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
+
+use crate::blobs::{fetch_to, publish, NoProgress};
+use crate::net::NetClient;
 
 /// The socket's name inside the data dir.
 pub const SOCKET_FILE: &str = "node.sock";
@@ -102,6 +107,62 @@ async fn serve_one<H: ControlHandler>(stream: UnixStream, handler: Arc<H>) -> st
     let mut out = serde_json::to_vec(&reply).map_err(std::io::Error::other)?;
     out.push(b'\n');
     write.write_all(&out).await
+}
+
+/// What a running node does for `kiln publish`, `kiln fetch` and `kiln id`
+/// sent to its socket.
+pub(crate) struct NodeControl {
+    net: NetClient,
+    store: Store,
+    addresses: Mutex<Vec<Multiaddr>>,
+}
+
+impl NodeControl {
+    pub(crate) fn new(net: NetClient, store: Store) -> NodeControl {
+        NodeControl {
+            net,
+            store,
+            addresses: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The node's full listen addresses, as `Info` answers them.
+    pub(crate) fn addresses(&self, addresses: &[Multiaddr]) {
+        if let Ok(mut known) = self.addresses.lock() {
+            known.clear();
+            known.extend_from_slice(addresses);
+        }
+    }
+}
+
+impl ControlHandler for NodeControl {
+    async fn handle(&self, request: ControlRequest) -> ControlReply {
+        match request {
+            ControlRequest::Publish { path } => match publish(&self.store, &path).await {
+                Ok((hash, bytes)) => {
+                    if let Err(e) = self.net.provide(hash).await {
+                        warn!(blob = %hash, error = %e, "stored but not announced");
+                    }
+                    ControlReply::Published { hash, bytes }
+                }
+                Err(message) => ControlReply::Error { message },
+            },
+            ControlRequest::Fetch { hash, output } => {
+                match fetch_to(&self.net, &self.store, hash, output.as_deref(), Arc::new(NoProgress)).await {
+                    Ok(bytes) => ControlReply::Fetched { hash, bytes },
+                    Err(e) => ControlReply::Error { message: e.to_string() },
+                }
+            }
+            ControlRequest::Info => ControlReply::Info {
+                peer_id: self.net.peer_id().to_string(),
+                addresses: self
+                    .addresses
+                    .lock()
+                    .map(|a| a.iter().map(|x| x.to_string()).collect())
+                    .unwrap_or_default(),
+            },
+        }
+    }
 }
 
 /// Sends one request to the node on `data_dir`. `Ok(None)`: no node runs

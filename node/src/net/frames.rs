@@ -1,14 +1,47 @@
 //! Length-prefixed frames on libp2p streams, read with time limits and
-//! size limits (see `kiln_protocol::messages::decode_frame`).
+//! size limits (see `kiln_protocol::messages::decode_frame`), and opening a
+//! stream with a time limit: the one way every role opens its streams.
 
 use std::time::Duration;
 
 use futures::{AsyncReadExt, AsyncWriteExt};
 use kiln_protocol::messages::{decode_frame_max, encode_frame_max, FRAME_BYTES_MAX};
-use libp2p::Stream;
+use libp2p::{PeerId, Stream, StreamProtocol};
+use libp2p_stream::OpenStreamError;
+
+use super::NetClient;
 
 /// How long the rest of a frame may take once its first byte arrived.
 const FRAME_MS_MAX: u64 = 15_000;
+
+/// Opens a `protocol` stream to `peer`, dialling it if needed, within
+/// `timeout_ms`. The error says in words what happened: the peer could not
+/// be reached, does not speak the protocol, or did not answer in time.
+pub(crate) async fn open_stream(
+    net: &NetClient,
+    peer: PeerId,
+    protocol: StreamProtocol,
+    timeout_ms: u64,
+) -> std::io::Result<Stream> {
+    let mut control = net.stream_control();
+    let open = control.open_stream(peer, protocol.clone());
+    match tokio::time::timeout(Duration::from_millis(timeout_ms), open).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(OpenStreamError::UnsupportedProtocol(_))) => Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            format!("does not speak {protocol} (another kind of peer, or another version of Kiln)"),
+        )),
+        Ok(Err(OpenStreamError::Io(e))) => Err(std::io::Error::new(
+            std::io::ErrorKind::NotConnected,
+            format!("could not be reached ({})", e.to_string().trim_end_matches('.')),
+        )),
+        Ok(Err(e)) => Err(std::io::Error::other(format!("could not open a stream ({e})"))),
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("did not answer within {} s", timeout_ms.div_ceil(1000)),
+        )),
+    }
+}
 
 /// Reads one frame, waiting at most `timeout_ms`. `Ok(None)`: clean end.
 pub(crate) async fn read_frame<T: serde::de::DeserializeOwned>(

@@ -1,0 +1,249 @@
+//! The fetcher side of `/kiln/blob/1`: one fetch of a blob at a time per
+//! store, hinted providers first and then the DHT's, an outline (size and
+//! range hashes that must merge into the blob hash) from the first provider
+//! that gives one, then the download from every good provider at once.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{AsyncReadExt, AsyncWriteExt};
+use kiln_protocol::messages::{encode_frame, BlobReply, BlobReplyV1, BlobRequest};
+use kiln_protocol::ranges::{self, RangeHash, RANGE_BYTES};
+use kiln_protocol::Hash;
+use kiln_store::{AlignedBuffer, Store};
+use libp2p::PeerId;
+use tokio::sync::Notify;
+use tracing::{debug, info};
+
+use super::download::{download_from, write_ranges, BufferPool, Plan};
+use super::{FetchError, Progress, ProviderFault};
+use crate::net::frames::{open_stream, read_frame};
+use crate::net::{NetClient, BLOB_PROTOCOL};
+
+/// How long a fetcher waits for any answer or any piece of data.
+pub(super) const FETCH_IO_MS_MAX: u64 = 15_000;
+/// Streams a fetcher opens to each provider.
+pub(super) const STREAMS_PER_PROVIDER: usize = 4;
+/// Streams a fetcher opens to each provider.
+/// Failed streams one download task tolerates before it gives up.
+pub(super) const STREAM_FAILURES_MAX: u32 = 3;
+/// Ranges written to the partial blob but not yet handed to the writer.
+pub(super) const WRITES_QUEUED_MAX: usize = 16;
+
+/// Fetches `hash` into `store` from whichever providers the DHT knows,
+/// resuming what an earlier interrupted fetch left behind. Returns the
+/// blob's size.
+pub async fn fetch(net: &NetClient, store: &Store, hash: Hash, progress: Arc<dyn Progress>) -> Result<u64, FetchError> {
+    fetch_from(net, store, hash, &[], progress).await
+}
+
+/// [`fetch`], asking `hints` first (peers known to hold the blob, such as
+/// the requester that sent a job); the DHT's providers if they fail.
+pub async fn fetch_from(
+    net: &NetClient,
+    store: &Store,
+    hash: Hash,
+    hints: &[PeerId],
+    progress: Arc<dyn Progress>,
+) -> Result<u64, FetchError> {
+    if let Some(size) = store.size(&hash) {
+        progress.start(size, size);
+        return Ok(size);
+    }
+    // One fetch of a blob at a time in this process (a worker's build and
+    // its standby may want the same recipe): the second waits, then finds
+    // the blob stored.
+    let gate = fetch_gate(store, hash);
+    let _turn = gate.lock().await;
+    if let Some(size) = store.size(&hash) {
+        progress.start(size, size);
+        return Ok(size);
+    }
+    if !hints.is_empty() {
+        match fetch_with(net, store, hash, hints.to_vec(), progress.clone()).await {
+            Ok(size) => return Ok(size),
+            Err(e) => debug!(blob = %hash, error = %e, "hinted providers failed; asking the DHT"),
+        }
+    }
+    let providers = net.providers(hash).await?;
+    if providers.is_empty() {
+        return Err(FetchError::NoProviders(hash));
+    }
+    fetch_with(net, store, hash, providers, progress).await
+}
+
+type Gates = Mutex<HashMap<(std::path::PathBuf, Hash), std::sync::Weak<tokio::sync::Mutex<()>>>>;
+
+/// The lock that serialises fetches of `hash` into `store`.
+fn fetch_gate(store: &Store, hash: Hash) -> Arc<tokio::sync::Mutex<()>> {
+    static GATES: std::sync::OnceLock<Gates> = std::sync::OnceLock::new();
+    let gates = GATES.get_or_init(Default::default);
+    let Ok(mut gates) = gates.lock() else {
+        return Arc::new(tokio::sync::Mutex::new(()));
+    };
+    gates.retain(|_, gate| gate.strong_count() > 0);
+    let key = (store.dir().to_path_buf(), hash);
+    if let Some(gate) = gates.get(&key).and_then(std::sync::Weak::upgrade) {
+        return gate;
+    }
+    let gate = Arc::new(tokio::sync::Mutex::new(()));
+    gates.insert(key, Arc::downgrade(&gate));
+    gate
+}
+
+async fn fetch_with(
+    net: &NetClient,
+    store: &Store,
+    hash: Hash,
+    providers: Vec<PeerId>,
+    progress: Arc<dyn Progress>,
+) -> Result<u64, FetchError> {
+    info!(blob = %hash, providers = providers.len(), "fetching");
+    let mut faults: HashMap<PeerId, ProviderFault> = HashMap::new();
+    let (blob_bytes, list) = outline(net, &providers, hash, &mut faults)
+        .await
+        .ok_or_else(|| all_failed(hash, &faults))?;
+    let good: Vec<PeerId> = providers
+        .iter()
+        .copied()
+        .filter(|p| !matches!(faults.get(p), Some(ProviderFault::Lying(_))))
+        .collect();
+    let partial = store.begin_partial(&hash, blob_bytes)?;
+    let missing = missing_range_indexes(&partial.missing_ranges(), blob_bytes);
+    let missing_bytes: u64 = missing.iter().map(|i| ranges::range_len(blob_bytes, *i)).sum();
+    if missing_bytes < blob_bytes {
+        info!(blob = %hash, have_bytes = blob_bytes - missing_bytes, blob_bytes, "resuming an interrupted fetch");
+    }
+    progress.start(blob_bytes, blob_bytes - missing_bytes);
+    let plan = Arc::new(Plan {
+        hash,
+        blob_bytes,
+        list,
+        queue: Mutex::new(missing.into()),
+        in_flight: AtomicU64::new(0),
+        changed: Notify::new(),
+        faults: Mutex::new(faults),
+        progress,
+        buffers: Arc::new(BufferPool::default()),
+    });
+    let (writes, write_rx) = tokio::sync::mpsc::channel::<(u64, AlignedBuffer)>(WRITES_QUEUED_MAX);
+    let buffers = plan.buffers.clone();
+    let writer = tokio::task::spawn_blocking(move || write_ranges(partial, write_rx, &buffers));
+    let mut tasks = Vec::new();
+    for peer in good {
+        for _ in 0..STREAMS_PER_PROVIDER {
+            let (net, plan, writes) = (net.clone(), plan.clone(), writes.clone());
+            tasks.push(tokio::spawn(download_from(net, peer, plan, writes)));
+        }
+    }
+    drop(writes);
+    for task in tasks {
+        let _ = task.await;
+    }
+    let complete = writer.await.map_err(|e| FetchError::Writer(e.to_string()))??;
+    if !complete {
+        let reasons = plan.faults.lock().map(|f| describe(&f)).unwrap_or_default();
+        return Err(FetchError::AllProvidersFailed { hash, reasons });
+    }
+    Ok(blob_bytes)
+}
+
+fn missing_range_indexes(missing: &[std::ops::Range<u64>], blob_bytes: u64) -> Vec<u64> {
+    (0..ranges::range_count(blob_bytes))
+        .filter(|i| {
+            let start = i * RANGE_BYTES;
+            let end = start + ranges::range_len(blob_bytes, *i);
+            missing.iter().any(|m| m.start < end.max(start + 1) && m.end > start)
+        })
+        .collect()
+}
+
+/// Asks providers in turn for the blob's size and range hashes, until one
+/// gives a list that merges into the hash.
+async fn outline(
+    net: &NetClient,
+    providers: &[PeerId],
+    hash: Hash,
+    faults: &mut HashMap<PeerId, ProviderFault>,
+) -> Option<(u64, Vec<RangeHash>)> {
+    for peer in providers {
+        // A stream can fail for reasons that have nothing to do with the
+        // provider (a connection replaced while it opened): like range
+        // downloads, try a few times before giving up on a provider.
+        for attempt in 1..=STREAM_FAILURES_MAX {
+            match ask_outline(net, *peer, hash).await {
+                Ok(found) => return Some(found),
+                Err(ProviderFault::Missing(why)) if attempt < STREAM_FAILURES_MAX => {
+                    debug!(peer = %peer, why, attempt, "no outline from provider yet; trying again");
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+                }
+                Err(fault) => {
+                    debug!(peer = %peer, fault = ?fault, "no outline from provider");
+                    faults.insert(*peer, fault);
+                    break;
+                }
+            }
+        }
+    }
+    None
+}
+
+async fn ask_outline(net: &NetClient, peer: PeerId, hash: Hash) -> Result<(u64, Vec<RangeHash>), ProviderFault> {
+    let mut stream = open_stream(net, peer, BLOB_PROTOCOL, FETCH_IO_MS_MAX)
+        .await
+        .map_err(|e| ProviderFault::Missing(e.to_string()))?;
+    let io = |e: std::io::Error| ProviderFault::Missing(e.to_string());
+    let frame =
+        encode_frame(&BlobRequest::RangeHashesV1 { hash }).map_err(|e| ProviderFault::Missing(e.to_string()))?;
+    stream.write_all(&frame).await.map_err(io)?;
+    stream.flush().await.map_err(io)?;
+    let reply = read_frame::<BlobReply>(&mut stream, FETCH_IO_MS_MAX)
+        .await
+        .map_err(io)?;
+    let Some(BlobReply::V1(BlobReplyV1::RangeHashes { blob_bytes, count })) = reply else {
+        return Err(ProviderFault::Missing(format!("answered {reply:?}")));
+    };
+    let Some(expected) = ranges::range_hash_count(blob_bytes) else {
+        return Err(ProviderFault::Lying(format!(
+            "claims a blob of {blob_bytes} bytes, over Kiln's limit"
+        )));
+    };
+    if count != expected {
+        return Err(ProviderFault::Lying(format!(
+            "{count} range hashes for a blob of {blob_bytes} bytes"
+        )));
+    }
+    let mut bytes = vec![0u8; count as usize * 32];
+    stream.read_exact(&mut bytes).await.map_err(io)?;
+    let list: Vec<RangeHash> = bytes
+        .chunks_exact(32)
+        .map(|c| c.try_into().unwrap_or([0; 32]))
+        .collect();
+    if ranges::has_range_hashes(blob_bytes) && ranges::root_from_range_hashes(&list, blob_bytes) != Some(hash) {
+        return Err(ProviderFault::Lying(
+            "range hashes do not merge into the blob hash".into(),
+        ));
+    }
+    let _ = stream.close().await;
+    Ok((blob_bytes, list))
+}
+
+fn describe(faults: &HashMap<PeerId, ProviderFault>) -> String {
+    faults
+        .iter()
+        .map(|(peer, fault)| match fault {
+            ProviderFault::Missing(why) => format!("{peer}: {why}"),
+            ProviderFault::Lying(why) => format!("{peer}: sent corrupt data ({why})"),
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn all_failed(hash: Hash, faults: &HashMap<PeerId, ProviderFault>) -> FetchError {
+    FetchError::AllProvidersFailed {
+        hash,
+        reasons: describe(faults),
+    }
+}

@@ -1,0 +1,129 @@
+//! What the coordinator's decisions lead to outside its own state: holding
+//! a job's inputs, offering a job to a worker, copying a built artifact,
+//! and releasing an artifact this node built once another holds it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kiln_protocol::messages::{JobRequest, Settlement, WorkReply, WorkReplyV1, WorkRequest};
+use kiln_protocol::{Attestation, PublicKey, Recipe, Signed, Source};
+use kiln_store::Store;
+use libp2p::PeerId;
+use tracing::info;
+
+use crate::blobs;
+use crate::blobs::NoProgress;
+use crate::net::frames::{read_frame, write_frame};
+use crate::net::identity::peer_id_of;
+use crate::net::{NetClient, WORK_PROTOCOL};
+
+/// How long a worker may take to answer an assignment.
+const ASSIGN_REPLY_MS_MAX: u64 = 10_000;
+
+/// Unpins an artifact this node built (and its log) once a coordinator's
+/// settlement says another peer holds it too: it stays in the store as a
+/// cache, evictable under `--max-store-size`, instead of filling a
+/// contributor's disk.
+pub(super) fn release_if_replicated(store: &Store, me: &PublicKey, settlement: &Settlement) {
+    let Settlement::Done { attestation, holders } = settlement else {
+        return;
+    };
+    let Ok(a) = attestation.verify() else {
+        return;
+    };
+    if a.worker != *me || *holders < 2 {
+        return;
+    }
+    for hash in [a.artifact, a.log] {
+        if store.unpin(&hash).unwrap_or(false) {
+            info!(blob = %hash, "another peer holds this build now; unpinned here (kept as a cache)");
+        }
+    }
+}
+
+/// Fetches a job's recipe and source (from `hints` first), checks the
+/// recipe against the job, and pins both while the job is open.
+pub async fn hold_inputs(net: &NetClient, store: &Store, job: &JobRequest, hints: &[PeerId]) -> Result<(), String> {
+    blobs::fetch_from(net, store, job.recipe_id, hints, Arc::new(NoProgress))
+        .await
+        .map_err(|e| format!("cannot fetch the recipe {}: {e}", job.recipe_id))?;
+    let bytes = store
+        .read(&job.recipe_id)
+        .map_err(|e| format!("cannot read the recipe: {e}"))?;
+    let recipe =
+        Recipe::from_canonical_bytes(&bytes).map_err(|e| format!("recipe {} is not valid: {e}", job.recipe_id))?;
+    let chosen: Vec<(String, String)> = job.options.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let resolved = recipe.resolve_options(&chosen).map_err(|e| e.to_string())?;
+    if resolved != job.options {
+        return Err("the job's options are not the recipe's options resolved".into());
+    }
+    let reason = format!("input of job {}", job.build_key);
+    let _ = store.pin(&job.recipe_id, &reason);
+    if let Source::Blob(source) = &recipe.source {
+        blobs::fetch_from(net, store, *source, hints, Arc::new(NoProgress))
+            .await
+            .map_err(|e| format!("cannot fetch the source {source}: {e}"))?;
+        let _ = store.pin(source, &reason);
+        let _ = net.provide(*source).await;
+    }
+    let _ = net.provide(job.recipe_id).await;
+    Ok(())
+}
+
+/// The ed25519 key inside a peer id (Kiln peer ids always hold one).
+pub fn public_key_of(peer: &PeerId) -> Option<PublicKey> {
+    let multihash = peer.as_ref();
+    let public = libp2p::identity::PublicKey::try_decode_protobuf(multihash.digest()).ok()?;
+    let ed25519 = public.try_into_ed25519().ok()?;
+    Some(PublicKey(ed25519.to_bytes()))
+}
+
+/// Offers a job to a worker over `/kiln/work/1` and reads its answer.
+pub(super) async fn offer(
+    net: &NetClient,
+    worker: PublicKey,
+    job: JobRequest,
+    attempt: u32,
+) -> std::io::Result<WorkReplyV1> {
+    let peer = peer_id_of(&worker).ok_or_else(|| std::io::Error::other("not a peer key"))?;
+    let mut control = net.stream_control();
+    let open = control.open_stream(peer, WORK_PROTOCOL);
+    let mut stream = tokio::time::timeout(Duration::from_millis(ASSIGN_REPLY_MS_MAX), open)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no stream"))?
+        .map_err(std::io::Error::other)?;
+    write_frame(&mut stream, &WorkRequest::AssignV1 { job, attempt }).await?;
+    match read_frame::<WorkReply>(&mut stream, ASSIGN_REPLY_MS_MAX).await? {
+        Some(WorkReply::V1(reply)) => Ok(reply),
+        None => Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "worker closed the stream",
+        )),
+    }
+}
+
+/// Copies a built artifact (and its log) to this node and pins it, so two
+/// peers hold it. Returns how many peers hold it.
+pub(super) async fn replicate(
+    net: &NetClient,
+    store: &Store,
+    attestation: &Signed<Attestation>,
+) -> Result<u32, String> {
+    let a = attestation.verify().map_err(|e| e.to_string())?;
+    let builder = peer_id_of(&a.worker).ok_or("attestation names no peer")?;
+    if builder == net.peer_id() {
+        return Ok(1);
+    }
+    blobs::fetch_from(net, store, a.artifact, &[builder], Arc::new(NoProgress))
+        .await
+        .map_err(|e| format!("cannot copy the artifact {}: {e}", a.artifact))?;
+    let _ = store.pin(&a.artifact, &format!("artifact of build {}", a.build_key));
+    let _ = net.provide(a.artifact).await;
+    if blobs::fetch_from(net, store, a.log, &[builder], Arc::new(NoProgress))
+        .await
+        .is_ok()
+    {
+        let _ = net.provide(a.log).await;
+    }
+    Ok(2)
+}

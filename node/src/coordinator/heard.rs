@@ -1,0 +1,155 @@
+//! What gossip changes in the coordinator's state: elections, worker
+//! adverts, jobs, assignments, outcomes and settlements, each taken only
+//! from the peer allowed to say it.
+
+use kiln_protocol::coord::JobPhase;
+use kiln_protocol::messages::{Assigned, BuildOutcome, Gossip, GossipV1, JobRequest, Settlement};
+use kiln_protocol::PublicKey;
+use libp2p::PeerId;
+use tracing::{debug, info, warn};
+
+use super::election::Candidate;
+use super::schedule::JobState;
+use super::*;
+use crate::net::identity::peer_id_of;
+
+impl Coordinator {
+    pub(super) async fn on_gossip(&mut self, signer: PublicKey, message: Gossip, now: u64) {
+        let Gossip::V1(message) = message;
+        let Some(peer) = peer_id_of(&signer) else {
+            return;
+        };
+        match message {
+            GossipV1::Coordinator(beat) => self.election.heard(
+                peer,
+                Candidate {
+                    pinned: beat.pinned,
+                    acting: beat.acting,
+                    addresses: beat.addresses,
+                    seen_at_ms: now,
+                },
+            ),
+            GossipV1::Worker(advert) => {
+                for build_key in self.schedule.advert(signer, advert, now) {
+                    warn!(job = %build_key, worker = %signer, "worker no longer runs its job; back in the queue");
+                    self.changed(&build_key);
+                }
+            }
+            GossipV1::Job(job) => self.heard_job(job, peer),
+            GossipV1::Assigned(Assigned {
+                build_key,
+                worker,
+                attempt,
+            }) if self.election.speaks_for_queue(&peer) => {
+                self.schedule.assigned(&build_key, worker, attempt, now);
+                self.changed(&build_key);
+            }
+            GossipV1::Assigned(assigned) => {
+                info!(peer = %peer, job = %assigned.build_key, "assignment from a peer that does not coordinate; ignored");
+            }
+            GossipV1::Outcome(BuildOutcome::Done { attestation }) => {
+                let Ok(a) = attestation.verify() else {
+                    return;
+                };
+                if a.worker != signer {
+                    return;
+                }
+                let build_key = a.build_key;
+                if self.schedule.built(&build_key, attestation) {
+                    info!(job = %build_key, artifact = %a.artifact, worker = %signer, "built");
+                    self.changed(&build_key);
+                }
+            }
+            GossipV1::Outcome(BuildOutcome::Failed {
+                build_key,
+                worker,
+                log,
+                reason,
+                ..
+            }) if worker == signer => {
+                info!(job = %build_key, worker = %signer, reason, "build failed");
+                self.schedule.failed(&build_key, worker, &reason, log);
+                self.changed(&build_key);
+            }
+            GossipV1::Outcome(BuildOutcome::Aborted {
+                build_key,
+                worker,
+                reason,
+                ..
+            }) if worker == signer => {
+                info!(job = %build_key, worker = %signer, reason, "build could not start");
+                self.schedule.aborted(&build_key, worker, &reason, now);
+                self.changed(&build_key);
+            }
+            GossipV1::Outcome(BuildOutcome::Failed { .. } | BuildOutcome::Aborted { .. }) => {}
+            GossipV1::Progress { build_key, log_tail } => {
+                let assigned_here = matches!(self.schedule.job(&build_key).map(|j| &j.state), Some(JobState::Assigned { worker, .. }) if *worker == signer);
+                if assigned_here {
+                    self.notify(&build_key, JobPhase::Log { tail: log_tail });
+                }
+            }
+            // Only coordinators settle jobs: the word of any other peer
+            // (which could drop queued jobs or claim builds) is ignored.
+            GossipV1::Settled(settlement) if self.election.speaks_for_queue(&peer) => {
+                release_if_replicated(&self.store, &self.key.public(), &settlement);
+                self.heard_settlement(settlement);
+            }
+            GossipV1::Settled(settlement) => {
+                info!(peer = %peer, job = ?settlement.build_key(), "settlement from a peer that does not coordinate; ignored");
+            }
+            GossipV1::Delivered { outbox_key } => {
+                // Only the coordinator delivers mail: a receipt from any
+                // other peer (which could suppress mail) is ignored, and
+                // the coordinator trusts only its own deliveries.
+                let from_coordinator = !self.acting && self.election.leader(now) == Some(peer);
+                if let (Some((mail, _)), true) = (&self.mail, from_coordinator) {
+                    mail.delivered(outbox_key);
+                }
+            }
+        }
+    }
+
+    /// A job announced by the coordinator (or a requester): kept, and its
+    /// inputs fetched so they outlive the node that holds them now.
+    pub(super) fn heard_job(&mut self, job: JobRequest, from: PeerId) {
+        if check_job(&job).is_err() || self.built(&job.build_key).is_some() {
+            return;
+        }
+        let build_key = job.build_key;
+        let fresh = self.schedule.job(&build_key).is_none();
+        if self.schedule.submit(job.clone()).is_err() {
+            return;
+        }
+        self.persist(&build_key);
+        // Nodes that may take over hold the inputs too.
+        if fresh && self.election.eligible() {
+            let (net, store, permits) = (self.net.clone(), self.store.clone(), self.input_fetches.clone());
+            tokio::spawn(async move {
+                let Ok(_permit) = permits.acquire_owned().await else {
+                    return;
+                };
+                match hold_inputs(&net, &store, &job, &[from]).await {
+                    Ok(()) => info!(job = %job.build_key, "holding the inputs of a job, in case this node takes over"),
+                    Err(e) => debug!(job = %job.build_key, error = e, "inputs of a gossiped job not fetched"),
+                }
+            });
+        }
+    }
+
+    pub(super) fn heard_settlement(&mut self, settlement: Settlement) {
+        let Some(build_key) = settlement.build_key() else {
+            return;
+        };
+        if let Settlement::Done { attestation, .. } = &settlement {
+            if let Err(e) = self.store.put_attestation(attestation) {
+                debug!(error = %e, "attestation not kept");
+            }
+        }
+        let job = self.schedule.remove(&build_key);
+        self.record_result(&build_key, &settlement, job.as_ref().map(|j| &j.request));
+        if let Some(job) = job {
+            self.ended(job, &settlement);
+        }
+        self.persist(&build_key);
+    }
+}

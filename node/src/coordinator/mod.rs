@@ -1,0 +1,222 @@
+//! The coordinator role, and the standby every node that may coordinate
+//! runs.
+//!
+//! Every such node hears the jobs, assignments, outcomes and settlements on
+//! gossip and keeps the open jobs in its own durable queue (the `Queue`
+//! record table), so whichever node the election picks next starts from the
+//! same pending set. The acting coordinator also:
+//! - answers `/kiln/coord/1` (submissions, status, watches); other nodes
+//!   answer with the coordinator they know of;
+//! - holds each job's inputs (recipe and source) before acknowledging it;
+//! - matches queued jobs to workers ([`schedule`]) and leases them over
+//!   `/kiln/work/1`, gossiping each assignment;
+//! - copies each built artifact to itself before settling it (two holders),
+//!   records the result (`Results` table, attestations, a DHT record under
+//!   the build key) and gossips the settlement.
+//!
+//! Where each part lives:
+//! - `task`: the one task that owns the coordinator's state (this file
+//!   defines it), its tick and its inputs;
+//! - `server`: the `/kiln/coord/1` stream server, one task per stream;
+//! - `heard`: what gossip changes (jobs, adverts, outcomes, settlements);
+//! - `jobs`: submitting, assigning and settling a job;
+//! - `results`: the durable queue and results, and what status shows;
+//! - `sync`: a standby's catch-up with the coordinator's open jobs;
+//! - `effects`: the I/O a decision leads to (holding inputs, offers,
+//!   replication, releasing a replicated artifact);
+//! - [`schedule`] and [`election`]: the decisions, with no I/O.
+//!
+//! Not for: the network itself (`crate::net`), delivering mail
+//! (`crate::mailer`), or building (`crate::worker`).
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use kiln_protocol::coord::{Contact, CoordReplyV1, JobPhase, JobView};
+use kiln_protocol::messages::{Gossip, JobRequest};
+use kiln_protocol::system::VersionRange;
+use kiln_protocol::{Attestation, Hash, PublicKey, SecretKey, Signed};
+use kiln_store::Store;
+use libp2p::{Multiaddr, PeerId};
+use tokio::sync::{mpsc, oneshot};
+use tracing::warn;
+
+use crate::mailer::MailHandle;
+use crate::net::{NetClient, COORD_PROTOCOL};
+use crate::shutdown::Shutdown;
+use election::Election;
+use schedule::Schedule;
+
+mod effects;
+pub(crate) mod election;
+mod heard;
+mod jobs;
+mod results;
+pub mod schedule;
+mod server;
+mod sync;
+mod task;
+
+pub use effects::hold_inputs;
+use effects::*;
+use server::{check_job, Server};
+use sync::SYNC_RETRY_MS;
+
+/// Inputs waiting for the coordinator task.
+const INPUTS_MAX: usize = 1024;
+
+/// Whether this node may coordinate, and whom it takes as coordinator.
+#[derive(Clone, Debug, Default)]
+pub struct CoordinatorOptions {
+    /// May be elected (not `--no-coordinator`).
+    pub eligible: bool,
+    /// Pinned with `--coordinator`.
+    pub pinned: bool,
+    /// The only peers that may coordinate (`--trust-coordinator`); `None`:
+    /// any peer that may be elected.
+    pub trusted: Option<BTreeSet<PeerId>>,
+}
+
+/// What the coordinator task is told.
+enum Input {
+    Gossip {
+        signer: PublicKey,
+        message: Box<Gossip>,
+    },
+    Addresses(Vec<Multiaddr>),
+    Lookup {
+        job: Box<JobRequest>,
+        accept_versions: Option<VersionRange>,
+        reply: oneshot::Sender<Lookup>,
+    },
+    Submit {
+        job: Box<JobRequest>,
+        reply: oneshot::Sender<CoordReplyV1>,
+    },
+    Status {
+        reply: oneshot::Sender<CoordReplyV1>,
+    },
+    Watch {
+        build_key: Hash,
+        events: mpsc::Sender<JobPhase>,
+        reply: oneshot::Sender<Option<Contact>>,
+    },
+    Assignment {
+        build_key: Hash,
+        worker: PublicKey,
+        refused: Option<String>,
+    },
+    Replicated {
+        build_key: Hash,
+        result: Result<u32, String>,
+    },
+    /// A standby asks for a page of the open jobs.
+    Sync {
+        after: Option<Hash>,
+        reply: oneshot::Sender<CoordReplyV1>,
+    },
+    /// A page of the coordinator's open jobs, fetched by this standby;
+    /// `done` with the last page, `None` if the fetch failed.
+    Synced {
+        from: PeerId,
+        jobs: Option<Vec<JobRequest>>,
+        done: bool,
+    },
+}
+
+/// What a submission finds.
+enum Lookup {
+    NotCoordinator(Option<Contact>),
+    Built(Vec<Signed<Attestation>>),
+    Open,
+    New,
+}
+
+/// A handle for feeding the coordinator task.
+#[derive(Clone)]
+pub struct CoordHandle {
+    inputs: mpsc::Sender<Input>,
+}
+
+impl CoordHandle {
+    /// Passes on a gossip message; dropped (and logged) if the task lags.
+    pub fn gossip(&self, signer: PublicKey, message: Box<Gossip>) {
+        if self.inputs.try_send(Input::Gossip { signer, message }).is_err() {
+            warn!("coordinator input queue full; a gossip message was dropped");
+        }
+    }
+
+    pub fn addresses(&self, addresses: Vec<Multiaddr>) {
+        let _ = self.inputs.try_send(Input::Addresses(addresses));
+    }
+
+    /// What `kiln status` would get from this node: the farm's status if
+    /// it coordinates, else who does. `None` if the task has stopped.
+    pub async fn status(&self) -> Option<CoordReplyV1> {
+        let (reply, answer) = oneshot::channel();
+        self.inputs.send(Input::Status { reply }).await.ok()?;
+        answer.await.ok()
+    }
+}
+
+/// Starts the coordinator (or standby) task and its protocol server; the
+/// handle, the server's task and the coordinator's task. On `shutdown` the
+/// coordinator finishes the input or tick it is on, then returns.
+pub fn spawn(
+    net: NetClient,
+    store: Store,
+    key: SecretKey,
+    options: CoordinatorOptions,
+    mail: Option<(MailHandle, Arc<AtomicBool>)>,
+    shutdown: Shutdown,
+) -> (CoordHandle, tokio::task::JoinHandle<()>, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(INPUTS_MAX);
+    let handle = CoordHandle { inputs: tx.clone() };
+    let incoming = net.stream_control().accept(COORD_PROTOCOL);
+    let server = {
+        let server = Server {
+            net: net.clone(),
+            store: store.clone(),
+            inputs: tx.clone(),
+        };
+        tokio::spawn(async move {
+            match incoming {
+                Ok(incoming) => Arc::new(server).serve(incoming).await,
+                Err(e) => warn!(error = %e, "coordinator protocol already served"),
+            }
+        })
+    };
+    let mut coordinator = Coordinator::new(net, store, key, options, tx, mail);
+    coordinator.restore();
+    let task = tokio::spawn(coordinator.run(rx, shutdown));
+    (handle, server, task)
+}
+
+/// The coordinator task's state.
+struct Coordinator {
+    net: NetClient,
+    store: Store,
+    key: SecretKey,
+    me: PeerId,
+    schedule: Schedule,
+    election: Election,
+    addresses: Vec<String>,
+    inputs: mpsc::Sender<Input>,
+    watchers: HashMap<Hash, Vec<mpsc::Sender<JobPhase>>>,
+    recent: VecDeque<JobView>,
+    replicating: HashSet<Hash>,
+    acting: bool,
+    input_fetches: Arc<tokio::sync::Semaphore>,
+    /// The coordinator whose open jobs this standby has fetched since it
+    /// started or that coordinator took over; whether a fetch is under
+    /// way; when the next may start.
+    synced_with: Option<PeerId>,
+    syncing: bool,
+    sync_not_before_ms: u64,
+    /// The mailer, and the flag that tells it this node coordinates.
+    mail: Option<(MailHandle, Arc<AtomicBool>)>,
+    /// When this node accepted each open job it has not yet offered to a
+    /// worker (for the dispatch-latency metric); one entry per open job.
+    accepted_at_ms: HashMap<Hash, u64>,
+}

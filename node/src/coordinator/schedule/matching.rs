@@ -1,0 +1,185 @@
+//! Matching queued jobs to free workers: oldest job first, least loaded
+//! matching worker first, skipping workers that refused or failed the job;
+//! and what status shows of the workers.
+
+use std::sync::Arc;
+
+use kiln_protocol::coord::{WorkerView, STATUS_WORKER_JOBS_MAX};
+use kiln_protocol::{Hash, PublicKey};
+
+use super::*;
+
+impl Schedule {
+    /// Matches queued jobs to free workers, oldest job first.
+    pub fn plan(&mut self, now_ms: u64) -> Vec<Decision> {
+        let mut decisions = Vec::new();
+        let mut free_total: u64 = self
+            .workers
+            .values()
+            .filter(|w| now_ms.saturating_sub(w.seen_at_ms) <= LEASE_MS)
+            .map(|w| u64::from(w.free()))
+            .sum();
+        let queued: Vec<(u64, Hash)> = self.queue.iter().map(|(s, k)| (*s, *k)).collect();
+        for (sequence, build_key) in queued {
+            if free_total == 0 {
+                break;
+            }
+            match self.match_one(&build_key, now_ms) {
+                Match::Worker(worker) => {
+                    free_total -= 1;
+                    decisions.push(self.lease(sequence, build_key, worker, now_ms));
+                }
+                Match::Wait(reason) => {
+                    if let Some(job) = self.jobs.get_mut(&build_key) {
+                        job.waiting_because = Some(reason);
+                    }
+                }
+                Match::GiveUp(reason) => self.give_up(&build_key, reason),
+            }
+        }
+        decisions
+    }
+
+    fn lease(&mut self, sequence: u64, build_key: Hash, worker: PublicKey, now_ms: u64) -> Decision {
+        self.queue.remove(&sequence);
+        let mut attempt = 1;
+        if let Some(job) = self.jobs.get_mut(&build_key) {
+            attempt = job.attempt();
+            job.waiting_because = None;
+            job.state = JobState::Assigned {
+                worker,
+                attempt,
+                since_ms: now_ms,
+            };
+        }
+        if let Some(entry) = self.workers.get_mut(&worker) {
+            entry.assigned.insert(build_key);
+        }
+        Decision::Assign {
+            build_key,
+            worker,
+            attempt,
+        }
+    }
+
+    /// The workers that satisfy a job's requirements: computed once per
+    /// requirement set until the workers change, then shared.
+    fn matching_workers(&mut self, build_key: &Hash) -> Arc<[PublicKey]> {
+        let Some(job) = self.jobs.get(build_key) else {
+            return Arc::from([]);
+        };
+        if let Some(found) = self.matching.get(&job.requirements_digest) {
+            return found.clone();
+        }
+        let mut found: Vec<PublicKey> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| job.request.requirements.check(&w.advert.system).is_ok())
+            .map(|(k, _)| *k)
+            .collect();
+        found.sort();
+        let found: Arc<[PublicKey]> = found.into();
+        self.matching.insert(job.requirements_digest, found.clone());
+        found
+    }
+
+    fn match_one(&mut self, build_key: &Hash, now_ms: u64) -> Match {
+        let Some(job) = self.jobs.get(build_key) else {
+            return Match::Wait(String::new());
+        };
+        if job.lost_attempts >= LOST_ATTEMPTS_MAX {
+            return Match::GiveUp(format!(
+                "{} workers were lost (killed or cut off) while building it",
+                job.lost_attempts
+            ));
+        }
+        let matching = self.matching_workers(build_key);
+        let Some(job) = self.jobs.get(build_key) else {
+            return Match::Wait(String::new());
+        };
+        let untried = || matching.iter().filter(|w| !job.failed_on.contains(w));
+        if job.failed_attempts > 0 && untried().next().is_none() {
+            let last = job.last_failure.as_ref().map(|(r, _)| r.as_str()).unwrap_or("?");
+            return Match::GiveUp(format!(
+                "failed on {} worker(s), and no other worker matches; last failure: {last}",
+                job.failed_attempts
+            ));
+        }
+        let best = untried()
+            .filter(|w| !job.skips(w, now_ms))
+            .filter_map(|w| self.workers.get(w).map(|entry| (*w, entry)))
+            .filter(|(_, entry)| entry.free() > 0 && now_ms.saturating_sub(entry.seen_at_ms) <= LEASE_MS)
+            .min_by_key(|(w, entry)| (entry.load() * 1000 / entry.advert.max_jobs.max(1), *w));
+        match best {
+            Some((worker, _)) => Match::Worker(worker),
+            None => Match::Wait(self.why_waiting(job, &matching)),
+        }
+    }
+
+    /// Why no worker takes `job` now, for `kiln status` and the requester.
+    fn why_waiting(&self, job: &Job, matching: &[PublicKey]) -> String {
+        if self.workers.is_empty() {
+            return "no worker has joined the network yet".into();
+        }
+        if matching.is_empty() {
+            let mut reasons: BTreeSet<String> = BTreeSet::new();
+            for entry in self.workers.values() {
+                if let Err(why) = job.request.requirements.check(&entry.advert.system) {
+                    reasons.extend(why);
+                }
+            }
+            let listed: Vec<String> = reasons.into_iter().take(4).collect();
+            return format!(
+                "no worker matches its requirements ({}); none of the {} workers qualifies: {}",
+                job.request.requirements,
+                self.workers.len(),
+                listed.join("; ")
+            );
+        }
+        if let Some(reason) = &job.waiting_because {
+            if reason.starts_with("last refused") {
+                return reason.clone();
+            }
+        }
+        format!("all {} matching workers are busy", matching.len())
+    }
+
+    /// Every known worker, for `kiln status`.
+    pub fn worker_views(&self, now_ms: u64) -> Vec<WorkerView> {
+        let mut views: Vec<WorkerView> = self
+            .workers
+            .iter()
+            .map(|(key, entry)| WorkerView {
+                worker: *key,
+                system: entry.advert.system.summary(),
+                running_jobs: entry.load(),
+                max_jobs: entry.advert.max_jobs,
+                waiting_because: entry.advert.waiting_because.clone(),
+                seen_ms_ago: now_ms.saturating_sub(entry.seen_at_ms),
+                jobs: entry
+                    .assigned
+                    .iter()
+                    .chain(entry.advert.running.iter().filter(|k| !entry.assigned.contains(k)))
+                    .take(STATUS_WORKER_JOBS_MAX)
+                    .copied()
+                    .collect(),
+            })
+            .collect();
+        views.sort_by_key(|v| v.worker);
+        views
+    }
+
+    /// Jobs running on (or leased to) each worker.
+    pub fn running_jobs(&self) -> usize {
+        self.jobs
+            .values()
+            .filter(|j| !matches!(j.state, JobState::Queued))
+            .count()
+    }
+}
+
+enum Match {
+    Worker(PublicKey),
+    Wait(String),
+    GiveUp(String),
+}

@@ -1,0 +1,205 @@
+//! The schedule's decisions, tested without a network or a clock.
+
+use super::*;
+use kiln_protocol::{Requirements, SecretKey, SystemInfo};
+
+fn worker(n: u8) -> PublicKey {
+    SecretKey::from_bytes(&[n; 32]).public()
+}
+
+fn advert(arch: &str, max_jobs: u32, running: Vec<Hash>) -> WorkerAdvert {
+    WorkerAdvert {
+        system: SystemInfo {
+            os: "linux".into(),
+            arch: arch.into(),
+            ..SystemInfo::default()
+        },
+        max_jobs,
+        running_jobs: running.len() as u32,
+        waiting_because: None,
+        sequence: 0,
+        running,
+    }
+}
+
+fn job(name: &str, arch: &str, email: &str) -> JobRequest {
+    let mut requirements = Requirements::new();
+    requirements.set_from_str(&format!("arch={arch}")).unwrap();
+    JobRequest {
+        build_key: Hash::of(format!("{name}/{arch}").as_bytes()),
+        recipe_id: Hash::of(name.as_bytes()),
+        recipe_name: name.into(),
+        recipe_version: "1".into(),
+        publisher: None,
+        options: BTreeMap::new(),
+        requirements,
+        emails: vec![email.into()],
+        requested_at_ms: 0,
+    }
+}
+
+fn assigned_to(decisions: &[Decision]) -> Vec<(Hash, PublicKey)> {
+    decisions
+        .iter()
+        .map(|Decision::Assign { build_key, worker, .. }| (*build_key, *worker))
+        .collect()
+}
+
+#[test]
+fn jobs_go_to_matching_workers_least_loaded_first() {
+    let mut s = Schedule::new();
+    s.advert(worker(1), advert("x86_64", 2, vec![]), 0);
+    s.advert(worker(2), advert("x86_64", 2, vec![]), 0);
+    s.advert(worker(3), advert("aarch64", 1, vec![]), 0);
+    let a = job("a", "x86_64", "a@example.org");
+    let b = job("b", "x86_64", "b@example.org");
+    let c = job("c", "aarch64", "c@example.org");
+    for j in [&a, &b, &c] {
+        assert_eq!(s.submit(j.clone()), Ok(Submitted::New));
+    }
+    let plan = assigned_to(&s.plan(1));
+    assert_eq!(plan.len(), 3);
+    assert_eq!(plan[0].0, a.build_key);
+    assert_ne!(plan[0].1, plan[1].1, "the load is spread over both x86_64 workers");
+    assert_eq!(plan[2], (c.build_key, worker(3)));
+    assert!(s.plan(2).is_empty());
+}
+
+#[test]
+fn identical_requests_merge_their_addresses() {
+    let mut s = Schedule::new();
+    let a = job("a", "x86_64", "a@example.org");
+    s.submit(a.clone()).unwrap();
+    let mut again = a.clone();
+    again.emails = vec!["b@example.org".into(), "a@example.org".into()];
+    assert_eq!(
+        s.submit(again),
+        Ok(Submitted::Merged {
+            new_emails: vec!["b@example.org".into()]
+        })
+    );
+    assert_eq!(s.job(&a.build_key).unwrap().request.emails.len(), 2);
+    assert_eq!(s.open_jobs(), 1);
+}
+
+#[test]
+fn a_job_no_worker_matches_waits_and_says_why() {
+    let mut s = Schedule::new();
+    let c = job("c", "aarch64", "c@example.org");
+    s.submit(c.clone()).unwrap();
+    s.plan(0);
+    s.advert(worker(1), advert("x86_64", 1, vec![]), 0);
+    assert!(s.plan(1).is_empty());
+    let JobPhase::Queued {
+        waiting_because: Some(why),
+    } = s.job(&c.build_key).unwrap().phase()
+    else {
+        panic!("not waiting")
+    };
+    assert!(why.contains("arch=x86_64 (wanted arch=aarch64)"), "{why}");
+    // A matching worker joins: dispatched at once.
+    s.advert(worker(2), advert("aarch64", 1, vec![]), 2);
+    assert_eq!(assigned_to(&s.plan(3)), vec![(c.build_key, worker(2))]);
+}
+
+#[test]
+fn a_failing_build_is_retried_on_other_workers_then_given_up() {
+    let mut s = Schedule::new();
+    for n in 1..=4 {
+        s.advert(worker(n), advert("x86_64", 1, vec![]), 0);
+    }
+    let a = job("a", "x86_64", "a@example.org");
+    s.submit(a.clone()).unwrap();
+    let mut tried = BTreeSet::new();
+    for attempt in 1..=FAILED_ATTEMPTS_MAX {
+        let plan = s.plan(u64::from(attempt));
+        let [Decision::Assign { worker, attempt: n, .. }] = plan.as_slice() else {
+            panic!("attempt {attempt}: {plan:?}")
+        };
+        assert_eq!(*n, attempt);
+        assert!(tried.insert(*worker), "retried on a worker that failed it");
+        s.failed(&a.build_key, *worker, "exit status 1", None);
+    }
+    assert!(matches!(s.job(&a.build_key).unwrap().state, JobState::GaveUp { .. }));
+    assert_eq!(s.ended(), vec![a.build_key]);
+}
+
+#[test]
+fn a_failure_with_no_other_matching_worker_is_final() {
+    let mut s = Schedule::new();
+    s.advert(worker(1), advert("x86_64", 1, vec![]), 0);
+    let a = job("a", "x86_64", "a@example.org");
+    s.submit(a.clone()).unwrap();
+    s.plan(1);
+    s.failed(&a.build_key, worker(1), "exit status 1", None);
+    assert!(s.plan(2).is_empty());
+    let JobPhase::Failed { reason, .. } = s.job(&a.build_key).unwrap().phase() else {
+        panic!("not failed")
+    };
+    assert!(reason.contains("no other worker matches"), "{reason}");
+}
+
+#[test]
+fn a_refusing_worker_is_skipped_for_a_while() {
+    let mut s = Schedule::new();
+    s.advert(worker(1), advert("x86_64", 1, vec![]), 0);
+    s.advert(worker(2), advert("x86_64", 1, vec![]), 0);
+    let a = job("a", "x86_64", "a@example.org");
+    s.submit(a.clone()).unwrap();
+    let first = assigned_to(&s.plan(1))[0].1;
+    s.refused(&a.build_key, first, "busy", 2);
+    let second = assigned_to(&s.plan(3))[0].1;
+    assert_ne!(first, second);
+    s.refused(&a.build_key, second, "busy", 4);
+    assert!(s.plan(5).is_empty(), "both refused just now");
+    let later = 5 + REFUSAL_SKIP_MS;
+    s.advert(worker(1), advert("x86_64", 1, vec![]), later);
+    s.advert(worker(2), advert("x86_64", 1, vec![]), later);
+    assert_eq!(s.plan(later).len(), 1);
+}
+
+#[test]
+fn a_silent_worker_loses_its_lease_and_a_worker_that_dropped_the_job_too() {
+    let mut s = Schedule::new();
+    s.advert(worker(1), advert("x86_64", 1, vec![]), 0);
+    let a = job("a", "x86_64", "a@example.org");
+    s.submit(a.clone()).unwrap();
+    s.plan(0);
+    // Heartbeats listing the job keep the lease.
+    s.advert(worker(1), advert("x86_64", 1, vec![a.build_key]), LEASE_MS);
+    assert!(s.tick(LEASE_MS + 1).is_empty());
+    // Silence past the lease: back in the queue.
+    assert_eq!(s.tick(2 * LEASE_MS + 1), vec![a.build_key]);
+    assert_eq!(s.job(&a.build_key).unwrap().lost_attempts, 1);
+    // A worker that restarted and no longer lists the job loses it too.
+    s.advert(worker(2), advert("x86_64", 1, vec![]), 2 * LEASE_MS + 2);
+    let plan = assigned_to(&s.plan(2 * LEASE_MS + 3));
+    assert_eq!(plan, vec![(a.build_key, worker(2))]);
+    let late = 2 * LEASE_MS + 3 + ADVERT_GRACE_MS + 1;
+    assert_eq!(
+        s.advert(worker(2), advert("x86_64", 1, vec![]), late),
+        vec![a.build_key]
+    );
+}
+
+#[test]
+fn kept_jobs_come_back_with_their_assignment_and_history() {
+    let mut s = Schedule::new();
+    s.advert(worker(1), advert("x86_64", 1, vec![]), 0);
+    s.advert(worker(2), advert("x86_64", 1, vec![]), 0);
+    let a = job("a", "x86_64", "a@example.org");
+    s.submit(a.clone()).unwrap();
+    let first = assigned_to(&s.plan(0))[0].1;
+    s.failed(&a.build_key, first, "exit status 1", None);
+    let second = assigned_to(&s.plan(1))[0].1;
+    let bytes = wire::encode(s.job(&a.build_key).unwrap()).unwrap();
+
+    let mut restarted = Schedule::new();
+    let kept: Job = wire::decode::<_, 65536>(&bytes).unwrap();
+    restarted.restore(kept, 100);
+    let job = restarted.job(&a.build_key).unwrap();
+    assert_eq!(job.failed_on, BTreeSet::from([first]));
+    assert!(matches!(job.state, JobState::Assigned { worker, since_ms: 100, .. } if worker == second));
+    restarted.advert(second, advert("x86_64", 1, vec![a.build_key]), 200);
+    assert!(restarted.tick(300).is_empty());
+}

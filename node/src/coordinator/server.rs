@@ -1,0 +1,169 @@
+//! The `/kiln/coord/1` server: one task per stream, at most so many at
+//! once, each reading one request and asking the coordinator task for the
+//! answer. A watch holds its stream for as long as the build runs.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use kiln_protocol::coord::{CoordReply, CoordReplyV1, CoordRequest, COORD_FRAME_BYTES_MAX};
+use kiln_protocol::messages::{check_email, JobRequest, EMAILS_MAX};
+use kiln_protocol::system::VersionRange;
+use kiln_protocol::{build_key, Hash};
+use kiln_store::Store;
+use libp2p::PeerId;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, warn};
+
+use super::*;
+use crate::net::frames::{read_frame_max, write_frame_max};
+use crate::net::NetClient;
+
+/// Coordinator-protocol streams served at once.
+const COORD_STREAMS_MAX: usize = 64;
+/// How long a peer may take to send its request on a new stream.
+const REQUEST_MS_MAX: u64 = 10_000;
+/// Phase changes queued for one watcher before it is dropped.
+const WATCH_EVENTS_MAX: usize = 64;
+
+/// Answers `/kiln/coord/1` streams, one task per stream.
+pub(super) struct Server {
+    pub(super) net: NetClient,
+    pub(super) store: Store,
+    pub(super) inputs: mpsc::Sender<Input>,
+}
+
+impl Server {
+    pub(super) async fn serve(self: Arc<Self>, mut incoming: libp2p_stream::IncomingStreams) {
+        let permits = Arc::new(tokio::sync::Semaphore::new(COORD_STREAMS_MAX));
+        while let Some((peer, mut stream)) = incoming.next().await {
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                warn!(peer = %peer, "too many coordinator streams at once; dropping one");
+                continue;
+            };
+            let server = self.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let request =
+                    match read_frame_max::<CoordRequest, COORD_FRAME_BYTES_MAX>(&mut stream, REQUEST_MS_MAX).await {
+                        Ok(Some(request)) => request,
+                        Ok(None) => return,
+                        Err(e) => {
+                            debug!(peer = %peer, error = %e, "bad coordinator request");
+                            return;
+                        }
+                    };
+                if let Err(e) = server.answer(peer, request, &mut stream).await {
+                    debug!(peer = %peer, error = %e, "coordinator stream ended");
+                }
+            });
+        }
+    }
+
+    pub(super) async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Input) -> Option<T> {
+        let (reply, answer) = oneshot::channel();
+        self.inputs.send(make(reply)).await.ok()?;
+        answer.await.ok()
+    }
+
+    pub(super) async fn answer(
+        &self,
+        peer: PeerId,
+        request: CoordRequest,
+        stream: &mut libp2p::Stream,
+    ) -> std::io::Result<()> {
+        let reply = match request {
+            CoordRequest::SubmitV1 { job, accept_versions } => self.submit(peer, *job, accept_versions).await,
+            CoordRequest::StatusV1 => self.ask(|reply| Input::Status { reply }).await.unwrap_or_else(stopping),
+            CoordRequest::WatchV1 { build_key } => return self.watch(build_key, stream).await,
+            CoordRequest::SyncV1 { after } => self
+                .ask(|reply| Input::Sync { after, reply })
+                .await
+                .unwrap_or_else(stopping),
+        };
+        write_frame_max::<_, COORD_FRAME_BYTES_MAX>(stream, &CoordReply::V1(reply)).await
+    }
+
+    pub(super) async fn submit(
+        &self,
+        peer: PeerId,
+        job: JobRequest,
+        accept_versions: Option<VersionRange>,
+    ) -> CoordReplyV1 {
+        if let Err(reason) = check_job(&job) {
+            return CoordReplyV1::Refused { reason };
+        }
+        let asked = Box::new(job.clone());
+        let lookup = |reply| Input::Lookup {
+            job: asked,
+            accept_versions,
+            reply,
+        };
+        match self.ask(lookup).await {
+            None => return stopping(),
+            Some(Lookup::NotCoordinator(coordinator)) => return CoordReplyV1::NotCoordinator { coordinator },
+            Some(Lookup::Built(attestations)) => return CoordReplyV1::Built { attestations },
+            Some(Lookup::Open) => {}
+            Some(Lookup::New) => {
+                if let Err(reason) = hold_inputs(&self.net, &self.store, &job, &[peer]).await {
+                    return CoordReplyV1::Refused { reason };
+                }
+            }
+        }
+        self.ask(|reply| Input::Submit {
+            job: Box::new(job),
+            reply,
+        })
+        .await
+        .unwrap_or_else(stopping)
+    }
+
+    pub(super) async fn watch(&self, build_key: Hash, stream: &mut libp2p::Stream) -> std::io::Result<()> {
+        let (events, mut phases) = mpsc::channel(WATCH_EVENTS_MAX);
+        let Some(contact) = self
+            .ask(|reply| Input::Watch {
+                build_key,
+                events,
+                reply,
+            })
+            .await
+        else {
+            return Ok(());
+        };
+        if contact.is_some() {
+            let reply = CoordReplyV1::NotCoordinator { coordinator: contact };
+            return write_frame_max::<_, COORD_FRAME_BYTES_MAX>(stream, &CoordReply::V1(reply)).await;
+        }
+        while let Some(phase) = phases.recv().await {
+            let last = phase.is_final();
+            let reply = CoordReplyV1::Event { build_key, phase };
+            write_frame_max::<_, COORD_FRAME_BYTES_MAX>(stream, &CoordReply::V1(reply)).await?;
+            if last {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn stopping() -> CoordReplyV1 {
+    CoordReplyV1::Refused {
+        reason: "the coordinator is stopping; try again".into(),
+    }
+}
+
+/// Checks what a peer can get wrong in a job before anything is fetched.
+pub(super) fn check_job(job: &JobRequest) -> Result<(), String> {
+    if job.emails.is_empty() || job.emails.len() > EMAILS_MAX {
+        return Err(format!("a request needs 1 to {EMAILS_MAX} email addresses"));
+    }
+    for email in &job.emails {
+        check_email(email)?;
+        email
+            .parse::<lettre::Address>()
+            .map_err(|e| format!("{email:?} is not an email address: {e}"))?;
+    }
+    if build_key(&job.recipe_id, &job.options, &job.requirements) != job.build_key {
+        return Err("the build key does not match the recipe, options and requirements".into());
+    }
+    Ok(())
+}

@@ -1,0 +1,289 @@
+//! The coordinator task: one loop that owns [`Coordinator`], fed by the
+//! network (gossip, addresses), the stream server, and its own spawned
+//! effects, with a tick that follows the election, matches and expires
+//! leases.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kiln_protocol::coord::{Contact, CoordReplyV1};
+use kiln_protocol::messages::{encode_gossip, topics, CoordinatorHeartbeat, Gossip, GossipV1, ADDRESSES_MAX};
+use kiln_protocol::{wire, SecretKey};
+use kiln_store::{RecordTable, Store};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::election::{Election, HEARTBEAT_MS};
+use super::schedule::{Decision, Job, Schedule};
+use super::*;
+use crate::clock::now_ms;
+use crate::mailer::MailHandle;
+use crate::net::NetClient;
+
+/// How often the coordinator matches, expires leases and heartbeats.
+const TICK_MS: u64 = 250;
+/// Watchers of one build, and of all builds.
+const WATCHERS_PER_BUILD_MAX: usize = 64;
+const WATCHED_BUILDS_MAX: usize = 4096;
+/// Input fetches (recipes and sources of gossiped jobs) at once.
+const INPUT_FETCHES_MAX: usize = 4;
+
+impl Coordinator {
+    pub(super) fn new(
+        net: NetClient,
+        store: Store,
+        key: SecretKey,
+        options: CoordinatorOptions,
+        inputs: mpsc::Sender<Input>,
+        mail: Option<(MailHandle, Arc<AtomicBool>)>,
+    ) -> Coordinator {
+        let me = net.peer_id();
+        Coordinator {
+            election: Election::new(me, options.eligible, options.pinned, now_ms()).trusting(options.trusted.clone()),
+            net,
+            store,
+            key,
+            me,
+            schedule: Schedule::new(),
+            addresses: Vec::new(),
+            inputs,
+            watchers: HashMap::new(),
+            recent: VecDeque::new(),
+            replicating: HashSet::new(),
+            acting: false,
+            input_fetches: Arc::new(tokio::sync::Semaphore::new(INPUT_FETCHES_MAX)),
+            synced_with: None,
+            syncing: false,
+            sync_not_before_ms: 0,
+            mail,
+            accepted_at_ms: HashMap::new(),
+        }
+    }
+
+    /// Loads the open jobs kept on disk.
+    pub(super) fn restore(&mut self) {
+        let records = match self.store.records(RecordTable::Queue) {
+            Ok(records) => records,
+            Err(e) => {
+                warn!(error = %e, "cannot read the kept queue");
+                return;
+            }
+        };
+        let now = now_ms();
+        for (_, bytes) in records {
+            match wire::decode::<Job, { kiln_store::RECORD_VALUE_BYTES_MAX }>(&bytes) {
+                Ok(job) => self.schedule.restore(job, now),
+                Err(e) => warn!(error = %e, "skipping a damaged queue record"),
+            }
+        }
+        if self.schedule.open_jobs() > 0 {
+            info!(jobs = self.schedule.open_jobs(), "open jobs restored from disk");
+        }
+    }
+
+    /// Runs until told to stop (after the step it is on) or every input
+    /// sender is gone.
+    pub(super) async fn run(mut self, mut inputs: mpsc::Receiver<Input>, mut shutdown: Shutdown) {
+        let mut tick = tokio::time::interval(Duration::from_millis(TICK_MS));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_heartbeat = 0;
+        loop {
+            tokio::select! {
+                input = inputs.recv() => match input {
+                    Some(input) => self.on_input(input).await,
+                    None => break,
+                },
+                _ = tick.tick() => {
+                    let now = now_ms();
+                    if self.election.eligible() && now.saturating_sub(last_heartbeat) >= HEARTBEAT_MS {
+                        last_heartbeat = now;
+                        self.heartbeat(now).await;
+                    }
+                    self.step(now).await;
+                }
+                () = shutdown.wait() => {
+                    info!("coordinator stopped");
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Follows the election; the acting coordinator matches and settles.
+    pub(super) async fn step(&mut self, now: u64) {
+        self.election.tick(now);
+        let acting = self.election.acting(now);
+        if let Some((_, flag)) = &self.mail {
+            flag.store(acting, Ordering::SeqCst);
+        }
+        if acting != self.acting {
+            self.acting = acting;
+            if acting {
+                info!(jobs = self.schedule.open_jobs(), "acting as the coordinator");
+            } else {
+                info!(leader = ?self.election.leader(now), "standing by; another node coordinates");
+            }
+        }
+        self.catch_up(now);
+        let lost = self.schedule.tick(now);
+        for build_key in &lost {
+            warn!(job = %build_key, "lease expired: the worker went quiet; job back in the queue");
+            self.changed(build_key);
+        }
+        if !self.acting {
+            return;
+        }
+        for decision in self.schedule.plan(now) {
+            let Decision::Assign {
+                build_key,
+                worker,
+                attempt,
+            } = decision;
+            self.changed(&build_key);
+            self.assign(build_key, worker, attempt).await;
+        }
+        for build_key in self.schedule.ended() {
+            self.settle(build_key);
+        }
+    }
+
+    pub(super) async fn heartbeat(&mut self, now: u64) {
+        let heartbeat = CoordinatorHeartbeat {
+            pinned: self.election.pinned(),
+            acting: self.acting,
+            queued_jobs: self.schedule.queued_jobs() as u32,
+            running_jobs: self.schedule.running_jobs() as u32,
+            addresses: self.addresses.clone(),
+            sent_at_ms: now,
+        };
+        self.gossip(topics::COORDINATOR, GossipV1::Coordinator(heartbeat)).await;
+    }
+
+    pub(super) async fn gossip(&self, topic: &'static str, message: GossipV1) {
+        match encode_gossip(&self.key, &Gossip::V1(message)) {
+            Ok(bytes) => {
+                if let Err(e) = self.net.publish(topic, bytes).await {
+                    debug!(topic, error = %e, "gossip not published");
+                }
+            }
+            Err(e) => warn!(topic, error = %e, "gossip too large"),
+        }
+    }
+
+    pub(super) fn contact(&self, now: u64) -> Option<Contact> {
+        let leader = self.election.leader(now)?;
+        let peer = public_key_of(&leader)?;
+        let addresses = if leader == self.me {
+            self.addresses.clone()
+        } else {
+            self.election.addresses(&leader)
+        };
+        Some(Contact { peer, addresses })
+    }
+
+    pub(super) async fn on_input(&mut self, input: Input) {
+        let now = now_ms();
+        match input {
+            Input::Gossip { signer, message } => self.on_gossip(signer, *message, now).await,
+            Input::Addresses(addresses) => {
+                self.addresses = addresses.iter().take(ADDRESSES_MAX).map(|a| a.to_string()).collect();
+            }
+            Input::Lookup {
+                job,
+                accept_versions,
+                reply,
+            } => {
+                let build_key = job.build_key;
+                let answer = if !self.acting {
+                    Lookup::NotCoordinator(self.contact(now))
+                } else if let Some(attestations) = self.built(&build_key) {
+                    Lookup::Built(attestations)
+                } else if let Some(attestations) = accept_versions.and_then(|range| self.built_in_range(&job, &range)) {
+                    Lookup::Built(attestations)
+                } else if self.schedule.job(&build_key).is_some() {
+                    Lookup::Open
+                } else {
+                    Lookup::New
+                };
+                let _ = reply.send(answer);
+            }
+            Input::Submit { job, reply } => {
+                let answer = self.submit(*job).await;
+                let _ = reply.send(answer);
+            }
+            Input::Status { reply } => {
+                let answer = if self.acting {
+                    CoordReplyV1::Status(self.status(now))
+                } else {
+                    CoordReplyV1::NotCoordinator {
+                        coordinator: self.contact(now),
+                    }
+                };
+                let _ = reply.send(answer);
+            }
+            Input::Watch {
+                build_key,
+                events,
+                reply,
+            } => {
+                if !self.acting {
+                    let _ = reply.send(self.contact(now).or(Some(Contact {
+                        peer: self.key.public(),
+                        addresses: vec![],
+                    })));
+                    return;
+                }
+                let _ = events.try_send(self.phase(&build_key));
+                let watchers = self.watchers.len();
+                let list = self.watchers.entry(build_key).or_default();
+                list.retain(|w| !w.is_closed());
+                if list.len() < WATCHERS_PER_BUILD_MAX && watchers < WATCHED_BUILDS_MAX {
+                    list.push(events);
+                }
+                let _ = reply.send(None);
+            }
+            Input::Assignment {
+                build_key,
+                worker,
+                refused,
+            } => {
+                if let Some(reason) = refused {
+                    info!(job = %build_key, worker = %worker, reason, "assignment refused");
+                    self.schedule.refused(&build_key, worker, &reason, now);
+                    self.changed(&build_key);
+                }
+            }
+            Input::Sync { after, reply } => {
+                let _ = reply.send(self.sync_page(after));
+            }
+            Input::Synced { from, jobs, done } => {
+                let Some(jobs) = jobs else {
+                    self.syncing = false;
+                    self.sync_not_before_ms = now + SYNC_RETRY_MS;
+                    return;
+                };
+                for job in jobs {
+                    self.heard_job(job, from);
+                }
+                if done {
+                    self.syncing = false;
+                    self.synced_with = Some(from);
+                    info!(coordinator = %from, jobs = self.schedule.open_jobs(), "caught up with the coordinator's open jobs");
+                }
+            }
+            Input::Replicated { build_key, result } => {
+                self.replicating.remove(&build_key);
+                match result {
+                    Ok(holders) => self.finish_done(build_key, holders).await,
+                    Err(reason) => {
+                        warn!(job = %build_key, reason, "artifact could not be copied; building again");
+                        self.schedule.replication_failed(&build_key);
+                        self.changed(&build_key);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! The messages: a subject naming what was built and for what, and a
+//! plain-text body with the artifact, how to fetch and check it, and the
+//! signed attestation (or, for a failure, why and the log's last lines).
+
+use std::collections::BTreeMap;
+
+use kiln_protocol::messages::{JobRequest, Settlement};
+use kiln_protocol::wire;
+use lettre::message::header::ContentTransferEncoding;
+use lettre::message::Body;
+
+/// The body as plain 7-bit text when it is valid as such (ASCII, no line
+/// over RFC 5322's 998 characters), so hashes and commands stay whole for
+/// anyone reading the raw message; encoded otherwise. (lettre's own choice
+/// encodes every line over 76 characters.)
+pub(super) fn plain_body(text: &str) -> Body {
+    const LINE_MAX: usize = 998;
+    let plain = text.is_ascii() && !text.contains(['\0', '\r']) && text.lines().all(|l| l.len() <= LINE_MAX);
+    if plain {
+        Body::dangerous_pre_encoded(
+            text.replace('\n', "\r\n").into_bytes(),
+            ContentTransferEncoding::SevenBit,
+        )
+    } else {
+        Body::new(text.to_string())
+    }
+}
+
+/// `os=linux arch=x86_64`: the system a build is for.
+fn target(job: &JobRequest) -> String {
+    let mut parts = Vec::new();
+    for key in ["os", "arch"] {
+        if let Some(c) = job.requirements.get(key) {
+            parts.push(format!("{key}{c}"));
+        }
+    }
+    if parts.is_empty() {
+        "any system".into()
+    } else {
+        parts.join(" ")
+    }
+}
+
+fn options_line(options: &BTreeMap<String, String>) -> String {
+    if options.is_empty() {
+        return "(none)".into();
+    }
+    options
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+pub(super) fn compose_done(job: &JobRequest, settlement: &Settlement) -> (String, String) {
+    let Settlement::Done { attestation, holders } = settlement else {
+        return compose_failed(job, settlement, None);
+    };
+    let Ok(a) = attestation.verify() else {
+        return compose_failed(job, settlement, None);
+    };
+    let builder = crate::net::identity::peer_id_of(&a.worker)
+        .map(|p| p.to_string())
+        .unwrap_or_else(|| a.worker.to_string());
+    let seconds = a.finished_at_ms.saturating_sub(a.started_at_ms) as f64 / 1000.0;
+    let subject = format!(
+        "kiln: {} {} for {} is built",
+        job.recipe_name,
+        job.recipe_version,
+        target(job)
+    );
+    // In lines a mail client shows whole.
+    let hex = kiln_protocol::hash::to_hex(&wire::canonical(attestation));
+    let signed = hex
+        .as_bytes()
+        .chunks(64)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let body = format!(
+        "Your build of {name} {version} for {target} is ready.\n\
+         \n\
+         Artifact:   {artifact}\n\
+         Size:       {bytes} bytes ({size})\n\
+         Fetch it:   kiln fetch {artifact} -o {name}-{version}.tar\n\
+         Check it:   b3sum {name}-{version}.tar  (prints {artifact})\n\
+         Options:    {options}\n\
+         Requires:   {requirements}\n\
+         Built by:   worker {builder}\n\
+         Build time: {seconds:.1} s\n\
+         Held by:    {holders} peers\n\
+         Build key:  {build_key}\n\
+         Build log:  kiln fetch {log}\n\
+         \n\
+         Attestation, signed by the worker's ed25519 key {worker}:\n\
+         recipe {recipe}, system digest {system}, started {started} ms, finished {finished} ms (unix time).\n\
+         Signed envelope (hex):\n{signed}\n",
+        name = job.recipe_name,
+        version = job.recipe_version,
+        target = target(job),
+        artifact = a.artifact,
+        bytes = a.artifact_bytes,
+        size = kiln_protocol::system::format_bytes(a.artifact_bytes),
+        options = options_line(&job.options),
+        requirements = job.requirements,
+        build_key = job.build_key,
+        log = a.log,
+        worker = a.worker,
+        recipe = a.recipe_id,
+        system = a.system_digest,
+        started = a.started_at_ms,
+        finished = a.finished_at_ms,
+    );
+    (subject, body)
+}
+
+pub(super) fn compose_failed(job: &JobRequest, settlement: &Settlement, log_tail: Option<&str>) -> (String, String) {
+    let (reason, log, attempts) = match settlement {
+        Settlement::Failed {
+            reason, log, attempts, ..
+        } => (reason.clone(), *log, *attempts),
+        Settlement::Done { .. } => ("the build's attestation does not verify".to_string(), None, 0),
+    };
+    let subject = format!(
+        "kiln: {} {} for {} failed",
+        job.recipe_name,
+        job.recipe_version,
+        target(job)
+    );
+    let log_line = log.map(|l| format!("Full log:   kiln fetch {l}\n")).unwrap_or_default();
+    let tail = log_tail
+        .map(|t| format!("\nThe last lines of its log:\n\n{t}\n"))
+        .unwrap_or_default();
+    let body = format!(
+        "Your build of {name} {version} for {target} failed.\n\
+         \n\
+         What failed: {reason}\n\
+         Attempts:   {attempts}\n\
+         Options:    {options}\n\
+         Build key:  {build_key}\n\
+         {log_line}{tail}",
+        name = job.recipe_name,
+        version = job.recipe_version,
+        target = target(job),
+        options = options_line(&job.options),
+        build_key = job.build_key,
+    );
+    (subject, body)
+}

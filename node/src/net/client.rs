@@ -1,0 +1,124 @@
+//! The cheap handle every role holds: each call sends a command to the
+//! event loop over a bounded channel and waits for its answer.
+
+use kiln_protocol::Hash;
+use libp2p::{Multiaddr, PeerId};
+use tokio::sync::{mpsc, oneshot};
+
+use super::NetError;
+
+pub(crate) enum Command {
+    Provide {
+        hash: Hash,
+        reply: oneshot::Sender<Result<(), NetError>>,
+    },
+    /// Withdraw these keys: the store no longer holds them.
+    StopProviding {
+        hashes: Vec<Hash>,
+    },
+    Providers {
+        hash: Hash,
+        reply: oneshot::Sender<Result<Vec<PeerId>, NetError>>,
+    },
+    Publish {
+        topic: &'static str,
+        bytes: Vec<u8>,
+        reply: oneshot::Sender<Result<(), NetError>>,
+    },
+    ConnectedPeers {
+        reply: oneshot::Sender<Vec<PeerId>>,
+    },
+    Dial {
+        peer: PeerId,
+        addresses: Vec<Multiaddr>,
+    },
+    PutRecord {
+        key: Hash,
+        value: Vec<u8>,
+        reply: oneshot::Sender<Result<(), NetError>>,
+    },
+    GetRecord {
+        key: Hash,
+        reply: oneshot::Sender<Result<Option<Vec<u8>>, NetError>>,
+    },
+}
+
+/// A cheap handle to the network.
+#[derive(Clone)]
+pub struct NetClient {
+    commands: mpsc::Sender<Command>,
+    stream: libp2p_stream::Control,
+    peer_id: PeerId,
+}
+
+impl NetClient {
+    pub(super) fn new(commands: mpsc::Sender<Command>, stream: libp2p_stream::Control, peer_id: PeerId) -> NetClient {
+        NetClient {
+            commands,
+            stream,
+            peer_id,
+        }
+    }
+
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// A handle for opening and accepting streams.
+    pub fn stream_control(&self) -> libp2p_stream::Control {
+        self.stream.clone()
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, NetError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(make(reply)).await.map_err(|_| NetError::Stopped)?;
+        answer.await.map_err(|_| NetError::Stopped)
+    }
+
+    /// Announces in the DHT that this node holds `hash`.
+    pub async fn provide(&self, hash: Hash) -> Result<(), NetError> {
+        self.ask(|reply| Command::Provide { hash, reply }).await?
+    }
+
+    /// Stops announcing these blobs (the store no longer holds them). Never
+    /// waits: a full command queue drops the request, which the next
+    /// re-announcement then repeats harmlessly (see `blobs::announce`).
+    pub fn stop_providing(&self, hashes: Vec<Hash>) -> Result<(), NetError> {
+        self.commands
+            .try_send(Command::StopProviding { hashes })
+            .map_err(|_| NetError::Busy)
+    }
+
+    /// Finds the peers that announced `hash` (not this node), dialling the
+    /// first [`super::PROVIDERS_PER_QUERY_MAX`] of them.
+    pub async fn providers(&self, hash: Hash) -> Result<Vec<PeerId>, NetError> {
+        self.ask(|reply| Command::Providers { hash, reply }).await?
+    }
+
+    /// Publishes already signed and encoded gossip on `topic`.
+    pub async fn publish(&self, topic: &'static str, bytes: Vec<u8>) -> Result<(), NetError> {
+        self.ask(|reply| Command::Publish { topic, bytes, reply }).await?
+    }
+
+    pub async fn connected_peers(&self) -> Result<Vec<PeerId>, NetError> {
+        self.ask(|reply| Command::ConnectedPeers { reply }).await
+    }
+
+    /// Connects to `peer` at these addresses (if not connected already).
+    pub async fn dial(&self, peer: PeerId, addresses: Vec<Multiaddr>) -> Result<(), NetError> {
+        self.commands
+            .send(Command::Dial { peer, addresses })
+            .await
+            .map_err(|_| NetError::Stopped)
+    }
+
+    /// Stores a value in the DHT under `key`'s multihash (Kademlia record).
+    pub async fn put_record(&self, key: Hash, value: Vec<u8>) -> Result<(), NetError> {
+        self.ask(|reply| Command::PutRecord { key, value, reply }).await?
+    }
+
+    /// The first value found in the DHT under `key`'s multihash, if any.
+    pub async fn get_record(&self, key: Hash) -> Result<Option<Vec<u8>>, NetError> {
+        self.ask(|reply| Command::GetRecord { key, reply }).await?
+    }
+}

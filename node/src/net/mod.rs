@@ -1,0 +1,152 @@
+//! The swarm and its event loop. One task owns the `Swarm`; everything else
+//! holds a cheap [`NetClient`] and talks to the loop over a bounded command
+//! channel, each command carrying a oneshot for its answer (the shape of
+//! rust-libp2p's `examples/file-sharing`).
+//!
+//! Every node runs identify, ping, Kademlia (server mode, `/kiln/kad/1.0.0`),
+//! gossipsub with message validation, and the blob stream protocol; a
+//! bootstrap peer also runs a relay server. Bootstrap peers are redialled
+//! when they go away, and provider records are announced again when a
+//! bootstrap peer comes back (it may have lost them).
+//!
+//! - [`client`]: the handle ([`NetClient`]) and the commands it sends;
+//! - `swarm`: the behaviours and the event loop that owns the swarm;
+//! - [`frames`]: length-prefixed frames on streams, and opening a stream
+//!   with a time limit;
+//! - [`identity`]: the node key in the data dir.
+//!
+//! Not for: anything a role decides. The network moves bytes, keeps DHT
+//! queries bounded and reports events; it never reads the store.
+
+use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, PeerId, StreamProtocol};
+use tokio::sync::mpsc;
+
+use kiln_protocol::messages::{topics, Gossip};
+use kiln_protocol::{PublicKey, SecretKey};
+
+pub mod client;
+pub(crate) mod frames;
+pub mod identity;
+mod swarm;
+
+pub use client::NetClient;
+pub use swarm::EventLoop;
+
+pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/kiln/kad/1.0.0");
+pub const BLOB_PROTOCOL: StreamProtocol = StreamProtocol::new("/kiln/blob/1");
+pub const WORK_PROTOCOL: StreamProtocol = StreamProtocol::new("/kiln/work/1");
+pub const COORD_PROTOCOL: StreamProtocol = StreamProtocol::new("/kiln/coord/1");
+const IDENTIFY_PROTOCOL: &str = "/kiln/id/1.0.0";
+/// Commands waiting for the event loop.
+pub(crate) const COMMANDS_MAX: usize = 256;
+/// Events waiting for the roles; past this, gossip is dropped (and logged).
+pub(crate) const EVENTS_MAX: usize = 1024;
+/// Most provider lookups in flight at once.
+pub(crate) const PROVIDER_QUERIES_MAX: usize = 64;
+/// Providers one lookup keeps (and dials); the query ends once it has
+/// them. A fetch downloads from each with several streams, so more would
+/// not make it faster, and a key announced by thousands of peers must not
+/// make one lookup dial them all.
+pub const PROVIDERS_PER_QUERY_MAX: usize = 16;
+/// How long a provider lookup may take.
+pub(crate) const PROVIDERS_QUERY_MS_MAX: u64 = 20_000;
+/// Invalid gossip messages tolerated from one peer before it is blacklisted.
+pub(crate) const INVALID_GOSSIP_MAX: u32 = 8;
+/// Keys this node may announce as a provider.
+pub(crate) const PROVIDED_KEYS_MAX: usize = 1_000_000;
+/// How often missing bootstrap connections are redialled.
+pub(crate) const REDIAL_MS: u64 = 2_000;
+
+/// Why a network operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("the network task has stopped")]
+    Stopped,
+    #[error("cannot listen on {addr}: {reason}; pick another address or port")]
+    Listen { addr: Multiaddr, reason: String },
+    #[error("cannot set up the network transport: {0}")]
+    Transport(String),
+    #[error("{0:?} is not a usable bootstrap address: it must end in /p2p/PEER_ID (as printed by `kiln-bootstrap`)")]
+    BootstrapAddress(Multiaddr),
+    #[error("too many lookups in flight; try again")]
+    Busy,
+    #[error("cannot publish gossip: {0}")]
+    Publish(String),
+    #[error("cannot announce as a provider: {0}")]
+    Provide(String),
+}
+
+/// Parses a multiaddr given on the command line, saying what one looks
+/// like when it is not one (a common first mistake: `127.0.0.1:4001`).
+pub fn parse_multiaddr(text: &str) -> Result<Multiaddr, String> {
+    text.trim().parse().map_err(|e| {
+        format!("{text:?} is not a multiaddr ({e}): write addresses as /ip4/127.0.0.1/tcp/4001, and a peer to join as the full /ip4/.../tcp/.../p2p/PEER_ID line kiln-bootstrap or kiln node prints")
+    })
+}
+
+/// libp2p's TCP listeners share ports (SO_REUSEPORT), so a second process
+/// told to listen on a port already taken would quietly share it. A plain
+/// bind first catches that: a port given explicitly must be free.
+fn check_port_free(addr: &Multiaddr) -> Result<(), NetError> {
+    let mut ip = None;
+    let mut port = None;
+    for protocol in addr.iter() {
+        match protocol {
+            Protocol::Ip4(a) => ip = Some(std::net::IpAddr::V4(a)),
+            // A plain IPv6 bind is dual-stack and would also take the IPv4
+            // port: only IPv4 addresses are checked.
+            Protocol::Tcp(p) => port = Some(p),
+            _ => {}
+        }
+    }
+    let (Some(ip), Some(port)) = (ip, port) else {
+        return Ok(());
+    };
+    if port == 0 {
+        return Ok(());
+    }
+    match std::net::TcpListener::bind((ip, port)) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(NetError::Listen {
+            addr: addr.clone(),
+            reason: format!("{e} (another process listens there?)"),
+        }),
+    }
+}
+
+/// What the network tells the roles.
+#[derive(Debug)]
+pub enum NetEvent {
+    /// A full listen address, `/ip4/.../tcp/.../p2p/PEER_ID`.
+    Listening(Multiaddr),
+    /// A valid, signed gossip message.
+    Gossip {
+        topic: String,
+        from: PeerId,
+        /// The author's key (the peer id `from` is made of).
+        signer: PublicKey,
+        message: Box<Gossip>,
+    },
+    PeerConnected(PeerId),
+    PeerDisconnected(PeerId),
+    /// A dial to a bootstrap peer failed, and why.
+    BootstrapUnreachable(PeerId, String),
+}
+
+/// How to start the network.
+pub struct NetConfig {
+    pub key: SecretKey,
+    pub listen: Vec<Multiaddr>,
+    pub bootstrap: Vec<Multiaddr>,
+    /// Run a relay server (bootstrap peers do).
+    pub relay_server: bool,
+    /// Answer DHT queries (long-lived nodes); an ephemeral client doesn't.
+    pub dht_server: bool,
+}
+
+/// Starts listening and dialling; returns the client, the event stream and
+/// the loop, which the caller spawns.
+pub fn start(config: NetConfig) -> Result<(NetClient, mpsc::Receiver<NetEvent>, EventLoop), NetError> {
+    swarm::start(config)
+}

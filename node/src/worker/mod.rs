@@ -1,0 +1,208 @@
+//! The worker role (`kiln node --contribute`): takes assignments over
+//! `/kiln/work/1`, decides by its contributor's policy whether to build,
+//! fetches the recipe and its source by hash, builds in the sandbox, stores
+//! the artifact and the log, signs an attestation, announces the blobs, and
+//! reports how the build ended over gossip. It also advertises what it is
+//! and how much it can take, and refreshes that advert.
+//!
+//! The decision (`decide`) is a plain function: tested without a network.
+//!
+//! - `policy`: the contributor's rules and the decision;
+//! - `build`: one assigned build, from fetching its inputs to its outcome;
+//! - [`sandbox`]: running a build's steps isolated (bubblewrap);
+//! - [`system`]: what this machine is, probed at start.
+//!
+//! Not for: choosing which jobs exist or who builds them (the coordinator).
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kiln_protocol::messages::{
+    encode_gossip, topics, Gossip, GossipV1, JobRequest, WorkReply, WorkReplyV1, WorkRequest, WorkerAdvert,
+};
+use kiln_protocol::{Hash, SecretKey, SystemInfo};
+use kiln_store::Store;
+use tracing::{info, warn};
+
+use crate::net::frames::{read_frame, write_frame};
+use crate::net::{NetClient, WORK_PROTOCOL};
+use sandbox::Sandbox;
+
+mod build;
+mod policy;
+pub mod sandbox;
+pub mod system;
+
+pub use policy::{busy_because, decide, load_average, Trust, WorkerPolicy, IDLE_LOAD_PER_CPU_MAX};
+
+/// How long a coordinator may take to send its assignment on a new stream.
+const ASSIGN_MS_MAX: u64 = 30_000;
+/// Assignment streams handled at once (each reads one small request).
+const ASSIGN_STREAMS_MAX: usize = 16;
+/// How often the worker advertises itself.
+const ADVERT_MS: u64 = 2_000;
+
+/// A running worker.
+pub struct Worker {
+    pub net: NetClient,
+    pub store: Store,
+    pub sandbox: Sandbox,
+    pub key: SecretKey,
+    pub system: SystemInfo,
+    pub policy: WorkerPolicy,
+    running: AtomicU32,
+    /// Build keys of the builds running now (the lease heartbeat).
+    building: std::sync::Mutex<BTreeSet<Hash>>,
+    sequence: AtomicU64,
+}
+
+impl Worker {
+    pub fn new(
+        net: NetClient,
+        store: Store,
+        sandbox: Sandbox,
+        key: SecretKey,
+        system: SystemInfo,
+        policy: WorkerPolicy,
+    ) -> Worker {
+        if matches!(policy.trust, Trust::AnyRecipe) {
+            warn!("--trust-any-recipe: this worker runs recipes from anyone, in the sandbox");
+        }
+        if let Some(problem) = sandbox.isolation_problem() {
+            warn!(
+                problem,
+                "this worker cannot isolate builds and will refuse every assignment"
+            );
+        }
+        Worker {
+            net,
+            store,
+            sandbox,
+            key,
+            system,
+            policy,
+            running: AtomicU32::new(0),
+            building: Default::default(),
+            sequence: AtomicU64::new(0),
+        }
+    }
+
+    /// Starts accepting assignments; the protocol is registered before this
+    /// returns.
+    pub fn spawn_server(self: Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let incoming = self.net.stream_control().accept(WORK_PROTOCOL);
+        tokio::spawn(async move {
+            match incoming {
+                Ok(incoming) => self.serve(incoming).await,
+                Err(e) => warn!(error = %e, "work protocol already served"),
+            }
+        })
+    }
+
+    async fn serve(self: Arc<Self>, mut incoming: libp2p_stream::IncomingStreams) {
+        let permits = Arc::new(tokio::sync::Semaphore::new(ASSIGN_STREAMS_MAX));
+        while let Some((peer, mut stream)) = incoming.next().await {
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                warn!(peer = %peer, "too many assignment streams at once; dropping one");
+                continue;
+            };
+            let worker = self.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let request = match read_frame::<WorkRequest>(&mut stream, ASSIGN_MS_MAX).await {
+                    Ok(Some(request)) => request,
+                    Ok(None) => return,
+                    Err(e) => {
+                        warn!(peer = %peer, error = %e, "bad assignment");
+                        return;
+                    }
+                };
+                let WorkRequest::AssignV1 { job, attempt } = request;
+                let verdict = match &worker.policy.coordinators {
+                    Some(trusted) if !trusted.contains(&peer) => Err(format!(
+                        "this worker takes work only from the coordinators it trusts (--trust-coordinator), and {peer} is not one"
+                    )),
+                    _ => worker.take(&job),
+                };
+                let reply = match &verdict {
+                    Ok(()) => WorkReplyV1::Accepted,
+                    Err(reason) => WorkReplyV1::Refused { reason: reason.clone() },
+                };
+                info!(peer = %peer, job = %job.build_key, ?reply, "assignment");
+                let _ = write_frame(&mut stream, &WorkReply::V1(reply)).await;
+                drop(stream);
+                if verdict.is_ok() {
+                    worker.build(job, attempt, peer).await;
+                }
+            });
+        }
+    }
+
+    /// Why an idle-only worker waits right now (its own builds excluded:
+    /// only checked while none of them runs), if it does.
+    fn busy(&self) -> Option<String> {
+        if !self.policy.idle_only || self.running.load(Ordering::SeqCst) > 1 {
+            return None;
+        }
+        busy_because(load_average()?, self.system.cpus)
+    }
+
+    /// Decides, and counts the job as running if taken.
+    fn take(&self, job: &JobRequest) -> Result<(), String> {
+        if let Some(problem) = self.sandbox.isolation_problem() {
+            return Err(format!("worker cannot isolate builds: {problem}"));
+        }
+        let running = self.running.fetch_add(1, Ordering::SeqCst);
+        let verdict = decide(&self.policy, &self.system, job, running, self.busy());
+        if verdict.is_err() {
+            self.running.fetch_sub(1, Ordering::SeqCst);
+        }
+        verdict
+    }
+
+    fn building(&self) -> Vec<Hash> {
+        self.building
+            .lock()
+            .map(|b| b.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    fn set_building(&self, build_key: Hash, running: bool) {
+        if let Ok(mut building) = self.building.lock() {
+            if running {
+                building.insert(build_key);
+            } else {
+                building.remove(&build_key);
+            }
+        }
+    }
+
+    /// Runs an assigned job; `from` (the coordinator) holds its inputs.
+    /// Advertises this worker every few seconds until the network stops.
+    pub async fn advertise(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(ADVERT_MS));
+        loop {
+            tick.tick().await;
+            let advert = WorkerAdvert {
+                system: self.system.clone(),
+                max_jobs: self.policy.max_jobs,
+                running_jobs: self.running.load(Ordering::SeqCst),
+                waiting_because: self
+                    .sandbox
+                    .isolation_problem()
+                    .map(|p| format!("cannot isolate builds: {p}")),
+                sequence: self.sequence.fetch_add(1, Ordering::SeqCst),
+                running: self.building(),
+            };
+            let Ok(bytes) = encode_gossip(&self.key, &Gossip::V1(GossipV1::Worker(advert))) else {
+                continue;
+            };
+            if let Err(e) = self.net.publish(topics::WORKERS, bytes).await {
+                tracing::debug!(error = %e, "worker advert not published");
+            }
+        }
+    }
+}
