@@ -205,3 +205,43 @@ fn contributing_without_a_trust_rule_is_a_clear_error() {
     );
     let _ = is_listen_line;
 }
+
+/// Regression: a worker used to hold one of its 16 assignment-stream
+/// permits for the whole of each build, so with `--max-jobs` above 16 the
+/// offers past 16 running builds were dropped unanswered.
+#[test]
+fn a_worker_answers_offers_past_sixteen_running_builds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_boot, boot_addr) = start_bootstrap(&tmp.path().join("boot"));
+    let (_w, peer) = worker(
+        "worker",
+        &tmp.path().join("w"),
+        &boot_addr,
+        &["--trust-any-recipe", "--max-jobs", "20"],
+    );
+    let recipe = concat!(env!("CARGO_MANIFEST_DIR"), "/recipes/sleep/recipe.toml");
+    let mut command = Command::new(bin("kiln-assign"));
+    command
+        .arg(tmp.path().join("c"))
+        .arg(&boot_addr)
+        .arg(recipe)
+        .arg("unsigned")
+        .arg(&peer)
+        .env("KILN_ASSIGN_JOBS", "18");
+    let mut coordinator = Proc::spawn("assign", command);
+    // Each build sleeps 20 s: all 18 offers arrive while 16 or more run.
+    // An offer the worker drops is never answered, and this times out.
+    let answered = std::cell::Cell::new(0);
+    coordinator.wait_line(START, |l| {
+        if l.starts_with("accepted ") || l.starts_with("refused ") {
+            answered.set(answered.get() + 1);
+        }
+        answered.get() == 18
+    });
+    let accepted = coordinator
+        .seen
+        .iter()
+        .filter(|l| **l == format!("accepted {peer}"))
+        .count();
+    assert_eq!(accepted, 18, "answers: {:?}", coordinator.seen);
+}

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kiln_protocol::messages::{JobRequest, Settlement, WorkReply, WorkReplyV1, WorkRequest};
-use kiln_protocol::{Attestation, PublicKey, Recipe, Signed, Source};
+use kiln_protocol::{Attestation, Hash, PublicKey, Recipe, Signed, Source};
 use kiln_store::Store;
 use libp2p::PeerId;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::blobs;
 use crate::blobs::NoProgress;
@@ -39,6 +39,28 @@ pub(super) fn release_if_replicated(store: &Store, me: &PublicKey, settlement: &
             info!(blob = %hash, "another peer holds this build now; unpinned here (kept as a cache)");
         }
     }
+}
+
+/// Unpins a recipe and its source once no open job uses them: they stay
+/// in the store as a cache, evictable under the cap. Reads the recipe off
+/// the runtime (store work is blocking).
+pub(super) fn release_inputs(store: &Store, recipe_id: Hash) {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || {
+        let source = store
+            .read(&recipe_id)
+            .ok()
+            .and_then(|bytes| Recipe::from_canonical_bytes(&bytes).ok())
+            .and_then(|recipe| match recipe.source {
+                Source::Blob(source) => Some(source),
+                _ => None,
+            });
+        for hash in std::iter::once(recipe_id).chain(source) {
+            if let Err(e) = store.unpin(&hash) {
+                warn!(blob = %hash, error = %e, "an input of an ended job stays pinned");
+            }
+        }
+    });
 }
 
 /// Fetches a job's recipe and source (from `hints` first), checks the

@@ -160,7 +160,9 @@ impl Coordinator {
     pub(super) fn ended(&mut self, job: Job, settlement: &Settlement) {
         let build_key = job.request.build_key;
         self.accepted_at_ms.remove(&build_key);
-        let _ = self.store.unpin(&job.request.recipe_id);
+        if !self.schedule.uses_recipe(&job.request.recipe_id) {
+            release_inputs(&self.store, job.request.recipe_id);
+        }
         let phase = match settlement {
             Settlement::Done { attestation, .. } => {
                 info!(job = %build_key, "done");

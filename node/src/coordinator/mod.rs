@@ -179,6 +179,7 @@ pub fn spawn(
             net: net.clone(),
             store: store.clone(),
             inputs: tx.clone(),
+            watch_permits: Arc::new(tokio::sync::Semaphore::new(server::WATCH_STREAMS_MAX)),
         };
         tokio::spawn(async move {
             match incoming {

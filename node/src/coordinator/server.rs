@@ -1,6 +1,8 @@
 //! The `/kiln/coord/1` server: one task per stream, at most so many at
 //! once, each reading one request and asking the coordinator task for the
-//! answer. A watch holds its stream for as long as the build runs.
+//! answer. A watch holds its stream for as long as the build runs, so it
+//! trades its request permit for one of a separate, larger pool of watch
+//! permits: watchers can never starve submissions and status requests.
 
 use std::sync::Arc;
 
@@ -22,6 +24,8 @@ use crate::net::NetClient;
 const COORD_STREAMS_MAX: usize = 64;
 /// How long a peer may take to send its request on a new stream.
 const REQUEST_MS_MAX: u64 = 10_000;
+/// Watch streams held open at once (each a requester following a build).
+pub(super) const WATCH_STREAMS_MAX: usize = 1024;
 /// Phase changes queued for one watcher before it is dropped.
 const WATCH_EVENTS_MAX: usize = 64;
 
@@ -30,6 +34,8 @@ pub(super) struct Server {
     pub(super) net: NetClient,
     pub(super) store: Store,
     pub(super) inputs: mpsc::Sender<Input>,
+    /// Permits for watch streams, apart from the request permits.
+    pub(super) watch_permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl Server {
@@ -42,7 +48,6 @@ impl Server {
             };
             let server = self.clone();
             tokio::spawn(async move {
-                let _permit = permit;
                 let request =
                     match read_frame_max::<CoordRequest, COORD_FRAME_BYTES_MAX>(&mut stream, REQUEST_MS_MAX).await {
                         Ok(Some(request)) => request,
@@ -52,11 +57,35 @@ impl Server {
                             return;
                         }
                     };
-                if let Err(e) = server.answer(peer, request, &mut stream).await {
+                let answered = match request {
+                    CoordRequest::WatchV1 { build_key } => {
+                        drop(permit);
+                        server.watch_held(build_key, &mut stream).await
+                    }
+                    request => {
+                        let answered = server.answer(peer, request, &mut stream).await;
+                        drop(permit);
+                        answered
+                    }
+                };
+                if let Err(e) = answered {
                     debug!(peer = %peer, error = %e, "coordinator stream ended");
                 }
             });
         }
+    }
+
+    /// A watch, under a watch permit (refused, with the reason, when every
+    /// one is taken).
+    pub(super) async fn watch_held(&self, build_key: Hash, stream: &mut libp2p::Stream) -> std::io::Result<()> {
+        let Ok(_permit) = self.watch_permits.clone().try_acquire_owned() else {
+            let reason = format!(
+                "this coordinator already streams {WATCH_STREAMS_MAX} builds to watchers; try `kiln status` instead, or watch again later"
+            );
+            let reply = CoordReply::V1(CoordReplyV1::Refused { reason });
+            return write_frame_max::<_, COORD_FRAME_BYTES_MAX>(stream, &reply).await;
+        };
+        self.watch(build_key, stream).await
     }
 
     pub(super) async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Input) -> Option<T> {
@@ -74,7 +103,7 @@ impl Server {
         let reply = match request {
             CoordRequest::SubmitV1 { job, accept_versions } => self.submit(peer, *job, accept_versions).await,
             CoordRequest::StatusV1 => self.ask(|reply| Input::Status { reply }).await.unwrap_or_else(stopping),
-            CoordRequest::WatchV1 { build_key } => return self.watch(build_key, stream).await,
+            CoordRequest::WatchV1 { build_key } => return self.watch_held(build_key, stream).await,
             CoordRequest::SyncV1 { after } => self
                 .ask(|reply| Input::Sync { after, reply })
                 .await

@@ -104,41 +104,49 @@ impl Worker {
 
     async fn serve(self: Arc<Self>, mut incoming: libp2p_stream::IncomingStreams) {
         let permits = Arc::new(tokio::sync::Semaphore::new(ASSIGN_STREAMS_MAX));
-        while let Some((peer, mut stream)) = incoming.next().await {
+        while let Some((peer, stream)) = incoming.next().await {
             let Ok(permit) = permits.clone().try_acquire_owned() else {
                 warn!(peer = %peer, "too many assignment streams at once; dropping one");
                 continue;
             };
             let worker = self.clone();
             tokio::spawn(async move {
-                let _permit = permit;
-                let request = match read_frame::<WorkRequest>(&mut stream, ASSIGN_MS_MAX).await {
-                    Ok(Some(request)) => request,
-                    Ok(None) => return,
-                    Err(e) => {
-                        warn!(peer = %peer, error = %e, "bad assignment");
-                        return;
-                    }
-                };
-                let WorkRequest::AssignV1 { job, attempt } = request;
-                let verdict = match &worker.policy.coordinators {
-                    Some(trusted) if !trusted.contains(&peer) => Err(format!(
-                        "this worker takes work only from the coordinators it trusts (--trust-coordinator), and {peer} is not one"
-                    )),
-                    _ => worker.take(&job),
-                };
-                let reply = match &verdict {
-                    Ok(()) => WorkReplyV1::Accepted,
-                    Err(reason) => WorkReplyV1::Refused { reason: reason.clone() },
-                };
-                info!(peer = %peer, job = %job.build_key, ?reply, "assignment");
-                let _ = write_frame(&mut stream, &WorkReply::V1(reply)).await;
-                drop(stream);
-                if verdict.is_ok() {
+                // The permit bounds streams still being read and answered,
+                // not builds (`--max-jobs` bounds those): it is let go
+                // before the build starts.
+                let taken = worker.answer(peer, stream).await;
+                drop(permit);
+                if let Some((job, attempt)) = taken {
                     worker.build(job, attempt, peer).await;
                 }
             });
         }
+    }
+
+    /// Reads one assignment from `peer` and answers it; the job if taken.
+    async fn answer(&self, peer: libp2p::PeerId, mut stream: libp2p::Stream) -> Option<(JobRequest, u32)> {
+        let request = match read_frame::<WorkRequest>(&mut stream, ASSIGN_MS_MAX).await {
+            Ok(Some(request)) => request,
+            Ok(None) => return None,
+            Err(e) => {
+                warn!(peer = %peer, error = %e, "bad assignment");
+                return None;
+            }
+        };
+        let WorkRequest::AssignV1 { job, attempt } = request;
+        let verdict = match &self.policy.coordinators {
+            Some(trusted) if !trusted.contains(&peer) => Err(format!(
+                "this worker takes work only from the coordinators it trusts (--trust-coordinator), and {peer} is not one"
+            )),
+            _ => self.take(&job),
+        };
+        let reply = match &verdict {
+            Ok(()) => WorkReplyV1::Accepted,
+            Err(reason) => WorkReplyV1::Refused { reason: reason.clone() },
+        };
+        info!(peer = %peer, job = %job.build_key, ?reply, "assignment");
+        let _ = write_frame(&mut stream, &WorkReply::V1(reply)).await;
+        verdict.ok().map(|()| (job, attempt))
     }
 
     /// Why an idle-only worker waits right now (its own builds excluded:

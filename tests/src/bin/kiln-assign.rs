@@ -5,6 +5,9 @@
 //!
 //! kiln-assign DATA_DIR BOOTSTRAP RECIPE.toml signed|unsigned WORKER_PEER...
 //!
+//! With `KILN_ASSIGN_JOBS=N` (for the sleep recipe), it instead assigns N
+//! distinct jobs (`-o n=1..N -o secs=20`) to the first worker, all at once.
+//!
 //! Prints: `publisher KEY`, `job BUILD_KEY`, then per worker `accepted PEER`
 //! or `refused PEER: REASON`, then `done WORKER_KEY ARTIFACT LOG` or
 //! `failed WORKER_KEY LOG REASON` as outcomes arrive, and
@@ -70,6 +73,20 @@ async fn main() {
         requested_at_ms: 0,
     };
     println!("job {}", job.build_key);
+    if let Ok(count) = std::env::var("KILN_ASSIGN_JOBS") {
+        for n in 1..=count.parse::<u32>().unwrap() {
+            let chosen = [("n".to_string(), n.to_string()), ("secs".to_string(), "20".to_string())];
+            let options = recipe.resolve_options(&chosen).unwrap();
+            let job = JobRequest {
+                build_key: build_key(&recipe_id, &options, &recipe.requirements),
+                options,
+                ..job.clone()
+            };
+            let (net, worker) = (net.clone(), workers[0]);
+            tokio::spawn(async move { assign(&net, worker, &job).await });
+        }
+        std::future::pending::<()>().await;
+    }
     let job = Arc::new(job);
     for worker in workers {
         let (net, job) = (net.clone(), job.clone());

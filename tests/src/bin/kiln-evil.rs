@@ -7,6 +7,8 @@
 //! kiln-evil huge      --data-dir D --bootstrap B FILE   claim FILE is an absurdly large blob
 //! kiln-evil garbage   --data-dir D --bootstrap B PEER    send bad gossip and bad frames to PEER
 //! kiln-evil settle    --data-dir D --bootstrap B KEY     gossip, signed as itself, that job KEY failed
+//! kiln-evil watch     --data-dir D --bootstrap B ADDR:KEY,KEY  hold 40 watch streams per open job KEY on coordinator PEER
+//! kiln-evil range     --data-dir D --bootstrap B ADDR:HASH:LEN  ask the peer at ADDR for LEN bytes of HASH, print the answer
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -53,6 +55,8 @@ async fn main() {
         "corrupt" | "die-after" | "huge" => serve_file(net, PathBuf::from(target), &mode, mode_arg).await,
         "garbage" => garbage(net, target.parse().unwrap()).await,
         "settle" => settle(net, secret, target.parse().unwrap()).await,
+        "watch" => watch(net, &target).await,
+        "range" => range(net, &target).await,
         other => panic!("unknown mode {other}"),
     }
 }
@@ -197,4 +201,83 @@ async fn garbage(net: NetClient, target: PeerId) {
     println!("frames sent");
     let _ = Hash::of(b"");
     std::future::pending::<()>().await;
+}
+
+/// Opens 40 watch streams per open job on the coordinator, more in all than
+/// its 64 request permits, and holds them: submissions and status must
+/// still be answered.
+async fn watch(net: NetClient, target: &str) {
+    let (addr, keys) = target.split_once(':').unwrap();
+    let coordinator = dial(&net, addr).await;
+    let mut held = Vec::new();
+    for key in keys.split(',') {
+        let build_key: Hash = key.parse().unwrap();
+        for _ in 0..40 {
+            let mut control = net.stream_control();
+            let mut stream = control.open_stream(coordinator, COORD_PROTOCOL).await.unwrap();
+            let request = kiln_protocol::coord::CoordRequest::WatchV1 { build_key };
+            stream
+                .write_all(&messages::encode_frame(&request).unwrap())
+                .await
+                .unwrap();
+            stream.flush().await.unwrap();
+            // The first answer (the job's phase) says the watch is held.
+            let mut header = [0u8; 4];
+            stream.read_exact(&mut header).await.unwrap();
+            let mut body = vec![0u8; u32::from_le_bytes(header) as usize];
+            stream.read_exact(&mut body).await.unwrap();
+            held.push(stream);
+        }
+    }
+    println!("watching {}", held.len());
+    std::future::pending::<()>().await;
+}
+
+/// Dials a peer at its full address (`/ip4/.../p2p/PEER`); its peer id.
+async fn dial(net: &NetClient, addr: &str) -> PeerId {
+    let addr: Multiaddr = addr.parse().unwrap();
+    let Some(libp2p::multiaddr::Protocol::P2p(peer)) = addr.iter().last() else {
+        panic!("{addr} names no peer");
+    };
+    net.dial(peer, vec![addr]).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !net.connected_peers().await.unwrap().contains(&peer) {
+        assert!(Instant::now() < deadline, "cannot connect to {peer}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    peer
+}
+
+/// Asks a provider for one range and prints its answer's kind.
+async fn range(net: NetClient, target: &str) {
+    let mut parts = target.split(':');
+    let peer = dial(&net, parts.next().unwrap()).await;
+    let hash: Hash = parts.next().unwrap().parse().unwrap();
+    let length: u64 = parts.next().unwrap().parse().unwrap();
+    let mut control = net.stream_control();
+    let mut stream = control.open_stream(peer, BLOB_PROTOCOL).await.unwrap();
+    let request = BlobRequest::V1 {
+        hash,
+        offset: 0,
+        length,
+    };
+    stream
+        .write_all(&messages::encode_frame(&request).unwrap())
+        .await
+        .unwrap();
+    stream.flush().await.unwrap();
+    let mut header = [0u8; 4];
+    stream.read_exact(&mut header).await.unwrap();
+    let mut frame = header.to_vec();
+    frame.resize(4 + u32::from_le_bytes(header) as usize, 0);
+    stream.read_exact(&mut frame[4..]).await.unwrap();
+    let (reply, _): (BlobReply, usize) = messages::decode_frame(&frame).unwrap().unwrap();
+    let kind = match reply {
+        BlobReply::V1(BlobReplyV1::Data { .. }) => "data",
+        BlobReply::V1(BlobReplyV1::BadRange { .. }) => "bad range",
+        BlobReply::V1(BlobReplyV1::NotFound) => "not found",
+        BlobReply::V1(_) => "other",
+    };
+    println!("answer {kind}");
+    std::process::exit(0);
 }

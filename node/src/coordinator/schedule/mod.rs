@@ -187,6 +187,9 @@ pub struct Schedule {
     matching: HashMap<Hash, Arc<[PublicKey]>>,
     /// Jobs built or given up, not yet settled.
     ended: BTreeSet<Hash>,
+    /// Open jobs per recipe id: a recipe (and its source) is an input to
+    /// hold while any open job uses it.
+    recipes: HashMap<Hash, u32>,
     next_sequence: u64,
 }
 
@@ -283,7 +286,15 @@ impl Schedule {
             }
             JobState::Assigned { .. } => {}
         }
-        self.jobs.insert(job.request.build_key, Box::new(job));
+        let recipe_id = job.request.recipe_id;
+        if self.jobs.insert(job.request.build_key, Box::new(job)).is_none() {
+            *self.recipes.entry(recipe_id).or_insert(0) += 1;
+        }
+    }
+
+    /// Whether an open job uses this recipe.
+    pub fn uses_recipe(&self, recipe_id: &Hash) -> bool {
+        self.recipes.contains_key(recipe_id)
     }
 
     /// Removes an ended job.
@@ -291,6 +302,12 @@ impl Schedule {
         self.ended.remove(build_key);
         let job = self.jobs.remove(build_key)?;
         self.queue.remove(&job.sequence);
+        if let Some(count) = self.recipes.get_mut(&job.request.recipe_id) {
+            *count -= 1;
+            if *count == 0 {
+                self.recipes.remove(&job.request.recipe_id);
+            }
+        }
         if let JobState::Assigned { worker, .. } = &job.state {
             if let Some(entry) = self.workers.get_mut(worker) {
                 entry.assigned.remove(build_key);
