@@ -56,6 +56,29 @@ pub struct JobRequest {
     pub requested_at_ms: u64,
 }
 
+impl JobRequest {
+    /// The recipe this job names, from its canonical bytes, checked against
+    /// the job: the bytes are the recipe `recipe_id` names, the job's
+    /// options are the recipe's options resolved, and the build key is
+    /// theirs. The coordinator checks this before it holds a job's inputs,
+    /// and a worker before it builds.
+    pub fn check_recipe(&self, canonical: &[u8]) -> Result<crate::recipe::Recipe, String> {
+        let recipe = crate::recipe::Recipe::from_canonical_bytes(canonical)
+            .map_err(|e| format!("recipe {} is not valid: {e}", self.recipe_id))?;
+        if recipe.id() != self.recipe_id {
+            return Err(format!("the recipe's bytes are not recipe {}", self.recipe_id));
+        }
+        let chosen: Vec<(String, String)> = self.options.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let resolved = recipe.resolve_options(&chosen).map_err(|e| e.to_string())?;
+        if resolved != self.options
+            || crate::build_key(&self.recipe_id, &resolved, &self.requirements) != self.build_key
+        {
+            return Err("the job's build key does not match its recipe, options and requirements".into());
+        }
+        Ok(recipe)
+    }
+}
+
 /// A worker saying what it is and how much it can take.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerAdvert {

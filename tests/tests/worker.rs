@@ -1,7 +1,7 @@
 //! Workers, with real processes: a contributed machine takes an assignment
 //! over the work protocol, builds the recipe in its sandbox, and reports a
 //! signed outcome over gossip. (A stand-in, `kiln-assign`, plays the
-//! coordinator until the coordinator role exists.)
+//! coordinator, so a test can offer exactly the jobs it wants.)
 
 // Test code: a panic is a failed assertion.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

@@ -288,8 +288,6 @@ async fn request_range(
         Some(BlobReply::V1(BlobReplyV1::Data { length: sent, .. })) => Err(ProviderFault::Lying(format!(
             "sent {sent} bytes for a range of {length}"
         ))),
-        Some(BlobReply::V1(BlobReplyV1::NotFound)) => Err(ProviderFault::Missing("does not hold the blob".into())),
-        Some(other) => Err(ProviderFault::Missing(format!("answered {other:?}"))),
-        None => Err(ProviderFault::Missing("closed the stream".into())),
+        other => Err(ProviderFault::Missing(super::unexpected(other.as_ref()))),
     }
 }

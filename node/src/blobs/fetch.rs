@@ -110,7 +110,11 @@ async fn fetch_with(
         .copied()
         .filter(|p| !matches!(faults.get(p), Some(ProviderFault::Lying(_))))
         .collect();
-    let partial = store.begin_partial(&hash, blob_bytes)?;
+    // Creating (or reopening) the partial file syncs it: off the runtime.
+    let opening = store.clone();
+    let partial = tokio::task::spawn_blocking(move || opening.begin_partial(&hash, blob_bytes))
+        .await
+        .map_err(|e| FetchError::Writer(e.to_string()))??;
     let missing = missing_range_indexes(&partial.missing_ranges(), blob_bytes);
     let missing_bytes: u64 = missing.iter().map(|i| ranges::range_len(blob_bytes, *i)).sum();
     if missing_bytes < blob_bytes {
@@ -203,7 +207,7 @@ async fn ask_outline(net: &NetClient, peer: PeerId, hash: Hash) -> Result<(u64, 
         .await
         .map_err(io)?;
     let Some(BlobReply::V1(BlobReplyV1::RangeHashes { blob_bytes, count })) = reply else {
-        return Err(ProviderFault::Missing(format!("answered {reply:?}")));
+        return Err(ProviderFault::Missing(super::unexpected(reply.as_ref())));
     };
     let Some(expected) = ranges::range_hash_count(blob_bytes) else {
         return Err(ProviderFault::Lying(format!(

@@ -21,7 +21,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use kiln_protocol::Hash;
+use kiln_protocol::messages::JobRequest;
+use kiln_protocol::{Hash, Recipe};
 use kiln_store::Store;
 use tracing::warn;
 
@@ -62,6 +63,37 @@ enum ProviderFault {
 pub trait Progress: Send + Sync {
     fn start(&self, total_bytes: u64, done_bytes: u64);
     fn advance(&self, bytes: u64);
+}
+
+/// Reads a job's recipe from the store (off the runtime) and checks it
+/// against the job ([`JobRequest::check_recipe`]).
+pub async fn job_recipe(store: &Store, job: &JobRequest) -> Result<Recipe, String> {
+    let (store, job) = (store.clone(), job.clone());
+    tokio::task::spawn_blocking(move || {
+        let bytes = store
+            .read(&job.recipe_id)
+            .map_err(|e| format!("cannot read the recipe: {e}"))?;
+        job.check_recipe(&bytes)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+/// What a provider's unexpected answer means, in words.
+fn unexpected(reply: Option<&kiln_protocol::messages::BlobReply>) -> String {
+    use kiln_protocol::messages::{BlobReply, BlobReplyV1};
+    match reply {
+        None => "closed the stream without answering".into(),
+        Some(BlobReply::V1(BlobReplyV1::NotFound)) => "does not hold the blob".into(),
+        Some(BlobReply::V1(BlobReplyV1::Busy { retry_after_ms })) => {
+            format!("is serving too many fetches (asked to come back in {retry_after_ms} ms)")
+        }
+        Some(BlobReply::V1(BlobReplyV1::BadRange { blob_bytes })) => {
+            format!("refused the range (it says the blob has {blob_bytes} bytes)")
+        }
+        Some(BlobReply::V1(BlobReplyV1::Data { .. })) => "sent data where an outline was due".into(),
+        Some(BlobReply::V1(BlobReplyV1::RangeHashes { .. })) => "sent range hashes where data was due".into(),
+    }
 }
 
 /// Progress that shows nothing.

@@ -69,16 +69,7 @@ pub async fn hold_inputs(net: &NetClient, store: &Store, job: &JobRequest, hints
     blobs::fetch_from(net, store, job.recipe_id, hints, Arc::new(NoProgress))
         .await
         .map_err(|e| format!("cannot fetch the recipe {}: {e}", job.recipe_id))?;
-    let bytes = store
-        .read(&job.recipe_id)
-        .map_err(|e| format!("cannot read the recipe: {e}"))?;
-    let recipe =
-        Recipe::from_canonical_bytes(&bytes).map_err(|e| format!("recipe {} is not valid: {e}", job.recipe_id))?;
-    let chosen: Vec<(String, String)> = job.options.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    let resolved = recipe.resolve_options(&chosen).map_err(|e| e.to_string())?;
-    if resolved != job.options {
-        return Err("the job's options are not the recipe's options resolved".into());
-    }
+    let recipe = blobs::job_recipe(store, job).await?;
     let reason = format!("input of job {}", job.build_key);
     let _ = store.pin(&job.recipe_id, &reason);
     if let Source::Blob(source) = &recipe.source {

@@ -47,21 +47,16 @@ impl Coordinator {
 
     /// A finished build of the same recipe name, options and requirements
     /// as `job`, whose version lies in `range` (the newest such).
-    pub(super) fn built_in_range(&self, job: &JobRequest, range: &VersionRange) -> Option<Vec<Signed<Attestation>>> {
-        let records = self.store.records(RecordTable::Results).ok()?;
-        let found = records
-            .iter()
-            .filter_map(|(key, bytes)| {
-                let record: ResultRecord = wire::decode::<_, { kiln_store::RECORD_VALUE_BYTES_MAX }>(bytes).ok()?;
-                let same = record.recipe_name == job.recipe_name
-                    && record.options == job.options
-                    && record.requirements == job.requirements
-                    && matches!(record.settlement, Settlement::Done { .. })
-                    && range.contains(&record.recipe_version);
-                let key: [u8; 32] = key.as_slice().try_into().ok()?;
-                same.then_some((record.recipe_version, Hash::from_bytes(key)))
-            })
-            .max_by(|a, b| kiln_protocol::system::compare_versions(&a.0, &b.0))?;
+    pub(super) async fn built_in_range(
+        &self,
+        job: &JobRequest,
+        range: &VersionRange,
+    ) -> Option<Vec<Signed<Attestation>>> {
+        // A scan of every result: off the runtime, like all store scans.
+        let (store, wanted, within) = (self.store.clone(), job.clone(), range.clone());
+        let found = tokio::task::spawn_blocking(move || newest_built(&store, &wanted, &within))
+            .await
+            .ok()??;
         info!(job = %job.build_key, version = found.0, range = %range, "an accepted version is already built");
         self.built(&found.1)
     }
@@ -156,4 +151,23 @@ pub(super) struct ResultRecord {
     pub(super) recipe_version: String,
     pub(super) options: std::collections::BTreeMap<String, String>,
     pub(super) requirements: kiln_protocol::Requirements,
+}
+
+/// The newest finished build of `job`'s recipe name, options and
+/// requirements whose version lies in `range`: its version and build key.
+fn newest_built(store: &Store, job: &JobRequest, range: &VersionRange) -> Option<(String, Hash)> {
+    let records = store.records(RecordTable::Results).ok()?;
+    records
+        .iter()
+        .filter_map(|(key, bytes)| {
+            let record: ResultRecord = wire::decode::<_, { kiln_store::RECORD_VALUE_BYTES_MAX }>(bytes).ok()?;
+            let same = record.recipe_name == job.recipe_name
+                && record.options == job.options
+                && record.requirements == job.requirements
+                && matches!(record.settlement, Settlement::Done { .. })
+                && range.contains(&record.recipe_version);
+            let key: [u8; 32] = key.as_slice().try_into().ok()?;
+            same.then_some((record.recipe_version, Hash::from_bytes(key)))
+        })
+        .max_by(|a, b| kiln_protocol::system::compare_versions(&a.0, &b.0))
 }

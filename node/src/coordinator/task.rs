@@ -195,18 +195,7 @@ impl Coordinator {
                 accept_versions,
                 reply,
             } => {
-                let build_key = job.build_key;
-                let answer = if !self.acting {
-                    Lookup::NotCoordinator(self.contact(now))
-                } else if let Some(attestations) = self.built(&build_key) {
-                    Lookup::Built(attestations)
-                } else if let Some(attestations) = accept_versions.and_then(|range| self.built_in_range(&job, &range)) {
-                    Lookup::Built(attestations)
-                } else if self.schedule.job(&build_key).is_some() {
-                    Lookup::Open
-                } else {
-                    Lookup::New
-                };
+                let answer = self.lookup(&job, accept_versions, now).await;
                 let _ = reply.send(answer);
             }
             Input::Submit { job, reply } => {
@@ -228,21 +217,8 @@ impl Coordinator {
                 events,
                 reply,
             } => {
-                if !self.acting {
-                    let _ = reply.send(self.contact(now).or(Some(Contact {
-                        peer: self.key.public(),
-                        addresses: vec![],
-                    })));
-                    return;
-                }
-                let _ = events.try_send(self.phase(&build_key));
-                let watchers = self.watchers.len();
-                let list = self.watchers.entry(build_key).or_default();
-                list.retain(|w| !w.is_closed());
-                if list.len() < WATCHERS_PER_BUILD_MAX && watchers < WATCHED_BUILDS_MAX {
-                    list.push(events);
-                }
-                let _ = reply.send(None);
+                let answer = self.watch(build_key, events, now);
+                let _ = reply.send(answer);
             }
             Input::Assignment {
                 build_key,
@@ -258,21 +234,7 @@ impl Coordinator {
             Input::Sync { after, reply } => {
                 let _ = reply.send(self.sync_page(after));
             }
-            Input::Synced { from, jobs, done } => {
-                let Some(jobs) = jobs else {
-                    self.syncing = false;
-                    self.sync_not_before_ms = now + SYNC_RETRY_MS;
-                    return;
-                };
-                for job in jobs {
-                    self.heard_job(job, from);
-                }
-                if done {
-                    self.syncing = false;
-                    self.synced_with = Some(from);
-                    info!(coordinator = %from, jobs = self.schedule.open_jobs(), "caught up with the coordinator's open jobs");
-                }
-            }
+            Input::Synced { from, jobs, done } => self.synced(from, jobs, done, now),
             Input::Replicated { build_key, result } => {
                 self.replicating.remove(&build_key);
                 match result {
@@ -284,6 +246,64 @@ impl Coordinator {
                     }
                 }
             }
+        }
+    }
+
+    /// What a submission finds: another coordinator, a finished build (of
+    /// this version or an accepted one), an open job, or nothing yet.
+    async fn lookup(&self, job: &JobRequest, accept_versions: Option<VersionRange>, now: u64) -> Lookup {
+        let build_key = job.build_key;
+        if !self.acting {
+            return Lookup::NotCoordinator(self.contact(now));
+        }
+        if let Some(attestations) = self.built(&build_key) {
+            return Lookup::Built(attestations);
+        }
+        if let Some(range) = accept_versions {
+            if let Some(attestations) = self.built_in_range(job, &range).await {
+                return Lookup::Built(attestations);
+            }
+        }
+        if self.schedule.job(&build_key).is_some() {
+            Lookup::Open
+        } else {
+            Lookup::New
+        }
+    }
+
+    /// Adds a watcher of `build_key` (it gets the current phase at once);
+    /// a standby names the coordinator to watch instead.
+    fn watch(&mut self, build_key: Hash, events: mpsc::Sender<JobPhase>, now: u64) -> Option<Contact> {
+        if !self.acting {
+            return self.contact(now).or(Some(Contact {
+                peer: self.key.public(),
+                addresses: vec![],
+            }));
+        }
+        let _ = events.try_send(self.phase(&build_key));
+        let watchers = self.watchers.len();
+        let list = self.watchers.entry(build_key).or_default();
+        list.retain(|w| !w.is_closed());
+        if list.len() < WATCHERS_PER_BUILD_MAX && watchers < WATCHED_BUILDS_MAX {
+            list.push(events);
+        }
+        None
+    }
+
+    /// A page of the coordinator's open jobs arrived (or the fetch failed).
+    fn synced(&mut self, from: PeerId, jobs: Option<Vec<JobRequest>>, done: bool, now: u64) {
+        let Some(jobs) = jobs else {
+            self.syncing = false;
+            self.sync_not_before_ms = now + SYNC_RETRY_MS;
+            return;
+        };
+        for job in jobs {
+            self.heard_job(job, from);
+        }
+        if done {
+            self.syncing = false;
+            self.synced_with = Some(from);
+            info!(coordinator = %from, jobs = self.schedule.open_jobs(), "caught up with the coordinator's open jobs");
         }
     }
 }

@@ -21,7 +21,9 @@ impl Mailer {
     /// Delivers what is due (when this node coordinates), forgets old
     /// deliveries and counts what is left.
     pub(super) async fn deliver_due(&self) {
-        let Ok(records) = self.store.records(RecordTable::Outbox) else {
+        // A scan of the whole outbox, every tick: off the runtime.
+        let store = self.store.clone();
+        let Ok(Ok(records)) = tokio::task::spawn_blocking(move || store.records(RecordTable::Outbox)).await else {
             return;
         };
         let acting = self.acting.load(Ordering::SeqCst);

@@ -92,7 +92,9 @@ impl Dashboard {
                         .ok_or("the coordinator's peer id is not valid")?;
                     match crate::coord_client::ask_peer(&self.net, peer, &CoordRequest::StatusV1).await {
                         Ok((CoordReplyV1::Status(report), _)) => Ok((peer, report)),
-                        Ok((other, _)) => Err(format!("the coordinator {peer} answered {other:?}")),
+                        Ok((_, _)) => Err(format!(
+                            "the coordinator {peer} did not send its status; this page refreshes until it does"
+                        )),
                         Err(e) => Err(format!("cannot reach the coordinator {peer}: {e}")),
                     }
                 }

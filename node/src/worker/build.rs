@@ -3,13 +3,13 @@
 //! artifact and the log, sign the attestation, and report the outcome.
 
 use libp2p::PeerId;
-use std::collections::BTreeMap;
+
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use kiln_protocol::messages::{encode_gossip, topics, BuildOutcome, Gossip, GossipV1, JobRequest};
-use kiln_protocol::{build_key, Attestation, Hash, Recipe, SecretKey, Signed, Source};
+use kiln_protocol::{Attestation, Hash, Recipe, SecretKey, Signed, Source};
 use tracing::{info, warn};
 
 use crate::blobs;
@@ -124,9 +124,11 @@ impl Worker {
             let _ = std::fs::remove_file(path);
         }
         let result = result.map_err(|e| failure(e.to_string()))?;
-        let (log, _) = self
-            .store
-            .put_bytes(&result.log, None)
+        // Storing hashes and fsyncs: off the runtime.
+        let (store, log_bytes) = (self.store.clone(), result.log.clone());
+        let (log, _) = tokio::task::spawn_blocking(move || store.put_bytes(&log_bytes, None))
+            .await
+            .map_err(|e| failure(e.to_string()))?
             .map_err(|e| failure(format!("cannot store the log: {e}")))?;
         let _ = self.net.provide(log).await;
         let BuildStatus::Succeeded { artifact } = &result.status else {
@@ -136,12 +138,20 @@ impl Worker {
                 aborted: false,
             });
         };
-        let (artifact, artifact_bytes) = self.store.put_file(artifact, None).map_err(|e| JobFailure {
+        let (store, built) = (self.store.clone(), artifact.clone());
+        let stored = tokio::task::spawn_blocking(move || {
+            let stored = store.put_file(&built, None)?;
+            store.pin(&stored.0, "built here; kept until replicated")?;
+            Ok::<_, kiln_store::StoreError>(stored)
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|stored| stored.map_err(|e| e.to_string()));
+        let (artifact, artifact_bytes) = stored.map_err(|e| JobFailure {
             reason: format!("cannot store the artifact: {e}"),
             log: Some(log),
             aborted: false,
         })?;
-        let _ = self.store.pin(&artifact, "built here; kept until replicated");
         let _ = self.net.provide(artifact).await;
         let attestation = Attestation {
             build_key: job.build_key,
@@ -165,20 +175,7 @@ impl Worker {
     /// Fetches the recipe by its id and checks the job against it.
     pub(super) async fn load_recipe(&self, job: &JobRequest, from: PeerId) -> Result<Recipe, JobFailure> {
         self.fetch(job.recipe_id, "recipe", from).await?;
-        let bytes = self
-            .store
-            .read(&job.recipe_id)
-            .map_err(|e| failure(format!("cannot read the recipe: {e}")))?;
-        let recipe = Recipe::from_canonical_bytes(&bytes)
-            .map_err(|e| failure(format!("recipe {} is not valid: {e}", job.recipe_id)))?;
-        let chosen: Vec<(String, String)> = job.options.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        let resolved: BTreeMap<String, String> = recipe.resolve_options(&chosen).map_err(|e| failure(e.to_string()))?;
-        if resolved != job.options || build_key(&job.recipe_id, &resolved, &job.requirements) != job.build_key {
-            return Err(failure(
-                "the job's build key does not match its recipe, options and requirements",
-            ));
-        }
-        Ok(recipe)
+        blobs::job_recipe(&self.store, job).await.map_err(failure)
     }
 
     /// Fetches an input, from `from` first, then from the DHT's providers.
@@ -211,8 +208,10 @@ impl Worker {
                     .dir()
                     .join("builds")
                     .join(format!("source-{}.tar", job.build_key));
-                self.store
-                    .export(hash, &path)
+                let (store, hash, target) = (self.store.clone(), *hash, path.clone());
+                tokio::task::spawn_blocking(move || store.export(&hash, &target))
+                    .await
+                    .map_err(|e| failure(e.to_string()))?
                     .map_err(|e| failure(format!("cannot prepare the source: {e}")))?;
                 Ok(SourceInput::Archive(path))
             }

@@ -1,5 +1,5 @@
-//! A stand-in coordinator for worker tests (until the coordinator role
-//! exists): publishes a recipe and its source, assigns the job to the
+//! A stand-in coordinator for worker tests (it drives one worker directly,
+//! without an election or a queue): publishes a recipe and its source, assigns the job to the
 //! given workers over `/kiln/work/1`, and prints what they answer and how
 //! their builds end (from the results gossip). Never shipped.
 //!
