@@ -17,11 +17,19 @@ use libp2p::{PeerId, Stream};
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
-use super::fetch::{FETCH_IO_MS_MAX, STREAMS_PER_PROVIDER, STREAM_FAILURES_MAX, WRITES_QUEUED_MAX};
 use super::{Progress, ProviderFault};
 use crate::metrics::{Metrics, METRICS};
 use crate::net::frames::{open_stream, read_frame};
 use crate::net::{NetClient, BLOB_PROTOCOL};
+
+/// How long a fetcher waits for any answer or any piece of data.
+pub(super) const FETCH_IO_MS_MAX: u64 = 15_000;
+/// Streams a fetcher opens to each provider.
+pub(super) const STREAMS_PER_PROVIDER: usize = 4;
+/// Failed streams one download task tolerates before it gives up.
+pub(super) const STREAM_FAILURES_MAX: u32 = 3;
+/// Ranges written to the partial blob but not yet handed to the writer.
+pub(super) const WRITES_QUEUED_MAX: usize = 16;
 
 pub(super) fn write_ranges(
     mut partial: kiln_store::PartialBlob,

@@ -17,20 +17,13 @@ use libp2p::PeerId;
 use tokio::sync::Notify;
 use tracing::{debug, info};
 
-use super::download::{download_from, write_ranges, BufferPool, Plan};
+use super::download::{
+    download_from, write_ranges, BufferPool, Plan, FETCH_IO_MS_MAX, STREAMS_PER_PROVIDER, STREAM_FAILURES_MAX,
+    WRITES_QUEUED_MAX,
+};
 use super::{FetchError, Progress, ProviderFault};
 use crate::net::frames::{open_stream, read_frame};
 use crate::net::{NetClient, BLOB_PROTOCOL};
-
-/// How long a fetcher waits for any answer or any piece of data.
-pub(super) const FETCH_IO_MS_MAX: u64 = 15_000;
-/// Streams a fetcher opens to each provider.
-pub(super) const STREAMS_PER_PROVIDER: usize = 4;
-/// Streams a fetcher opens to each provider.
-/// Failed streams one download task tolerates before it gives up.
-pub(super) const STREAM_FAILURES_MAX: u32 = 3;
-/// Ranges written to the partial blob but not yet handed to the writer.
-pub(super) const WRITES_QUEUED_MAX: usize = 16;
 
 /// Fetches `hash` into `store` from whichever providers the DHT knows,
 /// resuming what an earlier interrupted fetch left behind. Returns the
