@@ -412,6 +412,8 @@ fn init_logging(default: &str) {
     tracing::debug!(filter = shown, "log filter (RUST_LOG, -q or -v)");
 }
 
+/// One arm per subcommand, each turning its flags into one call; long
+/// because the list of subcommands is.
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Node {

@@ -14,6 +14,8 @@ use super::*;
 use crate::net::identity::peer_id_of;
 
 impl Coordinator {
+    /// One arm per gossip message, each saying whose word it takes; long
+    /// because the list of messages is, not because any arm is.
     pub(super) async fn on_gossip(&mut self, signer: PublicKey, message: Gossip, now: u64) {
         let Gossip::V1(message) = message;
         let Some(peer) = peer_id_of(&signer) else {

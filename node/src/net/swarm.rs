@@ -253,6 +253,8 @@ impl EventLoop {
         }
     }
 
+    /// One arm per [`Command`], each a call into a behaviour and a bounded
+    /// map of pending answers; long because the list of commands is.
     fn on_command(&mut self, command: Command) {
         match command {
             Command::Provide { hash, reply } => {
