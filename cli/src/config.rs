@@ -45,8 +45,39 @@ pub fn apply<C: CommandFactory>(args: Vec<OsString>, file: &Path) -> anyhow::Res
         .parse()
         .with_context(|| format!("the config file {} is not valid TOML", file.display()))?;
     let root = C::command();
-    // The command path: the leading words that name subcommands.
-    let mut command = &root;
+    let (command, names, position) = command_path(&root, &args);
+    if names.is_empty() {
+        return Ok(args);
+    }
+    check_keys(&root, &table, file)?;
+    let mut added = Vec::new();
+    for (key, value, general) in settings(&table, &names) {
+        let Some(arg) = command.get_arguments().find(|a| a.get_long() == Some(key.as_str())) else {
+            // Top-level keys apply only where the flag exists.
+            if general {
+                continue;
+            }
+            bail!(
+                "the config file {} sets {key:?} for `kiln {}`, which has no --{key} flag; `kiln {} --help` lists them",
+                file.display(),
+                names.join(" "),
+                names.join(" ")
+            );
+        };
+        if given(arg, &args, &key) {
+            continue;
+        }
+        added.extend(as_arguments(file, &key, value)?);
+    }
+    let mut out = args;
+    out.splice(position..position, added);
+    Ok(out)
+}
+
+/// The command `args` run: the command itself, the words naming it
+/// (`["recipe", "options"]`), and where its own arguments begin.
+fn command_path<'a>(root: &'a clap::Command, args: &[OsString]) -> (&'a clap::Command, Vec<String>, usize) {
+    let mut command = root;
     let mut names = Vec::new();
     let mut position = 1;
     let mut i = 0;
@@ -75,27 +106,35 @@ pub fn apply<C: CommandFactory>(args: Vec<OsString>, file: &Path) -> anyhow::Res
             None => break,
         }
     }
-    if names.is_empty() {
-        return Ok(args);
-    }
-    for (key, value) in &table {
+    (command, names, position)
+}
+
+/// Every table names a command and every top-level key a flag of some
+/// command: a misspelling is an error, not a setting quietly ignored.
+fn check_keys(root: &clap::Command, table: &toml::Table, file: &Path) -> anyhow::Result<()> {
+    for (key, value) in table {
         if value.is_table() && root.find_subcommand(key).is_none() {
             bail!(
                 "the config file {} has a [{key}] table, but kiln has no `{key}` command",
                 file.display()
             );
         }
-        if !value.is_table() && !any_command_has(&root, key) {
+        if !value.is_table() && !any_command_has(root, key) {
             bail!(
                 "the config file {} sets {key:?}, which is no flag of any kiln command (a misspelling?); `kiln help COMMAND` lists the flags",
                 file.display()
             );
         }
     }
-    // Top-level settings (`general`), then each table along the command
-    // path, the more specific winning.
+    Ok(())
+}
+
+/// The settings for the command `names` run: top-level ones (marked
+/// general), then each table along the command path, the more specific
+/// winning.
+fn settings(table: &toml::Table, names: &[String]) -> Vec<(String, toml::Value, bool)> {
     let mut settings: Vec<(String, toml::Value, bool)> = Vec::new();
-    let mut scope = Some(&table);
+    let mut scope = Some(table);
     for depth in 0..=names.len() {
         if depth > 0 {
             scope = scope
@@ -108,49 +147,39 @@ pub fn apply<C: CommandFactory>(args: Vec<OsString>, file: &Path) -> anyhow::Res
             settings.push((key.clone(), value.clone(), depth == 0));
         }
     }
-    let mut added = Vec::new();
-    for (key, value, general) in settings {
-        let Some(arg) = command.get_arguments().find(|a| a.get_long() == Some(key.as_str())) else {
-            // Top-level keys apply only where the flag exists.
-            if general {
-                continue;
+    settings
+}
+
+/// Whether `--key` was typed or set through its environment variable:
+/// then the file does not set it.
+fn given(arg: &clap::Arg, args: &[OsString], key: &str) -> bool {
+    let flag = format!("--{key}");
+    let typed = args.iter().any(|a| {
+        a.to_str()
+            .is_some_and(|a| a == flag || a.starts_with(&format!("{flag}=")))
+    });
+    let from_env = arg
+        .get_env()
+        .is_some_and(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()));
+    typed || from_env
+}
+
+/// A setting as the arguments that would have set it.
+fn as_arguments(file: &Path, key: &str, value: toml::Value) -> anyhow::Result<Vec<OsString>> {
+    let flag = OsString::from(format!("--{key}"));
+    Ok(match value {
+        toml::Value::Boolean(true) => vec![flag],
+        toml::Value::Boolean(false) => Vec::new(),
+        toml::Value::Array(items) => {
+            let mut out = Vec::new();
+            for item in items {
+                out.push(flag.clone());
+                out.push(OsString::from(scalar(file, key, &item)?));
             }
-            bail!(
-                "the config file {} sets {key:?} for `kiln {}`, which has no --{key} flag; `kiln {} --help` lists them",
-                file.display(),
-                names.join(" "),
-                names.join(" ")
-            );
-        };
-        let flag = format!("--{key}");
-        let typed = args.iter().any(|a| {
-            a.to_str()
-                .is_some_and(|a| a == flag || a.starts_with(&format!("{flag}=")))
-        });
-        let from_env = arg
-            .get_env()
-            .is_some_and(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()));
-        if typed || from_env {
-            continue;
+            out
         }
-        match value {
-            toml::Value::Boolean(true) => added.push(OsString::from(&flag)),
-            toml::Value::Boolean(false) => {}
-            toml::Value::Array(items) => {
-                for item in items {
-                    added.push(OsString::from(&flag));
-                    added.push(OsString::from(scalar(file, &key, &item)?));
-                }
-            }
-            other => {
-                added.push(OsString::from(&flag));
-                added.push(OsString::from(scalar(file, &key, &other)?));
-            }
-        }
-    }
-    let mut out = args;
-    out.splice(position..position, added);
-    Ok(out)
+        other => vec![flag, OsString::from(scalar(file, key, &other)?)],
+    })
 }
 
 /// Whether `command` or any command under it has the flag `--long`.

@@ -146,7 +146,6 @@ async fn demo(dir: &Path, network: &mut Network) -> anyhow::Result<()> {
     if let Some(problem) = probe.isolation_problem() {
         bail!("builds cannot be isolated on this machine ({problem}); install bubblewrap (apt-get install bubblewrap) and run `kiln demo` again");
     }
-
     // The recipe, signed by a publisher key made for the demo.
     let recipe_dir = dir.join("hello-c");
     std::fs::create_dir_all(recipe_dir.join("src"))?;
@@ -156,6 +155,42 @@ async fn demo(dir: &Path, network: &mut Network) -> anyhow::Result<()> {
     let publisher = kiln_node::identity::load_or_create_at(&dir.join("publisher.key"))?;
     crate::sign_recipe_file(&recipe, &publisher)?;
 
+    let (boot, coordinator_dir) = start_farm(dir, network, publisher.public()).await?;
+    wait_for_workers(dir, &boot).await?;
+
+    say(&format!(
+        "kiln request --email {EMAIL} --recipe hello-c/recipe.toml -o greeting=loud --wait"
+    ));
+    let artifact = crate::request::run(crate::request::RequestArgs {
+        emails: vec![EMAIL.to_string()],
+        recipe: recipe.display().to_string(),
+        options: vec!["greeting=loud".to_string()],
+        targets: vec![],
+        bootstrap: vec![boot.clone()],
+        wait: true,
+        fetch: None,
+        json: false,
+        accept_versions: None,
+    })
+    .await?
+    .context("the request ended without an artifact")?;
+
+    let mail = wait_for_mail(&coordinator_dir.join("outbox")).await?;
+    say(&format!("the mail to {EMAIL} ({})", mail.display()));
+    println!("{}", std::fs::read_to_string(&mail)?.replace("\r\n", "\n").trim_end());
+    fetch_and_run(dir, &boot, artifact).await?;
+    say("done: requested, built in a sandbox, mailed, fetched by hash and verified, run");
+    Ok(())
+}
+
+/// Starts the bootstrap peer, the coordinator (with the dashboard) and the
+/// workers, which trust `publisher`; the bootstrap address and the
+/// coordinator's data dir.
+async fn start_farm(
+    dir: &Path,
+    network: &mut Network,
+    publisher: kiln_protocol::PublicKey,
+) -> anyhow::Result<(Multiaddr, PathBuf)> {
     let boot = network
         .start(
             "bootstrap peer",
@@ -186,7 +221,7 @@ async fn demo(dir: &Path, network: &mut Network) -> anyhow::Result<()> {
     say(&format!("coordinator     {coordinator}"));
     say(&format!("dashboard       http://{dashboard}/ (while the demo runs)"));
     for n in 1..=WORKERS {
-        let trusted = [publisher.public()].into_iter().collect();
+        let trusted = [publisher].into_iter().collect();
         let worker = network
             .start(
                 &format!("worker {n}"),
@@ -207,32 +242,15 @@ async fn demo(dir: &Path, network: &mut Network) -> anyhow::Result<()> {
             .await?;
         say(&format!("worker {n}        {worker}"));
     }
-    wait_for_workers(dir, &boot).await?;
+    Ok((boot, coordinator_dir))
+}
 
-    say(&format!(
-        "kiln request --email {EMAIL} --recipe hello-c/recipe.toml -o greeting=loud --wait"
-    ));
-    let artifact = crate::request::run(crate::request::RequestArgs {
-        emails: vec![EMAIL.to_string()],
-        recipe: recipe.display().to_string(),
-        options: vec!["greeting=loud".to_string()],
-        targets: vec![],
-        bootstrap: vec![boot.clone()],
-        wait: true,
-        fetch: None,
-        json: false,
-        accept_versions: None,
-    })
-    .await?
-    .context("the request ended without an artifact")?;
-
-    let mail = wait_for_mail(&coordinator_dir.join("outbox")).await?;
-    say(&format!("the mail to {EMAIL} ({})", mail.display()));
-    println!("{}", std::fs::read_to_string(&mail)?.replace("\r\n", "\n").trim_end());
-
+/// Fetches the artifact by hash on a fresh node, unpacks it and runs the
+/// program the network built.
+async fn fetch_and_run(dir: &Path, boot: &Multiaddr, artifact: Hash) -> anyhow::Result<()> {
     say(&format!("kiln fetch {artifact} -o hello.tar   (on a fresh node)"));
     let tarball = dir.join("hello.tar");
-    fetch(dir, &boot, artifact, &tarball).await?;
+    fetch(dir, boot, artifact, &tarball).await?;
     let unpacked = dir.join("hello");
     tar::Archive::new(std::fs::File::open(&tarball)?)
         .unpack(&unpacked)
@@ -245,7 +263,6 @@ async fn demo(dir: &Path, network: &mut Network) -> anyhow::Result<()> {
     if !output.status.success() {
         bail!("the built program failed: {}", output.status);
     }
-    say("done: requested, built in a sandbox, mailed, fetched by hash and verified, run");
     Ok(())
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::{bin, kiln, start_node, wait_until, Proc};
+use crate::{bin, kiln, start_node, Proc};
 
 /// Long enough for any build here (each takes seconds) plus a lease expiry.
 pub const BUILD: Duration = Duration::from_secs(120);
@@ -81,12 +81,19 @@ pub fn status(boot: &str) -> Value {
     serde_json::from_str(&out).unwrap()
 }
 
-/// Polls `kiln status` until `condition` holds for it.
+/// Polls `kiln status` until `condition` holds for it; on a timeout the
+/// failure shows the last status seen.
 pub fn wait_status(boot: &str, what: &str, condition: impl Fn(&Value) -> bool) -> Value {
-    let mut last = Value::Null;
-    wait_until(BUILD, what, || {
-        last = status(boot);
-        condition(&last)
-    });
-    last
+    let deadline = std::time::Instant::now() + BUILD;
+    loop {
+        let last = status(boot);
+        if condition(&last) {
+            return last;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {BUILD:?} waiting for {what}; the last status: {last}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

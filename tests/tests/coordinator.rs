@@ -198,7 +198,9 @@ fn a_worker_killed_mid_build_loses_the_job_to_another_worker() {
         s["workers"].as_array().is_some_and(|w| w.len() == 2)
     });
 
-    let mut follower = request_waiting("follower", &boot, &recipe("sleep"), "a@example.org", &["-o", "secs=8"]);
+    // Long enough that polling `kiln status` sees it building even when
+    // the machine is loaded (each poll is a new client process).
+    let mut follower = request_waiting("follower", &boot, &recipe("sleep"), "a@example.org", &["-o", "secs=20"]);
     let building = wait_status(&boot, "the job to be assigned", |s| {
         s["jobs"]
             .as_array()

@@ -9,6 +9,7 @@ use libp2p::PeerId;
 use tracing::{debug, info, warn};
 
 use super::election::Candidate;
+use super::held;
 use super::schedule::JobState;
 use super::*;
 use crate::net::identity::peer_id_of;
@@ -22,15 +23,23 @@ impl Coordinator {
             return;
         };
         match message {
-            GossipV1::Coordinator(beat) => self.election.heard(
-                peer,
-                Candidate {
-                    pinned: beat.pinned,
-                    acting: beat.acting,
-                    addresses: beat.addresses,
-                    seen_at_ms: now,
-                },
-            ),
+            GossipV1::Coordinator(beat) => {
+                self.election.heard(
+                    peer,
+                    Candidate {
+                        pinned: beat.pinned,
+                        acting: beat.acting,
+                        addresses: beat.addresses,
+                        seen_at_ms: now,
+                    },
+                );
+                if self.election.speaks_for_queue(&peer) {
+                    for settlement in self.held.take(&peer, now) {
+                        info!(peer = %peer, job = ?settlement.build_key(), "a held settlement from the coordinator, now known; taken");
+                        self.take_settlement(settlement);
+                    }
+                }
+            }
             GossipV1::Worker(advert) => {
                 for build_key in self.schedule.advert(signer, advert, now) {
                     warn!(job = %build_key, worker = %signer, "worker no longer runs its job; back in the queue");
@@ -92,12 +101,15 @@ impl Coordinator {
             }
             // Only coordinators settle jobs: the word of any other peer
             // (which could drop queued jobs or claim builds) is ignored.
-            GossipV1::Settled(settlement) if self.election.speaks_for_queue(&peer) => {
-                release_if_replicated(&self.store, &self.key.public(), &settlement);
-                self.heard_settlement(settlement);
-            }
+            GossipV1::Settled(settlement) if self.election.speaks_for_queue(&peer) => self.take_settlement(settlement),
             GossipV1::Settled(settlement) => {
-                info!(peer = %peer, job = ?settlement.build_key(), "settlement from a peer that does not coordinate; ignored");
+                info!(
+                    peer = %peer,
+                    job = ?settlement.build_key(),
+                    "settlement from a peer that does not coordinate; ignored unless its heartbeat shows it does within {} s",
+                    held::HELD_MS / 1000
+                );
+                self.held.hold(peer, settlement, now);
             }
             GossipV1::Delivered { outbox_key } => {
                 // Only the coordinator delivers mail: a receipt from any
@@ -136,6 +148,12 @@ impl Coordinator {
                 }
             });
         }
+    }
+
+    /// A settlement from a peer that speaks for the queue.
+    pub(super) fn take_settlement(&mut self, settlement: Settlement) {
+        release_if_replicated(&self.store, &self.key.public(), &settlement);
+        self.heard_settlement(settlement);
     }
 
     pub(super) fn heard_settlement(&mut self, settlement: Settlement) {

@@ -22,6 +22,8 @@
 //! - `jobs`: submitting, assigning and settling a job;
 //! - `results`: the durable queue and results, and what status shows;
 //! - `sync`: a standby's catch-up with the coordinator's open jobs;
+//! - `held`: settlements from a peer not yet known to coordinate, held
+//!   until its heartbeat says whether it does;
 //! - `effects`: the I/O a decision leads to (holding inputs, offers,
 //!   replication, releasing a replicated artifact);
 //! - [`schedule`] and [`election`]: the decisions, with no I/O.
@@ -51,6 +53,7 @@ use schedule::Schedule;
 mod effects;
 pub(crate) mod election;
 mod heard;
+mod held;
 mod jobs;
 mod results;
 pub mod schedule;
@@ -220,4 +223,6 @@ struct Coordinator {
     /// When this node accepted each open job it has not yet offered to a
     /// worker (for the dispatch-latency metric); one entry per open job.
     accepted_at_ms: HashMap<Hash, u64>,
+    /// Settlements from peers not yet known to coordinate.
+    held: held::Held,
 }

@@ -59,6 +59,7 @@ impl Coordinator {
             sync_not_before_ms: 0,
             mail,
             accepted_at_ms: HashMap::new(),
+            held: Default::default(),
         }
     }
 
@@ -126,6 +127,7 @@ impl Coordinator {
                 info!(leader = ?self.election.leader(now), "standing by; another node coordinates");
             }
         }
+        self.held.expire(now);
         self.catch_up(now);
         let lost = self.schedule.tick(now);
         for build_key in &lost {

@@ -26,11 +26,17 @@ pub(super) fn plain_body(text: &str) -> Body {
     }
 }
 
-/// `os=linux arch=x86_64`: the system a build is for.
+/// `os=linux arch=x86_64 site=lab`: the system a build is for, os and arch
+/// first, then every other requirement (`--target` labels, tools).
 fn target(job: &JobRequest) -> String {
     let mut parts = Vec::new();
     for key in ["os", "arch"] {
         if let Some(c) = job.requirements.get(key) {
+            parts.push(format!("{key}{c}"));
+        }
+    }
+    for (key, c) in job.requirements.iter() {
+        if key != "os" && key != "arch" {
             parts.push(format!("{key}{c}"));
         }
     }
@@ -39,6 +45,30 @@ fn target(job: &JobRequest) -> String {
     } else {
         parts.join(" ")
     }
+}
+
+/// The longest subject line written (a recipe may have many options).
+const SUBJECT_CHARS_MAX: usize = 200;
+
+/// `kiln: hello-c 1.0.0 for os=linux arch=x86_64 site=lab (greeting=loud)
+/// is built`: what was asked, so requests that differ in options or
+/// targets get different subjects.
+fn subject(job: &JobRequest, ended: &str) -> String {
+    let options = if job.options.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", options_line(&job.options))
+    };
+    let mut asked = format!(
+        "{} {} for {}{options}",
+        job.recipe_name,
+        job.recipe_version,
+        target(job)
+    );
+    if asked.chars().count() > SUBJECT_CHARS_MAX {
+        asked = asked.chars().take(SUBJECT_CHARS_MAX - 1).collect::<String>() + "…";
+    }
+    format!("kiln: {asked} {ended}")
 }
 
 fn options_line(options: &BTreeMap<String, String>) -> String {
@@ -63,12 +93,7 @@ pub(super) fn compose_done(job: &JobRequest, settlement: &Settlement) -> (String
         .map(|p| p.to_string())
         .unwrap_or_else(|| a.worker.to_string());
     let seconds = a.finished_at_ms.saturating_sub(a.started_at_ms) as f64 / 1000.0;
-    let subject = format!(
-        "kiln: {} {} for {} is built",
-        job.recipe_name,
-        job.recipe_version,
-        target(job)
-    );
+    let subject = subject(job, "is built");
     // In lines a mail client shows whole.
     let hex = kiln_protocol::hash::to_hex(&wire::canonical(attestation));
     let signed = hex
@@ -121,12 +146,7 @@ pub(super) fn compose_failed(job: &JobRequest, settlement: &Settlement, log_tail
         } => (reason.clone(), *log, *attempts),
         Settlement::Done { .. } => ("the build's attestation does not verify".to_string(), None, 0),
     };
-    let subject = format!(
-        "kiln: {} {} for {} failed",
-        job.recipe_name,
-        job.recipe_version,
-        target(job)
-    );
+    let subject = subject(job, "failed");
     let log_line = log.map(|l| format!("Full log:   kiln fetch {l}\n")).unwrap_or_default();
     let tail = log_tail
         .map(|t| format!("\nThe last lines of its log:\n\n{t}\n"))
@@ -146,4 +166,55 @@ pub(super) fn compose_failed(job: &JobRequest, settlement: &Settlement, log_tail
         build_key = job.build_key,
     );
     (subject, body)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use kiln_protocol::{Hash, Requirements};
+
+    fn job(options: &[(&str, &str)], requirements: &[&str]) -> JobRequest {
+        let mut wanted = Requirements::new();
+        for r in requirements {
+            wanted.set_from_str(r).unwrap();
+        }
+        JobRequest {
+            build_key: Hash::of(b"k"),
+            recipe_id: Hash::of(b"r"),
+            recipe_name: "hello-c".into(),
+            recipe_version: "1.0.0".into(),
+            publisher: None,
+            options: options.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            requirements: wanted,
+            emails: vec![],
+            requested_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_subject_names_the_options_and_targets_asked_for() {
+        let plain = subject(&job(&[], &["os=linux", "arch=x86_64"]), "is built");
+        assert_eq!(plain, "kiln: hello-c 1.0.0 for os=linux arch=x86_64 is built");
+        let loud = subject(&job(&[("greeting", "loud")], &["os=linux", "arch=x86_64"]), "is built");
+        let lab = subject(
+            &job(&[("greeting", "loud")], &["os=linux", "arch=x86_64", "site=lab"]),
+            "failed",
+        );
+        assert_eq!(
+            loud,
+            "kiln: hello-c 1.0.0 for os=linux arch=x86_64 (greeting=loud) is built"
+        );
+        assert_eq!(
+            lab,
+            "kiln: hello-c 1.0.0 for os=linux arch=x86_64 site=lab (greeting=loud) failed"
+        );
+        let many: Vec<(String, String)> = (0..100).map(|n| (format!("option{n}"), "value".to_string())).collect();
+        let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let long = subject(&job(&many, &["os=linux"]), "is built");
+        assert!(
+            long.chars().count() < SUBJECT_CHARS_MAX + 20 && long.ends_with("… is built"),
+            "{long}"
+        );
+    }
 }

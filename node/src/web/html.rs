@@ -258,7 +258,19 @@ pub(super) fn render_build(p: &BuildPage) -> String {
     let _ = write!(b, "<tr><th>build key</th><td><code>{}</code></td></tr>", job.build_key);
     let _ = write!(b, "<tr><th>options</th><td>{}</td></tr>", options(job));
     let _ = write!(b, "<tr><th>requesters</th><td>{}</td></tr>", job.requesters);
-    match &job.phase {
+    render_phase(&mut b, &job.phase);
+    b.push_str("</table><h2>Log</h2>");
+    render_log(&mut b, p);
+    page(
+        &format!("Kiln: {} {}", job.recipe_name, name),
+        !job.phase.is_final(),
+        &b,
+    )
+}
+
+/// The rows that say where a build stands.
+fn render_phase(b: &mut String, phase: &JobPhase) {
+    match phase {
         JobPhase::Queued { waiting_because } => {
             let why = waiting_because.as_deref().unwrap_or("waiting for a free worker");
             let _ = write!(b, "<tr><th>waiting</th><td>{}</td></tr>", esc(why));
@@ -306,7 +318,10 @@ pub(super) fn render_build(p: &BuildPage) -> String {
         }
         JobPhase::Log { .. } | JobPhase::Unknown => {}
     }
-    b.push_str("</table><h2>Log</h2>");
+}
+
+/// A build's log: live, the end of the stored one, or how to fetch it.
+fn render_log(b: &mut String, p: &BuildPage) {
     match &p.log {
         Some((LogSource::Live, text)) => {
             let _ = write!(
@@ -322,7 +337,7 @@ pub(super) fn render_build(p: &BuildPage) -> String {
                 esc(text)
             );
         }
-        None => match log_hash(&job.phase) {
+        None => match log_hash(&p.job.phase) {
             Some(hash) => {
                 let _ = write!(
                     b,
@@ -332,11 +347,6 @@ pub(super) fn render_build(p: &BuildPage) -> String {
             None => b.push_str("<p class=\"muted\">No log yet.</p>"),
         },
     }
-    page(
-        &format!("Kiln: {} {}", job.recipe_name, name),
-        !job.phase.is_final(),
-        &b,
-    )
 }
 
 /// The stored log of an ended build.

@@ -187,6 +187,12 @@ pub struct Schedule {
     matching: HashMap<Hash, Arc<[PublicKey]>>,
     /// Jobs built or given up, not yet settled.
     ended: BTreeSet<Hash>,
+    /// Jobs leased to workers this schedule has not heard from (yet): a
+    /// job restored from disk, or an assignment heard before the worker's
+    /// first advert. Moved to the worker's entry when its first advert
+    /// arrives, and lost after a lease if it never does. (May hold keys of
+    /// jobs since reassigned: each is checked against the job's state.)
+    unknown_assignments: HashMap<PublicKey, BTreeSet<Hash>>,
     /// Open jobs per recipe id: a recipe (and its source) is an input to
     /// hold while any open job uses it.
     recipes: HashMap<Hash, u32>,
@@ -268,9 +274,8 @@ impl Schedule {
         job.sequence = self.next_sequence;
         if let JobState::Assigned { since_ms, worker, .. } = &mut job.state {
             *since_ms = now_ms;
-            if let Some(entry) = self.workers.get_mut(worker) {
-                entry.assigned.insert(job.request.build_key);
-            }
+            let worker = *worker;
+            self.note_assigned(job.request.build_key, worker);
         }
         self.insert(job);
     }
@@ -348,12 +353,15 @@ impl Schedule {
             }
             None => {
                 self.matching.clear();
+                // Its leases from before it was known (a restart, or an
+                // assignment heard before this advert) are checked too.
+                let assigned = self.take_unknown_assignments(&worker);
                 self.workers.insert(
                     worker,
                     WorkerEntry {
                         advert,
                         seen_at_ms: now_ms,
-                        assigned: BTreeSet::new(),
+                        assigned,
                     },
                 );
             }
@@ -404,9 +412,33 @@ impl Schedule {
                 since_ms: now_ms,
             };
         }
-        if let Some(entry) = self.workers.get_mut(&worker) {
-            entry.assigned.insert(*build_key);
+        self.note_assigned(*build_key, worker);
+    }
+
+    /// Records that `build_key` is leased to `worker`, known or not yet.
+    fn note_assigned(&mut self, build_key: Hash, worker: PublicKey) {
+        match self.workers.get_mut(&worker) {
+            Some(entry) => {
+                entry.assigned.insert(build_key);
+            }
+            None => {
+                self.unknown_assignments.entry(worker).or_default().insert(build_key);
+            }
         }
+    }
+
+    /// The jobs still leased to `worker` among those noted before it was
+    /// known.
+    fn take_unknown_assignments(&mut self, worker: &PublicKey) -> BTreeSet<Hash> {
+        let noted = self.unknown_assignments.remove(worker).unwrap_or_default();
+        noted
+            .into_iter()
+            .filter(|key| self.is_assigned_to(key, worker))
+            .collect()
+    }
+
+    fn is_assigned_to(&self, build_key: &Hash, worker: &PublicKey) -> bool {
+        matches!(self.jobs.get(build_key).map(|j| &j.state), Some(JobState::Assigned { worker: w, .. }) if w == worker)
     }
 
     fn queue_remove(&mut self, build_key: &Hash) {
@@ -511,13 +543,20 @@ impl Schedule {
             }
         }
         // Jobs leased to workers this coordinator never heard of.
-        for (key, job) in &self.jobs {
-            if let JobState::Assigned { worker, since_ms, .. } = &job.state {
-                if !self.workers.contains_key(worker) && now_ms.saturating_sub(*since_ms) > LEASE_MS {
-                    lost.push(*key);
+        let jobs = &self.jobs;
+        self.unknown_assignments.retain(|worker, keys| {
+            keys.retain(|key| {
+                matches!(jobs.get(key).map(|j| &j.state), Some(JobState::Assigned { worker: w, .. }) if w == worker)
+            });
+            for key in keys.iter() {
+                if let Some(JobState::Assigned { since_ms, .. }) = jobs.get(key).map(|j| &j.state) {
+                    if now_ms.saturating_sub(*since_ms) > LEASE_MS {
+                        lost.push(*key);
+                    }
                 }
             }
-        }
+            !keys.is_empty()
+        });
         lost.sort();
         lost.dedup();
         self.lose(&lost);

@@ -203,3 +203,55 @@ fn kept_jobs_come_back_with_their_assignment_and_history() {
     restarted.advert(second, advert("x86_64", 1, vec![a.build_key]), 200);
     assert!(restarted.tick(300).is_empty());
 }
+
+/// Regression: a job restored from disk as assigned to a worker whose
+/// first advert came after the restore was never checked against that
+/// worker's adverts, and stayed "building" forever on a worker that was
+/// not building it.
+#[test]
+fn a_restored_assignment_the_worker_does_not_run_goes_back_to_the_queue() {
+    let mut before = Schedule::new();
+    before.advert(worker(1), advert("x86_64", 1, vec![]), 0);
+    let a = job("a", "x86_64", "a@example.org");
+    before.submit(a.clone()).unwrap();
+    assert_eq!(assigned_to(&before.plan(1)), vec![(a.build_key, worker(1))]);
+    let kept = before.remove(&a.build_key).unwrap();
+
+    // A restart: the job comes back from disk before the worker is heard.
+    let mut after = Schedule::new();
+    after.restore(kept, 10_000);
+    assert!(
+        after.advert(worker(1), advert("x86_64", 1, vec![]), 11_000).is_empty(),
+        "within the grace"
+    );
+    let lost = after.advert(worker(1), advert("x86_64", 1, vec![]), 10_000 + ADVERT_GRACE_MS + 1);
+    assert_eq!(lost, vec![a.build_key], "back in the queue");
+    assert_eq!(after.job(&a.build_key).unwrap().state, JobState::Queued);
+}
+
+#[test]
+fn a_restored_assignment_the_worker_runs_is_kept_and_an_unknown_worker_loses_it() {
+    let mut s = Schedule::new();
+    s.advert(worker(1), advert("x86_64", 1, vec![]), 0);
+    let a = job("a", "x86_64", "a@example.org");
+    s.submit(a.clone()).unwrap();
+    s.plan(1);
+    let kept = s.remove(&a.build_key).unwrap();
+    let mut running = Schedule::new();
+    running.restore(kept.clone(), 10_000);
+    let still = running.advert(worker(1), advert("x86_64", 1, vec![a.build_key]), 20_000);
+    assert!(still.is_empty());
+    assert!(
+        running.tick(20_000 + LEASE_MS / 2).is_empty(),
+        "its worker is alive and runs it"
+    );
+    assert!(matches!(
+        running.job(&a.build_key).unwrap().state,
+        JobState::Assigned { .. }
+    ));
+    // A worker never heard of at all: the lease runs out.
+    let mut silent = Schedule::new();
+    silent.restore(kept, 10_000);
+    assert!(silent.tick(10_000 + LEASE_MS).is_empty());
+    assert_eq!(silent.tick(10_000 + LEASE_MS + 1), vec![a.build_key]);
+}
