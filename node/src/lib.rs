@@ -15,7 +15,8 @@
 //! - [`requester`] and [`coord_client`]: preparing a job, and the client
 //!   side of the coordinator protocol;
 //! - [`web`]: the dashboard and `/metrics`;
-//! - [`runtime`]: starting, running and stopping a node or a client.
+//! - `runtime`: starting, running and stopping a node or a client
+//!   ([`run_node`], [`EphemeralNode`], the [`control`] socket).
 //!
 //! Dependencies point one way: `kiln_protocol` (pure) and `kiln_store` (no
 //! network) below, `kiln` (the CLI) above. Inside this crate the roles use
@@ -33,8 +34,8 @@ mod metrics;
 pub mod net;
 pub mod report;
 pub mod requester;
-pub mod runtime;
-pub mod shutdown;
+mod runtime;
+mod shutdown;
 pub mod web;
 pub mod worker;
 

@@ -3,7 +3,7 @@
 //! from the peer allowed to say it.
 
 use kiln_protocol::coord::JobPhase;
-use kiln_protocol::messages::{Assigned, BuildOutcome, Gossip, GossipV1, JobRequest, Settlement};
+use kiln_protocol::messages::{Assigned, BuildOutcome, CoordinatorHeartbeat, Gossip, GossipV1, JobRequest, Settlement};
 use kiln_protocol::PublicKey;
 use libp2p::PeerId;
 use tracing::{debug, info, warn};
@@ -23,23 +23,7 @@ impl Coordinator {
             return;
         };
         match message {
-            GossipV1::Coordinator(beat) => {
-                self.election.heard(
-                    peer,
-                    Candidate {
-                        pinned: beat.pinned,
-                        acting: beat.acting,
-                        addresses: beat.addresses,
-                        seen_at_ms: now,
-                    },
-                );
-                if self.election.speaks_for_queue(&peer) {
-                    for settlement in self.held.take(&peer, now) {
-                        info!(peer = %peer, job = ?settlement.build_key(), "a held settlement from the coordinator, now known; taken");
-                        self.take_settlement(settlement);
-                    }
-                }
-            }
+            GossipV1::Coordinator(beat) => self.heard_heartbeat(peer, beat, now),
             GossipV1::Worker(advert) => {
                 for build_key in self.schedule.advert(signer, advert, now) {
                     warn!(job = %build_key, worker = %signer, "worker no longer runs its job; back in the queue");
@@ -102,15 +86,7 @@ impl Coordinator {
             // Only coordinators settle jobs: the word of any other peer
             // (which could drop queued jobs or claim builds) is ignored.
             GossipV1::Settled(settlement) if self.election.speaks_for_queue(&peer) => self.take_settlement(settlement),
-            GossipV1::Settled(settlement) => {
-                info!(
-                    peer = %peer,
-                    job = ?settlement.build_key(),
-                    "settlement from a peer that does not coordinate; ignored unless its heartbeat shows it does within {} s",
-                    held::HELD_MS / 1000
-                );
-                self.held.hold(peer, settlement, now);
-            }
+            GossipV1::Settled(settlement) => self.hold_settlement(peer, settlement, now),
             GossipV1::Delivered { outbox_key } => {
                 // Only the coordinator delivers mail: a receipt from any
                 // other peer (which could suppress mail) is ignored, and
@@ -148,6 +124,39 @@ impl Coordinator {
                 }
             });
         }
+    }
+
+    /// A coordinator's heartbeat: the election learns of it, and the
+    /// settlements held from that peer are taken once it may speak for the
+    /// queue.
+    fn heard_heartbeat(&mut self, peer: PeerId, beat: CoordinatorHeartbeat, now: u64) {
+        self.election.heard(
+            peer,
+            Candidate {
+                pinned: beat.pinned,
+                acting: beat.acting,
+                addresses: beat.addresses,
+                seen_at_ms: now,
+            },
+        );
+        if self.election.speaks_for_queue(&peer) {
+            for settlement in self.held.take(&peer, now) {
+                info!(peer = %peer, job = ?settlement.build_key(), "a held settlement from the coordinator, now known; taken");
+                self.take_settlement(settlement);
+            }
+        }
+    }
+
+    /// A settlement from a peer not known to coordinate: held, in case its
+    /// heartbeat comes late (this node just started), never taken if not.
+    fn hold_settlement(&mut self, peer: PeerId, settlement: Settlement, now: u64) {
+        info!(
+            peer = %peer,
+            job = ?settlement.build_key(),
+            "settlement from a peer that does not coordinate; ignored unless its heartbeat shows it does within {} s",
+            held::HELD_MS / 1000
+        );
+        self.held.hold(peer, settlement, now);
     }
 
     /// A settlement from a peer that speaks for the queue.

@@ -9,7 +9,7 @@
 //! when they go away, and provider records are announced again when a
 //! bootstrap peer comes back (it may have lost them).
 //!
-//! - [`client`]: the handle ([`NetClient`]) and the commands it sends;
+//! - `client`: the handle ([`NetClient`]) and the commands it sends;
 //! - `swarm`: the behaviours and the event loop that owns the swarm;
 //! - [`frames`]: length-prefixed frames on streams, and opening a stream
 //!   with a time limit;
@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use kiln_protocol::messages::{topics, Gossip};
 use kiln_protocol::{PublicKey, SecretKey};
 
-pub mod client;
+mod client;
 pub(crate) mod frames;
 pub mod identity;
 mod swarm;
