@@ -25,6 +25,8 @@ pub const STATUS_WORKERS_MAX: usize = 256;
 pub const STATUS_RECENT_MAX: usize = 32;
 /// Most attestations one answer carries.
 pub const ATTESTATIONS_MAX: usize = 16;
+/// Most build keys one `PhasesV1` asks about.
+pub const PHASES_MAX: usize = 256;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CoordRequest {
@@ -43,6 +45,15 @@ pub enum CoordRequest {
     /// at a time: how a node that may take over catches up with the
     /// coordinator after it starts (gossip carries only what is new).
     SyncV1 { after: Option<Hash> },
+    /// The outbox messages this node keeps with outbox keys after `after`,
+    /// a page at a time, delivered or not: how a node that may take over
+    /// learns of mail for jobs that ended before it started, and which of
+    /// it was sent already.
+    MailSyncV1 { after: Option<Hash> },
+    /// Where each of these builds stands (at most [`PHASES_MAX`]): how a
+    /// node that may take over reconciles the open jobs it kept with the
+    /// coordinator's, after its catch-up.
+    PhasesV1 { build_keys: Vec<Hash> },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,6 +92,28 @@ pub enum CoordReplyV1 {
         jobs: Vec<JobRequest>,
         next: Option<Hash>,
     },
+    /// A page of outbox messages in outbox-key order; more follow `next`.
+    Mail {
+        messages: Vec<MailMessage>,
+        next: Option<Hash>,
+    },
+    /// Where the builds asked about stand, in the order asked.
+    Phases {
+        phases: Vec<(Hash, JobPhase)>,
+    },
+}
+
+/// One message of a coordinator's outbox, as a standby adopts it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MailMessage {
+    /// The outbox key (one message per address and settlement).
+    pub key: Hash,
+    pub build_key: Hash,
+    pub to: String,
+    pub subject: String,
+    pub body: String,
+    /// Sent already: the standby must not send it again.
+    pub delivered: bool,
 }
 
 /// How to reach a peer.

@@ -560,6 +560,10 @@ pub(crate) mod samples {
             CoordRequest::SyncV1 {
                 after: Some(Hash::of(b"key")),
             },
+            CoordRequest::MailSyncV1 { after: None },
+            CoordRequest::PhasesV1 {
+                build_keys: vec![Hash::of(b"key")],
+            },
         ];
         let replies = vec![
             CoordReplyV1::Built {
@@ -619,6 +623,20 @@ pub(crate) mod samples {
             CoordReplyV1::Jobs {
                 jobs: vec![job],
                 next: Some(Hash::of(b"key")),
+            },
+            CoordReplyV1::Mail {
+                messages: vec![MailMessage {
+                    key: Hash::of(b"outbox"),
+                    build_key: Hash::of(b"key"),
+                    to: "a@example.org".into(),
+                    subject: "kiln: hello-c 1.0.0 for os=linux is built".into(),
+                    body: "Your build is ready.".into(),
+                    delivered: false,
+                }],
+                next: None,
+            },
+            CoordReplyV1::Phases {
+                phases: vec![(Hash::of(b"key"), JobPhase::Unknown)],
             },
         ];
         (requests, replies.into_iter().map(CoordReply::V1).collect())
@@ -813,6 +831,8 @@ mod tests {
         ("coord_request1", "0100000001"),
         ("coord_request2", "2100000002ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b4"),
         ("coord_request3", "220000000301ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b4"),
+        ("coord_request4", "020000000400"),
+        ("coord_request5", "220000000501ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b4"),
         ("coord_reply0", "37010000000001d3ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b42cd86560b2a6a0a54b6f2767adec4d9fbf74c7b4c39ebca63fef3cdcee0d14f3e068dc010bf492707f7e8d896457770f24703784cfe76bd785f8b76cc010bbf3089fbf48f8224338b32a7f298140ee6c52b29a22d05b35c9be97e19b614e4726baea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c0c9046e0df271bb372601a22970c8944a6e9a7a507d0168ef67436ade135240afd0068e5cf8b010000fde86be5cf8b010000ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c28caa55159918c48cde9180fbdda81993d210386d5d8991b14f04583f6f7361b40be2b885fee9d3d49ace3c23dea70598ecc0a330c94db2be0ddaf86ab5acf05"),
         ("coord_reply1", "450000000001ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b40100011f616c6c2032206d61746368696e6720776f726b657273206172652062757379"),
         ("coord_reply2", "3c000000000201ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c01172f6970342f3132372e302e302e312f7463702f34303031"),
@@ -820,5 +840,7 @@ mod tests {
         ("coord_reply4", "ed0000000004ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c0001ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c0c6c696e75782f7838365f3634010200fb2c0101ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b401ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b40768656c6c6f2d6305312e302e300001ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c010200fd0068e5cf8b010000010001030112636f6e6e656374696f6e2072656675736564"),
         ("coord_reply5", "260000000005ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b402026f6b"),
         ("coord_reply6", "9e000000000601ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b42cd86560b2a6a0a54b6f2767adec4d9fbf74c7b4c39ebca63fef3cdcee0d14f30768656c6c6f2d6305312e302e300001036f7074024f3201026f7300056c696e7578010d61406578616d706c652e6f7267fd0068e5cf8b01000001ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b4"),
+        ("coord_reply7", "92000000000701ea6f6f20b9e920b56a7995f760955e863b8610a469b6e1932cb4edfde97f3f39ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b40d61406578616d706c652e6f7267296b696c6e3a2068656c6c6f2d6320312e302e3020666f72206f733d6c696e7578206973206275696c7414596f7572206275696c642069732072656164792e0000"),
+        ("coord_reply8", "24000000000801ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b406"),
     ];
 }

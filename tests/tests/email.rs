@@ -324,3 +324,43 @@ fn a_coordinator_that_takes_over_sends_what_the_old_one_had_not_and_nothing_twic
         counts(&[("a@example.org", 1), ("b@example.org", 1)])
     );
 }
+
+/// A node that joins after a job ended used to have no outbox entry for
+/// it: if the coordinator died before sending the mail, nobody sent it.
+/// Now a standby's catch-up adopts the coordinator's outbox (which
+/// messages wait, which went out), and sends what waits when it takes
+/// over, once.
+#[test]
+fn a_standby_that_joined_after_the_job_ended_sends_its_mail_when_the_coordinator_dies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut smtp = Smtp::new(tmp.path().join("maildir"), None);
+    let url = format!("smtp://127.0.0.1:{}", smtp.port);
+    let (_boot, boot) = start_bootstrap(&tmp.path().join("boot"));
+    let (mut first, first_addr) = start_node("first coordinator", &tmp.path().join("c1"), &boot, &["--smtp", &url]);
+    let (_w, _) = worker("worker", &tmp.path().join("w"), &boot, &[]);
+    wait_status(&boot, "the first node coordinating, with the worker", |s| {
+        s["coordinator"] == peer_of(&first_addr).as_str() && s["workers"].as_array().is_some_and(|w| w.len() == 1)
+    });
+
+    // The SMTP server is down: the job ends and its mail waits.
+    let mut requester = request_waiting(
+        "requester",
+        &boot,
+        &recipe("sleep"),
+        "late@example.org",
+        &["-o", "secs=1"],
+    );
+    assert_eq!(wait_json(&mut requester)["state"], "done");
+    wait_status(&boot, "the message waiting", |s| s["mail"]["pending"] == 1);
+
+    // A second node joins only now, catches up, then the first dies.
+    let (second, _) = start_node("second coordinator", &tmp.path().join("c2"), &boot, &["--smtp", &url]);
+    second.wait_stderr(BUILD, "caught up with the coordinator's outbox");
+    assert!(second.stderr().contains("messages=1"), "{}", second.stderr());
+    first.kill();
+    smtp.start();
+    wait_status(&boot, "the second node coordinating, the message sent", |s| {
+        s["coordinator"] != peer_of(&first_addr).as_str() && mail_settled(s, 1)
+    });
+    assert_eq!(recipients(&smtp.mails()), counts(&[("late@example.org", 1)]));
+}

@@ -10,6 +10,7 @@ use tracing::{debug, info, warn};
 
 use super::election::Candidate;
 use super::held;
+use super::jobs::Mail;
 use super::schedule::JobState;
 use super::*;
 use crate::net::identity::peer_id_of;
@@ -166,6 +167,11 @@ impl Coordinator {
     }
 
     pub(super) fn heard_settlement(&mut self, settlement: Settlement) {
+        self.settled_here(settlement, Mail::Compose);
+    }
+
+    /// Records a settlement made elsewhere: the job ends here too.
+    pub(super) fn settled_here(&mut self, settlement: Settlement, mail: Mail) {
         let Some(build_key) = settlement.build_key() else {
             return;
         };
@@ -177,7 +183,7 @@ impl Coordinator {
         let job = self.schedule.remove(&build_key);
         self.record_result(&build_key, &settlement, job.as_ref().map(|j| &j.request));
         if let Some(job) = job {
-            self.ended(job, &settlement);
+            self.ended(job, &settlement, mail);
         }
         self.persist(&build_key);
     }

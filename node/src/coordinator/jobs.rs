@@ -143,7 +143,7 @@ impl Coordinator {
         let job = self.schedule.remove(&build_key);
         self.record_result(&build_key, &settlement, job.as_ref().map(|j| &j.request));
         if let Some(job) = job {
-            self.ended(job, &settlement);
+            self.ended(job, &settlement, Mail::Compose);
         }
         self.persist(&build_key);
         if let Settlement::Failed { .. } = &settlement {
@@ -157,7 +157,7 @@ impl Coordinator {
     }
 
     /// After a job ended: inputs unpinned, watchers told, kept in recent.
-    pub(super) fn ended(&mut self, job: Job, settlement: &Settlement) {
+    pub(super) fn ended(&mut self, job: Job, settlement: &Settlement, mail: Mail) {
         let build_key = job.request.build_key;
         self.accepted_at_ms.remove(&build_key);
         if !self.schedule.uses_recipe(&job.request.recipe_id) {
@@ -181,8 +181,8 @@ impl Coordinator {
                 }
             }
         };
-        if let Some((mail, _)) = &self.mail {
-            mail.ended(&job.request, settlement);
+        if let (Some((mailer, _)), Mail::Compose) = (&self.mail, mail) {
+            mailer.ended(&job.request, settlement);
         }
         let mut view = job.view();
         view.phase = phase.clone();
@@ -191,4 +191,13 @@ impl Coordinator {
         self.notify(&build_key, phase);
         self.watchers.remove(&build_key);
     }
+}
+
+/// Whether a job's end writes its mail here: yes when this node settles it
+/// or hears it settled; no when a catch-up learns of a settlement long
+/// made, whose mail the coordinator's outbox (adopted next) holds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Mail {
+    Compose,
+    FromOutbox,
 }

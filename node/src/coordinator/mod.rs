@@ -126,6 +126,19 @@ enum Input {
         jobs: Option<Vec<JobRequest>>,
         done: bool,
     },
+    /// A standby asks where these builds stand.
+    Phases {
+        build_keys: Vec<Hash>,
+        reply: oneshot::Sender<CoordReplyV1>,
+    },
+    /// Where the coordinator says this standby's stale open jobs stand.
+    Reconciled {
+        phases: Vec<(Hash, JobPhase)>,
+    },
+    /// Messages of the coordinator's outbox, for this standby's mailer.
+    MailSynced {
+        messages: Vec<kiln_protocol::coord::MailMessage>,
+    },
 }
 
 /// What a submission finds.
@@ -225,4 +238,6 @@ struct Coordinator {
     accepted_at_ms: HashMap<Hash, u64>,
     /// Settlements from peers not yet known to coordinate.
     held: held::Held,
+    /// Build keys the coordinator listed as open during this catch-up.
+    sync_seen: HashSet<Hash>,
 }

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use futures::StreamExt;
-use kiln_protocol::coord::{CoordReply, CoordReplyV1, CoordRequest, COORD_FRAME_BYTES_MAX};
+use kiln_protocol::coord::{CoordReply, CoordReplyV1, CoordRequest, COORD_FRAME_BYTES_MAX, PHASES_MAX};
 use kiln_protocol::messages::{check_email, JobRequest, EMAILS_MAX};
 use kiln_protocol::system::VersionRange;
 use kiln_protocol::{build_key, Hash};
@@ -88,6 +88,25 @@ impl Server {
         self.watch(build_key, stream).await
     }
 
+    /// A page of this node's outbox (a standby catching up), read off the
+    /// runtime.
+    async fn mail_page(&self, after: Option<Hash>) -> CoordReplyV1 {
+        let store = self.store.clone();
+        let page = tokio::task::spawn_blocking(move || crate::mailer::outbox_page(&store, after))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|page| page);
+        match page {
+            Ok((messages, next)) => CoordReplyV1::Mail { messages, next },
+            Err(reason) => {
+                warn!(reason, "cannot read the outbox for a standby");
+                CoordReplyV1::Refused {
+                    reason: format!("cannot read the outbox: {reason}"),
+                }
+            }
+        }
+    }
+
     pub(super) async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Input) -> Option<T> {
         let (reply, answer) = oneshot::channel();
         self.inputs.send(make(reply)).await.ok()?;
@@ -108,6 +127,14 @@ impl Server {
                 .ask(|reply| Input::Sync { after, reply })
                 .await
                 .unwrap_or_else(stopping),
+            CoordRequest::MailSyncV1 { after } => self.mail_page(after).await,
+            CoordRequest::PhasesV1 { build_keys } if build_keys.len() <= PHASES_MAX => self
+                .ask(|reply| Input::Phases { build_keys, reply })
+                .await
+                .unwrap_or_else(stopping),
+            CoordRequest::PhasesV1 { .. } => CoordReplyV1::Refused {
+                reason: format!("ask about at most {PHASES_MAX} builds at once"),
+            },
         };
         write_frame_max::<_, COORD_FRAME_BYTES_MAX>(stream, &CoordReply::V1(reply)).await
     }

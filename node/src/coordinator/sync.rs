@@ -4,10 +4,12 @@
 use kiln_protocol::coord::{CoordReplyV1, CoordRequest, COORD_FRAME_BYTES_MAX};
 use kiln_protocol::messages::JobRequest;
 use kiln_protocol::{wire, Hash};
-use tracing::debug;
+use tracing::{debug, info};
 
 use super::schedule::Job;
 use super::*;
+use kiln_protocol::coord::{JobPhase, PHASES_MAX};
+use kiln_protocol::messages::Settlement;
 
 /// A page of open jobs sent to a standby catching up: at most this many,
 /// and half a coordinator frame.
@@ -101,5 +103,85 @@ impl Coordinator {
             .then(|| jobs.last().map(|j: &JobRequest| j.build_key))
             .flatten();
         CoordReplyV1::Jobs { jobs, next }
+    }
+
+    /// Asks the coordinator where the open jobs it did not list stand (a
+    /// job restored from disk may have ended while this node was down),
+    /// then adopts the coordinator's outbox, so mail for jobs that ended
+    /// before this node started is not lost if it takes over.
+    pub(super) fn reconcile(&self, coordinator: PeerId, stale: Vec<Hash>) {
+        let (net, inputs) = (self.net.clone(), self.inputs.clone());
+        tokio::spawn(async move {
+            for keys in stale.chunks(PHASES_MAX) {
+                let request = CoordRequest::PhasesV1 {
+                    build_keys: keys.to_vec(),
+                };
+                match crate::coord_client::ask_peer(&net, coordinator, &request).await {
+                    Ok((CoordReplyV1::Phases { phases }, _)) => {
+                        if inputs.send(Input::Reconciled { phases }).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => debug!("the coordinator did not say where the jobs stand"),
+                    Err(e) => debug!(error = %e, "cannot ask the coordinator where the jobs stand"),
+                }
+            }
+            let (mut after, mut pages, mut adopted) = (None, 0, 0);
+            loop {
+                let page = crate::coord_client::ask_peer(&net, coordinator, &CoordRequest::MailSyncV1 { after }).await;
+                let (messages, next) = match page {
+                    Ok((CoordReplyV1::Mail { messages, next }, _)) => (messages, next),
+                    Ok(_) => {
+                        debug!("the coordinator did not list its outbox");
+                        return;
+                    }
+                    Err(e) => {
+                        debug!(error = %e, "cannot fetch the coordinator's outbox");
+                        return;
+                    }
+                };
+                adopted += messages.len();
+                if inputs.send(Input::MailSynced { messages }).await.is_err() {
+                    return;
+                }
+                pages += 1;
+                // Each page must move forward, and there are at most so many.
+                if next.is_none() || next <= after || pages >= SYNC_PAGES_MAX {
+                    break;
+                }
+                after = next;
+            }
+            info!(coordinator = %coordinator, messages = adopted, "caught up with the coordinator's outbox");
+        });
+    }
+
+    /// The coordinator's word on stale open jobs: the ended ones are
+    /// settled here too; the rest stay open.
+    pub(super) fn reconciled(&mut self, phases: Vec<(Hash, JobPhase)>) {
+        for (build_key, phase) in phases {
+            let settlement = match phase {
+                JobPhase::Done { attestation } => {
+                    let matches = attestation.verify().is_ok_and(|a| a.build_key == build_key);
+                    if !matches {
+                        continue;
+                    }
+                    Settlement::Done {
+                        attestation,
+                        holders: 2,
+                    }
+                }
+                JobPhase::Failed { reason, log, attempts } => Settlement::Failed {
+                    build_key,
+                    reason,
+                    log,
+                    attempts,
+                },
+                _ => continue,
+            };
+            if self.schedule.job(&build_key).is_some() {
+                info!(job = %build_key, "an open job kept here had ended at the coordinator; settled here too");
+                self.settled_here(settlement, super::jobs::Mail::FromOutbox);
+            }
+        }
     }
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kiln_protocol::coord::{Contact, CoordReplyV1};
+use kiln_protocol::coord::{Contact, CoordReplyV1, PHASES_MAX};
 use kiln_protocol::messages::{encode_gossip, topics, CoordinatorHeartbeat, Gossip, GossipV1, ADDRESSES_MAX};
 use kiln_protocol::{wire, SecretKey};
 use kiln_store::{RecordTable, Store};
@@ -60,6 +60,7 @@ impl Coordinator {
             mail,
             accepted_at_ms: HashMap::new(),
             held: Default::default(),
+            sync_seen: HashSet::new(),
         }
     }
 
@@ -237,6 +238,20 @@ impl Coordinator {
                 let _ = reply.send(self.sync_page(after));
             }
             Input::Synced { from, jobs, done } => self.synced(from, jobs, done, now),
+            Input::Phases { build_keys, reply } => {
+                let phases = build_keys
+                    .into_iter()
+                    .take(PHASES_MAX)
+                    .map(|key| (key, self.phase(&key)))
+                    .collect();
+                let _ = reply.send(CoordReplyV1::Phases { phases });
+            }
+            Input::Reconciled { phases } => self.reconciled(phases),
+            Input::MailSynced { messages } => {
+                if let Some((mail, _)) = &self.mail {
+                    mail.adopt(messages);
+                }
+            }
             Input::Replicated { build_key, result } => {
                 self.replicating.remove(&build_key);
                 match result {
@@ -293,19 +308,32 @@ impl Coordinator {
     }
 
     /// A page of the coordinator's open jobs arrived (or the fetch failed).
+    /// After the last one, the open jobs this node kept that the coordinator
+    /// did not list are reconciled with it, and its outbox is adopted.
     fn synced(&mut self, from: PeerId, jobs: Option<Vec<JobRequest>>, done: bool, now: u64) {
         let Some(jobs) = jobs else {
             self.syncing = false;
+            self.sync_seen.clear();
             self.sync_not_before_ms = now + SYNC_RETRY_MS;
             return;
         };
         for job in jobs {
+            self.sync_seen.insert(job.build_key);
             self.heard_job(job, from);
         }
         if done {
             self.syncing = false;
             self.synced_with = Some(from);
-            info!(coordinator = %from, jobs = self.schedule.open_jobs(), "caught up with the coordinator's open jobs");
+            let seen = std::mem::take(&mut self.sync_seen);
+            let stale: Vec<Hash> = self
+                .schedule
+                .jobs()
+                .iter()
+                .map(|j| j.request.build_key)
+                .filter(|key| !seen.contains(key))
+                .collect();
+            info!(coordinator = %from, jobs = self.schedule.open_jobs(), stale = stale.len(), "caught up with the coordinator's open jobs");
+            self.reconcile(from, stale);
         }
     }
 }

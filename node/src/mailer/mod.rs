@@ -23,7 +23,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kiln_protocol::coord::MailView;
+use kiln_protocol::coord::{MailMessage, MailView};
 use kiln_protocol::messages::{JobRequest, Settlement};
 use kiln_protocol::{wire, Hash, SecretKey};
 use kiln_store::{RecordTable, Store};
@@ -114,6 +114,10 @@ struct OutboxEntry {
 }
 
 enum Input {
+    /// Messages of the coordinator's outbox, fetched by this standby.
+    Adopt {
+        messages: Vec<MailMessage>,
+    },
     Ended {
         job: Box<JobRequest>,
         settlement: Box<Settlement>,
@@ -139,6 +143,14 @@ impl MailHandle {
         };
         if self.inputs.try_send(input).is_err() {
             warn!(job = %job.build_key, "mailer input queue full; this job's mail is not queued");
+        }
+    }
+
+    /// Messages from the coordinator's outbox (a standby's catch-up):
+    /// each one this node lacks is kept, as sent or still to send.
+    pub fn adopt(&self, messages: Vec<MailMessage>) {
+        if self.inputs.try_send(Input::Adopt { messages }).is_err() {
+            warn!("mailer input queue full; outbox messages from the coordinator were not adopted");
         }
     }
 
@@ -239,6 +251,50 @@ fn smtp_transport(url: &str, password: Option<&str>) -> Result<Transport, MailEr
     })
 }
 
+/// Outbox messages in one catch-up page: at most this many, and half a
+/// coordinator frame.
+const MAIL_PAGE_MESSAGES_MAX: usize = 256;
+const MAIL_PAGE_BYTES_MAX: usize = kiln_protocol::coord::COORD_FRAME_BYTES_MAX / 2;
+
+/// A page of this node's outbox after `after`, in outbox-key order, for a
+/// standby catching up; the key to ask after next, if more follow. Reads
+/// the whole table: call it off the runtime.
+pub fn outbox_page(store: &Store, after: Option<Hash>) -> Result<(Vec<MailMessage>, Option<Hash>), String> {
+    let records = store.records(RecordTable::Outbox).map_err(|e| e.to_string())?;
+    let mut messages = Vec::new();
+    let mut bytes = 0;
+    for (key, value) in records {
+        let Ok(key) = <[u8; 32]>::try_from(key.as_slice()).map(Hash::from_bytes) else {
+            continue;
+        };
+        if after.is_some_and(|a| key <= a) {
+            continue;
+        }
+        let Ok(entry) = wire::decode::<OutboxEntry, { kiln_store::RECORD_VALUE_BYTES_MAX }>(&value) else {
+            continue;
+        };
+        // A tombstone (a receipt heard before its settlement) has no message.
+        if entry.to.is_empty() {
+            continue;
+        }
+        let size = entry.subject.len() + entry.body.len() + entry.to.len() + 128;
+        if messages.len() >= MAIL_PAGE_MESSAGES_MAX || bytes + size > MAIL_PAGE_BYTES_MAX {
+            let next = messages.last().map(|m: &MailMessage| m.key);
+            return Ok((messages, next));
+        }
+        bytes += size;
+        messages.push(MailMessage {
+            key,
+            build_key: entry.build_key,
+            to: entry.to,
+            subject: entry.subject,
+            body: entry.body,
+            delivered: entry.delivered_ms.is_some(),
+        });
+    }
+    Ok((messages, None))
+}
+
 /// The key of the message to `to` about `settlement`. A build key is built
 /// once, so one success mail per address and build key whichever
 /// attestation or coordinator settled it; a failure is keyed by the whole
@@ -271,10 +327,41 @@ impl Mailer {
                         info!(outbox_key = %outbox_key, "mail delivered by the coordinator");
                         self.mark_delivered(outbox_key, None);
                     }
+                    Some(Input::Adopt { messages }) => self.adopt(messages),
                     None => break,
                 },
                 _ = tick.tick() => self.deliver_due().await,
             }
+        }
+    }
+
+    /// Keeps each adopted message this node lacks; marks sent the ones the
+    /// coordinator sent.
+    fn adopt(&self, messages: Vec<MailMessage>) {
+        let (mut kept, mut marked) = (0, 0);
+        for message in messages {
+            match self.entry(&message.key) {
+                None => {
+                    let entry = OutboxEntry {
+                        build_key: message.build_key,
+                        to: message.to,
+                        subject: message.subject,
+                        body: message.body,
+                        attempts: 0,
+                        next_attempt_ms: 0,
+                        delivered_ms: message.delivered.then(now_ms),
+                    };
+                    kept += u32::from(self.put(&message.key, &entry));
+                }
+                Some(entry) if message.delivered && entry.delivered_ms.is_none() => {
+                    self.mark_delivered(message.key, Some(entry));
+                    marked += 1;
+                }
+                Some(_) => {}
+            }
+        }
+        if kept + marked > 0 {
+            info!(kept, marked_sent = marked, "outbox caught up with the coordinator's");
         }
     }
 
