@@ -364,3 +364,51 @@ fn a_standby_that_joined_after_the_job_ended_sends_its_mail_when_the_coordinator
     });
     assert_eq!(recipients(&smtp.mails()), counts(&[("late@example.org", 1)]));
 }
+
+/// The stale job of a chaos soak: a coordinator killed with a job in
+/// flight came back after the other node had settled that job, restored it
+/// from disk as "building", and kept it open for good (mailing again if it
+/// rebuilt it). Now its catch-up asks the acting coordinator where such a
+/// job stands and settles it, so when it acts again nothing is open and
+/// nobody is mailed twice.
+#[test]
+fn a_coordinator_back_after_its_job_was_settled_elsewhere_does_not_reopen_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut smtp = Smtp::new(tmp.path().join("maildir"), None);
+    smtp.start();
+    let url = format!("smtp://127.0.0.1:{}", smtp.port);
+    let (_boot, boot) = start_bootstrap(&tmp.path().join("boot"));
+    let mut nodes: Vec<(String, Proc)> = ["c1", "c2"]
+        .iter()
+        .map(|name| {
+            let (proc, addr) = start_node(name, &tmp.path().join(name), &boot, &["--smtp", &url]);
+            (peer_of(&addr), proc)
+        })
+        .collect();
+    let (_w, _) = worker("worker", &tmp.path().join("w"), &boot, &[]);
+    wait_status(&boot, "a coordinator that knows the worker", |s| {
+        s["workers"].as_array().is_some_and(|w| w.len() == 1)
+    });
+
+    let mut requester = request_waiting("requester", &boot, &recipe("sleep"), "once@example.org", &["-o", "secs=8"]);
+    let building = wait_status(&boot, "the job building", |s| {
+        s["jobs"].as_array().is_some_and(|j| j.len() == 1 && j[0]["state"] == "building")
+    });
+    let first = building["coordinator"].as_str().unwrap().to_string();
+    let a = nodes.iter().position(|(peer, _)| *peer == first).unwrap();
+    let b = 1 - a;
+    nodes[a].1.kill();
+    assert_eq!(wait_json(&mut requester)["state"], "done");
+    wait_status(&boot, "the other node's mail sent", |s| s["coordinator"] != first.as_str() && mail_settled(s, 1));
+
+    // The first node comes back, catches up, and settles the job it kept.
+    let name = if a == 0 { "c1" } else { "c2" };
+    let (back, _) = start_node("back", &tmp.path().join(name), &boot, &["--smtp", &url]);
+    back.wait_stderr(BUILD, "an open job kept here had ended at the coordinator; settled here too");
+    back.wait_stderr(BUILD, "caught up with the coordinator's outbox");
+    nodes[b].1.kill();
+    let acting = wait_status(&boot, "the first node coordinating again", |s| s["coordinator"] == first.as_str());
+    assert_eq!(acting["jobs_total"], 0, "nothing open: {acting}");
+    wait_status(&boot, "its outbox knows the mail went", |s| mail_settled(s, 1));
+    assert_eq!(recipients(&smtp.mails()), counts(&[("once@example.org", 1)]));
+}
