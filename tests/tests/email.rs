@@ -390,24 +390,39 @@ fn a_coordinator_back_after_its_job_was_settled_elsewhere_does_not_reopen_it() {
         s["workers"].as_array().is_some_and(|w| w.len() == 1)
     });
 
-    let mut requester = request_waiting("requester", &boot, &recipe("sleep"), "once@example.org", &["-o", "secs=8"]);
+    let mut requester = request_waiting(
+        "requester",
+        &boot,
+        &recipe("sleep"),
+        "once@example.org",
+        &["-o", "secs=8"],
+    );
     let building = wait_status(&boot, "the job building", |s| {
-        s["jobs"].as_array().is_some_and(|j| j.len() == 1 && j[0]["state"] == "building")
+        s["jobs"]
+            .as_array()
+            .is_some_and(|j| j.len() == 1 && j[0]["state"] == "building")
     });
     let first = building["coordinator"].as_str().unwrap().to_string();
     let a = nodes.iter().position(|(peer, _)| *peer == first).unwrap();
     let b = 1 - a;
     nodes[a].1.kill();
     assert_eq!(wait_json(&mut requester)["state"], "done");
-    wait_status(&boot, "the other node's mail sent", |s| s["coordinator"] != first.as_str() && mail_settled(s, 1));
+    wait_status(&boot, "the other node's mail sent", |s| {
+        s["coordinator"] != first.as_str() && mail_settled(s, 1)
+    });
 
     // The first node comes back, catches up, and settles the job it kept.
     let name = if a == 0 { "c1" } else { "c2" };
     let (back, _) = start_node("back", &tmp.path().join(name), &boot, &["--smtp", &url]);
-    back.wait_stderr(BUILD, "an open job kept here had ended at the coordinator; settled here too");
+    back.wait_stderr(
+        BUILD,
+        "an open job kept here had ended at the coordinator; settled here too",
+    );
     back.wait_stderr(BUILD, "caught up with the coordinator's outbox");
     nodes[b].1.kill();
-    let acting = wait_status(&boot, "the first node coordinating again", |s| s["coordinator"] == first.as_str());
+    let acting = wait_status(&boot, "the first node coordinating again", |s| {
+        s["coordinator"] == first.as_str()
+    });
     assert_eq!(acting["jobs_total"], 0, "nothing open: {acting}");
     wait_status(&boot, "its outbox knows the mail went", |s| mail_settled(s, 1));
     assert_eq!(recipients(&smtp.mails()), counts(&[("once@example.org", 1)]));
