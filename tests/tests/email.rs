@@ -260,24 +260,56 @@ fn mail_waits_out_an_smtp_outage_and_a_coordinator_restart_and_goes_once() {
     }
 }
 
+/// A running SMTP server, a bootstrap peer, two nodes that may coordinate
+/// (both sending through that server) and a worker, once the coordinator
+/// knows the worker.
+struct TwoCoordinators {
+    smtp: Smtp,
+    url: String,
+    _boot: Proc,
+    boot: String,
+    /// Each node's peer id and process.
+    nodes: Vec<(String, Proc)>,
+    _worker: Proc,
+    /// The first status that lists the worker.
+    status: Value,
+}
+
+impl TwoCoordinators {
+    fn start(dir: &Path) -> TwoCoordinators {
+        let mut smtp = Smtp::new(dir.join("maildir"), None);
+        smtp.start();
+        let url = format!("smtp://127.0.0.1:{}", smtp.port);
+        let (boot_proc, boot) = start_bootstrap(&dir.join("boot"));
+        let nodes = ["c1", "c2"]
+            .iter()
+            .map(|name| {
+                let (proc, addr) = start_node(name, &dir.join(name), &boot, &["--smtp", &url]);
+                (peer_of(&addr), proc)
+            })
+            .collect();
+        let (worker, _) = worker("worker", &dir.join("w"), &boot, &[]);
+        let status = wait_status(&boot, "an elected coordinator that knows the worker", |s| {
+            s["workers"].as_array().is_some_and(|w| w.len() == 1)
+        });
+        TwoCoordinators {
+            smtp,
+            url,
+            _boot: boot_proc,
+            boot,
+            nodes,
+            _worker: worker,
+            status,
+        }
+    }
+}
+
 #[test]
 fn a_coordinator_that_takes_over_sends_what_the_old_one_had_not_and_nothing_twice() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut smtp = Smtp::new(tmp.path().join("maildir"), None);
-    smtp.start();
-    let url = format!("smtp://127.0.0.1:{}", smtp.port);
-    let (_boot, boot) = start_bootstrap(&tmp.path().join("boot"));
-    let mut candidates: Vec<(String, Proc)> = ["c1", "c2"]
-        .iter()
-        .map(|name| {
-            let (proc, addr) = start_node(name, &tmp.path().join(name), &boot, &["--smtp", &url]);
-            (peer_of(&addr), proc)
-        })
-        .collect();
-    let (_w, _) = worker("worker", &tmp.path().join("w"), &boot, &[]);
-    let before = wait_status(&boot, "an elected coordinator that knows the worker", |s| {
-        s["workers"].as_array().is_some_and(|w| w.len() == 1)
-    });
+    let farm = TwoCoordinators::start(tmp.path());
+    let (mut smtp, boot, mut candidates) = (farm.smtp, farm.boot, farm.nodes);
+    let before = farm.status;
     let elected = before["coordinator"].as_str().unwrap().to_string();
     let acting = candidates.iter().position(|(peer, _)| *peer == elected).unwrap();
     let standby = 1 - acting;
@@ -374,21 +406,8 @@ fn a_standby_that_joined_after_the_job_ended_sends_its_mail_when_the_coordinator
 #[test]
 fn a_coordinator_back_after_its_job_was_settled_elsewhere_does_not_reopen_it() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut smtp = Smtp::new(tmp.path().join("maildir"), None);
-    smtp.start();
-    let url = format!("smtp://127.0.0.1:{}", smtp.port);
-    let (_boot, boot) = start_bootstrap(&tmp.path().join("boot"));
-    let mut nodes: Vec<(String, Proc)> = ["c1", "c2"]
-        .iter()
-        .map(|name| {
-            let (proc, addr) = start_node(name, &tmp.path().join(name), &boot, &["--smtp", &url]);
-            (peer_of(&addr), proc)
-        })
-        .collect();
-    let (_w, _) = worker("worker", &tmp.path().join("w"), &boot, &[]);
-    wait_status(&boot, "a coordinator that knows the worker", |s| {
-        s["workers"].as_array().is_some_and(|w| w.len() == 1)
-    });
+    let farm = TwoCoordinators::start(tmp.path());
+    let (smtp, boot, url, mut nodes) = (farm.smtp, farm.boot, farm.url, farm.nodes);
 
     let mut requester = request_waiting(
         "requester",
