@@ -26,7 +26,7 @@ pub const STATUS_RECENT_MAX: usize = 32;
 /// Most attestations one answer carries.
 pub const ATTESTATIONS_MAX: usize = 16;
 /// Most build keys one `PhasesV1` asks about.
-pub const PHASES_MAX: usize = 256;
+pub const PHASES_MAX: usize = 64;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CoordRequest {

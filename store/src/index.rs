@@ -286,6 +286,27 @@ impl Index {
         })
     }
 
+    pub(crate) fn records_after(
+        &self,
+        table: RecordTable,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.read("listing records", |txn| {
+            let opened = txn.open_table(table.definition())?;
+            let mut out = Vec::new();
+            let range = match after {
+                Some(after) => opened.range::<&[u8]>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))?,
+                None => opened.range::<&[u8]>(..)?,
+            };
+            for entry in range.take(limit) {
+                let (key, value) = entry?;
+                out.push((key.value().to_vec(), value.value().to_vec()));
+            }
+            Ok(out)
+        })
+    }
+
     pub(crate) fn records(&self, table: RecordTable) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         self.read("listing records", |txn| {
             let opened = txn.open_table(table.definition())?;

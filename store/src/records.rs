@@ -77,6 +77,17 @@ impl Store {
         self.inner.index.remove_record(table, key)
     }
 
+    /// At most `limit` records of a table with keys after `after`, sorted
+    /// by key bytes: a page, read without scanning the rest of the table.
+    pub fn records_after(
+        &self,
+        table: RecordTable,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.inner.index.records_after(table, after, limit)
+    }
+
     /// Every record of a table, sorted by key bytes.
     pub fn records(&self, table: RecordTable) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         self.inner.index.records(table)

@@ -229,7 +229,8 @@ fn a_worker_answers_offers_past_sixteen_running_builds() {
         .arg(&peer)
         .env("KILN_ASSIGN_JOBS", "18");
     let mut coordinator = Proc::spawn("assign", command);
-    // Each build sleeps 20 s: all 18 offers arrive while 16 or more run.
+    // Each build sleeps 20 s, and the offers come one after another: the
+    // 17th and 18th arrive while 16 or more builds run.
     // An offer the worker drops is never answered, and this times out.
     let answered = std::cell::Cell::new(0);
     coordinator.wait_line(START, |l| {

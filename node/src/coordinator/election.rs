@@ -87,6 +87,12 @@ impl Election {
         }
     }
 
+    /// Whether `peer` is a candidate this node has heard (and trusts): a
+    /// member of the coordination set, which may read this node's outbox.
+    pub fn is_candidate(&self, peer: &PeerId) -> bool {
+        self.trusts(peer) && self.candidates.contains_key(peer)
+    }
+
     pub fn eligible(&self) -> bool {
         self.eligible
     }

@@ -107,6 +107,9 @@ impl Coordinator {
             return;
         }
         let build_key = job.build_key;
+        // Open at the coordinator after all: not to be settled from an
+        // answer asked before.
+        self.reconciling.remove(&build_key);
         let fresh = self.schedule.job(&build_key).is_none();
         if self.schedule.submit(job.clone()).is_err() {
             return;
@@ -157,7 +160,9 @@ impl Coordinator {
             "settlement from a peer that does not coordinate; ignored unless its heartbeat shows it does within {} s",
             held::HELD_MS / 1000
         );
-        self.held.hold(peer, settlement, now);
+        if self.election.trusts(&peer) {
+            self.held.hold(peer, settlement, now);
+        }
     }
 
     /// A settlement from a peer that speaks for the queue.

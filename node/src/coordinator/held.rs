@@ -4,8 +4,8 @@
 //! dropping the settlement left the job open on this node for good. Once a
 //! heartbeat shows the sender may speak for the queue, its held
 //! settlements are taken; a peer that never shows it has them expire.
-//! Bounded per peer and in peers, so a flooding stranger cannot grow it or
-//! crowd out another peer's.
+//! Bounded per peer and in peers; settlements from a peer the node does
+//! not trust (`--trust-coordinator`) are never held.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -26,11 +26,20 @@ pub(super) struct Held {
 }
 
 impl Held {
-    /// Holds `settlement` from `peer`; false if it was dropped (too many
-    /// peers already hold settlements here).
+    /// Holds `settlement` from `peer`. When settlements from too many
+    /// peers are held already, the peer heard from least recently makes
+    /// room: a handful of strangers resending cannot keep a new
+    /// coordinator's settlements out for long.
     pub(super) fn hold(&mut self, peer: PeerId, settlement: Settlement, now_ms: u64) -> bool {
         if !self.by_peer.contains_key(&peer) && self.by_peer.len() >= HELD_PEERS_MAX {
-            return false;
+            let stalest = self
+                .by_peer
+                .iter()
+                .min_by_key(|(_, list)| list.back().map(|(at, _)| *at).unwrap_or(0))
+                .map(|(peer, _)| *peer);
+            if let Some(stalest) = stalest {
+                self.by_peer.remove(&stalest);
+            }
         }
         let list = self.by_peer.entry(peer).or_default();
         if list.len() >= HELD_PER_PEER_MAX {
@@ -93,12 +102,13 @@ mod tests {
             held.hold(peer, failed(n as u8), 0);
         }
         assert_eq!(held.take(&peer, 0).len(), HELD_PER_PEER_MAX);
-        for _ in 0..HELD_PEERS_MAX {
-            assert!(held.hold(PeerId::random(), failed(0), 0));
+        for n in 0..HELD_PEERS_MAX {
+            held.hold(PeerId::random(), failed(0), 10 + n as u64);
         }
-        assert!(
-            !held.hold(PeerId::random(), failed(0), 0),
-            "a peer past the bound is dropped"
-        );
+        assert_eq!(held.by_peer.len(), HELD_PEERS_MAX);
+        let newcomer = PeerId::random();
+        held.hold(newcomer, failed(9), 100);
+        assert_eq!(held.by_peer.len(), HELD_PEERS_MAX, "still bounded");
+        assert_eq!(held.take(&newcomer, 100), vec![failed(9)], "the newest peer is held");
     }
 }

@@ -135,9 +135,11 @@ enum Input {
     Reconciled {
         phases: Vec<(Hash, JobPhase)>,
     },
-    /// Messages of the coordinator's outbox, for this standby's mailer.
-    MailSynced {
-        messages: Vec<kiln_protocol::coord::MailMessage>,
+    /// May `peer` read this node's outbox (a member of the coordination
+    /// set catching up)?
+    MayReadOutbox {
+        peer: PeerId,
+        reply: oneshot::Sender<bool>,
     },
 }
 
@@ -240,4 +242,7 @@ struct Coordinator {
     held: held::Held,
     /// Build keys the coordinator listed as open during this catch-up.
     sync_seen: HashSet<Hash>,
+    /// Stale open jobs whose phase this standby asked the coordinator for;
+    /// a job heard of again meanwhile is taken off (it is open there).
+    reconciling: HashSet<Hash>,
 }

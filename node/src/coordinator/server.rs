@@ -127,7 +127,16 @@ impl Server {
                 .ask(|reply| Input::Sync { after, reply })
                 .await
                 .unwrap_or_else(stopping),
-            CoordRequest::MailSyncV1 { after } => self.mail_page(after).await,
+            CoordRequest::MailSyncV1 { after } => {
+                // Addresses and bodies: only for the coordination set.
+                match self.ask(|reply| Input::MayReadOutbox { peer, reply }).await {
+                    Some(true) => self.mail_page(after).await,
+                    Some(false) => CoordReplyV1::Refused {
+                        reason: "the outbox is shown only to nodes that may coordinate (their heartbeats heard)".into(),
+                    },
+                    None => stopping(),
+                }
+            }
             CoordRequest::PhasesV1 { build_keys } if build_keys.len() <= PHASES_MAX => self
                 .ask(|reply| Input::Phases { build_keys, reply })
                 .await

@@ -8,8 +8,12 @@ use tracing::{debug, info};
 
 use super::schedule::Job;
 use super::*;
+use crate::clock::now_ms;
+use crate::mailer::MailHandle;
+use crate::net::NetClient;
 use kiln_protocol::coord::{JobPhase, PHASES_MAX};
 use kiln_protocol::messages::Settlement;
+use std::time::Duration;
 
 /// A page of open jobs sent to a standby catching up: at most this many,
 /// and half a coordinator frame.
@@ -74,6 +78,13 @@ impl Coordinator {
                 pages += 1;
                 if pages >= SYNC_PAGES_MAX || next <= after {
                     debug!("the coordinator's job pages do not advance; catch-up stopped");
+                    // Stopped as a failure: tried again later, not stuck.
+                    let failed = Input::Synced {
+                        from: leader,
+                        jobs: None,
+                        done: false,
+                    };
+                    let _ = inputs.send(failed).await;
                     return;
                 }
                 after = next;
@@ -105,13 +116,20 @@ impl Coordinator {
         CoordReplyV1::Jobs { jobs, next }
     }
 
-    /// Asks the coordinator where the open jobs it did not list stand (a
-    /// job restored from disk may have ended while this node was down),
-    /// then adopts the coordinator's outbox, so mail for jobs that ended
-    /// before this node started is not lost if it takes over.
-    pub(super) fn reconcile(&self, coordinator: PeerId, stale: Vec<Hash>) {
+    /// After the job pages: adopts the coordinator's outbox first (which
+    /// messages wait, which went out), so mail for jobs that ended before
+    /// this node started is not lost if it takes over; then asks where
+    /// the open jobs it kept but the coordinator did not list stand (one
+    /// may have ended while this node was down). The mail of a job settled
+    /// that way is composed here unless the outbox already has it.
+    pub(super) fn reconcile(&mut self, coordinator: PeerId, stale: Vec<Hash>) {
+        self.reconciling = stale.iter().copied().collect();
         let (net, inputs) = (self.net.clone(), self.inputs.clone());
+        let mail = self.mail.as_ref().map(|(mail, _)| mail.clone());
         tokio::spawn(async move {
+            if let Some(mail) = mail {
+                adopt_outbox(&net, coordinator, &mail).await;
+            }
             for keys in stale.chunks(PHASES_MAX) {
                 let request = CoordRequest::PhasesV1 {
                     build_keys: keys.to_vec(),
@@ -126,39 +144,18 @@ impl Coordinator {
                     Err(e) => debug!(error = %e, "cannot ask the coordinator where the jobs stand"),
                 }
             }
-            let (mut after, mut pages, mut adopted) = (None, 0, 0);
-            loop {
-                let page = crate::coord_client::ask_peer(&net, coordinator, &CoordRequest::MailSyncV1 { after }).await;
-                let (messages, next) = match page {
-                    Ok((CoordReplyV1::Mail { messages, next }, _)) => (messages, next),
-                    Ok(_) => {
-                        debug!("the coordinator did not list its outbox");
-                        return;
-                    }
-                    Err(e) => {
-                        debug!(error = %e, "cannot fetch the coordinator's outbox");
-                        return;
-                    }
-                };
-                adopted += messages.len();
-                if inputs.send(Input::MailSynced { messages }).await.is_err() {
-                    return;
-                }
-                pages += 1;
-                // Each page must move forward, and there are at most so many.
-                if next.is_none() || next <= after || pages >= SYNC_PAGES_MAX {
-                    break;
-                }
-                after = next;
-            }
-            info!(coordinator = %coordinator, messages = adopted, "caught up with the coordinator's outbox");
         });
     }
 
-    /// The coordinator's word on stale open jobs: the ended ones are
-    /// settled here too; the rest stay open.
+    /// The coordinator's word on stale open jobs this node asked about:
+    /// the ended ones are settled here too; the rest stay open.
     pub(super) fn reconciled(&mut self, phases: Vec<(Hash, JobPhase)>) {
+        let now = now_ms();
         for (build_key, phase) in phases {
+            // Only what was asked, and not heard of again since.
+            if !self.reconciling.remove(&build_key) {
+                continue;
+            }
             let settlement = match phase {
                 JobPhase::Done { attestation } => {
                     let matches = attestation.verify().is_ok_and(|a| a.build_key == build_key);
@@ -178,10 +175,68 @@ impl Coordinator {
                 },
                 _ => continue,
             };
-            if self.schedule.job(&build_key).is_some() {
-                info!(job = %build_key, "an open job kept here had ended at the coordinator; settled here too");
-                self.settled_here(settlement, super::jobs::Mail::FromOutbox);
-            }
+            let Some(job) = self.schedule.job(&build_key) else {
+                continue;
+            };
+            // The outbox (adopted first) holds the mail of a job that ended
+            // lately, so composing it again adds nothing; one requested
+            // longer ago than delivered mail is kept may have had its
+            // record forgotten, and is not mailed again.
+            let mail = if now.saturating_sub(job.request.requested_at_ms) > crate::mailer::DELIVERED_KEEP_MS {
+                super::jobs::Mail::FromOutbox
+            } else {
+                super::jobs::Mail::Compose
+            };
+            info!(job = %build_key, "an open job kept here had ended at the coordinator; settled here too");
+            self.settled_here(settlement, mail);
         }
     }
+}
+
+/// The most outbox messages one catch-up adopts.
+const ADOPTED_MAX: usize = 65_536;
+/// Tries at fetching one outbox page.
+const MAIL_PAGE_TRIES: u32 = 5;
+
+/// Pages the coordinator's outbox into this node's mailer. Each page must
+/// move forward and keep within the page size; at most so many in all.
+async fn adopt_outbox(net: &NetClient, coordinator: PeerId, mail: &MailHandle) {
+    let (mut after, mut adopted) = (None, 0);
+    loop {
+        let mut page = None;
+        for attempt in 1..=MAIL_PAGE_TRIES {
+            match crate::coord_client::ask_peer(net, coordinator, &CoordRequest::MailSyncV1 { after }).await {
+                Ok((CoordReplyV1::Mail { messages, next }, _)) => {
+                    page = Some((messages, next));
+                    break;
+                }
+                // Refused until the coordinator has heard this node's
+                // heartbeat (a second at most): asked again.
+                Ok((other, _)) => debug!(reply = ?other, attempt, "the coordinator did not list its outbox yet"),
+                Err(e) => debug!(error = %e, attempt, "cannot fetch the coordinator's outbox"),
+            }
+            if attempt < MAIL_PAGE_TRIES {
+                tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
+            }
+        }
+        let Some((messages, next)) = page else {
+            warn!(coordinator = %coordinator, "the coordinator's outbox could not be fetched; its waiting mail is not held here");
+            return;
+        };
+        let in_order = messages.windows(2).all(|w| w[0].key < w[1].key);
+        let forward = messages.first().is_none_or(|m| after.is_none_or(|a| m.key > a));
+        if messages.len() > crate::mailer::MAIL_PAGE_MESSAGES_MAX || !in_order || !forward {
+            warn!(coordinator = %coordinator, "the coordinator's outbox pages are malformed; catch-up of its mail stopped");
+            return;
+        }
+        adopted += messages.len();
+        if !mail.adopt(messages).await {
+            return;
+        }
+        match next {
+            Some(key) if after.is_none_or(|a| key > a) && adopted < ADOPTED_MAX => after = Some(key),
+            _ => break,
+        }
+    }
+    info!(coordinator = %coordinator, messages = adopted, "caught up with the coordinator's outbox");
 }

@@ -61,6 +61,7 @@ impl Coordinator {
             accepted_at_ms: HashMap::new(),
             held: Default::default(),
             sync_seen: HashSet::new(),
+            reconciling: HashSet::new(),
         }
     }
 
@@ -247,10 +248,8 @@ impl Coordinator {
                 let _ = reply.send(CoordReplyV1::Phases { phases });
             }
             Input::Reconciled { phases } => self.reconciled(phases),
-            Input::MailSynced { messages } => {
-                if let Some((mail, _)) = &self.mail {
-                    mail.adopt(messages);
-                }
+            Input::MayReadOutbox { peer, reply } => {
+                let _ = reply.send(self.election.is_candidate(&peer));
             }
             Input::Replicated { build_key, result } => {
                 self.replicating.remove(&build_key);

@@ -61,7 +61,7 @@ const LOG_BYTES_READ_MAX: u64 = 16 * 1024;
 const LOG_FETCH_MS_MAX: u64 = 10_000;
 /// How long a delivered message's record is kept (it stops a late
 /// `Delivered` or settlement from sending it again).
-const DELIVERED_KEEP_MS: u64 = 7 * 24 * 3600 * 1000;
+pub(crate) const DELIVERED_KEEP_MS: u64 = 7 * 24 * 3600 * 1000;
 /// The longest delivery error shown by `kiln status`.
 const ERROR_SHOWN_BYTES_MAX: usize = 300;
 
@@ -147,11 +147,10 @@ impl MailHandle {
     }
 
     /// Messages from the coordinator's outbox (a standby's catch-up):
-    /// each one this node lacks is kept, as sent or still to send.
-    pub fn adopt(&self, messages: Vec<MailMessage>) {
-        if self.inputs.try_send(Input::Adopt { messages }).is_err() {
-            warn!("mailer input queue full; outbox messages from the coordinator were not adopted");
-        }
+    /// each one this node lacks is kept, as sent or still to send. Waits
+    /// for room in the mailer's queue; false if the mailer has stopped.
+    pub async fn adopt(&self, messages: Vec<MailMessage>) -> bool {
+        self.inputs.send(Input::Adopt { messages }).await.is_ok()
     }
 
     /// The coordinator delivered this message (heard over gossip).
@@ -253,34 +252,41 @@ fn smtp_transport(url: &str, password: Option<&str>) -> Result<Transport, MailEr
 
 /// Outbox messages in one catch-up page: at most this many, and half a
 /// coordinator frame.
-const MAIL_PAGE_MESSAGES_MAX: usize = 256;
+pub(crate) const MAIL_PAGE_MESSAGES_MAX: usize = 256;
 const MAIL_PAGE_BYTES_MAX: usize = kiln_protocol::coord::COORD_FRAME_BYTES_MAX / 2;
 
 /// A page of this node's outbox after `after`, in outbox-key order, for a
 /// standby catching up; the key to ask after next, if more follow. Reads
-/// the whole table: call it off the runtime.
+/// one page of the table (blocking: call it off the runtime). A page has
+/// at least one message if any follows, however large.
 pub fn outbox_page(store: &Store, after: Option<Hash>) -> Result<(Vec<MailMessage>, Option<Hash>), String> {
-    let records = store.records(RecordTable::Outbox).map_err(|e| e.to_string())?;
+    let after_bytes = after.map(|a| *a.as_bytes());
+    let records = store
+        .records_after(
+            RecordTable::Outbox,
+            after_bytes.as_ref().map(|a| a.as_slice()),
+            MAIL_PAGE_MESSAGES_MAX,
+        )
+        .map_err(|e| e.to_string())?;
+    let full = records.len() == MAIL_PAGE_MESSAGES_MAX;
     let mut messages = Vec::new();
-    let mut bytes = 0;
+    let (mut bytes, mut last) = (0, None);
     for (key, value) in records {
         let Ok(key) = <[u8; 32]>::try_from(key.as_slice()).map(Hash::from_bytes) else {
             continue;
         };
-        if after.is_some_and(|a| key <= a) {
-            continue;
-        }
         let Ok(entry) = wire::decode::<OutboxEntry, { kiln_store::RECORD_VALUE_BYTES_MAX }>(&value) else {
+            last = Some(key);
             continue;
         };
+        let size = entry.subject.len() + entry.body.len() + entry.to.len() + 128;
+        if !messages.is_empty() && bytes + size > MAIL_PAGE_BYTES_MAX {
+            return Ok((messages, last));
+        }
+        last = Some(key);
         // A tombstone (a receipt heard before its settlement) has no message.
         if entry.to.is_empty() {
             continue;
-        }
-        let size = entry.subject.len() + entry.body.len() + entry.to.len() + 128;
-        if messages.len() >= MAIL_PAGE_MESSAGES_MAX || bytes + size > MAIL_PAGE_BYTES_MAX {
-            let next = messages.last().map(|m: &MailMessage| m.key);
-            return Ok((messages, next));
         }
         bytes += size;
         messages.push(MailMessage {
@@ -292,7 +298,31 @@ pub fn outbox_page(store: &Store, after: Option<Hash>) -> Result<(Vec<MailMessag
             delivered: entry.delivered_ms.is_some(),
         });
     }
-    Ok((messages, None))
+    Ok((messages, if full { last } else { None }))
+}
+
+/// Longest subject and body of a message a standby adopts (what this
+/// node composes stays far below both).
+const ADOPTED_SUBJECT_BYTES_MAX: usize = 1024;
+const ADOPTED_BODY_BYTES_MAX: usize = 64 * 1024;
+
+/// Whether an adopted message looks like one a coordinator composes: a
+/// real address, a Kiln subject, bounded text. Another node's outbox is
+/// taken only from the coordinator this node follows (with
+/// `--trust-coordinator`, only a trusted one), but not on trust alone.
+pub fn check_adopted(message: &MailMessage) -> Result<(), String> {
+    kiln_protocol::messages::check_email(&message.to)?;
+    message
+        .to
+        .parse::<lettre::Address>()
+        .map_err(|e| format!("{:?} is not an email address: {e}", message.to))?;
+    if !message.subject.starts_with("kiln: ") || message.subject.len() > ADOPTED_SUBJECT_BYTES_MAX {
+        return Err("not a subject Kiln writes".into());
+    }
+    if message.body.len() > ADOPTED_BODY_BYTES_MAX {
+        return Err(format!("a body over {ADOPTED_BODY_BYTES_MAX} bytes"));
+    }
+    Ok(())
 }
 
 /// The key of the message to `to` about `settlement`. A build key is built
@@ -340,6 +370,10 @@ impl Mailer {
     fn adopt(&self, messages: Vec<MailMessage>) {
         let (mut kept, mut marked) = (0, 0);
         for message in messages {
+            if let Err(why) = check_adopted(&message) {
+                warn!(why, "an outbox message from the coordinator was not adopted");
+                continue;
+            }
             match self.entry(&message.key) {
                 None => {
                     let entry = OutboxEntry {

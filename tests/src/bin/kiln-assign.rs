@@ -6,7 +6,8 @@
 //! kiln-assign DATA_DIR BOOTSTRAP RECIPE.toml signed|unsigned WORKER_PEER...
 //!
 //! With `KILN_ASSIGN_JOBS=N` (for the sleep recipe), it instead assigns N
-//! distinct jobs (`-o n=1..N -o secs=20`) to the first worker, all at once.
+//! distinct jobs (`-o n=1..N -o secs=20`) to the first worker, one after
+//! another.
 //!
 //! Prints: `publisher KEY`, `job BUILD_KEY`, then per worker `accepted PEER`
 //! or `refused PEER: REASON`, then `done WORKER_KEY ARTIFACT LOG` or
@@ -82,8 +83,10 @@ async fn main() {
                 options,
                 ..job.clone()
             };
-            let (net, worker) = (net.clone(), workers[0]);
-            tokio::spawn(async move { assign(&net, worker, &job).await });
+            // One after another, each answered before the next: the offers
+            // past 16 arrive while 16 or more builds run, never while 16
+            // other offers are still being read.
+            assign(&net, workers[0], &job).await;
         }
         std::future::pending::<()>().await;
     }
