@@ -351,3 +351,17 @@ pub fn test_bytes(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// Writes an encoded request frame on a Kiln stream and reads one answer
+/// frame whole (its length header included), as the test peers do.
+pub async fn exchange_frame(stream: &mut libp2p::Stream, request: &[u8]) -> std::io::Result<Vec<u8>> {
+    use futures::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(request).await?;
+    stream.flush().await?;
+    let mut header = [0u8; 4];
+    stream.read_exact(&mut header).await?;
+    let mut frame = header.to_vec();
+    frame.resize(4 + u32::from_le_bytes(header) as usize, 0);
+    stream.read_exact(&mut frame[4..]).await?;
+    Ok(frame)
+}

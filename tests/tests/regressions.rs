@@ -20,6 +20,20 @@ fn evil(name: &str, dir: &Path, boot: &str, mode: &str, target: &str) -> Proc {
     Proc::spawn(name, command)
 }
 
+/// Writes `len` test bytes to `file` and publishes them through the node
+/// running on `node_dir`; the blob's hash.
+fn publish(node_dir: &Path, file: &Path, len: usize, seed: u64) -> String {
+    std::fs::write(file, test_bytes(len, seed)).unwrap();
+    let (ok, out, err) = kiln(&[
+        "publish",
+        "--data-dir",
+        node_dir.to_str().unwrap(),
+        file.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    out.split_whitespace().find(|w| w.len() == 64).unwrap().to_string()
+}
+
 /// Watch streams used to hold one of the coordinator's 64 stream permits
 /// each for as long as they lasted: 64 `kiln request --wait` clients
 /// blocked every submission and every `kiln status`.
@@ -55,16 +69,7 @@ fn a_range_over_the_limit_is_refused_as_a_bad_range() {
     let (_boot, boot) = start_bootstrap(&tmp.path().join("boot"));
     let node_dir = tmp.path().join("node");
     let (_node, addr) = start_node("node", &node_dir, &boot, &[]);
-    let file = tmp.path().join("blob");
-    std::fs::write(&file, test_bytes(20 << 20, 7)).unwrap();
-    let (ok, out, err) = kiln(&[
-        "publish",
-        "--data-dir",
-        node_dir.to_str().unwrap(),
-        file.to_str().unwrap(),
-    ]);
-    assert!(ok, "{err}");
-    let hash = out.split_whitespace().find(|w| w.len() == 64).unwrap().to_string();
+    let hash = publish(&node_dir, &tmp.path().join("blob"), 20 << 20, 7);
     let limit = kiln_protocol::messages::RANGE_BYTES_MAX;
     assert_eq!(limit, kiln_store::RANGE_BYTES_MAX, "one limit");
     for (length, answer) in [(limit, "answer data"), (limit + (1 << 20), "answer bad range")] {
@@ -121,16 +126,12 @@ fn an_evicted_blob_is_no_longer_announced() {
     let (node, _) = start_node("node", &node_dir, &boot, &["--max-store-size", &cap]);
     let mut hashes = Vec::new();
     for seed in [1, 2] {
-        let file = tmp.path().join(format!("blob{seed}"));
-        std::fs::write(&file, test_bytes(2 << 20, seed)).unwrap();
-        let (ok, out, err) = kiln(&[
-            "publish",
-            "--data-dir",
-            node_dir.to_str().unwrap(),
-            file.to_str().unwrap(),
-        ]);
-        assert!(ok, "{err}");
-        hashes.push(out.split_whitespace().find(|w| w.len() == 64).unwrap().to_string());
+        hashes.push(publish(
+            &node_dir,
+            &tmp.path().join(format!("blob{seed}")),
+            2 << 20,
+            seed,
+        ));
     }
     let (evicted, kept) = (&hashes[0], &hashes[1]);
     // The bootstrap peer restarts on the same address and key, empty: the

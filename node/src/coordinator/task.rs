@@ -317,8 +317,13 @@ impl Coordinator {
             return;
         };
         for job in jobs {
-            self.sync_seen.insert(job.build_key);
+            let build_key = job.build_key;
             self.heard_job(job, from);
+            // Only what this node holds open matters for staleness: the
+            // set stays as small as its own queue, whatever a peer lists.
+            if self.schedule.job(&build_key).is_some() {
+                self.sync_seen.insert(build_key);
+            }
         }
         if done {
             self.syncing = false;

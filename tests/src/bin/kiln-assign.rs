@@ -20,7 +20,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use futures::{AsyncReadExt, AsyncWriteExt};
 use kiln_node::net::{self, NetConfig, NetEvent, WORK_PROTOCOL};
 use kiln_protocol::messages::{
     decode_frame, encode_frame, BuildOutcome, Gossip, GossipV1, JobRequest, WorkReply, WorkRequest,
@@ -152,13 +151,7 @@ async fn assign(net: &kiln_node::net::NetClient, worker: PeerId, job: &JobReques
         attempt: 1,
     })
     .unwrap();
-    stream.write_all(&frame).await.unwrap();
-    stream.flush().await.unwrap();
-    let mut header = [0u8; 4];
-    stream.read_exact(&mut header).await.unwrap();
-    let mut frame = header.to_vec();
-    frame.resize(4 + u32::from_le_bytes(header) as usize, 0);
-    stream.read_exact(&mut frame[4..]).await.unwrap();
+    let frame = kiln_tests::exchange_frame(&mut stream, &frame).await.unwrap();
     match decode_frame::<WorkReply>(&frame).unwrap().unwrap().0 {
         WorkReply::V1(kiln_protocol::messages::WorkReplyV1::Accepted) => println!("accepted {worker}"),
         WorkReply::V1(kiln_protocol::messages::WorkReplyV1::Refused { reason }) => {

@@ -216,16 +216,10 @@ async fn watch(net: NetClient, target: &str) {
             let mut control = net.stream_control();
             let mut stream = control.open_stream(coordinator, COORD_PROTOCOL).await.unwrap();
             let request = kiln_protocol::coord::CoordRequest::WatchV1 { build_key };
-            stream
-                .write_all(&messages::encode_frame(&request).unwrap())
+            // The first answer (the job's phase) says the watch is held.
+            kiln_tests::exchange_frame(&mut stream, &messages::encode_frame(&request).unwrap())
                 .await
                 .unwrap();
-            stream.flush().await.unwrap();
-            // The first answer (the job's phase) says the watch is held.
-            let mut header = [0u8; 4];
-            stream.read_exact(&mut header).await.unwrap();
-            let mut body = vec![0u8; u32::from_le_bytes(header) as usize];
-            stream.read_exact(&mut body).await.unwrap();
             held.push(stream);
         }
     }
@@ -261,16 +255,9 @@ async fn range(net: NetClient, target: &str) {
         offset: 0,
         length,
     };
-    stream
-        .write_all(&messages::encode_frame(&request).unwrap())
+    let frame = kiln_tests::exchange_frame(&mut stream, &messages::encode_frame(&request).unwrap())
         .await
         .unwrap();
-    stream.flush().await.unwrap();
-    let mut header = [0u8; 4];
-    stream.read_exact(&mut header).await.unwrap();
-    let mut frame = header.to_vec();
-    frame.resize(4 + u32::from_le_bytes(header) as usize, 0);
-    stream.read_exact(&mut frame[4..]).await.unwrap();
     let (reply, _): (BlobReply, usize) = messages::decode_frame(&frame).unwrap().unwrap();
     let kind = match reply {
         BlobReply::V1(BlobReplyV1::Data { .. }) => "data",
