@@ -63,7 +63,7 @@ pub enum StoreError {
     #[error("blob {hash} is not in the store; fetch it first (`kiln fetch {hash}`)")]
     Missing { hash: Hash },
 
-    #[error("blob {hash} is corrupt on disk (its bytes hash to {actual}); it was removed from the store: fetch it again, and check the disk if this repeats")]
+    #[error("blob {hash} is corrupt on disk (its bytes hash to {actual}); it was moved to the quarantine folder of the data dir: fetch it again, and check the disk if this repeats")]
     Corrupt { hash: Hash, actual: Hash },
 
     #[error("blob {hash} is {size_bytes} bytes, over the {limit_bytes}-byte limit for reading it whole; stream it with `Store::open_reader` instead")]

@@ -7,6 +7,7 @@
 //! blobs/ab/ab12…ef   one file per blob, named by its BLAKE3 hash (64 hex), sharded by the first 2 hex
 //! tmp/               puts in progress; cleared on open (a crash leaves files only here)
 //! partial/           resumable downloads, named by the hash they must have when complete
+//! quarantine/        a few blobs found corrupt, kept aside for inspection (never served)
 //! index.redb         access times, pins, attestations, partial progress, durable records
 //! ```
 //!
@@ -32,6 +33,7 @@ mod fsutil;
 mod index;
 mod partial;
 mod put;
+mod quarantine;
 mod read;
 mod records;
 mod store;
@@ -41,6 +43,7 @@ pub use error::{DiskFullReason, Result, StoreError};
 pub use export::Exported;
 pub use index::RecordTable;
 pub use partial::{PartialBlob, PartialInfo, PendingFlush};
+pub use quarantine::{QuarantineListener, Quarantined, QUARANTINE_FILES_MAX, QUARANTINE_LISTED_MAX};
 pub use read::{BlobReader, VerifyReport};
 pub use store::{RemovedListener, Store, StoreOptions};
 

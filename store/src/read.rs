@@ -1,7 +1,7 @@
 //! Reading blobs back: raw file handles for range serving, a reader that
 //! verifies the hash as it goes, whole small blobs, ranges, and
 //! re-verification of what is on disk. A blob whose bytes no longer match
-//! its name is removed from the store and reported.
+//! its name is quarantined and reported.
 //!
 //! Not for writing: see `put` and `partial`.
 
@@ -22,7 +22,7 @@ pub struct VerifyReport {
     pub good: u64,
     /// Bytes re-hashed.
     pub checked_bytes: u64,
-    /// Blobs whose bytes did not match; they were removed.
+    /// Blobs whose bytes did not match; they were quarantined.
     pub corrupt: Vec<Hash>,
     /// Blobs listed but whose file had disappeared; they were forgotten.
     pub missing: Vec<Hash>,
@@ -30,7 +30,8 @@ pub struct VerifyReport {
 
 /// Reads one blob from the start and checks its hash at the end: the
 /// final `read` returns an error of kind `InvalidData` instead of end of
-/// file if the bytes were not the blob's (and the blob is then removed).
+/// file if the bytes were not the blob's (and the blob is then
+/// quarantined: see [`Store::quarantine`]).
 pub struct BlobReader {
     store: Store,
     file: File,
@@ -195,7 +196,7 @@ impl Store {
     }
 
     /// Re-hashes a stored blob. `Ok(false)`: its bytes did not match its
-    /// name, and it was removed (fetch it again).
+    /// name, and it was quarantined (fetch it again).
     pub fn verify(&self, hash: &Hash) -> Result<bool> {
         let mut reader = self.open_reader(hash)?.ok_or(StoreError::Missing { hash: *hash })?;
         let mut buffer = vec![0u8; COPY_BUFFER_BYTES];
@@ -209,7 +210,7 @@ impl Store {
         }
     }
 
-    /// Re-hashes every stored blob; corrupt ones are removed, vanished
+    /// Re-hashes every stored blob; corrupt ones are quarantined, vanished
     /// ones forgotten.
     pub fn verify_all(&self) -> Result<VerifyReport> {
         let mut report = VerifyReport::default();
@@ -225,14 +226,5 @@ impl Store {
             }
         }
         Ok(report)
-    }
-
-    /// Removes a blob found corrupt and returns the error that says so.
-    fn quarantine(&self, hash: &Hash, actual: Hash) -> StoreError {
-        tracing::warn!(blob = %hash, actual = %actual, "blob on disk does not match its hash; removing it");
-        if let Err(e) = self.remove(hash) {
-            tracing::warn!(blob = %hash, error = %e, "could not remove corrupt blob");
-        }
-        StoreError::Corrupt { hash: *hash, actual }
     }
 }

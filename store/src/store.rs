@@ -17,6 +17,7 @@ use kiln_protocol::Hash;
 use crate::error::{Result, StoreError};
 use crate::fsutil::{clear_dir, ensure_dir, mtime_ms, now_ms, sync_dir};
 use crate::index::Index;
+use crate::quarantine::QuarantineList;
 use crate::{ACCESS_PERSIST_MS, PIN_REASON_BYTES_MAX};
 
 /// How to open a store.
@@ -43,6 +44,8 @@ pub(crate) struct Inner {
     state: Mutex<State>,
     /// Told of every blob that leaves the store (see [`Store::on_removed`]).
     removed: Mutex<Option<RemovedListener>>,
+    /// Blobs found corrupt (see [`Store::quarantine`]).
+    quarantine: Mutex<QuarantineList>,
 }
 
 /// Called with the hashes of blobs that left the store: evicted under the
@@ -147,6 +150,7 @@ impl Store {
                 index,
                 state: Mutex::new(state),
                 removed: Mutex::new(None),
+                quarantine: Mutex::new(QuarantineList::default()),
             }),
         };
         store.set_size_cap(options.size_cap_bytes)?;
@@ -162,6 +166,10 @@ impl Store {
         // A panic while holding the lock cannot leave the state half
         // updated in a way that matters more than a crash would.
         self.inner.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn quarantine_list(&self) -> MutexGuard<'_, QuarantineList> {
+        self.inner.quarantine.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub(crate) fn blob_path(&self, hash: &Hash) -> PathBuf {
@@ -453,7 +461,7 @@ pub(crate) fn plan_eviction(
     }
 }
 
-fn cut_at_char(text: &str, bytes_max: usize) -> &str {
+pub(crate) fn cut_at_char(text: &str, bytes_max: usize) -> &str {
     if text.len() <= bytes_max {
         return text;
     }

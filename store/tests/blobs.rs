@@ -147,34 +147,69 @@ fn storing_twice_keeps_one_copy() {
     assert!(files_under(&dir.path().join("tmp")).is_empty());
 }
 
-#[test]
-fn a_blob_that_no_longer_matches_its_name_is_reported_and_removed() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    let good = store.put_bytes(&bytes(3000, 1), None).unwrap().0;
-    let bad = store.put_bytes(&bytes(3000, 2), None).unwrap().0;
-    let name = bad.to_string();
-    let path = dir.path().join("blobs").join(&name[..2]).join(&name);
+/// Flips one byte of a stored blob's file; its path.
+fn damage(dir: &std::path::Path, hash: &Hash) -> std::path::PathBuf {
+    let name = hash.to_string();
+    let path = dir.join("blobs").join(&name[..2]).join(&name);
     fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
     let mut damaged = fs::read(&path).unwrap();
     damaged[100] ^= 1;
     fs::write(&path, &damaged).unwrap();
+    path
+}
+
+#[test]
+fn a_blob_that_no_longer_matches_its_name_is_quarantined_and_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let told = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = told.clone();
+    store.on_quarantined(std::sync::Arc::new(move |hash, pinned| {
+        sink.lock().unwrap().push((hash, pinned))
+    }));
+    let good = store.put_bytes(&bytes(3000, 1), None).unwrap().0;
+    let bad = store.put_bytes(&bytes(3000, 2), None).unwrap().0;
+    store.pin(&bad, "needed").unwrap();
+    let path = damage(dir.path(), &bad);
 
     let err = store.read(&bad).unwrap_err();
     assert!(matches!(err, StoreError::Corrupt { hash, .. } if hash == bad), "{err}");
     assert!(!store.has(&bad));
     assert!(!path.exists());
+    // Kept aside, listed as pinned (the pin stays: a good copy is pinned
+    // again), and the node told.
+    let listed = store.quarantined();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (listed[0].hash, listed[0].pinned, listed[0].size_bytes),
+        (bad, true, 3000)
+    );
+    assert_ne!(listed[0].actual, bad);
+    let kept = listed[0].kept.clone().unwrap();
+    assert_eq!(kept, dir.path().join("quarantine").join(bad.to_string()));
+    assert!(kept.exists());
+    assert!(store.is_pinned(&bad));
+    assert_eq!(*told.lock().unwrap(), vec![(bad, true)]);
+    store.note_quarantined(&bad, "fetched a good copy");
+    assert_eq!(store.quarantined()[0].note.as_deref(), Some("fetched a good copy"));
+    // A second reader that finds it gone does not list it twice.
+    let _ = store.quarantine(&bad, listed[0].actual);
+    assert_eq!(store.quarantined().len(), 1);
 
-    // Same damage found by a full check.
-    let bad = store.put_bytes(&bytes(3000, 3), None).unwrap().0;
-    let name = bad.to_string();
-    let path = dir.path().join("blobs").join(&name[..2]).join(&name);
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
-    fs::write(&path, b"short").unwrap();
-    let report = store.verify_all().unwrap();
-    assert_eq!(report.corrupt, vec![bad]);
-    assert_eq!(report.good, 1);
+    // Same damage found by a full check; few corrupt files are kept.
+    let mut found = vec![bad];
+    for seed in 3..3 + kiln_store::QUARANTINE_FILES_MAX as u64 + 1 {
+        let bad = store.put_bytes(&bytes(3000, seed), None).unwrap().0;
+        damage(dir.path(), &bad);
+        let report = store.verify_all().unwrap();
+        assert_eq!(report.corrupt, vec![bad]);
+        assert_eq!(report.good, 1);
+        found.push(bad);
+    }
     assert_eq!(store.list(), vec![(good, 3000)]);
+    let hashes: Vec<Hash> = store.quarantined().iter().map(|q| q.hash).collect();
+    assert_eq!(hashes, found);
+    assert!(files_under(&dir.path().join("quarantine")).len() <= kiln_store::QUARANTINE_FILES_MAX);
 }
 
 #[test]

@@ -13,7 +13,9 @@
 //! - `download`: the download tasks, the range buffers and the writer that
 //!   puts verified ranges into a partial blob;
 //! - `announce`: telling the DHT what the store holds, and withdrawing what
-//!   it no longer holds.
+//!   it no longer holds;
+//! - `repair`: fetching again a pinned blob the store found corrupt and
+//!   quarantined.
 //!
 //! Not for: deciding what to keep (the store's pins and cap) or what to
 //! fetch (the roles ask).
@@ -31,10 +33,12 @@ use crate::net::NetClient;
 mod announce;
 mod download;
 mod fetch;
+mod repair;
 mod serve;
 
 pub use announce::spawn_announcer;
 pub use fetch::{fetch, fetch_from};
+pub use repair::spawn_repairer;
 pub use serve::spawn_server;
 
 /// Why a fetch failed.

@@ -66,7 +66,9 @@ fn range_hashes(store: &Store, cache: &RangeHashCache, hash: &Hash) -> std::io::
     }
     let (actual, list) = hasher.finish();
     if actual != *hash {
-        warn!(blob = %hash, "stored blob does not match its hash; not serving it");
+        // Moved aside and forgotten: not announced, served or re-hashed
+        // again (a pinned blob is fetched again: see `repair`).
+        store.quarantine(hash, actual);
         return Ok(None);
     }
     let list = Arc::new(list);

@@ -52,6 +52,7 @@ pub(super) fn start(
     let mut serving = vec![blobs::spawn_server(&net, store.clone())];
     if how.long_lived {
         serving.push(blobs::spawn_announcer(net.clone(), store.clone()));
+        serving.push(blobs::spawn_repairer(net.clone(), store.clone()));
     }
     let started = Started {
         net,
