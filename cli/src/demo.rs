@@ -212,6 +212,7 @@ async fn start_farm(
                     eligible: true,
                     pinned: true,
                     trusted: None,
+                    ..Default::default()
                 },
                 http: Some(http),
                 ..node_options(coordinator_dir.clone(), vec![boot.clone()])

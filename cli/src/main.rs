@@ -237,13 +237,19 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Show the coordinator, the workers, the queue and recent builds.
+    /// Show the coordinator, the workers, the queue and recent builds; with --node, what the node running on
+    /// this data dir holds: its role, its open jobs, where its mail goes, blobs found corrupt.
     Status {
         #[command(flatten)]
         bootstrap: Bootstrap,
         /// Print JSON
         #[arg(long)]
         json: bool,
+        /// Ask the node running on --data-dir about itself instead of the network's coordinator
+        #[arg(long)]
+        node: bool,
+        #[command(flatten)]
+        data_dir: DataDir,
     },
     /// Print this node's peer id.
     Id {
@@ -448,6 +454,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     eligible: !no_coordinator,
                     pinned: coordinator,
                     trusted,
+                    ..Default::default()
                 },
                 mail: mail.options()?,
                 http,
@@ -481,7 +488,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         })
         .await
         .map(|_| ()),
-        Command::Status { bootstrap, json } => request::status(bootstrap.bootstrap, json).await,
+        Command::Status {
+            bootstrap,
+            json,
+            node,
+            data_dir,
+        } => {
+            if node {
+                request::node_status(&data_dir.resolve()?, json).await
+            } else {
+                request::status(bootstrap.bootstrap, json).await
+            }
+        }
         Command::Demo { keep } => demo::run(keep).await,
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
@@ -547,7 +565,10 @@ async fn publish(path: &Path, data_dir: &Path) -> anyhow::Result<()> {
     match control::ask(data_dir, &ControlRequest::Publish { path: path.clone() }).await? {
         Some(ControlReply::Published { hash, .. }) => println!("{hash}"),
         Some(ControlReply::Error { message }) => bail!("the node could not publish {}: {message}", path.display()),
-        Some(other) => bail!("unexpected answer from the node: {other:?}"),
+        Some(_) => bail!(
+            "the node on {} answered something else than a publish; is it the same kiln version as this command?",
+            data_dir.display()
+        ),
         None => {
             let store = kiln_store::Store::open(data_dir)?;
             let (hash, _) = kiln_node::publish(&store, &path).await.map_err(anyhow::Error::msg)?;
@@ -606,7 +627,10 @@ async fn fetch(hash: Hash, output: Option<PathBuf>, bootstrap: Vec<Multiaddr>, d
             return Ok(());
         }
         Some(ControlReply::Error { message }) => bail!("{message}"),
-        Some(other) => bail!("unexpected answer from the node: {other:?}"),
+        Some(_) => bail!(
+            "the node on {} answered something else than a fetch; is it the same kiln version as this command?",
+            data_dir.display()
+        ),
         None => {}
     }
     if bootstrap.is_empty() {

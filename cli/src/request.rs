@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use kiln_node::clock::now_ms;
+use kiln_node::control::{self, ControlReply, ControlRequest};
 use kiln_node::coord_client;
 use kiln_node::report::{peer_of, status_json, worker_state};
 use kiln_node::requester::{self, RequestSpec};
@@ -273,7 +274,7 @@ pub async fn status(bootstrap: Vec<Multiaddr>, json: bool) -> anyhow::Result<()>
     node.stop().await;
     let (coordinator, reply, _) = answer?;
     let CoordReplyV1::Status(report) = reply else {
-        bail!("unexpected answer from the coordinator: {reply:?}");
+        bail!("the coordinator {coordinator} answered something else than its status; it may run another kiln version, try again later");
     };
     if json {
         println!(
@@ -282,6 +283,89 @@ pub async fn status(bootstrap: Vec<Multiaddr>, json: bool) -> anyhow::Result<()>
         );
     } else {
         print_status(&coordinator.to_string(), &report);
+    }
+    Ok(())
+}
+
+/// `kiln status --node`: the node running on `data_dir`, about itself.
+pub async fn node_status(data_dir: &Path, json: bool) -> anyhow::Result<()> {
+    let status = match control::ask(data_dir, &ControlRequest::Status).await? {
+        Some(ControlReply::Status(status)) => status,
+        Some(ControlReply::Error { message }) => bail!("{message}"),
+        Some(_) => bail!(
+            "the node on {} answered something else than its status; is it the same kiln version as this command?",
+            data_dir.display()
+        ),
+        None => bail!(
+            "no node runs on {}: start `kiln node --data-dir {}`, or pass the --data-dir of the node to ask",
+            data_dir.display(),
+            data_dir.display()
+        ),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(());
+    }
+    let role = match status.role.as_str() {
+        "coordinator" if status.pinned => "the coordinator (pinned)",
+        "coordinator" => "the coordinator (elected)",
+        "standby" => "a standby: may be elected if the coordinator goes",
+        _ => "not a coordinator (--no-coordinator)",
+    };
+    println!("node {}: {role}", status.peer_id);
+    if status.role != "coordinator" {
+        match &status.coordinator {
+            Some(peer) => println!("coordinator: {peer}"),
+            None => println!("coordinator: none known yet"),
+        }
+    }
+    println!("open jobs in this node's queue: {}", status.jobs_total);
+    for job in &status.jobs {
+        println!(
+            "  {}  {} {}  {}",
+            job["build_key"].as_str().unwrap_or(""),
+            job["recipe"].as_str().unwrap_or(""),
+            job["version"].as_str().unwrap_or(""),
+            job["state"].as_str().unwrap_or("")
+        );
+    }
+    if let Some(mail) = &status.mail {
+        let problem = mail
+            .last_error
+            .as_deref()
+            .map(|e| format!("; last attempt: {e}"))
+            .unwrap_or_default();
+        println!(
+            "mail: {} pending, {} delivered{problem}; {}",
+            mail.pending, mail.delivered, mail.route
+        );
+    }
+    let store = &status.store;
+    let cap = store.cap_bytes.map(|c| format!(" of {c} allowed")).unwrap_or_default();
+    println!("store: {} blobs, {} bytes{cap}", store.blobs, store.bytes);
+    if !store.quarantined.is_empty() {
+        println!("blobs found corrupt on disk (quarantined): {}", store.quarantined.len());
+        for q in &store.quarantined {
+            let state = if q.restored {
+                "a good copy is back"
+            } else if q.pinned {
+                "needed here, not yet fetched again"
+            } else {
+                "forgotten (not needed here)"
+            };
+            println!(
+                "  {}  {} bytes, {} s ago: {state}",
+                q.hash,
+                q.bytes,
+                q.found_ms_ago / 1000
+            );
+            if let Some(note) = &q.note {
+                println!("      {note}");
+            }
+            if let Some(kept) = &q.kept {
+                println!("      corrupt bytes kept in {kept}");
+            }
+        }
     }
     Ok(())
 }
@@ -345,4 +429,7 @@ fn print_status(coordinator: &str, report: &StatusReport) {
         .map(|e| format!("; last attempt: {e}"))
         .unwrap_or_default();
     println!("mail: {} pending, {} delivered{problem}", mail.pending, mail.delivered);
+    if !mail.route.is_empty() {
+        println!("mail on the coordinator is {}", mail.route);
+    }
 }

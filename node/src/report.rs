@@ -60,6 +60,7 @@ pub fn status_json(coordinator: &str, report: &StatusReport) -> serde_json::Valu
         "recent": report.recent.iter().map(job_json).collect::<Vec<_>>(),
         "mail": json!({
             "pending": report.mail.pending, "delivered": report.mail.delivered, "last_error": report.mail.last_error,
+            "route": report.mail.route,
         }),
     })
 }

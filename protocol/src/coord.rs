@@ -192,6 +192,9 @@ pub struct MailView {
     pub delivered: u64,
     /// Why the last delivery failed, if it did (no credentials in it).
     pub last_error: Option<String>,
+    /// Where the mail goes, in words: the SMTP server (no credentials),
+    /// or the folder of `.eml` files a node without `--smtp` writes.
+    pub route: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -97,3 +97,17 @@ pub fn wait_status(boot: &str, what: &str, condition: impl Fn(&Value) -> bool) -
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// `kiln status --node --json` of the node running on `dir`, or `None` if
+/// none answers there (it is starting or was killed).
+pub fn try_node_status(dir: &Path) -> Option<Value> {
+    let (ok, out, _) = kiln(&["status", "--node", "--json", "--data-dir", dir.to_str().unwrap()]);
+    ok.then(|| serde_json::from_str(&out).ok()).flatten()
+}
+
+/// `kiln status --node --json` of the node running on `dir`.
+pub fn node_status(dir: &Path) -> Value {
+    let (ok, out, err) = kiln(&["status", "--node", "--json", "--data-dir", dir.to_str().unwrap()]);
+    assert!(ok, "kiln status --node failed: {err}");
+    serde_json::from_str(&out).unwrap()
+}

@@ -6,55 +6,16 @@
 // Test code: a panic is a failed assertion.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
+
+use common::{mails_in, recipients, Mail, Smtp};
 
 use kiln_tests::farm::{peer_of, recipe, request, request_waiting, wait_json, wait_status, worker, BUILD};
 use kiln_tests::{kiln, start_bootstrap, start_node, wait_until, Proc, START};
 use serde_json::Value;
-
-#[derive(Debug)]
-struct Mail {
-    to: String,
-    subject: String,
-    body: String,
-    /// The SMTP envelope recipient (aiosmtpd's `X-RcptTo`).
-    envelope_to: Option<String>,
-}
-
-fn parse(bytes: &[u8]) -> Mail {
-    let mail = mailparse::parse_mail(bytes).unwrap();
-    let header = |name: &str| mail.headers.iter().find(|h| h.get_key_ref().eq_ignore_ascii_case(name));
-    Mail {
-        to: header("To").map(|h| h.get_value()).unwrap_or_default(),
-        subject: header("Subject").map(|h| h.get_value()).unwrap_or_default(),
-        body: mail.get_body().unwrap(),
-        envelope_to: header("X-RcptTo").map(|h| h.get_value()),
-    }
-}
-
-/// Every message in `dir` (files ending in `ext`, or all files).
-fn mails_in(dir: &Path, ext: Option<&str>) -> Vec<Mail> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    entries
-        .map(|e| e.unwrap().path())
-        .filter(|p| ext.is_none_or(|ext| p.extension().is_some_and(|e| e == ext)))
-        .map(|p| parse(&std::fs::read(p).unwrap()))
-        .collect()
-}
-
-/// How many messages each address got.
-fn recipients(mails: &[Mail]) -> BTreeMap<String, usize> {
-    let mut count = BTreeMap::new();
-    for mail in mails {
-        *count.entry(mail.to.clone()).or_default() += 1;
-    }
-    count
-}
 
 fn counts(pairs: &[(&str, usize)]) -> BTreeMap<String, usize> {
     pairs.iter().map(|(a, n)| (a.to_string(), *n)).collect()
@@ -66,49 +27,6 @@ fn outbox(data_dir: &Path) -> Vec<Mail> {
 
 fn mail_settled(s: &Value, delivered: u64) -> bool {
     s["mail"]["pending"] == 0 && s["mail"]["delivered"] == delivered
-}
-
-/// A real SMTP server process storing what it accepts in a Maildir.
-struct Smtp {
-    port: u16,
-    maildir: PathBuf,
-    login: Option<String>,
-    proc: Option<Proc>,
-}
-
-impl Smtp {
-    fn new(maildir: PathBuf, login: Option<&str>) -> Smtp {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        Smtp {
-            port,
-            maildir,
-            login: login.map(str::to_string),
-            proc: None,
-        }
-    }
-
-    fn start(&mut self) {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/smtp/server.py");
-        let mut command = Command::new("python3");
-        command
-            .arg(script)
-            .arg(self.port.to_string())
-            .arg(&self.maildir)
-            .args(&self.login);
-        let mut proc = Proc::spawn("smtp server (python3 with aiosmtpd: pip install aiosmtpd)", command);
-        proc.wait_line(START, |l| l == "ready");
-        self.proc = Some(proc);
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut proc) = self.proc.take() {
-            proc.kill();
-        }
-    }
-
-    fn mails(&self) -> Vec<Mail> {
-        mails_in(&self.maildir.join("new"), None)
-    }
 }
 
 #[test]
@@ -445,4 +363,68 @@ fn a_coordinator_back_after_its_job_was_settled_elsewhere_does_not_reopen_it() {
     assert_eq!(acting["jobs_total"], 0, "nothing open: {acting}");
     wait_status(&boot, "its outbox knows the mail went", |s| mail_settled(s, 1));
     assert_eq!(recipients(&smtp.mails()), counts(&[("once@example.org", 1)]));
+}
+
+/// The neighbour of the test above with no one to ask: the node that
+/// settled the job is gone too when the first comes back alone. It finds
+/// the job's record in the DHT before it assigns it and settles it from
+/// there: not built again, not left open. No living node knows whether the
+/// mail went, so it is composed again (mail is at least once: a message
+/// the dead node never sent is not lost).
+#[test]
+fn a_coordinator_back_alone_settles_a_job_built_meanwhile_from_the_dht() {
+    let tmp = tempfile::tempdir().unwrap();
+    let farm = TwoCoordinators::start(tmp.path());
+    let (smtp, boot, url, mut nodes) = (farm.smtp, farm.boot, farm.url, farm.nodes);
+
+    let mut requester = request_waiting(
+        "requester",
+        &boot,
+        &recipe("sleep"),
+        "alone@example.org",
+        &["-o", "secs=8"],
+    );
+    let building = wait_status(&boot, "the job building", |s| {
+        s["jobs"]
+            .as_array()
+            .is_some_and(|j| j.len() == 1 && j[0]["state"] == "building")
+    });
+    let first = building["coordinator"].as_str().unwrap().to_string();
+    let a = nodes.iter().position(|(peer, _)| *peer == first).unwrap();
+    let b = 1 - a;
+    nodes[a].1.kill();
+    let done = wait_json(&mut requester);
+    assert_eq!(done["state"], "done", "{done}");
+    wait_status(&boot, "the other node's mail sent", |s| {
+        s["coordinator"] != first.as_str() && mail_settled(s, 1)
+    });
+    wait_until(BUILD, "the message received", || smtp.mails().len() == 1);
+    nodes[b].1.kill();
+
+    // Back alone: its kept job is checked against the DHT, not rebuilt.
+    let name = if a == 0 { "c1" } else { "c2" };
+    let (back, _) = start_node("back", &tmp.path().join(name), &boot, &["--smtp", &url]);
+    back.wait_stderr(
+        BUILD,
+        "a job restored from disk was built while this node was down; settled from its record",
+    );
+    let acting = wait_status(&boot, "the first node coordinating again", |s| {
+        s["coordinator"] == first.as_str()
+    });
+    assert_eq!(acting["jobs_total"], 0, "nothing open: {acting}");
+    let recent = acting["recent"].as_array().unwrap();
+    assert!(
+        recent
+            .iter()
+            .any(|j| j["build_key"] == done["build_key"] && j["state"] == "done"),
+        "{acting}"
+    );
+    wait_status(&boot, "its outbox settled", |s| s["mail"]["pending"] == 0);
+    assert!(
+        !back.stderr().contains("assigning"),
+        "not built again: {}",
+        back.stderr()
+    );
+    wait_until(BUILD, "the message composed again", || smtp.mails().len() == 2);
+    assert_eq!(recipients(&smtp.mails()), counts(&[("alone@example.org", 2)]));
 }

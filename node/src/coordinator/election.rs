@@ -2,8 +2,11 @@
 //! it hears, with no I/O. Every node that may coordinate sends a heartbeat
 //! each [`HEARTBEAT_MS`]; a node not heard for [`ELECTION_TIMEOUT_MS`] is
 //! gone. Among the living, a pinned node (`--coordinator`) wins; otherwise
-//! a node already acting keeps the role (a newcomer does not take over a
-//! working coordinator's queue); otherwise the smallest peer id wins. Ties
+//! a node that sends mail over SMTP (`--smtp`) is preferred over one that
+//! would only write `.eml` files, even if that one acts now (it hands over,
+//! as to a pinned node that returns); then a node already acting keeps the
+//! role (a newcomer does not take over a working coordinator's queue);
+//! otherwise the smallest peer id wins. Ties
 //! at each level go to the smallest peer id, so after a partition heals and
 //! both sides' coordinators hear each other, one of them steps down. A new
 //! node waits one timeout before it may act, so it hears the current
@@ -29,6 +32,8 @@ pub const CANDIDATES_MAX: usize = 1024;
 pub struct Candidate {
     pub pinned: bool,
     pub acting: bool,
+    /// Sends mail over SMTP.
+    pub delivers_mail: bool,
     pub addresses: Vec<String>,
     pub seen_at_ms: u64,
 }
@@ -42,6 +47,8 @@ pub struct Election {
     started_at_ms: u64,
     /// Whether this node acts now (as its own heartbeats say).
     acting: bool,
+    /// Whether this node sends mail over SMTP.
+    delivers_mail: bool,
     candidates: HashMap<PeerId, Candidate>,
     /// The only peers that may coordinate, if the node was given a list.
     trusted: Option<BTreeSet<PeerId>>,
@@ -55,6 +62,7 @@ impl Election {
             pinned,
             started_at_ms: now_ms,
             acting: false,
+            delivers_mail: false,
             candidates: HashMap::new(),
             trusted: None,
         }
@@ -68,6 +76,17 @@ impl Election {
         }
         self.trusted = trusted;
         self
+    }
+
+    /// Says whether this node sends mail over SMTP: among nodes that are
+    /// not pinned, one that does is preferred.
+    pub fn delivering_mail(mut self, delivers_mail: bool) -> Election {
+        self.delivers_mail = delivers_mail;
+        self
+    }
+
+    pub fn delivers_mail(&self) -> bool {
+        self.delivers_mail
     }
 
     /// Whether `peer` may coordinate, as far as this node trusts it.
@@ -118,20 +137,27 @@ impl Election {
             .filter(move |(_, c)| now_ms.saturating_sub(c.seen_at_ms) <= ELECTION_TIMEOUT_MS)
     }
 
-    /// The coordinator as this node sees it now, if any.
+    /// The coordinator as this node sees it now, if any: among the living,
+    /// the pinned if any; else those that send mail over SMTP if any; among
+    /// those, the acting ones if any; then the smallest peer id.
     pub fn leader(&self, now_ms: u64) -> Option<PeerId> {
         // A fresh node counts itself only after a full timeout, unless pinned.
         let me_counts =
             self.eligible && (self.pinned || now_ms.saturating_sub(self.started_at_ms) >= ELECTION_TIMEOUT_MS);
-        let me = me_counts.then_some((self.me, self.pinned, self.acting));
-        let others = self.alive(now_ms).map(|(peer, c)| (*peer, c.pinned, c.acting));
-        let all: Vec<(PeerId, bool, bool)> = me.into_iter().chain(others).collect();
-        let any_pinned = all.iter().any(|(_, pinned, _)| *pinned);
-        let any_acting = all.iter().any(|(_, _, acting)| *acting);
-        all.into_iter()
-            .filter(|(_, pinned, acting)| if any_pinned { *pinned } else { *acting || !any_acting })
-            .map(|(peer, _, _)| peer)
-            .min_by_key(|peer| peer.to_bytes())
+        let me = me_counts.then_some((self.me, self.pinned, self.delivers_mail, self.acting));
+        let others = self
+            .alive(now_ms)
+            .map(|(peer, c)| (*peer, c.pinned, c.delivers_mail, c.acting));
+        let mut all: Vec<(PeerId, bool, bool, bool)> = me.into_iter().chain(others).collect();
+        if all.iter().any(|c| c.1) {
+            all.retain(|c| c.1);
+        } else if all.iter().any(|c| c.2) {
+            all.retain(|c| c.2);
+        }
+        if all.iter().any(|c| c.3) {
+            all.retain(|c| c.3);
+        }
+        all.into_iter().map(|c| c.0).min_by_key(|peer| peer.to_bytes())
     }
 
     /// Whether this node should act as the coordinator now; remembers the
@@ -170,6 +196,7 @@ mod tests {
         Candidate {
             pinned,
             acting: pinned,
+            delivers_mail: false,
             addresses: vec![],
             seen_at_ms: at,
         }
@@ -259,6 +286,7 @@ mod tests {
         let acting = Candidate {
             pinned: false,
             acting: true,
+            delivers_mail: false,
             addresses: vec![],
             seen_at_ms: 14_000,
         };
@@ -275,6 +303,7 @@ mod tests {
         let acting = |at| Candidate {
             pinned: false,
             acting: true,
+            delivers_mail: false,
             addresses: vec![],
             seen_at_ms: at,
         };
@@ -293,5 +322,34 @@ mod tests {
         assert!(!b.acting(6_000));
         assert!(a.acting(6_000));
         assert_eq!(c.leader(6_000), Some(p[0]));
+    }
+
+    #[test]
+    fn a_node_that_sends_mail_is_preferred_and_takes_over_from_one_that_does_not() {
+        let p = peers(3);
+        let mailing = |acting, at| Candidate {
+            pinned: false,
+            acting,
+            delivers_mail: true,
+            addresses: vec![],
+            seen_at_ms: at,
+        };
+        // p[0] has the smallest id and acts, but writes only files.
+        let mut files = Election::new(p[0], true, false, 0);
+        assert!(files.acting(5_000));
+        // p[2] sends mail: p[0] steps down once it hears it.
+        files.heard(p[2], mailing(false, 6_000));
+        assert_eq!(files.leader(6_000), Some(p[2]));
+        assert!(!files.acting(6_000));
+        let mut smtp = Election::new(p[2], true, false, 0).delivering_mail(true);
+        smtp.heard(p[0], beat(false, 6_000));
+        assert!(smtp.acting(6_000) && smtp.delivers_mail());
+        // Among nodes that send mail, the acting one keeps the role.
+        let mut newcomer = Election::new(p[1], true, false, 6_000).delivering_mail(true);
+        newcomer.heard(p[2], mailing(true, 10_000));
+        assert_eq!(newcomer.leader(10_500), Some(p[2]));
+        // A pinned node still wins over all of them.
+        newcomer.heard(p[0], beat(true, 10_500));
+        assert_eq!(newcomer.leader(10_500), Some(p[0]));
     }
 }

@@ -139,6 +139,7 @@ impl Coordinator {
             Candidate {
                 pinned: beat.pinned,
                 acting: beat.acting,
+                delivers_mail: beat.delivers_mail,
                 addresses: beat.addresses,
                 seen_at_ms: now,
             },

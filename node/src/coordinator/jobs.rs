@@ -201,3 +201,17 @@ pub(super) enum Mail {
     Compose,
     FromOutbox,
 }
+
+impl Mail {
+    /// For a job found settled elsewhere: the outbox (adopted first) holds
+    /// the mail of a job that ended lately, so composing it again adds
+    /// nothing; one requested longer ago than delivered mail is kept may
+    /// have had its record forgotten, and is not mailed again.
+    pub(super) fn for_settled_elsewhere(job: &JobRequest, now: u64) -> Mail {
+        if now.saturating_sub(job.requested_at_ms) > crate::mailer::DELIVERED_KEEP_MS {
+            Mail::FromOutbox
+        } else {
+            Mail::Compose
+        }
+    }
+}

@@ -35,7 +35,7 @@ use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use kiln_protocol::coord::{Contact, CoordReplyV1, JobPhase, JobView};
+use kiln_protocol::coord::{Contact, CoordReplyV1, JobPhase, JobView, MailView};
 use kiln_protocol::messages::{Gossip, JobRequest};
 use kiln_protocol::system::VersionRange;
 use kiln_protocol::{Attestation, Hash, PublicKey, SecretKey, Signed};
@@ -76,6 +76,9 @@ pub struct CoordinatorOptions {
     pub eligible: bool,
     /// Pinned with `--coordinator`.
     pub pinned: bool,
+    /// Sends mail over SMTP (`--smtp`); set by the node from its mail
+    /// options when it starts.
+    pub delivers_mail: bool,
     /// The only peers that may coordinate (`--trust-coordinator`); `None`:
     /// any peer that may be elected.
     pub trusted: Option<BTreeSet<PeerId>>,
@@ -141,6 +144,35 @@ enum Input {
         peer: PeerId,
         reply: oneshot::Sender<bool>,
     },
+    /// What the DHT holds for an open job restored from disk: its
+    /// attestations if it was built elsewhere while this node was down.
+    RestoredChecked {
+        build_key: Hash,
+        attestations: Vec<Signed<Attestation>>,
+    },
+    /// What this node itself holds, for `kiln status --node`.
+    Local {
+        reply: oneshot::Sender<LocalView>,
+    },
+}
+
+/// This node's own view of coordination, whether or not it acts: what
+/// `kiln status --node` shows, and how a test compares the open jobs of
+/// every node that may coordinate.
+#[derive(Clone, Debug)]
+pub struct LocalView {
+    pub acting: bool,
+    /// May be elected (or is pinned).
+    pub eligible: bool,
+    pub pinned: bool,
+    /// The coordinator this node takes now, if it knows one.
+    pub coordinator: Option<PeerId>,
+    /// The open jobs in this node's queue, oldest first (at most
+    /// [`kiln_protocol::coord::STATUS_JOBS_MAX`] of `jobs_total`).
+    pub jobs: Vec<JobView>,
+    pub jobs_total: u64,
+    /// This node's outbox, if it keeps one.
+    pub mail: Option<MailView>,
 }
 
 /// What a submission finds.
@@ -174,6 +206,13 @@ impl CoordHandle {
     pub async fn status(&self) -> Option<CoordReplyV1> {
         let (reply, answer) = oneshot::channel();
         self.inputs.send(Input::Status { reply }).await.ok()?;
+        answer.await.ok()
+    }
+
+    /// This node's own view; `None` if the task has stopped.
+    pub async fn local(&self) -> Option<LocalView> {
+        let (reply, answer) = oneshot::channel();
+        self.inputs.send(Input::Local { reply }).await.ok()?;
         answer.await.ok()
     }
 }

@@ -126,6 +126,19 @@ impl Coordinator {
         }
     }
 
+    pub(super) fn local(&self, now: u64) -> super::LocalView {
+        let jobs = self.schedule.jobs();
+        super::LocalView {
+            acting: self.acting,
+            eligible: self.election.eligible(),
+            pinned: self.election.pinned(),
+            coordinator: self.election.leader(now),
+            jobs_total: jobs.len() as u64,
+            jobs: jobs.iter().take(STATUS_JOBS_MAX).map(|j| j.view()).collect(),
+            mail: self.mail.as_ref().map(|(mail, _)| mail.view()),
+        }
+    }
+
     pub(super) fn status(&self, now: u64) -> StatusReport {
         let jobs = self.schedule.jobs();
         let mut workers = self.schedule.worker_views(now);

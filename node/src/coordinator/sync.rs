@@ -4,7 +4,7 @@
 use kiln_protocol::coord::{CoordReplyV1, CoordRequest, COORD_FRAME_BYTES_MAX};
 use kiln_protocol::messages::JobRequest;
 use kiln_protocol::{wire, Hash};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::schedule::Job;
 use super::*;
@@ -121,9 +121,16 @@ impl Coordinator {
     /// this node started is not lost if it takes over; then asks where
     /// the open jobs it kept but the coordinator did not list stand (one
     /// may have ended while this node was down). The mail of a job settled
-    /// that way is composed here unless the outbox already has it.
+    /// that way is composed here unless the outbox already has it. A job
+    /// the coordinator does not know at all (this node accepted it and died
+    /// before its gossip went out) is submitted to it again, so it is not
+    /// left open here only, where no worker would ever be given it.
     pub(super) fn reconcile(&mut self, coordinator: PeerId, stale: Vec<Hash>) {
         self.reconciling = stale.iter().copied().collect();
+        let jobs: HashMap<Hash, JobRequest> = stale
+            .iter()
+            .filter_map(|key| self.schedule.job(key).map(|job| (*key, job.request.clone())))
+            .collect();
         let (net, inputs) = (self.net.clone(), self.inputs.clone());
         let mail = self.mail.as_ref().map(|(mail, _)| mail.clone());
         tokio::spawn(async move {
@@ -136,8 +143,16 @@ impl Coordinator {
                 };
                 match crate::coord_client::ask_peer(&net, coordinator, &request).await {
                     Ok((CoordReplyV1::Phases { phases }, _)) => {
+                        let unknown: Vec<JobRequest> = phases
+                            .iter()
+                            .filter(|(_, phase)| matches!(phase, JobPhase::Unknown))
+                            .filter_map(|(key, _)| jobs.get(key).cloned())
+                            .collect();
                         if inputs.send(Input::Reconciled { phases }).await.is_err() {
                             return;
+                        }
+                        for job in unknown {
+                            resubmit(&net, coordinator, job).await;
                         }
                     }
                     Ok(_) => debug!("the coordinator did not say where the jobs stand"),
@@ -178,18 +193,30 @@ impl Coordinator {
             let Some(job) = self.schedule.job(&build_key) else {
                 continue;
             };
-            // The outbox (adopted first) holds the mail of a job that ended
-            // lately, so composing it again adds nothing; one requested
-            // longer ago than delivered mail is kept may have had its
-            // record forgotten, and is not mailed again.
-            let mail = if now.saturating_sub(job.request.requested_at_ms) > crate::mailer::DELIVERED_KEEP_MS {
-                super::jobs::Mail::FromOutbox
-            } else {
-                super::jobs::Mail::Compose
-            };
+            let mail = super::jobs::Mail::for_settled_elsewhere(&job.request, now);
             info!(job = %build_key, "an open job kept here had ended at the coordinator; settled here too");
             self.settled_here(settlement, mail);
         }
+    }
+}
+
+/// Submits an open job this node holds to a coordinator that did not know
+/// it (it holds the inputs, so the coordinator can fetch them from here).
+async fn resubmit(net: &NetClient, coordinator: PeerId, job: JobRequest) {
+    let build_key = job.build_key;
+    let request = CoordRequest::SubmitV1 {
+        job: Box::new(job),
+        accept_versions: None,
+    };
+    match crate::coord_client::ask_peer(net, coordinator, &request).await {
+        Ok((CoordReplyV1::Accepted { .. } | CoordReplyV1::Built { .. }, _)) => {
+            info!(job = %build_key, "the coordinator did not know an open job kept here; submitted it again")
+        }
+        Ok((CoordReplyV1::Refused { reason }, _)) => {
+            warn!(job = %build_key, reason, "the coordinator refused an open job kept here")
+        }
+        Ok(_) => debug!(job = %build_key, "the coordinator did not take an open job kept here"),
+        Err(e) => debug!(job = %build_key, error = %e, "cannot submit an open job kept here to the coordinator"),
     }
 }
 

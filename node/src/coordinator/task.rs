@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kiln_protocol::coord::{Contact, CoordReplyV1, PHASES_MAX};
-use kiln_protocol::messages::{encode_gossip, topics, CoordinatorHeartbeat, Gossip, GossipV1, ADDRESSES_MAX};
+use kiln_protocol::messages::{
+    encode_gossip, topics, CoordinatorHeartbeat, Gossip, GossipV1, Settlement, ADDRESSES_MAX,
+};
 use kiln_protocol::{wire, SecretKey};
 use kiln_store::{RecordTable, Store};
 use tokio::sync::mpsc;
@@ -29,6 +31,10 @@ const WATCHERS_PER_BUILD_MAX: usize = 64;
 const WATCHED_BUILDS_MAX: usize = 4096;
 /// Input fetches (recipes and sources of gossiped jobs) at once.
 const INPUT_FETCHES_MAX: usize = 4;
+/// Restored jobs checked against the DHT at start (the rest are assigned
+/// as they are), and DHT lookups in flight for them.
+const RESTORED_CHECKS_MAX: usize = 4096;
+const RESTORED_LOOKUPS_AT_ONCE: usize = 8;
 
 impl Coordinator {
     pub(super) fn new(
@@ -41,7 +47,9 @@ impl Coordinator {
     ) -> Coordinator {
         let me = net.peer_id();
         Coordinator {
-            election: Election::new(me, options.eligible, options.pinned, now_ms()).trusting(options.trusted.clone()),
+            election: Election::new(me, options.eligible, options.pinned, now_ms())
+                .trusting(options.trusted.clone())
+                .delivering_mail(options.delivers_mail),
             net,
             store,
             key,
@@ -84,6 +92,68 @@ impl Coordinator {
         if self.schedule.open_jobs() > 0 {
             info!(jobs = self.schedule.open_jobs(), "open jobs restored from disk");
         }
+        self.check_restored(now);
+    }
+
+    /// Asks the DHT whether each restored job was built while this node
+    /// was down (another coordinator settled it, and put its attestations
+    /// under the build key), holding it unassigned meanwhile, for at most
+    /// [`schedule::RESTORED_CHECK_MS_MAX`]: a settled job is settled here
+    /// too, not built and mailed again.
+    fn check_restored(&mut self, now: u64) {
+        let keys: Vec<Hash> = self
+            .schedule
+            .jobs()
+            .iter()
+            .take(RESTORED_CHECKS_MAX)
+            .map(|job| job.request.build_key)
+            .collect();
+        if keys.is_empty() {
+            return;
+        }
+        for key in &keys {
+            self.schedule
+                .hold_for_check(*key, now + schedule::RESTORED_CHECK_MS_MAX);
+        }
+        let (net, inputs) = (self.net.clone(), self.inputs.clone());
+        tokio::spawn(async move {
+            use futures::StreamExt;
+            let mut lookups = futures::stream::iter(keys)
+                .map(|build_key| {
+                    let net = net.clone();
+                    async move { (build_key, crate::requester::lookup_built(&net, build_key).await) }
+                })
+                .buffer_unordered(RESTORED_LOOKUPS_AT_ONCE);
+            while let Some((build_key, attestations)) = lookups.next().await {
+                let input = Input::RestoredChecked {
+                    build_key,
+                    attestations,
+                };
+                if inputs.send(input).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// The DHT's word on a restored job.
+    fn restored_checked(&mut self, build_key: Hash, attestations: Vec<Signed<Attestation>>) {
+        self.schedule.checked(&build_key);
+        let Some(attestation) = attestations.into_iter().next() else {
+            return;
+        };
+        let Some(job) = self.schedule.job(&build_key) else {
+            return;
+        };
+        let mail = super::jobs::Mail::for_settled_elsewhere(&job.request, now_ms());
+        info!(job = %build_key, "a job restored from disk was built while this node was down; settled from its record");
+        self.settled_here(
+            Settlement::Done {
+                attestation,
+                holders: 2,
+            },
+            mail,
+        );
     }
 
     /// Runs until told to stop (after the step it is on) or every input
@@ -161,6 +231,7 @@ impl Coordinator {
             running_jobs: self.schedule.running_jobs() as u32,
             addresses: self.addresses.clone(),
             sent_at_ms: now,
+            delivers_mail: self.election.delivers_mail(),
         };
         self.gossip(topics::COORDINATOR, GossipV1::Coordinator(heartbeat)).await;
     }
@@ -215,6 +286,13 @@ impl Coordinator {
                     }
                 };
                 let _ = reply.send(answer);
+            }
+            Input::RestoredChecked {
+                build_key,
+                attestations,
+            } => self.restored_checked(build_key, attestations),
+            Input::Local { reply } => {
+                let _ = reply.send(self.local(now));
             }
             Input::Watch {
                 build_key,

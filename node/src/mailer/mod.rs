@@ -209,7 +209,17 @@ pub fn spawn(
         Some(url) => smtp_transport(url, options.smtp_password.as_deref())?,
     };
     let (tx, rx) = mpsc::channel(INPUTS_MAX);
-    let view = Arc::new(Mutex::new(MailView::default()));
+    let route = match &transport {
+        Transport::Folder(dir) => format!(
+            "written as .eml files to {} (no --smtp given: nobody is mailed)",
+            dir.display()
+        ),
+        Transport::Smtp { shown_url, .. } => format!("sent through the SMTP server {}", smtp_place(shown_url)),
+    };
+    let view = Arc::new(Mutex::new(MailView {
+        route,
+        ..MailView::default()
+    }));
     let mailer = Mailer {
         net,
         store,
@@ -225,6 +235,14 @@ pub fn spawn(
     }
     let task = tokio::spawn(mailer.run(rx));
     Ok((MailHandle { inputs: tx, view }, task))
+}
+
+/// `HOST[:PORT]` of an SMTP URL: where mail goes, with no user, password
+/// or query in it.
+fn smtp_place(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    rest.split(['?', '/']).next().unwrap_or(rest)
 }
 
 fn smtp_transport(url: &str, password: Option<&str>) -> Result<Transport, MailError> {
@@ -504,6 +522,11 @@ mod tests {
         assert_eq!(redact("smtp://mail.example.org"), "smtp://mail.example.org");
         let error = smtp_transport("smtp://kiln:s3cret@", None).err().map(|e| e.to_string());
         assert!(error.is_none_or(|e| !e.contains("s3cret")));
+        assert_eq!(
+            smtp_place(&redact("smtp://kiln:s3cret@mail.example.org:587?tls=required")),
+            "mail.example.org:587"
+        );
+        assert_eq!(smtp_place("smtps://mail.example.org"), "mail.example.org");
     }
 
     #[test]

@@ -18,6 +18,7 @@ use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
 use crate::blobs::{fetch_to, publish, NoProgress};
+use crate::coordinator::CoordHandle;
 use crate::net::NetClient;
 
 /// The socket's name inside the data dir.
@@ -35,6 +36,8 @@ pub enum ControlRequest {
     Fetch { hash: Hash, output: Option<PathBuf> },
     /// The node's peer id and full listen addresses.
     Info,
+    /// What the node itself holds and does (`kiln status --node`).
+    Status,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -42,7 +45,61 @@ pub enum ControlReply {
     Published { hash: Hash, bytes: u64 },
     Fetched { hash: Hash, bytes: u64 },
     Info { peer_id: String, addresses: Vec<String> },
+    Status(Box<NodeStatus>),
     Error { message: String },
+}
+
+/// One node's own view, whether or not it coordinates: its role, the open
+/// jobs in its queue, its outbox and its store.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub peer_id: String,
+    /// `coordinator` (acts now), `standby` (may be elected) or `worker`
+    /// (does not coordinate: `--no-coordinator`).
+    pub role: String,
+    pub pinned: bool,
+    /// The coordinator this node takes now, if it knows one.
+    pub coordinator: Option<String>,
+    /// Open jobs in this node's queue (its replica, if it does not act),
+    /// in the shape `kiln status --json` lists them.
+    pub jobs_total: u64,
+    pub jobs: Vec<serde_json::Value>,
+    /// This node's outbox, if it may coordinate.
+    pub mail: Option<NodeMail>,
+    pub store: NodeStore,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeMail {
+    pub pending: u64,
+    pub delivered: u64,
+    pub last_error: Option<String>,
+    /// Where this node's mail goes, in words.
+    pub route: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeStore {
+    pub blobs: u64,
+    pub bytes: u64,
+    pub cap_bytes: Option<u64>,
+    /// Blobs found corrupt since the node started, oldest first.
+    pub quarantined: Vec<NodeQuarantined>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeQuarantined {
+    pub hash: String,
+    /// What its bytes hashed to instead.
+    pub actual: String,
+    pub bytes: u64,
+    pub found_ms_ago: u64,
+    pub pinned: bool,
+    /// A good copy is in the store again.
+    pub restored: bool,
+    /// Where the corrupt bytes were kept, if they were.
+    pub kept: Option<String>,
+    pub note: Option<String>,
 }
 
 /// What the node does for a control request.
@@ -114,16 +171,69 @@ async fn serve_one<H: ControlHandler>(stream: UnixStream, handler: Arc<H>) -> st
 pub(crate) struct NodeControl {
     net: NetClient,
     store: Store,
+    coordination: CoordHandle,
     addresses: Mutex<Vec<Multiaddr>>,
 }
 
 impl NodeControl {
-    pub(crate) fn new(net: NetClient, store: Store) -> NodeControl {
+    pub(crate) fn new(net: NetClient, store: Store, coordination: CoordHandle) -> NodeControl {
         NodeControl {
             net,
             store,
+            coordination,
             addresses: Mutex::new(Vec::new()),
         }
+    }
+
+    async fn status(&self) -> ControlReply {
+        let Some(local) = self.coordination.local().await else {
+            return ControlReply::Error {
+                message: "the node is stopping; try again once it runs".into(),
+            };
+        };
+        let role = if local.acting {
+            "coordinator"
+        } else if local.eligible {
+            "standby"
+        } else {
+            "worker"
+        };
+        let now = crate::clock::now_ms();
+        let store = &self.store;
+        let quarantined = store
+            .quarantined()
+            .into_iter()
+            .map(|q| NodeQuarantined {
+                hash: q.hash.to_string(),
+                actual: q.actual.to_string(),
+                bytes: q.size_bytes,
+                found_ms_ago: now.saturating_sub(q.found_at_ms),
+                pinned: q.pinned,
+                restored: store.has(&q.hash),
+                kept: q.kept.map(|p| p.display().to_string()),
+                note: q.note,
+            })
+            .collect();
+        ControlReply::Status(Box::new(NodeStatus {
+            peer_id: self.net.peer_id().to_string(),
+            role: role.into(),
+            pinned: local.pinned,
+            coordinator: local.coordinator.map(|p| p.to_string()),
+            jobs_total: local.jobs_total,
+            jobs: local.jobs.iter().map(crate::report::job_json).collect(),
+            mail: local.mail.map(|m| NodeMail {
+                pending: m.pending,
+                delivered: m.delivered,
+                last_error: m.last_error,
+                route: m.route,
+            }),
+            store: NodeStore {
+                blobs: store.list().len() as u64,
+                bytes: store.total_bytes(),
+                cap_bytes: store.size_cap(),
+                quarantined,
+            },
+        }))
     }
 
     /// The node's full listen addresses, as `Info` answers them.
@@ -161,6 +271,7 @@ impl ControlHandler for NodeControl {
                     .map(|a| a.iter().map(|x| x.to_string()).collect())
                     .unwrap_or_default(),
             },
+            ControlRequest::Status => self.status().await,
         }
     }
 }

@@ -141,7 +141,7 @@ impl Roles {
         mut opened: Opened,
         worker: Option<WorkerOptions>,
         coordinator: CoordinatorOptions,
-        mail: &MailOptions,
+        mail_options: &MailOptions,
         shutdown: Shutdown,
     ) -> Result<Roles, NodeError> {
         let mut others = Vec::new();
@@ -167,11 +167,21 @@ impl Roles {
         let mut mailer_task = None;
         let mail = if coordinator.eligible || coordinator.pinned {
             let acting = Arc::new(AtomicBool::new(false));
-            let (handle, task) = mailer::spawn(net.clone(), opened.store.clone(), opened.key(), mail, acting.clone())?;
+            let (handle, task) = mailer::spawn(
+                net.clone(),
+                opened.store.clone(),
+                opened.key(),
+                mail_options,
+                acting.clone(),
+            )?;
             mailer_task = Some(task);
             Some((handle, acting))
         } else {
             None
+        };
+        let coordinator = CoordinatorOptions {
+            delivers_mail: mail_options.smtp_url.is_some(),
+            ..coordinator
         };
         let (coordination, server, task) = coordinator::spawn(
             net.clone(),
@@ -191,7 +201,11 @@ impl Roles {
             others.push(tokio::spawn(web::serve(listener, dashboard.clone())));
             dashboard
         });
-        let control = Arc::new(NodeControl::new(net.clone(), opened.store.clone()));
+        let control = Arc::new(NodeControl::new(
+            net.clone(),
+            opened.store.clone(),
+            coordination.clone(),
+        ));
         others.push(tokio::spawn(control::serve(opened.control, control.clone())));
         Ok(Roles {
             coordination,

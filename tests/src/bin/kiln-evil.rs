@@ -9,6 +9,7 @@
 //! kiln-evil settle    --data-dir D --bootstrap B KEY     gossip, signed as itself, that job KEY failed
 //! kiln-evil watch     --data-dir D --bootstrap B ADDR:KEY,KEY  hold 40 watch streams per open job KEY on coordinator PEER
 //! kiln-evil range     --data-dir D --bootstrap B ADDR:HASH:LEN  ask the peer at ADDR for LEN bytes of HASH, print the answer
+//!                                                 (LEN `hashes`: ask for its range hashes instead)
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -179,6 +180,7 @@ async fn garbage(net: NetClient, target: PeerId) {
         running_jobs: 0,
         addresses: vec![],
         sent_at_ms: 0,
+        delivers_mail: true,
     }));
     publish(&net, messages::encode_gossip(&stranger, &heartbeat).unwrap()).await;
     // A flipped bit in a correctly signed envelope.
@@ -247,14 +249,16 @@ async fn range(net: NetClient, target: &str) {
     let mut parts = target.split(':');
     let peer = dial(&net, parts.next().unwrap()).await;
     let hash: Hash = parts.next().unwrap().parse().unwrap();
-    let length: u64 = parts.next().unwrap().parse().unwrap();
+    let request = match parts.next().unwrap() {
+        "hashes" => BlobRequest::RangeHashesV1 { hash },
+        length => BlobRequest::V1 {
+            hash,
+            offset: 0,
+            length: length.parse().unwrap(),
+        },
+    };
     let mut control = net.stream_control();
     let mut stream = control.open_stream(peer, BLOB_PROTOCOL).await.unwrap();
-    let request = BlobRequest::V1 {
-        hash,
-        offset: 0,
-        length,
-    };
     let frame = kiln_tests::exchange_frame(&mut stream, &messages::encode_frame(&request).unwrap())
         .await
         .unwrap();
@@ -263,6 +267,7 @@ async fn range(net: NetClient, target: &str) {
         BlobReply::V1(BlobReplyV1::Data { .. }) => "data",
         BlobReply::V1(BlobReplyV1::BadRange { .. }) => "bad range",
         BlobReply::V1(BlobReplyV1::NotFound) => "not found",
+        BlobReply::V1(BlobReplyV1::RangeHashes { .. }) => "range hashes",
         BlobReply::V1(_) => "other",
     };
     println!("answer {kind}");

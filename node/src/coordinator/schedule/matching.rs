@@ -24,6 +24,16 @@ impl Schedule {
             if free_total == 0 {
                 break;
             }
+            if let Some(until_ms) = self.checking.get(&build_key).copied() {
+                if until_ms > now_ms {
+                    if let Some(job) = self.jobs.get_mut(&build_key) {
+                        job.waiting_because =
+                            Some("restored from disk: checking whether it was built meanwhile".into());
+                    }
+                    continue;
+                }
+                self.checking.remove(&build_key);
+            }
             match self.match_one(&build_key, now_ms) {
                 Match::Worker(worker) => {
                     free_total -= 1;

@@ -41,6 +41,9 @@ pub const OPEN_JOBS_MAX: usize = 1_000_000;
 pub const WORKERS_MAX: usize = 100_000;
 /// Addresses notified for one build (several requesters merge).
 pub const REQUESTERS_EMAILS_MAX: usize = 16 * EMAILS_MAX;
+/// Longest a job restored from disk waits, unassigned, for the check of
+/// whether it was built elsewhere meanwhile (see [`Schedule::hold_for_check`]).
+pub const RESTORED_CHECK_MS_MAX: u64 = 10_000;
 
 /// Where an open job stands.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -197,6 +200,10 @@ pub struct Schedule {
     /// hold while any open job uses it.
     recipes: HashMap<Hash, u32>,
     next_sequence: u64,
+    /// Restored jobs not to be assigned before this time (or until
+    /// checked): a job built elsewhere while this node was down is settled
+    /// from the DHT's record rather than built again.
+    checking: HashMap<Hash, u64>,
 }
 
 fn unset_digest() -> Hash {
@@ -303,8 +310,22 @@ impl Schedule {
     }
 
     /// Removes an ended job.
+    /// Keeps a restored job from being assigned until [`Schedule::checked`]
+    /// or `until_ms`, whichever comes first.
+    pub fn hold_for_check(&mut self, build_key: Hash, until_ms: u64) {
+        if self.jobs.contains_key(&build_key) {
+            self.checking.insert(build_key, until_ms);
+        }
+    }
+
+    /// The check of a restored job is done: it may be assigned.
+    pub fn checked(&mut self, build_key: &Hash) {
+        self.checking.remove(build_key);
+    }
+
     pub fn remove(&mut self, build_key: &Hash) -> Option<Job> {
         self.ended.remove(build_key);
+        self.checking.remove(build_key);
         let job = self.jobs.remove(build_key)?;
         self.queue.remove(&job.sequence);
         if let Some(count) = self.recipes.get_mut(&job.request.recipe_id) {

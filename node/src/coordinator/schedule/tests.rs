@@ -255,3 +255,34 @@ fn a_restored_assignment_the_worker_runs_is_kept_and_an_unknown_worker_loses_it(
     assert!(silent.tick(10_000 + LEASE_MS).is_empty());
     assert_eq!(silent.tick(10_000 + LEASE_MS + 1), vec![a.build_key]);
 }
+
+#[test]
+fn a_restored_job_held_for_its_check_is_assigned_once_checked_or_after_the_bound() {
+    let mut s = Schedule::new();
+    s.advert(worker(1), advert("x86_64", 4, vec![]), 0);
+    let a = job("a", "x86_64", "a@example.org");
+    let b = job("b", "x86_64", "b@example.org");
+    for j in [&a, &b] {
+        let mut kept = Schedule::new();
+        kept.submit(j.clone()).unwrap();
+        let bytes = wire::encode(kept.job(&j.build_key).unwrap()).unwrap();
+        s.restore(wire::decode::<_, 65536>(&bytes).unwrap(), 0);
+        s.hold_for_check(j.build_key, RESTORED_CHECK_MS_MAX);
+    }
+    assert!(s.plan(1).is_empty(), "held while the DHT is asked");
+    let waiting = s.job(&a.build_key).unwrap().waiting_because.clone().unwrap();
+    assert!(waiting.contains("checking whether it was built"), "{waiting}");
+    s.checked(&a.build_key);
+    assert_eq!(assigned_to(&s.plan(2)), vec![(a.build_key, worker(1))]);
+    s.advert(
+        worker(1),
+        advert("x86_64", 4, vec![a.build_key]),
+        RESTORED_CHECK_MS_MAX - 1,
+    );
+    assert!(s.plan(RESTORED_CHECK_MS_MAX - 1).is_empty(), "b is still held");
+    assert_eq!(
+        assigned_to(&s.plan(RESTORED_CHECK_MS_MAX)),
+        vec![(b.build_key, worker(1))],
+        "no answer: assigned after the bound"
+    );
+}

@@ -1,0 +1,98 @@
+//! Faults a node meets on its own machine: its disk corrupts a blob it
+//! holds. Real processes; the corruption is real bytes flipped on disk.
+
+// Test code: a panic is a failed assertion.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+use kiln_tests::farm::{node_status, recipe, request, worker, BUILD};
+use kiln_tests::{bin, kiln, start_bootstrap, start_node, wait_until, Proc, START};
+use serde_json::Value;
+
+fn blob_file(dir: &Path, hash: &str) -> std::path::PathBuf {
+    dir.join("blobs").join(&hash[..2]).join(hash)
+}
+
+/// A provider that found one of its blobs corrupt only refused to serve
+/// it: it kept announcing it and re-hashed it on every request, and a
+/// pinned blob (one the node needs) stayed broken. Now it is quarantined
+/// (moved aside, forgotten, withdrawn), fetched again from another holder
+/// since it is pinned, and the node's own status says so.
+#[test]
+fn a_corrupt_pinned_blob_is_quarantined_and_fetched_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_boot, boot) = start_bootstrap(&tmp.path().join("boot"));
+    let c_dir = tmp.path().join("c");
+    let (mut c, _) = start_node("coordinator", &c_dir, &boot, &["--coordinator"]);
+    let (_w, _) = worker("worker", &tmp.path().join("w"), &boot, &[]);
+    // The coordinator copies the artifact to itself and keeps it pinned;
+    // the worker holds the other copy.
+    let (ok, done, err) = request(&boot, &recipe("sleep"), "a@example.org", &["--wait", "-o", "secs=1"]);
+    assert!(ok && done["state"] == "done", "{done} {err}");
+    let artifact = done["artifact"].as_str().unwrap().to_string();
+    let path = blob_file(&c_dir, &artifact);
+    let good = std::fs::read(&path).unwrap();
+
+    // The disk flips a byte while the node is down.
+    c.terminate(START);
+    let mut bad = good.clone();
+    bad[good.len() / 2] ^= 0x10;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&path, &bad).unwrap();
+    let (_c, c_addr) = start_node("coordinator", &c_dir, &boot, &["--coordinator"]);
+    assert!(
+        node_status(&c_dir)["store"]["quarantined"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "nothing found yet"
+    );
+
+    // A fetcher asks it for the blob's range hashes: it notices, refuses.
+    let mut command = Command::new(bin("kiln-evil"));
+    command
+        .args(["range", "--data-dir"])
+        .arg(tmp.path().join("asker"))
+        .args(["--bootstrap", &boot, &format!("{c_addr}:{artifact}:hashes")]);
+    let mut asker = Proc::spawn("asker", command);
+    assert_eq!(asker.wait_line(START, |l| l.starts_with("answer ")), "answer not found");
+
+    // Quarantined, then fetched again from the worker.
+    let mut last = Value::Null;
+    wait_until(BUILD, "the node to fetch a good copy", || {
+        last = node_status(&c_dir);
+        last["store"]["quarantined"][0]["restored"] == true
+    });
+    let entry = &last["store"]["quarantined"][0];
+    assert_eq!(entry["hash"], artifact.as_str(), "{last}");
+    assert_eq!(entry["pinned"], true, "{last}");
+    assert_ne!(entry["actual"], artifact.as_str(), "{last}");
+    let kept = entry["kept"].as_str().unwrap();
+    assert_eq!(std::fs::read(kept).unwrap(), bad, "the corrupt bytes are kept aside");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        good,
+        "the good copy is back in the store"
+    );
+    let (ok, text, err) = kiln(&["status", "--node", "--data-dir", c_dir.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(
+        text.contains("blobs found corrupt on disk (quarantined): 1") && text.contains("a good copy is back"),
+        "{text}"
+    );
+
+    // Served again, checked against its hash.
+    let mut command = Command::new(bin("kiln-evil"));
+    command
+        .args(["range", "--data-dir"])
+        .arg(tmp.path().join("asker2"))
+        .args(["--bootstrap", &boot, &format!("{c_addr}:{artifact}:hashes")]);
+    let mut asker = Proc::spawn("asker2", command);
+    assert_eq!(
+        asker.wait_line(START, |l| l.starts_with("answer ")),
+        "answer range hashes"
+    );
+}
