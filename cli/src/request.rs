@@ -107,7 +107,7 @@ async fn request(node: &EphemeralNode, args: &RequestArgs, spec: &RequestSpec<'_
             Ok(None)
         }
         CoordReplyV1::Refused { reason } => bail!("the coordinator refused the request: {reason}"),
-        other => bail!("unexpected answer from the coordinator: {other:?}"),
+        _ => bail!("the coordinator answered the request with something else than an acceptance; it may run another kiln version: try again, or ask its operator"),
     }
 }
 
