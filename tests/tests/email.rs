@@ -315,6 +315,28 @@ fn a_standby_that_joined_after_the_job_ended_sends_its_mail_when_the_coordinator
     assert_eq!(recipients(&smtp.mails()), counts(&[("late@example.org", 1)]));
 }
 
+/// A job building under the acting node of `farm`, which is then killed;
+/// the other node settles the job and mails `email`. The killed node's
+/// index and peer id, and the requester's final answer.
+fn settled_by_the_standby(farm: &mut TwoCoordinators, email: &str) -> (usize, String, Value) {
+    let boot = farm.boot.clone();
+    let mut requester = request_waiting("requester", &boot, &recipe("sleep"), email, &["-o", "secs=8"]);
+    let building = wait_status(&boot, "the job building", |s| {
+        s["jobs"]
+            .as_array()
+            .is_some_and(|j| j.len() == 1 && j[0]["state"] == "building")
+    });
+    let first = building["coordinator"].as_str().unwrap().to_string();
+    let a = farm.nodes.iter().position(|(peer, _)| *peer == first).unwrap();
+    farm.nodes[a].1.kill();
+    let done = wait_json(&mut requester);
+    assert_eq!(done["state"], "done", "{done}");
+    wait_status(&boot, "the other node's mail sent", |s| {
+        s["coordinator"] != first.as_str() && mail_settled(s, 1)
+    });
+    (a, first, done)
+}
+
 /// The stale job of a chaos soak: a coordinator killed with a job in
 /// flight came back after the other node had settled that job, restored it
 /// from disk as "building", and kept it open for good (mailing again if it
@@ -324,29 +346,10 @@ fn a_standby_that_joined_after_the_job_ended_sends_its_mail_when_the_coordinator
 #[test]
 fn a_coordinator_back_after_its_job_was_settled_elsewhere_does_not_reopen_it() {
     let tmp = tempfile::tempdir().unwrap();
-    let farm = TwoCoordinators::start(tmp.path());
-    let (smtp, boot, url, mut nodes) = (farm.smtp, farm.boot, farm.url, farm.nodes);
-
-    let mut requester = request_waiting(
-        "requester",
-        &boot,
-        &recipe("sleep"),
-        "once@example.org",
-        &["-o", "secs=8"],
-    );
-    let building = wait_status(&boot, "the job building", |s| {
-        s["jobs"]
-            .as_array()
-            .is_some_and(|j| j.len() == 1 && j[0]["state"] == "building")
-    });
-    let first = building["coordinator"].as_str().unwrap().to_string();
-    let a = nodes.iter().position(|(peer, _)| *peer == first).unwrap();
+    let mut farm = TwoCoordinators::start(tmp.path());
+    let (a, first, _) = settled_by_the_standby(&mut farm, "once@example.org");
     let b = 1 - a;
-    nodes[a].1.kill();
-    assert_eq!(wait_json(&mut requester)["state"], "done");
-    wait_status(&boot, "the other node's mail sent", |s| {
-        s["coordinator"] != first.as_str() && mail_settled(s, 1)
-    });
+    let (smtp, boot, url, mut nodes) = (farm.smtp, farm.boot, farm.url, farm.nodes);
 
     // The first node comes back and settles the job it kept: from the
     // DHT's record as it restores it, or else from the coordinator's word
@@ -377,30 +380,10 @@ fn a_coordinator_back_after_its_job_was_settled_elsewhere_does_not_reopen_it() {
 #[test]
 fn a_coordinator_back_alone_settles_a_job_built_meanwhile_from_the_dht() {
     let tmp = tempfile::tempdir().unwrap();
-    let farm = TwoCoordinators::start(tmp.path());
-    let (smtp, boot, url, mut nodes) = (farm.smtp, farm.boot, farm.url, farm.nodes);
-
-    let mut requester = request_waiting(
-        "requester",
-        &boot,
-        &recipe("sleep"),
-        "alone@example.org",
-        &["-o", "secs=8"],
-    );
-    let building = wait_status(&boot, "the job building", |s| {
-        s["jobs"]
-            .as_array()
-            .is_some_and(|j| j.len() == 1 && j[0]["state"] == "building")
-    });
-    let first = building["coordinator"].as_str().unwrap().to_string();
-    let a = nodes.iter().position(|(peer, _)| *peer == first).unwrap();
+    let mut farm = TwoCoordinators::start(tmp.path());
+    let (a, first, done) = settled_by_the_standby(&mut farm, "alone@example.org");
     let b = 1 - a;
-    nodes[a].1.kill();
-    let done = wait_json(&mut requester);
-    assert_eq!(done["state"], "done", "{done}");
-    wait_status(&boot, "the other node's mail sent", |s| {
-        s["coordinator"] != first.as_str() && mail_settled(s, 1)
-    });
+    let (smtp, boot, url, mut nodes) = (farm.smtp, farm.boot, farm.url, farm.nodes);
     wait_until(BUILD, "the message received", || smtp.mails().len() == 1);
     nodes[b].1.kill();
 

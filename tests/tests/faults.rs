@@ -12,6 +12,18 @@ use kiln_tests::farm::{node_status, recipe, request, worker, BUILD};
 use kiln_tests::{bin, kiln, start_bootstrap, start_node, wait_until, Proc, START};
 use serde_json::Value;
 
+/// Asks the node at `addr` for the range hashes of `hash`, as a fetcher
+/// does first; the kind of its answer (`answer ...`).
+fn ask_range_hashes(dir: &Path, boot: &str, addr: &str, hash: &str) -> String {
+    let mut command = Command::new(bin("kiln-evil"));
+    command
+        .args(["range", "--data-dir"])
+        .arg(dir)
+        .args(["--bootstrap", boot, &format!("{addr}:{hash}:hashes")]);
+    let mut asker = Proc::spawn("asker", command);
+    asker.wait_line(START, |l| l.starts_with("answer "))
+}
+
 fn blob_file(dir: &Path, hash: &str) -> std::path::PathBuf {
     dir.join("blobs").join(&hash[..2]).join(hash)
 }
@@ -52,13 +64,10 @@ fn a_corrupt_pinned_blob_is_quarantined_and_fetched_again() {
     );
 
     // A fetcher asks it for the blob's range hashes: it notices, refuses.
-    let mut command = Command::new(bin("kiln-evil"));
-    command
-        .args(["range", "--data-dir"])
-        .arg(tmp.path().join("asker"))
-        .args(["--bootstrap", &boot, &format!("{c_addr}:{artifact}:hashes")]);
-    let mut asker = Proc::spawn("asker", command);
-    assert_eq!(asker.wait_line(START, |l| l.starts_with("answer ")), "answer not found");
+    assert_eq!(
+        ask_range_hashes(&tmp.path().join("asker"), &boot, &c_addr, &artifact),
+        "answer not found"
+    );
 
     // Quarantined, then fetched again from the worker.
     let mut last = Value::Null;
@@ -85,14 +94,8 @@ fn a_corrupt_pinned_blob_is_quarantined_and_fetched_again() {
     );
 
     // Served again, checked against its hash.
-    let mut command = Command::new(bin("kiln-evil"));
-    command
-        .args(["range", "--data-dir"])
-        .arg(tmp.path().join("asker2"))
-        .args(["--bootstrap", &boot, &format!("{c_addr}:{artifact}:hashes")]);
-    let mut asker = Proc::spawn("asker2", command);
     assert_eq!(
-        asker.wait_line(START, |l| l.starts_with("answer ")),
+        ask_range_hashes(&tmp.path().join("asker2"), &boot, &c_addr, &artifact),
         "answer range hashes"
     );
 }
