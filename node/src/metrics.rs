@@ -17,6 +17,11 @@ pub struct Metrics {
     /// Builds this node saw end, by how they ended.
     pub jobs_done: AtomicU64,
     pub jobs_failed: AtomicU64,
+    /// Gossip messages delivered to this node (each once, whatever the
+    /// number of peers that forwarded it), and their bytes: an idle node's
+    /// cost, which must not grow with the network.
+    pub gossip_received: AtomicU64,
+    pub gossip_received_bytes: AtomicU64,
     dispatch: Histogram,
 }
 
@@ -38,6 +43,8 @@ impl Metrics {
             bytes_served: AtomicU64::new(0),
             jobs_done: AtomicU64::new(0),
             jobs_failed: AtomicU64::new(0),
+            gossip_received: AtomicU64::new(0),
+            gossip_received_bytes: AtomicU64::new(0),
             dispatch: Histogram {
                 buckets: [const { AtomicU64::new(0) }; DISPATCH_BUCKETS_S.len()],
                 count: AtomicU64::new(0),
@@ -90,6 +97,20 @@ impl Metrics {
             "counter",
             "Builds this node saw fail since it started.",
             get(&self.jobs_failed),
+        );
+        metric(
+            out,
+            "kiln_gossip_received_total",
+            "counter",
+            "Gossip messages delivered to this node (each once).",
+            get(&self.gossip_received),
+        );
+        metric(
+            out,
+            "kiln_gossip_received_bytes_total",
+            "counter",
+            "Bytes of the gossip messages delivered to this node.",
+            get(&self.gossip_received_bytes),
         );
         let name = "kiln_dispatch_latency_seconds";
         let _ = writeln!(

@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 use super::client::Command;
 use super::identity;
 use super::*;
+use crate::metrics::{Metrics, METRICS};
 
 #[derive(NetworkBehaviour)]
 pub(super) struct Behaviour {
@@ -524,6 +525,8 @@ impl EventLoop {
     }
 
     fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
+        Metrics::add(&METRICS.gossip_received, 1);
+        Metrics::add(&METRICS.gossip_received_bytes, message.data.len() as u64);
         let verdict = check_gossip_message(&message);
         let acceptance = match &verdict {
             Ok(_) => MessageAcceptance::Accept,

@@ -19,6 +19,7 @@ use tracing::{debug, warn};
 
 use crate::blobs::{fetch_to, publish, NoProgress};
 use crate::coordinator::CoordHandle;
+use crate::metrics::METRICS;
 use crate::net::NetClient;
 
 /// The socket's name inside the data dir.
@@ -57,6 +58,10 @@ pub struct NodeStatus {
     /// `coordinator` (acts now), `standby` (may be elected) or `worker`
     /// (does not coordinate: `--no-coordinator`).
     pub role: String,
+    /// Gossip messages (and their bytes) delivered to this node since it
+    /// started, each once.
+    pub gossip_received: u64,
+    pub gossip_received_bytes: u64,
     pub pinned: bool,
     /// The coordinator this node takes now, if it knows one.
     pub coordinator: Option<String>,
@@ -217,6 +222,8 @@ impl NodeControl {
         ControlReply::Status(Box::new(NodeStatus {
             peer_id: self.net.peer_id().to_string(),
             role: role.into(),
+            gossip_received: METRICS.gossip_received.load(std::sync::atomic::Ordering::Relaxed),
+            gossip_received_bytes: METRICS.gossip_received_bytes.load(std::sync::atomic::Ordering::Relaxed),
             pinned: local.pinned,
             coordinator: local.coordinator.map(|p| p.to_string()),
             jobs_total: local.jobs_total,
