@@ -199,6 +199,11 @@ impl Store {
         out
     }
 
+    /// How many blobs are stored.
+    pub fn blob_count(&self) -> u64 {
+        self.lock().blobs.len() as u64
+    }
+
     /// Bytes of all stored blobs.
     pub fn total_bytes(&self) -> u64 {
         self.lock().total_bytes

@@ -203,6 +203,18 @@ pub fn start_bootstrap(data_dir: &Path) -> (Proc, String) {
     (proc, addr)
 }
 
+/// Starts the misbehaving peer `kiln-evil MODE --data-dir DIR --bootstrap
+/// BOOT TARGET` (see its file for the modes).
+pub fn start_evil(name: &str, dir: &Path, boot: &str, mode: &str, target: &str) -> Proc {
+    let mut command = Command::new(bin("kiln-evil"));
+    command
+        .arg(mode)
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["--bootstrap", boot, target]);
+    Proc::spawn(name, command)
+}
+
 /// Starts `kiln node` on 127.0.0.1 joined to `bootstrap`.
 pub fn start_node(name: &str, data_dir: &Path, bootstrap: &str, extra: &[&str]) -> (Proc, String) {
     let mut command = Command::new(bin("kiln"));

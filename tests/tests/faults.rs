@@ -6,21 +6,15 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Command;
 
 use kiln_tests::farm::{node_status, recipe, request, worker, BUILD};
-use kiln_tests::{bin, kiln, start_bootstrap, start_node, wait_until, Proc, START};
+use kiln_tests::{kiln, start_bootstrap, start_evil, start_node, wait_until, START};
 use serde_json::Value;
 
 /// Asks the node at `addr` for the range hashes of `hash`, as a fetcher
 /// does first; the kind of its answer (`answer ...`).
 fn ask_range_hashes(dir: &Path, boot: &str, addr: &str, hash: &str) -> String {
-    let mut command = Command::new(bin("kiln-evil"));
-    command
-        .args(["range", "--data-dir"])
-        .arg(dir)
-        .args(["--bootstrap", boot, &format!("{addr}:{hash}:hashes")]);
-    let mut asker = Proc::spawn("asker", command);
+    let mut asker = start_evil("asker", dir, boot, "range", &format!("{addr}:{hash}:hashes"));
     asker.wait_line(START, |l| l.starts_with("answer "))
 }
 

@@ -8,17 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 use kiln_tests::farm::{recipe, request, worker, BUILD};
-use kiln_tests::{bin, kiln, start_bootstrap, start_node, test_bytes, wait_until, Proc, START};
-
-fn evil(name: &str, dir: &Path, boot: &str, mode: &str, target: &str) -> Proc {
-    let mut command = Command::new(bin("kiln-evil"));
-    command
-        .arg(mode)
-        .arg("--data-dir")
-        .arg(dir)
-        .args(["--bootstrap", boot, target]);
-    Proc::spawn(name, command)
-}
+use kiln_tests::{bin, kiln, start_bootstrap, start_evil, start_node, test_bytes, wait_until, Proc, START};
 
 /// Writes `len` test bytes to `file` and publishes them through the node
 /// running on `node_dir`; the blob's hash.
@@ -51,7 +41,7 @@ fn held_watches_do_not_block_status_or_submissions() {
         keys.push(queued["build_key"].as_str().unwrap().to_string());
     }
     let target = format!("{c_addr}:{}", keys.join(","));
-    let mut watchers = evil("watchers", &tmp.path().join("evil"), &boot, "watch", &target);
+    let mut watchers = start_evil("watchers", &tmp.path().join("evil"), &boot, "watch", &target);
     watchers.wait_line(START, |l| l == "watching 80");
     let (ok, text, err) = kiln(&["status", "--bootstrap", &boot]);
     assert!(ok && text.contains("open jobs: 2"), "status: {text} {err}");
@@ -74,7 +64,7 @@ fn a_range_over_the_limit_is_refused_as_a_bad_range() {
     assert_eq!(limit, kiln_store::RANGE_BYTES_MAX, "one limit");
     for (length, answer) in [(limit, "answer data"), (limit + (1 << 20), "answer bad range")] {
         let target = format!("{addr}:{hash}:{length}");
-        let mut asker = evil(
+        let mut asker = start_evil(
             "asker",
             &tmp.path().join(format!("evil{length}")),
             &boot,

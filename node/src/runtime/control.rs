@@ -235,7 +235,7 @@ impl NodeControl {
                 route: m.route,
             }),
             store: NodeStore {
-                blobs: store.list().len() as u64,
+                blobs: store.blob_count(),
                 bytes: store.total_bytes(),
                 cap_bytes: store.size_cap(),
                 quarantined,
