@@ -185,6 +185,11 @@ enum Command {
         /// Never be elected coordinator
         #[arg(long)]
         no_coordinator: bool,
+        /// Nodes in the coordination set: the acting coordinator and its standbys, which send heartbeats and
+        /// hold job inputs and the outbox; other nodes that may coordinate stay silent until the set is short
+        #[arg(long, value_name = "N", default_value_t = kiln_node::coordinator::election::COORDINATION_SET_DEFAULT as u16,
+              value_parser = clap::value_parser!(u16).range(1..=64))]
+        coordination_set: u16,
         /// Take only this peer as coordinator (repeatable): hear only its heartbeats and settlements, take
         /// work only from it, and coordinate only if this node is one of them. `kiln id` prints a peer id
         #[arg(long = "trust-coordinator", value_name = "PEER_ID", value_parser = parse_peer_id)]
@@ -430,6 +435,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             max_store_size,
             coordinator,
             no_coordinator,
+            coordination_set,
             trust_coordinators,
             mail,
             http,
@@ -454,6 +460,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     eligible: !no_coordinator,
                     pinned: coordinator,
                     trusted,
+                    set_size: Some(usize::from(coordination_set)),
                     ..Default::default()
                 },
                 mail: mail.options()?,

@@ -309,7 +309,8 @@ pub async fn node_status(data_dir: &Path, json: bool) -> anyhow::Result<()> {
     let role = match status.role.as_str() {
         "coordinator" if status.pinned => "the coordinator (pinned)",
         "coordinator" => "the coordinator (elected)",
-        "standby" => "a standby: may be elected if the coordinator goes",
+        "standby" => "a standby in the coordination set: may be elected if the coordinator goes",
+        "reserve" => "a reserve: may coordinate, steps into the coordination set when it is short",
         _ => "not a coordinator (--no-coordinator)",
     };
     println!("node {}: {role}", status.peer_id);

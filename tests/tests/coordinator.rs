@@ -425,3 +425,83 @@ fn a_requester_following_a_build_sees_its_log_as_it_runs() {
     let seen = follower.stderr();
     assert!(seen.contains("kiln: log: $ sleep 5"), "{seen}");
 }
+
+/// Every node that may coordinate used to heartbeat every second and fetch
+/// every job's inputs, so each node's traffic grew with the network. Now
+/// a bounded coordination set does that (here 2 of 3 eligible nodes): the
+/// third is a reserve that sends nothing on the coordinator topic and
+/// holds no job input, and steps in when a member dies.
+#[test]
+fn only_the_coordination_set_heartbeats_and_holds_inputs_and_a_reserve_refills_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_boot, boot) = start_bootstrap(&tmp.path().join("boot"));
+    let names = ["e1", "e2", "e3"];
+    let mut nodes: Vec<(String, Proc)> = names
+        .iter()
+        .map(|name| {
+            let (proc, addr) = start_node(name, &tmp.path().join(name), &boot, &["--coordination-set", "2"]);
+            (peer_of(&addr), proc)
+        })
+        .collect();
+    let (_w, _) = worker("worker", &tmp.path().join("w"), &boot, &[]);
+    let dirs: Vec<std::path::PathBuf> = names.iter().map(|n| tmp.path().join(n)).collect();
+    let roles = |dirs: &[std::path::PathBuf]| -> Vec<Value> {
+        dirs.iter()
+            .map(|d| kiln_tests::farm::try_node_status(d).unwrap_or(Value::Null))
+            .collect()
+    };
+    let mut views = Vec::new();
+    wait_until(BUILD, "one coordinator, one standby and one reserve", || {
+        views = roles(&dirs);
+        let mut seen: Vec<&str> = views.iter().map(|v| v["role"].as_str().unwrap_or("")).collect();
+        seen.sort_unstable();
+        seen == ["coordinator", "reserve", "standby"]
+    });
+    let reserve = views.iter().position(|v| v["role"] == "reserve").unwrap();
+    let acting = views.iter().position(|v| v["role"] == "coordinator").unwrap();
+    let beats_before = views[reserve]["heartbeats_sent"].as_u64().unwrap();
+    wait_status(&boot, "the coordinator knows the worker", |s| {
+        s["workers"].as_array().is_some_and(|w| w.len() == 1)
+    });
+
+    // A job runs to the end; the set holds its inputs, the reserve does not.
+    let (ok, done, err) = request(&boot, &recipe("sleep"), "a@example.org", &["--wait", "-o", "secs=1"]);
+    assert!(ok && done["state"] == "done", "{done} {err}");
+    let after = roles(&dirs);
+    assert_eq!(after[reserve]["role"], "reserve", "{after:?}");
+    assert_eq!(
+        after[reserve]["heartbeats_sent"], beats_before,
+        "a reserve sends no heartbeat: {after:?}"
+    );
+    assert_eq!(
+        after[reserve]["store"]["blobs"], 0,
+        "a reserve holds no job input: {after:?}"
+    );
+    let standby = 3 - reserve - acting;
+    assert!(after[standby]["store"]["blobs"].as_u64().unwrap() > 0, "{after:?}");
+
+    // The coordinator dies: the standby takes over, the reserve steps in.
+    nodes[acting].1.kill();
+    wait_until(BUILD, "the set refilled", || {
+        let now: Vec<Value> = [reserve, standby]
+            .iter()
+            .map(|i| kiln_tests::farm::try_node_status(&dirs[*i]).unwrap_or(Value::Null))
+            .collect();
+        now[0]["role"] == "standby" && now[1]["role"] == "coordinator"
+    });
+    let (ok, done, err) = request(
+        &boot,
+        &recipe("sleep"),
+        "b@example.org",
+        &["--wait", "-o", "secs=1", "-o", "n=2"],
+    );
+    assert!(ok && done["state"] == "done", "{done} {err}");
+    let stepped_in = kiln_tests::farm::try_node_status(&dirs[reserve]).unwrap();
+    assert!(
+        stepped_in["heartbeats_sent"].as_u64().unwrap() > beats_before,
+        "{stepped_in}"
+    );
+    wait_until(BUILD, "the node that stepped in to hold the new job's inputs", || {
+        kiln_tests::farm::try_node_status(&dirs[reserve]).is_some_and(|s| s["store"]["blobs"].as_u64().unwrap_or(0) > 0)
+    });
+}

@@ -26,6 +26,13 @@ pub const HEARTBEAT_MS: u64 = 1_000;
 pub const ELECTION_TIMEOUT_MS: u64 = 4_000;
 /// Candidates tracked at once.
 pub const CANDIDATES_MAX: usize = 1024;
+/// Nodes in the coordination set by default (`--coordination-set`): the
+/// acting coordinator and two standbys.
+pub const COORDINATION_SET_DEFAULT: usize = 3;
+/// A reserve that finds the set short steps in after a delay spread over
+/// this span by its peer id, so reserves that notice together do not all
+/// step in at once.
+pub const STEP_IN_SPREAD_MS: u64 = 3_000;
 
 /// A node that may coordinate, as last heard.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,6 +56,12 @@ pub struct Election {
     acting: bool,
     /// Whether this node sends mail over SMTP.
     delivers_mail: bool,
+    /// Most nodes in the coordination set (`None`: every eligible node is
+    /// in it), whether this node is, and since when it has found the set
+    /// short (a reserve).
+    set_size: Option<usize>,
+    member: bool,
+    short_since_ms: Option<u64>,
     candidates: HashMap<PeerId, Candidate>,
     /// The only peers that may coordinate, if the node was given a list.
     trusted: Option<BTreeSet<PeerId>>,
@@ -63,6 +76,9 @@ impl Election {
             started_at_ms: now_ms,
             acting: false,
             delivers_mail: false,
+            set_size: None,
+            member: eligible || pinned,
+            short_since_ms: None,
             candidates: HashMap::new(),
             trusted: None,
         }
@@ -87,6 +103,72 @@ impl Election {
 
     pub fn delivers_mail(&self) -> bool {
         self.delivers_mail
+    }
+
+    /// Bounds the coordination set to `set_size` nodes (at least one): an
+    /// eligible node outside it is a *reserve*, silent on the coordinator
+    /// topic, holding no job inputs, until the set is short and it steps in.
+    pub fn bounded(mut self, set_size: usize) -> Election {
+        self.set_size = Some(set_size.max(1));
+        self.member = self.pinned;
+        self
+    }
+
+    /// Whether this node is in the coordination set now: it sends
+    /// heartbeats, holds job inputs and the outbox, and may be elected.
+    pub fn member(&self) -> bool {
+        self.member
+    }
+
+    /// Joins or leaves the coordination set. Only members send heartbeats,
+    /// so the living candidates are the set as far as this node knows.
+    /// A member leaves when the set is over its size and it ranks last
+    /// (pinned, acting, sending mail, smaller peer id rank first; pinned
+    /// and acting nodes never leave). A reserve joins when the set has
+    /// been short for its step-in delay.
+    fn update_membership(&mut self, now_ms: u64) {
+        let Some(set_size) = self.set_size else {
+            self.member = self.eligible;
+            return;
+        };
+        if !self.eligible || (!self.pinned && now_ms.saturating_sub(self.started_at_ms) < ELECTION_TIMEOUT_MS) {
+            // Not eligible, or still listening for the set after starting.
+            self.member = self.pinned;
+            return;
+        }
+        let others: Vec<(PeerId, &Candidate)> = self.alive(now_ms).map(|(p, c)| (*p, c)).collect();
+        if self.member {
+            if self.pinned || self.acting || others.len() < set_size {
+                return;
+            }
+            let rank =
+                |pinned: bool, acting: bool, mails: bool, peer: &PeerId| (!pinned, !acting, !mails, peer.to_bytes());
+            let mine = rank(self.pinned, self.acting, self.delivers_mail, &self.me);
+            let better = others
+                .iter()
+                .filter(|(p, c)| rank(c.pinned, c.acting, c.delivers_mail, p) < mine)
+                .count();
+            if better >= set_size {
+                self.member = false;
+            }
+            return;
+        }
+        if others.len() >= set_size {
+            self.short_since_ms = None;
+            return;
+        }
+        let since = *self.short_since_ms.get_or_insert(now_ms);
+        if now_ms.saturating_sub(since) >= self.step_in_delay_ms() {
+            self.member = true;
+            self.short_since_ms = None;
+        }
+    }
+
+    /// This node's step-in delay: spread by its peer id.
+    fn step_in_delay_ms(&self) -> u64 {
+        let bytes = self.me.to_bytes();
+        let tail: [u8; 8] = bytes[bytes.len().saturating_sub(8)..].try_into().unwrap_or([0; 8]);
+        u64::from_le_bytes(tail) % STEP_IN_SPREAD_MS
     }
 
     /// Whether `peer` may coordinate, as far as this node trusts it.
@@ -142,8 +224,9 @@ impl Election {
     /// those, the acting ones if any; then the smallest peer id.
     pub fn leader(&self, now_ms: u64) -> Option<PeerId> {
         // A fresh node counts itself only after a full timeout, unless pinned.
-        let me_counts =
-            self.eligible && (self.pinned || now_ms.saturating_sub(self.started_at_ms) >= ELECTION_TIMEOUT_MS);
+        let me_counts = self.eligible
+            && self.member
+            && (self.pinned || now_ms.saturating_sub(self.started_at_ms) >= ELECTION_TIMEOUT_MS);
         let me = me_counts.then_some((self.me, self.pinned, self.delivers_mail, self.acting));
         let others = self
             .alive(now_ms)
@@ -163,6 +246,7 @@ impl Election {
     /// Whether this node should act as the coordinator now; remembers the
     /// answer, which its next heartbeat tells the others.
     pub fn acting(&mut self, now_ms: u64) -> bool {
+        self.update_membership(now_ms);
         self.acting = self.leader(now_ms) == Some(self.me);
         self.acting
     }
@@ -351,5 +435,78 @@ mod tests {
         // A pinned node still wins over all of them.
         newcomer.heard(p[0], beat(true, 10_500));
         assert_eq!(newcomer.leader(10_500), Some(p[0]));
+    }
+
+    fn member_beat(acting: bool, at: u64) -> Candidate {
+        Candidate {
+            pinned: false,
+            acting,
+            delivers_mail: false,
+            addresses: vec![],
+            seen_at_ms: at,
+        }
+    }
+
+    #[test]
+    fn a_bounded_set_keeps_reserves_silent_and_refills_when_a_member_dies() {
+        let p = peers(3);
+        // p[2] starts after p[0] (acting) and p[1] (standby) formed a set of 2.
+        let mut reserve = Election::new(p[2], true, false, 0).bounded(2);
+        assert!(!reserve.member(), "a bounded node starts as a reserve");
+        for t in (0..=10_000).step_by(250) {
+            reserve.heard(p[0], member_beat(true, t));
+            reserve.heard(p[1], member_beat(false, t));
+            assert!(!reserve.acting(t));
+            assert!(!reserve.member(), "the set is full at {t} ms");
+        }
+        assert_eq!(reserve.leader(10_000), Some(p[0]));
+        // p[0] dies at 10 s: once it times out the set is short, and the
+        // reserve steps in within its spread.
+        let mut joined_at = None;
+        for t in (10_250..=10_000 + ELECTION_TIMEOUT_MS + STEP_IN_SPREAD_MS + 250).step_by(250) {
+            reserve.heard(p[1], member_beat(t > 10_000 + ELECTION_TIMEOUT_MS, t));
+            reserve.acting(t);
+            if reserve.member() && joined_at.is_none() {
+                joined_at = Some(t);
+            }
+        }
+        let joined_at = joined_at.expect("the reserve stepped in");
+        assert!(
+            joined_at > 10_000 + ELECTION_TIMEOUT_MS,
+            "not before the member timed out"
+        );
+        assert!(joined_at <= 10_000 + ELECTION_TIMEOUT_MS + STEP_IN_SPREAD_MS + 250);
+    }
+
+    #[test]
+    fn an_overfull_set_sheds_its_last_ranked_member_but_never_the_acting_one() {
+        let p = peers(3);
+        // p[2] (largest id) and two better members: it steps out.
+        let mut last = Election::new(p[2], true, false, 0).bounded(2);
+        last.member = true;
+        last.heard(p[0], member_beat(true, 5_000));
+        last.heard(p[1], member_beat(false, 5_000));
+        last.acting(5_000);
+        assert!(!last.member(), "ranked third of a set of two");
+        // p[1] is a member too, but ranks second: it stays.
+        let mut second = Election::new(p[1], true, false, 0).bounded(2);
+        second.member = true;
+        second.heard(p[0], member_beat(true, 5_000));
+        second.heard(p[2], member_beat(false, 5_000));
+        second.acting(5_000);
+        assert!(second.member());
+        // An acting node with the largest id keeps its place (and role).
+        let mut acting = Election::new(p[2], true, false, 0).bounded(1);
+        acting.member = true;
+        assert!(acting.acting(5_000));
+        acting.heard(p[0], member_beat(false, 5_000));
+        acting.heard(p[1], member_beat(false, 5_000));
+        assert!(acting.acting(5_000) && acting.member());
+        // Unbounded (the default of `new`): every eligible node is a member.
+        let mut open = Election::new(p[2], true, false, 0);
+        open.heard(p[0], member_beat(true, 5_000));
+        open.heard(p[1], member_beat(false, 5_000));
+        open.acting(5_000);
+        assert!(open.member());
     }
 }

@@ -116,7 +116,7 @@ impl Coordinator {
         }
         self.persist(&build_key);
         // Nodes that may take over hold the inputs too.
-        if fresh && self.election.eligible() {
+        if fresh && self.election.member() {
             let (net, store, permits) = (self.net.clone(), self.store.clone(), self.input_fetches.clone());
             tokio::spawn(async move {
                 let Ok(_permit) = permits.acquire_owned().await else {

@@ -51,7 +51,7 @@ use election::Election;
 use schedule::Schedule;
 
 mod effects;
-pub(crate) mod election;
+pub mod election;
 mod heard;
 mod held;
 mod jobs;
@@ -79,6 +79,9 @@ pub struct CoordinatorOptions {
     /// Sends mail over SMTP (`--smtp`); set by the node from its mail
     /// options when it starts.
     pub delivers_mail: bool,
+    /// Most nodes in the coordination set (`--coordination-set`); `None`:
+    /// every eligible node is in it.
+    pub set_size: Option<usize>,
     /// The only peers that may coordinate (`--trust-coordinator`); `None`:
     /// any peer that may be elected.
     pub trusted: Option<BTreeSet<PeerId>>,
@@ -162,6 +165,10 @@ enum Input {
 #[derive(Clone, Debug)]
 pub struct LocalView {
     pub acting: bool,
+    /// In the coordination set (else a reserve, if eligible).
+    pub member: bool,
+    /// Heartbeats this node has sent since it started.
+    pub heartbeats_sent: u64,
     /// May be elected (or is pinned).
     pub eligible: bool,
     pub pinned: bool,
@@ -284,4 +291,7 @@ struct Coordinator {
     /// Stale open jobs whose phase this standby asked the coordinator for;
     /// a job heard of again meanwhile is taken off (it is open there).
     reconciling: HashSet<Hash>,
+    /// In the coordination set, as of the last step.
+    member: bool,
+    heartbeats_sent: u64,
 }

@@ -130,6 +130,8 @@ impl Coordinator {
         let jobs = self.schedule.jobs();
         super::LocalView {
             acting: self.acting,
+            member: self.election.member(),
+            heartbeats_sent: self.heartbeats_sent,
             eligible: self.election.eligible(),
             pinned: self.election.pinned(),
             coordinator: self.election.leader(now),

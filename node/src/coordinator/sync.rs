@@ -29,7 +29,7 @@ impl Coordinator {
     /// (gossip brings each later one), so jobs queued while it was down or
     /// before it started are not lost if it takes over.
     pub(super) fn catch_up(&mut self, now: u64) {
-        if self.acting || self.syncing || !self.election.eligible() || now < self.sync_not_before_ms {
+        if self.acting || self.syncing || !self.election.member() || now < self.sync_not_before_ms {
             return;
         }
         let Some(leader) = self.election.leader(now).filter(|l| *l != self.me) else {

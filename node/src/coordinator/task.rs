@@ -46,10 +46,16 @@ impl Coordinator {
         mail: Option<(MailHandle, Arc<AtomicBool>)>,
     ) -> Coordinator {
         let me = net.peer_id();
+        let election = Election::new(me, options.eligible, options.pinned, now_ms())
+            .trusting(options.trusted.clone())
+            .delivering_mail(options.delivers_mail);
+        let election = match options.set_size {
+            Some(size) => election.bounded(size),
+            None => election,
+        };
         Coordinator {
-            election: Election::new(me, options.eligible, options.pinned, now_ms())
-                .trusting(options.trusted.clone())
-                .delivering_mail(options.delivers_mail),
+            member: election.member(),
+            election,
             net,
             store,
             key,
@@ -70,6 +76,7 @@ impl Coordinator {
             held: Default::default(),
             sync_seen: HashSet::new(),
             reconciling: HashSet::new(),
+            heartbeats_sent: 0,
         }
     }
 
@@ -136,6 +143,29 @@ impl Coordinator {
         });
     }
 
+    /// This node stepped into the coordination set: it catches up with the
+    /// coordinator (its open jobs and outbox) and holds the inputs of every
+    /// open job it keeps, as a member that may take over must.
+    fn joined_set(&mut self) {
+        info!(
+            jobs = self.schedule.open_jobs(),
+            "in the coordination set: holding the open jobs' inputs"
+        );
+        self.synced_with = None;
+        let jobs: Vec<JobRequest> = self.schedule.jobs().iter().map(|j| j.request.clone()).collect();
+        for job in jobs {
+            let (net, store, permits) = (self.net.clone(), self.store.clone(), self.input_fetches.clone());
+            tokio::spawn(async move {
+                let Ok(_permit) = permits.acquire_owned().await else {
+                    return;
+                };
+                if let Err(e) = hold_inputs(&net, &store, &job, &[]).await {
+                    debug!(job = %job.build_key, error = e, "inputs of an open job not fetched");
+                }
+            });
+        }
+    }
+
     /// The DHT's word on a restored job.
     fn restored_checked(&mut self, build_key: Hash, attestations: Vec<Signed<Attestation>>) {
         self.schedule.checked(&build_key);
@@ -170,7 +200,7 @@ impl Coordinator {
                 },
                 _ = tick.tick() => {
                     let now = now_ms();
-                    if self.election.eligible() && now.saturating_sub(last_heartbeat) >= HEARTBEAT_MS {
+                    if self.election.member() && now.saturating_sub(last_heartbeat) >= HEARTBEAT_MS {
                         last_heartbeat = now;
                         self.heartbeat(now).await;
                     }
@@ -188,6 +218,15 @@ impl Coordinator {
     pub(super) async fn step(&mut self, now: u64) {
         self.election.tick(now);
         let acting = self.election.acting(now);
+        let member = self.election.member();
+        if member != self.member {
+            self.member = member;
+            if member {
+                self.joined_set();
+            } else {
+                info!("left the coordination set (it is full); a reserve now, silent until it is short");
+            }
+        }
         if let Some((_, flag)) = &self.mail {
             flag.store(acting, Ordering::SeqCst);
         }
@@ -233,6 +272,7 @@ impl Coordinator {
             sent_at_ms: now,
             delivers_mail: self.election.delivers_mail(),
         };
+        self.heartbeats_sent += 1;
         self.gossip(topics::COORDINATOR, GossipV1::Coordinator(heartbeat)).await;
     }
 

@@ -55,13 +55,18 @@ pub enum ControlReply {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeStatus {
     pub peer_id: String,
-    /// `coordinator` (acts now), `standby` (may be elected) or `worker`
-    /// (does not coordinate: `--no-coordinator`).
+    /// `coordinator` (acts now), `standby` (in the coordination set: may
+    /// be elected), `reserve` (may coordinate, outside the set: silent on
+    /// the coordinator topic, holds no job inputs) or `worker` (does not
+    /// coordinate: `--no-coordinator`).
     pub role: String,
     /// Gossip messages (and their bytes) delivered to this node since it
     /// started, each once.
     pub gossip_received: u64,
     pub gossip_received_bytes: u64,
+    /// Heartbeats this node has sent on the coordinator topic since it
+    /// started.
+    pub heartbeats_sent: u64,
     pub pinned: bool,
     /// The coordinator this node takes now, if it knows one.
     pub coordinator: Option<String>,
@@ -198,8 +203,10 @@ impl NodeControl {
         };
         let role = if local.acting {
             "coordinator"
-        } else if local.eligible {
+        } else if local.eligible && local.member {
             "standby"
+        } else if local.eligible {
+            "reserve"
         } else {
             "worker"
         };
@@ -224,6 +231,7 @@ impl NodeControl {
             role: role.into(),
             gossip_received: METRICS.gossip_received.load(std::sync::atomic::Ordering::Relaxed),
             gossip_received_bytes: METRICS.gossip_received_bytes.load(std::sync::atomic::Ordering::Relaxed),
+            heartbeats_sent: local.heartbeats_sent,
             pinned: local.pinned,
             coordinator: local.coordinator.map(|p| p.to_string()),
             jobs_total: local.jobs_total,
