@@ -320,6 +320,13 @@ pub async fn node_status(data_dir: &Path, json: bool) -> anyhow::Result<()> {
             None => println!("coordinator: none known yet"),
         }
     }
+    if status.role != "worker" {
+        println!(
+            "coordination set as heard here: {} node(s); heartbeats sent by this node: {}",
+            status.coordination_set.len(),
+            status.heartbeats_sent
+        );
+    }
     println!("open jobs in this node's queue: {}", status.jobs_total);
     for job in &status.jobs {
         println!(

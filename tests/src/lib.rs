@@ -35,14 +35,21 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 /// Polls `condition` until it is true or `timeout` passes.
-pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+pub fn wait_until(timeout: Duration, what: &str, condition: impl FnMut() -> bool) {
+    poll_until(timeout, Duration::from_millis(20), what, condition);
+}
+
+/// [`wait_until`], asking every `every`: for a condition that costs
+/// processes (`kiln status` of several nodes), so the asking does not load
+/// the machine the nodes run on.
+pub fn poll_until(timeout: Duration, every: Duration, what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !condition() {
         assert!(
             Instant::now() < deadline,
             "timed out after {timeout:?} waiting for {what}"
         );
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(every);
     }
 }
 

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 
 use kiln_tests::farm::{peer_of, recipe, request, request_waiting, status, wait_json, wait_status, worker, BUILD};
-use kiln_tests::{bin, fetch, kiln, start_bootstrap, start_node, wait_until, Proc, START};
+use kiln_tests::{bin, fetch, kiln, poll_until, start_bootstrap, start_node, wait_until, Proc, START};
 use serde_json::Value;
 
 fn open_job<'a>(status: &'a Value, build_key: &str) -> Option<&'a Value> {
@@ -431,6 +431,9 @@ fn a_requester_following_a_build_sees_its_log_as_it_runs() {
 /// a bounded coordination set does that (here 2 of 3 eligible nodes): the
 /// third is a reserve that sends nothing on the coordinator topic and
 /// holds no job input, and steps in when a member dies.
+/// How often a test asks several nodes for `kiln status --node`.
+const POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
 #[test]
 fn only_the_coordination_set_heartbeats_and_holds_inputs_and_a_reserve_refills_it() {
     let tmp = tempfile::tempdir().unwrap();
@@ -451,11 +454,16 @@ fn only_the_coordination_set_heartbeats_and_holds_inputs_and_a_reserve_refills_i
             .collect()
     };
     let mut views = Vec::new();
-    wait_until(BUILD, "one coordinator, one standby and one reserve", || {
+    // Settled: one of each role, and every node hears the same set of two
+    // (so the reserve finds the set full and stays out).
+    poll_until(BUILD, POLL, "one coordinator, one standby and one reserve", || {
         views = roles(&dirs);
         let mut seen: Vec<&str> = views.iter().map(|v| v["role"].as_str().unwrap_or("")).collect();
         seen.sort_unstable();
+        let set = &views[0]["coordination_set"];
         seen == ["coordinator", "reserve", "standby"]
+            && set.as_array().is_some_and(|s| s.len() == 2)
+            && views.iter().all(|v| &v["coordination_set"] == set)
     });
     let reserve = views.iter().position(|v| v["role"] == "reserve").unwrap();
     let acting = views.iter().position(|v| v["role"] == "coordinator").unwrap();
@@ -482,7 +490,7 @@ fn only_the_coordination_set_heartbeats_and_holds_inputs_and_a_reserve_refills_i
 
     // The coordinator dies: the standby takes over, the reserve steps in.
     nodes[acting].1.kill();
-    wait_until(BUILD, "the set refilled", || {
+    poll_until(BUILD, POLL, "the set refilled", || {
         let now: Vec<Value> = [reserve, standby]
             .iter()
             .map(|i| kiln_tests::farm::try_node_status(&dirs[*i]).unwrap_or(Value::Null))
@@ -501,7 +509,19 @@ fn only_the_coordination_set_heartbeats_and_holds_inputs_and_a_reserve_refills_i
         stepped_in["heartbeats_sent"].as_u64().unwrap() > beats_before,
         "{stepped_in}"
     );
-    wait_until(BUILD, "the node that stepped in to hold the new job's inputs", || {
+    poll_until(BUILD, POLL, "the node that stepped in to hold the new job's inputs", || {
         kiln_tests::farm::try_node_status(&dirs[reserve]).is_some_and(|s| s["store"]["blobs"].as_u64().unwrap_or(0) > 0)
     });
+    // Each requester was mailed once, by one member of the set.
+    let mailed = |to: &str| -> usize {
+        dirs.iter()
+            .filter_map(|d| std::fs::read_dir(d.join("outbox")).ok())
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+            .filter(|mail| mail.contains(&format!("To: {to}")))
+            .count()
+    };
+    poll_until(BUILD, POLL, "the second requester mailed", || mailed("b@example.org") > 0);
+    assert_eq!(mailed("a@example.org"), 1, "the first requester is mailed once");
+    assert_eq!(mailed("b@example.org"), 1, "the second requester is mailed once");
 }

@@ -62,6 +62,11 @@ pub struct Election {
     set_size: Option<usize>,
     member: bool,
     short_since_ms: Option<u64>,
+    /// When this node last joined the set (its start, unless bounded). It
+    /// counts itself for the role only a full timeout later, once every
+    /// member has heard its heartbeats and it has heard theirs: two nodes
+    /// stepping in together must not both act, and both send the mail.
+    member_since_ms: u64,
     candidates: HashMap<PeerId, Candidate>,
     /// The only peers that may coordinate, if the node was given a list.
     trusted: Option<BTreeSet<PeerId>>,
@@ -79,6 +84,7 @@ impl Election {
             set_size: None,
             member: eligible || pinned,
             short_since_ms: None,
+            member_since_ms: now_ms,
             candidates: HashMap::new(),
             trusted: None,
         }
@@ -160,6 +166,7 @@ impl Election {
         let since = *self.short_since_ms.get_or_insert(now_ms);
         if now_ms.saturating_sub(since) >= self.step_in_delay_ms() {
             self.member = true;
+            self.member_since_ms = now_ms;
             self.short_since_ms = None;
         }
     }
@@ -223,10 +230,11 @@ impl Election {
     /// the pinned if any; else those that send mail over SMTP if any; among
     /// those, the acting ones if any; then the smallest peer id.
     pub fn leader(&self, now_ms: u64) -> Option<PeerId> {
-        // A fresh node counts itself only after a full timeout, unless pinned.
+        // A fresh member counts itself only after a full timeout, unless
+        // pinned.
         let me_counts = self.eligible
             && self.member
-            && (self.pinned || now_ms.saturating_sub(self.started_at_ms) >= ELECTION_TIMEOUT_MS);
+            && (self.pinned || now_ms.saturating_sub(self.member_since_ms) >= ELECTION_TIMEOUT_MS);
         let me = me_counts.then_some((self.me, self.pinned, self.delivers_mail, self.acting));
         let others = self
             .alive(now_ms)
@@ -249,6 +257,15 @@ impl Election {
         self.update_membership(now_ms);
         self.acting = self.leader(now_ms) == Some(self.me);
         self.acting
+    }
+
+    /// The coordination set as this node knows it: the members it hears
+    /// (only members heartbeat), and itself if it is one; sorted.
+    pub fn set(&self, now_ms: u64) -> Vec<PeerId> {
+        let me = (self.eligible && self.member).then_some(self.me);
+        let mut set: Vec<PeerId> = me.into_iter().chain(self.alive(now_ms).map(|(p, _)| *p)).collect();
+        set.sort_by_key(|p| p.to_bytes());
+        set
     }
 
     /// How to reach `peer`, from its heartbeats.
@@ -476,6 +493,36 @@ mod tests {
             "not before the member timed out"
         );
         assert!(joined_at <= 10_000 + ELECTION_TIMEOUT_MS + STEP_IN_SPREAD_MS + 250);
+    }
+
+    #[test]
+    fn nodes_stepping_in_together_never_both_act() {
+        // Three nodes start at once with a set of two; heartbeats arrive
+        // 600 ms after they are sent (a slow, loaded machine).
+        let p = peers(3);
+        let mut views: Vec<Election> = p.iter().map(|me| Election::new(*me, true, false, 0).bounded(2)).collect();
+        let mut in_flight: Vec<(u64, usize, PeerId, Candidate)> = Vec::new();
+        let mut acted = BTreeSet::new();
+        for t in (0..=30_000).step_by(250) {
+            for (to, peer, beat) in in_flight.iter().filter(|f| f.0 == t).map(|f| (f.1, f.2, f.3.clone())) {
+                views[to].heard(peer, beat);
+            }
+            in_flight.retain(|f| f.0 > t);
+            let acting: Vec<bool> = views.iter_mut().map(|v| v.acting(t)).collect();
+            assert!(acting.iter().filter(|a| **a).count() <= 1, "two act at {t} ms");
+            for (i, view) in views.iter().enumerate() {
+                if acting[i] {
+                    acted.insert(i);
+                }
+                if view.member() && t % HEARTBEAT_MS == 0 {
+                    for to in (0..3).filter(|to| *to != i) {
+                        in_flight.push((t + 500, to, p[i], member_beat(acting[i], t)));
+                    }
+                }
+            }
+        }
+        assert_eq!(acted.len(), 1, "one node acted, and kept the role");
+        assert_eq!(views.iter().filter(|v| v.member()).count(), 2, "the set formed at its size");
     }
 
     #[test]

@@ -167,6 +167,9 @@ pub struct LocalView {
     pub acting: bool,
     /// In the coordination set (else a reserve, if eligible).
     pub member: bool,
+    /// The coordination set as this node hears it (itself included if a
+    /// member).
+    pub set: Vec<PeerId>,
     /// Heartbeats this node has sent since it started.
     pub heartbeats_sent: u64,
     /// May be elected (or is pinned).

@@ -131,6 +131,7 @@ impl Coordinator {
         super::LocalView {
             acting: self.acting,
             member: self.election.member(),
+            set: self.election.set(now),
             heartbeats_sent: self.heartbeats_sent,
             eligible: self.election.eligible(),
             pinned: self.election.pinned(),

@@ -67,6 +67,9 @@ pub struct NodeStatus {
     /// Heartbeats this node has sent on the coordinator topic since it
     /// started.
     pub heartbeats_sent: u64,
+    /// The coordination set as this node hears it: the peers whose
+    /// heartbeats arrive, and itself if it is a member.
+    pub coordination_set: Vec<String>,
     pub pinned: bool,
     /// The coordinator this node takes now, if it knows one.
     pub coordinator: Option<String>,
@@ -232,6 +235,7 @@ impl NodeControl {
             gossip_received: METRICS.gossip_received.load(std::sync::atomic::Ordering::Relaxed),
             gossip_received_bytes: METRICS.gossip_received_bytes.load(std::sync::atomic::Ordering::Relaxed),
             heartbeats_sent: local.heartbeats_sent,
+            coordination_set: local.set.iter().map(|p| p.to_string()).collect(),
             pinned: local.pinned,
             coordinator: local.coordinator.map(|p| p.to_string()),
             jobs_total: local.jobs_total,
