@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::build::Attestation;
 use crate::hash::Hash;
-use crate::messages::JobRequest;
+use crate::messages::{JobRequest, WorkerAdvert};
 use crate::sign::{PublicKey, Signed};
 use crate::system::VersionRange;
 
@@ -54,6 +54,10 @@ pub enum CoordRequest {
     /// node that may take over reconciles the open jobs it kept with the
     /// coordinator's, after its catch-up.
     PhasesV1 { build_keys: Vec<Hash> },
+    /// A worker saying what it is and what it runs, sent to each member of
+    /// the coordination set directly (the stream's peer is the worker):
+    /// when it changes, and as a refresh (see `WorkerAdvert`).
+    AdvertV1 { advert: Box<WorkerAdvert> },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,6 +105,8 @@ pub enum CoordReplyV1 {
     Phases {
         phases: Vec<(Hash, JobPhase)>,
     },
+    /// An advert was taken.
+    Noted,
 }
 
 /// One message of a coordinator's outbox, as a standby adopts it.

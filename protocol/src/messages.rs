@@ -37,6 +37,9 @@ pub const RUNNING_JOBS_MAX: usize = 64;
 /// Gossip topic names.
 pub mod topics {
     pub const JOBS: &str = "kiln/jobs/1";
+    /// No longer subscribed to or sent on: adverts go to the coordination
+    /// set directly (`CoordRequest::AdvertV1`). Kept so the name is not
+    /// reused for something else.
     pub const WORKERS: &str = "kiln/workers/1";
     pub const COORDINATOR: &str = "kiln/coordinator/1";
     pub const RESULTS: &str = "kiln/results/1";
@@ -79,7 +82,12 @@ impl JobRequest {
     }
 }
 
-/// A worker saying what it is and how much it can take.
+/// A worker saying what it is and how much it can take. Sent to each
+/// member of the coordination set directly (`CoordRequest::AdvertV1`):
+/// at once when anything but `sequence` changes, then as a refresh, often
+/// while it builds (the lease heartbeat) and rarely while idle. (The gossip
+/// form, `GossipV1::Worker`, keeps its place in the wire enum but is no
+/// longer sent: gossip would bring every advert to every node.)
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerAdvert {
     pub system: SystemInfo,
@@ -92,8 +100,33 @@ pub struct WorkerAdvert {
     pub running: Vec<Hash>,
 }
 
-/// A node that may coordinate saying it is alive: every eligible node
-/// sends one each second, and the one acting says so.
+/// How often a worker that runs builds sends its advert to each member of
+/// the coordination set: its lease heartbeat.
+pub const ADVERT_BUSY_MS: u64 = 2_000;
+/// How often an idle worker refreshes its advert (it also sends one at
+/// once whenever it changes, or the set does).
+pub const ADVERT_IDLE_MS: u64 = 10_000;
+
+impl WorkerAdvert {
+    /// Whether its lists and reason are within bounds: what a coordinator
+    /// checks before it takes an advert from the network.
+    pub fn check(&self) -> Result<(), &'static str> {
+        if self
+            .waiting_because
+            .as_ref()
+            .is_some_and(|r| r.len() > REASON_BYTES_MAX)
+        {
+            return Err("reason too long");
+        }
+        if self.running.len() > RUNNING_JOBS_MAX {
+            return Err("too many running jobs");
+        }
+        Ok(())
+    }
+}
+
+/// A member of the coordination set saying it is alive: each member sends
+/// one each second, and the one acting says so.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CoordinatorHeartbeat {
     /// Started with `--coordinator`: preferred over elected nodes.
@@ -238,9 +271,7 @@ fn check_gossip(message: &Gossip) -> Result<(), GossipError> {
     let Gossip::V1(inner) = message;
     match inner {
         GossipV1::Job(job) if job.emails.len() > EMAILS_MAX => Err(GossipError::Invalid("too many email addresses")),
-        GossipV1::Worker(w) if w.waiting_because.as_ref().is_some_and(|r| r.len() > REASON_BYTES_MAX) => {
-            Err(GossipError::Invalid("reason too long"))
-        }
+        GossipV1::Worker(w) => w.check().map_err(GossipError::Invalid),
         GossipV1::Outcome(BuildOutcome::Failed { reason, .. } | BuildOutcome::Aborted { reason, .. })
             if reason.len() > REASON_BYTES_MAX =>
         {
@@ -257,7 +288,6 @@ fn check_gossip(message: &Gossip) -> Result<(), GossipError> {
         {
             Err(GossipError::Invalid("too many or too long addresses"))
         }
-        GossipV1::Worker(w) if w.running.len() > RUNNING_JOBS_MAX => Err(GossipError::Invalid("too many running jobs")),
         _ => Ok(()),
     }
 }
@@ -568,6 +598,16 @@ pub(crate) mod samples {
             CoordRequest::PhasesV1 {
                 build_keys: vec![Hash::of(b"key")],
             },
+            CoordRequest::AdvertV1 {
+                advert: Box::new(WorkerAdvert {
+                    system: system(),
+                    max_jobs: 1,
+                    running_jobs: 0,
+                    waiting_because: None,
+                    sequence: 3,
+                    running: vec![Hash::of(b"key")],
+                }),
+            },
         ];
         let replies = vec![
             CoordReplyV1::Built {
@@ -643,6 +683,7 @@ pub(crate) mod samples {
             CoordReplyV1::Phases {
                 phases: vec![(Hash::of(b"key"), JobPhase::Unknown)],
             },
+            CoordReplyV1::Noted,
         ];
         (requests, replies.into_iter().map(CoordReply::V1).collect())
     }
@@ -838,6 +879,7 @@ mod tests {
         ("coord_request3", "220000000301ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b4"),
         ("coord_request4", "020000000400"),
         ("coord_request5", "220000000501ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b4"),
+        ("coord_request6", "5e00000006056c696e7578067838365f3634066c6974746c654005676c69626304322e333602fc00000040010473736532010263630631322e322e30000100000301ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b4"),
         ("coord_reply0", "37010000000001d3ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b42cd86560b2a6a0a54b6f2767adec4d9fbf74c7b4c39ebca63fef3cdcee0d14f3e068dc010bf492707f7e8d896457770f24703784cfe76bd785f8b76cc010bbf3089fbf48f8224338b32a7f298140ee6c52b29a22d05b35c9be97e19b614e4726baea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c0c9046e0df271bb372601a22970c8944a6e9a7a507d0168ef67436ade135240afd0068e5cf8b010000fde86be5cf8b010000ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c28caa55159918c48cde9180fbdda81993d210386d5d8991b14f04583f6f7361b40be2b885fee9d3d49ace3c23dea70598ecc0a330c94db2be0ddaf86ab5acf05"),
         ("coord_reply1", "450000000001ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b40100011f616c6c2032206d61746368696e6720776f726b657273206172652062757379"),
         ("coord_reply2", "3c000000000201ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c01172f6970342f3132372e302e302e312f7463702f34303031"),
@@ -847,5 +889,6 @@ mod tests {
         ("coord_reply6", "9e000000000601ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b42cd86560b2a6a0a54b6f2767adec4d9fbf74c7b4c39ebca63fef3cdcee0d14f30768656c6c6f2d6305312e302e300001036f7074024f3201026f7300056c696e7578010d61406578616d706c652e6f7267fd0068e5cf8b01000001ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b4"),
         ("coord_reply7", "92000000000701ea6f6f20b9e920b56a7995f760955e863b8610a469b6e1932cb4edfde97f3f39ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b40d61406578616d706c652e6f7267296b696c6e3a2068656c6c6f2d6320312e302e3020666f72206f733d6c696e7578206973206275696c7414596f7572206275696c642069732072656164792e0000"),
         ("coord_reply8", "24000000000801ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b406"),
+        ("coord_reply9", "020000000009"),
     ];
 }

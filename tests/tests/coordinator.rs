@@ -509,9 +509,15 @@ fn only_the_coordination_set_heartbeats_and_holds_inputs_and_a_reserve_refills_i
         stepped_in["heartbeats_sent"].as_u64().unwrap() > beats_before,
         "{stepped_in}"
     );
-    poll_until(BUILD, POLL, "the node that stepped in to hold the new job's inputs", || {
-        kiln_tests::farm::try_node_status(&dirs[reserve]).is_some_and(|s| s["store"]["blobs"].as_u64().unwrap_or(0) > 0)
-    });
+    poll_until(
+        BUILD,
+        POLL,
+        "the node that stepped in to hold the new job's inputs",
+        || {
+            kiln_tests::farm::try_node_status(&dirs[reserve])
+                .is_some_and(|s| s["store"]["blobs"].as_u64().unwrap_or(0) > 0)
+        },
+    );
     // Each requester was mailed once, by one member of the set.
     let mailed = |to: &str| -> usize {
         dirs.iter()
@@ -521,7 +527,9 @@ fn only_the_coordination_set_heartbeats_and_holds_inputs_and_a_reserve_refills_i
             .filter(|mail| mail.contains(&format!("To: {to}")))
             .count()
     };
-    poll_until(BUILD, POLL, "the second requester mailed", || mailed("b@example.org") > 0);
+    poll_until(BUILD, POLL, "the second requester mailed", || {
+        mailed("b@example.org") > 0
+    });
     assert_eq!(mailed("a@example.org"), 1, "the first requester is mailed once");
     assert_eq!(mailed("b@example.org"), 1, "the second requester is mailed once");
 }

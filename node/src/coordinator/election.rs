@@ -500,7 +500,10 @@ mod tests {
         // Three nodes start at once with a set of two; heartbeats arrive
         // 600 ms after they are sent (a slow, loaded machine).
         let p = peers(3);
-        let mut views: Vec<Election> = p.iter().map(|me| Election::new(*me, true, false, 0).bounded(2)).collect();
+        let mut views: Vec<Election> = p
+            .iter()
+            .map(|me| Election::new(*me, true, false, 0).bounded(2))
+            .collect();
         let mut in_flight: Vec<(u64, usize, PeerId, Candidate)> = Vec::new();
         let mut acted = BTreeSet::new();
         for t in (0..=30_000).step_by(250) {
@@ -522,7 +525,11 @@ mod tests {
             }
         }
         assert_eq!(acted.len(), 1, "one node acted, and kept the role");
-        assert_eq!(views.iter().filter(|v| v.member()).count(), 2, "the set formed at its size");
+        assert_eq!(
+            views.iter().filter(|v| v.member()).count(),
+            2,
+            "the set formed at its size"
+        );
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! from the peer allowed to say it.
 
 use kiln_protocol::coord::JobPhase;
-use kiln_protocol::messages::{Assigned, BuildOutcome, CoordinatorHeartbeat, Gossip, GossipV1, JobRequest, Settlement};
+use kiln_protocol::messages::{
+    Assigned, BuildOutcome, CoordinatorHeartbeat, Gossip, GossipV1, JobRequest, Settlement, WorkerAdvert,
+};
 use kiln_protocol::PublicKey;
 use libp2p::PeerId;
 use tracing::{debug, info, warn};
@@ -25,12 +27,7 @@ impl Coordinator {
         };
         match message {
             GossipV1::Coordinator(beat) => self.heard_heartbeat(peer, beat, now),
-            GossipV1::Worker(advert) => {
-                for build_key in self.schedule.advert(signer, advert, now) {
-                    warn!(job = %build_key, worker = %signer, "worker no longer runs its job; back in the queue");
-                    self.changed(&build_key);
-                }
-            }
+            GossipV1::Worker(advert) => self.heard_advert(signer, advert, now),
             GossipV1::Job(job) => self.heard_job(job, peer),
             GossipV1::Assigned(Assigned {
                 build_key,
@@ -97,6 +94,15 @@ impl Coordinator {
                     mail.delivered(outbox_key);
                 }
             }
+        }
+    }
+
+    /// A worker's advert (sent directly, or heard over gossip from an
+    /// older node): its lease heartbeat and capacity.
+    pub(super) fn heard_advert(&mut self, worker: PublicKey, advert: WorkerAdvert, now: u64) {
+        for build_key in self.schedule.advert(worker, advert, now) {
+            warn!(job = %build_key, worker = %worker, "worker no longer runs its job; back in the queue");
+            self.changed(&build_key);
         }
     }
 

@@ -36,7 +36,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use kiln_protocol::coord::{Contact, CoordReplyV1, JobPhase, JobView, MailView};
-use kiln_protocol::messages::{Gossip, JobRequest};
+use kiln_protocol::messages::{Gossip, JobRequest, WorkerAdvert};
 use kiln_protocol::system::VersionRange;
 use kiln_protocol::{Attestation, Hash, PublicKey, SecretKey, Signed};
 use kiln_store::Store;
@@ -157,6 +157,17 @@ enum Input {
     Local {
         reply: oneshot::Sender<LocalView>,
     },
+    /// A worker's advert, sent to this node directly (or by this node's
+    /// own worker).
+    Advert {
+        worker: PublicKey,
+        advert: Box<WorkerAdvert>,
+    },
+    /// The coordination set as this node hears it, and how to reach each
+    /// member: where this node's worker sends its adverts.
+    Members {
+        reply: oneshot::Sender<Vec<(PeerId, Vec<String>)>>,
+    },
 }
 
 /// This node's own view of coordination, whether or not it acts: what
@@ -216,6 +227,29 @@ impl CoordHandle {
     pub async fn status(&self) -> Option<CoordReplyV1> {
         let (reply, answer) = oneshot::channel();
         self.inputs.send(Input::Status { reply }).await.ok()?;
+        answer.await.ok()
+    }
+
+    /// This node's own worker's advert, taken as if sent to it.
+    pub fn advert(&self, worker: PublicKey, advert: WorkerAdvert) {
+        if self
+            .inputs
+            .try_send(Input::Advert {
+                worker,
+                advert: Box::new(advert),
+            })
+            .is_err()
+        {
+            warn!("coordinator input queue full; this node's own worker advert was dropped");
+        }
+    }
+
+    /// The members of the coordination set this node hears (itself
+    /// included if it is one), with their addresses; `None` if the task
+    /// has stopped.
+    pub async fn members(&self) -> Option<Vec<(PeerId, Vec<String>)>> {
+        let (reply, answer) = oneshot::channel();
+        self.inputs.send(Input::Members { reply }).await.ok()?;
         answer.await.ok()
     }
 

@@ -144,6 +144,22 @@ impl Server {
             CoordRequest::PhasesV1 { .. } => CoordReplyV1::Refused {
                 reason: format!("ask about at most {PHASES_MAX} builds at once"),
             },
+            CoordRequest::AdvertV1 { advert } => match (advert.check(), public_key_of(&peer)) {
+                (Ok(()), Some(worker)) => {
+                    // Dropped, like gossip, if the coordinator lags: the
+                    // worker sends again at its next refresh.
+                    if self.inputs.try_send(Input::Advert { worker, advert }).is_err() {
+                        debug!(peer = %peer, "coordinator input queue full; a worker advert was dropped");
+                    }
+                    CoordReplyV1::Noted
+                }
+                (Err(problem), _) => CoordReplyV1::Refused {
+                    reason: format!("advert not taken: {problem}"),
+                },
+                (_, None) => CoordReplyV1::Refused {
+                    reason: "advert not taken: the peer's key is not an ed25519 key".into(),
+                },
+            },
         };
         write_frame_max::<_, COORD_FRAME_BYTES_MAX>(stream, &CoordReply::V1(reply)).await
     }

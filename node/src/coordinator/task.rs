@@ -249,13 +249,22 @@ impl Coordinator {
             return;
         }
         for decision in self.schedule.plan(now) {
-            let Decision::Assign {
-                build_key,
-                worker,
-                attempt,
-            } = decision;
-            self.changed(&build_key);
-            self.assign(build_key, worker, attempt).await;
+            match decision {
+                Decision::Assign {
+                    build_key,
+                    worker,
+                    attempt,
+                } => {
+                    self.changed(&build_key);
+                    self.assign(build_key, worker, attempt).await;
+                }
+                // Shown, not kept: the reason is worked out again after a
+                // restart.
+                Decision::Waits { build_key } => {
+                    let phase = self.phase(&build_key);
+                    self.notify(&build_key, phase);
+                }
+            }
         }
         for build_key in self.schedule.ended() {
             self.settle(build_key);
@@ -331,6 +340,27 @@ impl Coordinator {
                 build_key,
                 attestations,
             } => self.restored_checked(build_key, attestations),
+            Input::Advert { worker, advert } => self.heard_advert(worker, *advert, now),
+            Input::Members { reply } => {
+                // The acting coordinator first: a worker that advertises to
+                // only some members must reach it.
+                let mut set = self.election.set(now);
+                if let Some(at) = self.election.leader(now).and_then(|l| set.iter().position(|p| *p == l)) {
+                    set[..=at].rotate_right(1);
+                }
+                let members = set
+                    .into_iter()
+                    .map(|peer| {
+                        let addresses = if peer == self.me {
+                            self.addresses.clone()
+                        } else {
+                            self.election.addresses(&peer)
+                        };
+                        (peer, addresses)
+                    })
+                    .collect();
+                let _ = reply.send(members);
+            }
             Input::Local { reply } => {
                 let _ = reply.send(self.local(now));
             }

@@ -31,7 +31,7 @@ pub mod identity;
 mod swarm;
 
 pub use client::NetClient;
-pub use swarm::EventLoop;
+pub use swarm::{gossip_config, EventLoop};
 
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/kiln/kad/1.0.0");
 pub const BLOB_PROTOCOL: StreamProtocol = StreamProtocol::new("/kiln/blob/1");

@@ -60,7 +60,8 @@ pub(super) fn start(config: NetConfig) -> Result<(NetClient, mpsc::Receiver<NetE
         swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
         bootstrap.push((peer, addr.clone()));
     }
-    for topic in [topics::JOBS, topics::WORKERS, topics::COORDINATOR, topics::RESULTS] {
+    // Not `topics::WORKERS`: adverts go to the coordination set directly.
+    for topic in [topics::JOBS, topics::COORDINATOR, topics::RESULTS] {
         // Subscribing only fails when the topic is filtered out, which we never do.
         let _ = swarm.behaviour_mut().gossipsub.subscribe(&IdentTopic::new(topic));
     }
@@ -128,12 +129,7 @@ fn behaviour(
         kad::Mode::Client
     }));
 
-    let gossip_config = gossipsub::ConfigBuilder::default()
-        .heartbeat_interval(Duration::from_millis(500))
-        .validation_mode(gossipsub::ValidationMode::Strict)
-        .validate_messages()
-        .max_transmit_size(kiln_protocol::messages::GOSSIP_BYTES_MAX + 1024)
-        .build()?;
+    let gossip_config = gossip_config()?;
     let gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gossip_config)?;
 
     Ok(Behaviour {
@@ -144,6 +140,53 @@ fn behaviour(
         relay: Toggle::from(relay_server.then(|| relay::Behaviour::new(peer_id, relay::Config::default()))),
         stream: libp2p_stream::Behaviour::new(),
     })
+}
+
+/// Gossipsub as every Kiln node runs it (the in-process scale simulation,
+/// `node/examples/sim_scale.rs`, runs the same).
+pub fn gossip_config() -> Result<gossipsub::Config, String> {
+    // Kiln's gossip is small and slow: each member of the coordination set
+    // (3 by default) sends a heartbeat of ~200 bytes a second; jobs,
+    // assignments, outcomes and settlements come a few per build; nothing
+    // else is gossiped (adverts go to the set directly). So:
+    gossipsub::ConfigBuilder::default()
+        // Mesh upkeep and IHAVE gossip once a second (the default), not
+        // faster: every node pays for each round, on each topic.
+        .heartbeat_interval(Duration::from_secs(1))
+        // The first round a second after start, not the default 5 s: a node
+        // that just joined is in the mesh (and hears job announcements)
+        // at once.
+        .heartbeat_initial_delay(Duration::from_secs(1))
+        // A node's own messages go to every connected peer on the topic
+        // (the default), not only to its mesh: in a small network of
+        // short-lived clients the mesh may not yet hold the peer that
+        // needs a heartbeat. Only members of the coordination set publish
+        // often; a member is connected to the workers that advertise to
+        // it, so it sends each heartbeat to each of them (its cost grows
+        // with the workers, as its adverts do), while an idle node receives
+        // it once from the member and at most once from each mesh peer
+        // (duplicates are dropped): flat in the size of the network.
+        .flood_publish(true)
+        // The default mesh: 6 peers per topic (5 to 12), so a message
+        // reaches N nodes in about log6(N) hops, and each node receives
+        // each message from at most its mesh peers.
+        .mesh_n(6)
+        .mesh_n_low(5)
+        .mesh_n_high(12)
+        // A message id is remembered 60 s (the default): far longer than a
+        // message circulates (history_length 5 rounds of 1 s), so a late
+        // duplicate is not delivered twice; at ~3 messages a second the
+        // cache holds a few hundred ids.
+        .duplicate_cache_time(Duration::from_secs(60))
+        // Messages queued per connection before new ones are dropped (the
+        // default): at Kiln's rates a peer that far behind is stuck; the
+        // IHAVE gossip recovers what was dropped once it moves again.
+        .connection_handler_queue_len(5000)
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        .validate_messages()
+        .max_transmit_size(kiln_protocol::messages::GOSSIP_BYTES_MAX + 1024)
+        .build()
+        .map_err(|e| e.to_string())
 }
 
 type RecordReply = oneshot::Sender<Result<Option<Vec<u8>>, NetError>>;

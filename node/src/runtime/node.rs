@@ -146,6 +146,7 @@ impl Roles {
     ) -> Result<Roles, NodeError> {
         let mut others = Vec::new();
         let mut draining = Vec::new();
+        let mut advertising = None;
         if let (Some(worker), Some(sandbox)) = (worker, opened.sandbox.take()) {
             let labels = worker.labels;
             let probed = tokio::task::spawn_blocking(move || system::probe(labels))
@@ -162,7 +163,7 @@ impl Roles {
                 worker.policy,
             ));
             others.push(worker.clone().spawn_server());
-            others.push(tokio::spawn(worker.advertise()));
+            advertising = Some(worker);
         }
         let mut mailer_task = None;
         let mail = if coordinator.eligible || coordinator.pinned {
@@ -192,6 +193,9 @@ impl Roles {
             shutdown,
         );
         others.push(server);
+        if let Some(worker) = advertising {
+            others.push(tokio::spawn(worker.advertise(coordination.clone())));
+        }
         // In this order: the coordinator's last settlements reach the
         // mailer, which stops once the coordinator (its only feeder) has.
         draining.push(task);

@@ -17,12 +17,9 @@
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::StreamExt;
-use kiln_protocol::messages::{
-    encode_gossip, topics, Gossip, GossipV1, JobRequest, WorkReply, WorkReplyV1, WorkRequest, WorkerAdvert,
-};
+use kiln_protocol::messages::{JobRequest, WorkReply, WorkReplyV1, WorkRequest};
 use kiln_protocol::{Hash, SecretKey, SystemInfo};
 use kiln_store::Store;
 use tracing::{info, warn};
@@ -31,6 +28,7 @@ use crate::net::frames::{read_frame, write_frame};
 use crate::net::{NetClient, WORK_PROTOCOL};
 use sandbox::Sandbox;
 
+mod advertise;
 mod build;
 mod policy;
 pub mod sandbox;
@@ -42,8 +40,6 @@ pub use policy::{busy_because, decide, load_average, Trust, WorkerPolicy, IDLE_L
 const ASSIGN_MS_MAX: u64 = 30_000;
 /// Assignment streams handled at once (each reads one small request).
 const ASSIGN_STREAMS_MAX: usize = 16;
-/// How often the worker advertises itself.
-const ADVERT_MS: u64 = 2_000;
 
 /// A running worker.
 pub struct Worker {
@@ -184,32 +180,6 @@ impl Worker {
                 building.insert(build_key);
             } else {
                 building.remove(&build_key);
-            }
-        }
-    }
-
-    /// Runs an assigned job; `from` (the coordinator) holds its inputs.
-    /// Advertises this worker every few seconds until the network stops.
-    pub async fn advertise(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(Duration::from_millis(ADVERT_MS));
-        loop {
-            tick.tick().await;
-            let advert = WorkerAdvert {
-                system: self.system.clone(),
-                max_jobs: self.policy.max_jobs,
-                running_jobs: self.running.load(Ordering::SeqCst),
-                waiting_because: self
-                    .sandbox
-                    .isolation_problem()
-                    .map(|p| format!("cannot isolate builds: {p}")),
-                sequence: self.sequence.fetch_add(1, Ordering::SeqCst),
-                running: self.building(),
-            };
-            let Ok(bytes) = encode_gossip(&self.key, &Gossip::V1(GossipV1::Worker(advert))) else {
-                continue;
-            };
-            if let Err(e) = self.net.publish(topics::WORKERS, bytes).await {
-                tracing::debug!(error = %e, "worker advert not published");
             }
         }
     }

@@ -16,13 +16,19 @@ impl Schedule {
         let mut free_total: u64 = self
             .workers
             .values()
-            .filter(|w| now_ms.saturating_sub(w.seen_at_ms) <= LEASE_MS)
+            .filter(|w| now_ms.saturating_sub(w.seen_at_ms) <= WORKER_ALIVE_MS)
             .map(|w| u64::from(w.free()))
             .sum();
         let queued: Vec<(u64, Hash)> = self.queue.iter().map(|(s, k)| (*s, *k)).collect();
+        // Once no worker is free, a few more jobs are looked at, only to
+        // say why they wait.
+        let mut reasons_left = REASONS_PER_PLAN_MAX;
         for (sequence, build_key) in queued {
             if free_total == 0 {
-                break;
+                if reasons_left == 0 {
+                    break;
+                }
+                reasons_left -= 1;
             }
             if let Some(until_ms) = self.checking.get(&build_key).copied() {
                 if until_ms > now_ms {
@@ -35,13 +41,17 @@ impl Schedule {
                 self.checking.remove(&build_key);
             }
             match self.match_one(&build_key, now_ms) {
-                Match::Worker(worker) => {
+                Match::Worker(worker) if free_total > 0 => {
                     free_total -= 1;
                     decisions.push(self.lease(sequence, build_key, worker, now_ms));
                 }
+                Match::Worker(_) => {}
                 Match::Wait(reason) => {
                     if let Some(job) = self.jobs.get_mut(&build_key) {
-                        job.waiting_because = Some(reason);
+                        if job.waiting_because.as_ref() != Some(&reason) {
+                            job.waiting_because = Some(reason);
+                            decisions.push(Decision::Waits { build_key });
+                        }
                     }
                 }
                 Match::GiveUp(reason) => self.give_up(&build_key, reason),
@@ -118,7 +128,7 @@ impl Schedule {
         let best = untried()
             .filter(|w| !job.skips(w, now_ms))
             .filter_map(|w| self.workers.get(w).map(|entry| (*w, entry)))
-            .filter(|(_, entry)| entry.free() > 0 && now_ms.saturating_sub(entry.seen_at_ms) <= LEASE_MS)
+            .filter(|(_, entry)| entry.free() > 0 && now_ms.saturating_sub(entry.seen_at_ms) <= WORKER_ALIVE_MS)
             .min_by_key(|(w, entry)| (entry.load() * 1000 / entry.advert.max_jobs.max(1), *w));
         match best {
             Some((worker, _)) => Match::Worker(worker),

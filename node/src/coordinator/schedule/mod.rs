@@ -12,13 +12,19 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use kiln_protocol::coord::{JobPhase, JobView};
-use kiln_protocol::messages::{JobRequest, WorkerAdvert, EMAILS_MAX};
+use kiln_protocol::messages::{JobRequest, WorkerAdvert, ADVERT_IDLE_MS, EMAILS_MAX};
 use kiln_protocol::{wire, Attestation, Hash, PublicKey, Signed};
 use serde::{Deserialize, Serialize};
 
-/// A worker unheard of this long loses the jobs leased to it. Workers
-/// advertise every 2 s, so this is four missed adverts.
+/// A job's worker unheard of this long (since its last advert, or the
+/// lease if later) loses it: a worker that builds advertises every
+/// [`kiln_protocol::messages::ADVERT_BUSY_MS`], so this is four missed adverts.
 pub const LEASE_MS: u64 = 8_000;
+/// A worker unheard of this long is offered no more work: an idle worker
+/// refreshes its advert every [`ADVERT_IDLE_MS`], so this is two missed
+/// refreshes and a half. (A worker that died idle within it is offered at
+/// most one job; the failed offer sends that job to another worker.)
+pub const WORKER_ALIVE_MS: u64 = 5 * ADVERT_IDLE_MS / 2;
 /// A worker's advert may lag an assignment by this much before the
 /// assignment, missing from the advert, counts as lost.
 pub const ADVERT_GRACE_MS: u64 = 5_000;
@@ -35,6 +41,9 @@ pub const LOST_ATTEMPTS_MAX: u32 = 5;
 /// How long a worker that could not fetch a job's inputs is not offered
 /// that job again (the inputs' holders may be changing hands).
 pub const ABORTED_SKIP_MS: u64 = 3_000;
+/// Queued jobs a plan looks at past the point where no worker is free, to
+/// say why they wait (a fresh submission has no reason yet).
+pub const REASONS_PER_PLAN_MAX: usize = 64;
 /// Open jobs (queued or running) one coordinator holds.
 pub const OPEN_JOBS_MAX: usize = 1_000_000;
 /// Workers one coordinator tracks.
@@ -159,6 +168,8 @@ pub enum Decision {
         worker: PublicKey,
         attempt: u32,
     },
+    /// Why the job waits changed: tell whoever follows it.
+    Waits { build_key: Hash },
 }
 
 /// What a submission did.
@@ -559,9 +570,15 @@ impl Schedule {
     pub fn tick(&mut self, now_ms: u64) -> Vec<Hash> {
         let mut lost = Vec::new();
         for entry in self.workers.values() {
-            if now_ms.saturating_sub(entry.seen_at_ms) > LEASE_MS {
-                lost.extend(entry.assigned.iter().copied());
-            }
+            // An idle worker's last advert may be older than the lease:
+            // the lease counts from whichever is later.
+            lost.extend(entry.assigned.iter().copied().filter(|key| {
+                let since = match self.jobs.get(key).map(|j| &j.state) {
+                    Some(JobState::Assigned { since_ms, .. }) => *since_ms,
+                    _ => 0,
+                };
+                now_ms.saturating_sub(entry.seen_at_ms.max(since)) > LEASE_MS
+            }));
         }
         // Jobs leased to workers this coordinator never heard of.
         let jobs = &self.jobs;

@@ -41,7 +41,10 @@ fn job(name: &str, arch: &str, email: &str) -> JobRequest {
 fn assigned_to(decisions: &[Decision]) -> Vec<(Hash, PublicKey)> {
     decisions
         .iter()
-        .map(|Decision::Assign { build_key, worker, .. }| (*build_key, *worker))
+        .filter_map(|d| match d {
+            Decision::Assign { build_key, worker, .. } => Some((*build_key, *worker)),
+            Decision::Waits { .. } => None,
+        })
         .collect()
 }
 
@@ -89,7 +92,7 @@ fn a_job_no_worker_matches_waits_and_says_why() {
     s.submit(c.clone()).unwrap();
     s.plan(0);
     s.advert(worker(1), advert("x86_64", 1, vec![]), 0);
-    assert!(s.plan(1).is_empty());
+    assert!(assigned_to(&s.plan(1)).is_empty());
     let JobPhase::Queued {
         waiting_because: Some(why),
     } = s.job(&c.build_key).unwrap().phase()
@@ -180,6 +183,42 @@ fn a_silent_worker_loses_its_lease_and_a_worker_that_dropped_the_job_too() {
         s.advert(worker(2), advert("x86_64", 1, vec![]), late),
         vec![a.build_key]
     );
+}
+
+#[test]
+fn an_idle_worker_heard_rarely_gets_work_and_keeps_its_lease_until_it_falls_silent() {
+    let mut s = Schedule::new();
+    s.advert(worker(1), advert("x86_64", 1, vec![]), 0);
+    let a = job("a", "x86_64", "a@example.org");
+    s.submit(a.clone()).unwrap();
+    // Idle workers refresh rarely: one last heard 20 s ago still gets work,
+    let t = 20_000;
+    assert!(t > LEASE_MS && t <= WORKER_ALIVE_MS);
+    assert_eq!(assigned_to(&s.plan(t)), vec![(a.build_key, worker(1))]);
+    // and the lease counts from the assignment, not from that old advert.
+    assert!(s.tick(t + LEASE_MS).is_empty());
+    // Silent past the lease from the assignment: back in the queue.
+    assert_eq!(s.tick(t + LEASE_MS + 1), vec![a.build_key]);
+    // A worker unheard for longer than WORKER_ALIVE_MS is offered nothing.
+    let late = WORKER_ALIVE_MS + 1;
+    assert!(assigned_to(&s.plan(late)).is_empty());
+}
+
+#[test]
+fn a_job_queued_while_every_worker_is_busy_says_why_and_the_change_is_told() {
+    let mut s = Schedule::new();
+    s.advert(worker(1), advert("x86_64", 1, vec![]), 0);
+    let a = job("a", "x86_64", "a@example.org");
+    let b = job("b", "aarch64", "b@example.org");
+    s.submit(a.clone()).unwrap();
+    assert_eq!(assigned_to(&s.plan(1)), vec![(a.build_key, worker(1))]);
+    // No worker is free now; the new job still gets its reason, once.
+    s.submit(b.clone()).unwrap();
+    let plan = s.plan(2);
+    assert_eq!(plan, vec![Decision::Waits { build_key: b.build_key }]);
+    let why = s.job(&b.build_key).unwrap().waiting_because.clone().unwrap();
+    assert!(why.starts_with("no worker matches its requirements"), "{why}");
+    assert!(s.plan(3).is_empty(), "an unchanged reason is not told again");
 }
 
 #[test]
