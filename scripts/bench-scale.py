@@ -14,7 +14,9 @@ they may coordinate, as a default volunteer does), then prints:
     from `kiln status --node --json`; "n/a" for a build without it);
   - a trivial request (tests/recipes/sleep, secs=1) from `kiln request` to
     `done`, minus the second the recipe sleeps;
-  - a fetch of its artifact by hash into a fresh data dir.
+  - a fetch of its artifact by hash into a fresh data dir;
+  - how many "Send Queue full" warnings (gossipsub dropping messages for a
+    peer that cannot keep up) all the nodes logged in the run.
 
     cargo build --release --workspace
     python3 scripts/bench-scale.py [BIN_DIR] [N ...]        e.g. target/release 25 50
@@ -73,6 +75,12 @@ def gossip_counts(kiln, dirs):
     return counts
 
 
+def queue_full_count(tmp, log):
+    log.flush()
+    with open(os.path.join(tmp, "nodes.log"), errors="replace") as f:
+        return sum("Send Queue full" in line for line in f)
+
+
 def one(bin_dir, n):
     kiln = os.path.join(bin_dir, "kiln")
     procs = []
@@ -92,13 +100,17 @@ def one(bin_dir, n):
                 dirs.append(d)
             procs.extend(workers)
             deadline = t0 + 300
+            listed = 0
             while True:
                 out = subprocess.run([kiln, "status", "--json", "--bootstrap", addr], capture_output=True, text=True)
-                if out.returncode == 0 and len(json.loads(out.stdout)["workers"]) == n:
+                if out.returncode == 0:
+                    listed = len(json.loads(out.stdout)["workers"])
+                if listed == n:
                     listed_s = time.time() - t0
                     break
                 if time.time() > deadline:
-                    print(f"{bin_dir} N={n}: not every worker showed up in kiln status within 300 s", flush=True)
+                    print(f"{bin_dir} N={n}: {listed} of {n} workers listed in kiln status after 300 s; "
+                          f"'Send Queue full' logged {queue_full_count(tmp, log)} times", flush=True)
                     return
                 time.sleep(0.5)
 
@@ -135,8 +147,10 @@ def one(bin_dir, n):
             else:
                 request = f"failed ({out.stderr.strip()})"
                 fetch = "not tried"
+            queue_full = queue_full_count(tmp, log)
             print(f"{bin_dir} N={n}: listed in {listed_s:.1f} s; idle worker: RSS {rss:.1f} MiB, "
-                  f"CPU {cpu:.2f} % of a core, gossip {gossip}; request {request}; fetch {fetch}", flush=True)
+                  f"CPU {cpu:.2f} % of a core, gossip {gossip}; request {request}; fetch {fetch}; "
+                  f"'Send Queue full' logged {queue_full} times", flush=True)
         finally:
             for proc in procs:
                 proc.terminate()
