@@ -51,6 +51,7 @@ const ANNOUNCEMENTS: u64 = 20;
 struct Seen {
     leader: Mutex<Option<PeerId>>,
     acting: AtomicBool,
+    member: AtomicBool,
     received: AtomicU64,
     /// Announcement number → when it arrived.
     jobs: Mutex<HashMap<u64, Instant>>,
@@ -142,6 +143,7 @@ async fn node(
                 election.tick(now);
                 let acting = election.acting(now);
                 seen.acting.store(acting, Ordering::Relaxed);
+                seen.member.store(election.member(), Ordering::Relaxed);
                 *seen.leader.lock().unwrap() = election.leader(now);
                 if election.member() && now.saturating_sub(last_beat) >= HEARTBEAT_MS {
                     last_beat = now;
@@ -207,6 +209,23 @@ async fn agreed(
     None
 }
 
+/// How the nodes see the set now: members, acting nodes, distinct leaders.
+fn views(seen: &[Arc<Seen>]) -> String {
+    let members = seen.iter().filter(|s| s.member.load(Ordering::Relaxed)).count();
+    let acting = seen.iter().filter(|s| s.acting.load(Ordering::Relaxed)).count();
+    let mut leaders: HashMap<Option<PeerId>, usize> = HashMap::new();
+    for s in seen {
+        *leaders.entry(*s.leader.lock().unwrap()).or_default() += 1;
+    }
+    let mut counts: Vec<usize> = leaders.values().copied().collect();
+    counts.sort_unstable_by(|a, b| b.cmp(a));
+    counts.truncate(5);
+    format!(
+        "{members} members, {acting} acting, {} distinct leaders (largest groups {counts:?})",
+        leaders.len()
+    )
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -252,6 +271,7 @@ async fn run(n: usize) {
         let s = Arc::new(Seen {
             leader: Mutex::new(None),
             acting: AtomicBool::new(false),
+            member: AtomicBool::new(false),
             received: AtomicU64::new(0),
             jobs: Mutex::new(HashMap::new()),
         });
@@ -262,7 +282,7 @@ async fn run(n: usize) {
     }
     let mut alive = vec![true; n];
     let Some(leader) = agreed(&seen, &alive, &peers, None, Duration::from_secs(120)).await else {
-        println!("N={n}: no coordinator agreed within 120 s");
+        println!("N={n}: no coordinator agreed within 120 s; {}", views(&seen));
         return;
     };
     let formed_s = started.elapsed().as_secs_f64();

@@ -582,6 +582,9 @@ pub(crate) mod samples {
         let Gossip::V1(GossipV1::Job(job)) = gossip().remove(0).1 else {
             unreachable!()
         };
+        let Gossip::V1(GossipV1::Worker(advert)) = gossip().remove(1).1 else {
+            unreachable!()
+        };
         let requests = vec![
             CoordRequest::SubmitV1 {
                 job: Box::new(job.clone()),
@@ -599,14 +602,7 @@ pub(crate) mod samples {
                 build_keys: vec![Hash::of(b"key")],
             },
             CoordRequest::AdvertV1 {
-                advert: Box::new(WorkerAdvert {
-                    system: system(),
-                    max_jobs: 1,
-                    running_jobs: 0,
-                    waiting_because: None,
-                    sequence: 3,
-                    running: vec![Hash::of(b"key")],
-                }),
+                advert: Box::new(advert),
             },
         ];
         let replies = vec![
