@@ -10,8 +10,9 @@ they may coordinate, as a default volunteer does), then prints:
   - RSS per idle worker (median of the workers, from /proc);
   - CPU per idle worker over SAMPLE_S seconds (% of one core, median, from
     /proc/PID/stat), after the network has been idle for SETTLE_S;
-  - gossip messages and bytes delivered per idle worker per second (median,
-    from `kiln status --node --json`; "n/a" for a build without it);
+  - gossip messages and bytes delivered per idle worker per second, and its
+    connected peers (median, from `kiln status --node --json`; "n/a" for a
+    build without them);
   - a trivial request (tests/recipes/sleep, secs=1) from `kiln request` to
     `done`, minus the second the recipe sleeps;
   - a fetch of its artifact by hash into a fresh data dir;
@@ -71,7 +72,7 @@ def gossip_counts(kiln, dirs):
         view = json.loads(out.stdout)
         if "gossip_received" not in view:
             return None
-        counts.append((view["gossip_received"], view["gossip_received_bytes"]))
+        counts.append((view["gossip_received"], view["gossip_received_bytes"], view.get("connected_peers", 0)))
     return counts
 
 
@@ -127,7 +128,8 @@ def one(bin_dir, n):
             if before_gossip and after_gossip:
                 msgs = statistics.median((a[0] - b[0]) / span for a, b in zip(after_gossip, before_gossip))
                 byts = statistics.median((a[1] - b[1]) / span for a, b in zip(after_gossip, before_gossip))
-                gossip = f"{msgs:.1f} msg/s, {byts:.0f} B/s"
+                peers = statistics.median(a[2] for a in after_gossip)
+                gossip = f"{msgs:.1f} msg/s, {byts:.0f} B/s, {peers:.0f} connected peers"
             else:
                 gossip = "n/a"
 

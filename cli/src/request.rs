@@ -327,6 +327,7 @@ pub async fn node_status(data_dir: &Path, json: bool) -> anyhow::Result<()> {
             status.heartbeats_sent
         );
     }
+    println!("connected to {} peer(s)", status.connected_peers);
     println!("open jobs in this node's queue: {}", status.jobs_total);
     for job in &status.jobs {
         println!(

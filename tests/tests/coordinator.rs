@@ -487,6 +487,13 @@ fn only_the_coordination_set_heartbeats_and_holds_inputs_and_a_reserve_refills_i
     );
     let standby = 3 - reserve - acting;
     assert!(after[standby]["store"]["blobs"].as_u64().unwrap() > 0, "{after:?}");
+    // Each node is connected at least to the bootstrap peer.
+    assert!(
+        after
+            .iter()
+            .all(|v| v["connected_peers"].as_u64().is_some_and(|n| n >= 1)),
+        "{after:?}"
+    );
 
     // The coordinator dies: the standby takes over, the reserve steps in.
     nodes[acting].1.kill();

@@ -70,6 +70,9 @@ pub struct NodeStatus {
     /// The coordination set as this node hears it: the peers whose
     /// heartbeats arrive, and itself if it is a member.
     pub coordination_set: Vec<String>,
+    /// Peers this node is connected to now (its per-connection upkeep is
+    /// much of an idle node's cost).
+    pub connected_peers: usize,
     pub pinned: bool,
     /// The coordinator this node takes now, if it knows one.
     pub coordinator: Option<String>,
@@ -236,6 +239,7 @@ impl NodeControl {
             gossip_received_bytes: METRICS.gossip_received_bytes.load(std::sync::atomic::Ordering::Relaxed),
             heartbeats_sent: local.heartbeats_sent,
             coordination_set: local.set.iter().map(|p| p.to_string()).collect(),
+            connected_peers: self.net.connected_peers().await.map(|p| p.len()).unwrap_or(0),
             pinned: local.pinned,
             coordinator: local.coordinator.map(|p| p.to_string()),
             jobs_total: local.jobs_total,
