@@ -97,8 +97,9 @@ impl Coordinator {
         }
     }
 
-    /// A worker's advert (sent directly, or heard over gossip from an
-    /// older node): its lease heartbeat and capacity.
+    /// A worker's advert: its lease heartbeat and capacity. Sent directly
+    /// (`AdvertV1`); the gossip form is taken too if one arrives on a topic
+    /// this node follows, though no node sends it any more.
     pub(super) fn heard_advert(&mut self, worker: PublicKey, advert: WorkerAdvert, now: u64) {
         for build_key in self.schedule.advert(worker, advert, now) {
             warn!(job = %build_key, worker = %worker, "worker no longer runs its job; back in the queue");
