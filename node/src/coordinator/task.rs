@@ -153,17 +153,23 @@ impl Coordinator {
         );
         self.synced_with = None;
         let jobs: Vec<JobRequest> = self.schedule.jobs().iter().map(|j| j.request.clone()).collect();
-        for job in jobs {
-            let (net, store, permits) = (self.net.clone(), self.store.clone(), self.input_fetches.clone());
-            tokio::spawn(async move {
-                let Ok(_permit) = permits.acquire_owned().await else {
+        let (net, store, permits) = (self.net.clone(), self.store.clone(), self.input_fetches.clone());
+        // One task walks the queue, and a fetch starts only once it holds a
+        // permit: a long queue never means as many tasks at once.
+        tokio::spawn(async move {
+            for job in jobs {
+                let Ok(permit) = permits.clone().acquire_owned().await else {
                     return;
                 };
-                if let Err(e) = hold_inputs(&net, &store, &job, &[]).await {
-                    debug!(job = %job.build_key, error = e, "inputs of an open job not fetched");
-                }
-            });
-        }
+                let (net, store) = (net.clone(), store.clone());
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    if let Err(e) = hold_inputs(&net, &store, &job, &[]).await {
+                        debug!(job = %job.build_key, error = e, "inputs of an open job not fetched");
+                    }
+                });
+            }
+        });
     }
 
     /// The DHT's word on a restored job.
