@@ -1,6 +1,6 @@
 //! Scale beyond one machine's processes: N Kiln nodes in one process, each
 //! a real libp2p swarm (gossipsub with Kiln's configuration,
-//! `net::gossip_config`) over libp2p's memory transport, each running
+//! `net::gossip_behaviour`) over libp2p's memory transport, each running
 //! Kiln's own election (`coordinator::election`, a bounded coordination set
 //! of 3) and Kiln's own gossip encoding. Issue 14, point 6.
 //!
@@ -81,9 +81,7 @@ fn swarm(keypair: identity::Keypair) -> Swarm<gossipsub::Behaviour> {
         .authenticate(noise::Config::new(&keypair).unwrap())
         .multiplex(yamux::Config::default())
         .boxed();
-    let config = kiln_node::net::gossip_config().unwrap();
-    let mut behaviour =
-        gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(keypair.clone()), config).unwrap();
+    let mut behaviour = kiln_node::net::gossip_behaviour().unwrap();
     for topic in [topics::JOBS, topics::COORDINATOR] {
         behaviour.subscribe(&IdentTopic::new(topic)).unwrap();
     }

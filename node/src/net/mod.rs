@@ -28,10 +28,11 @@ use kiln_protocol::{PublicKey, SecretKey};
 mod client;
 pub(crate) mod frames;
 pub mod identity;
+mod mesh_alive;
 mod swarm;
 
 pub use client::NetClient;
-pub use swarm::{gossip_config, EventLoop};
+pub use swarm::{gossip_behaviour, EventLoop};
 
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/kiln/kad/1.0.0");
 pub const BLOB_PROTOCOL: StreamProtocol = StreamProtocol::new("/kiln/blob/1");
@@ -55,6 +56,9 @@ pub(crate) const PROVIDERS_QUERY_MS_MAX: u64 = 20_000;
 pub(crate) const INVALID_GOSSIP_MAX: u32 = 8;
 /// Keys this node may announce as a provider.
 pub(crate) const PROVIDED_KEYS_MAX: usize = 1_000_000;
+/// How often the DHT routing table is refreshed (libp2p's default is 5
+/// minutes; see `swarm.rs`).
+pub(crate) const KAD_REFRESH_S: u64 = 30 * 60;
 /// How often missing bootstrap connections are redialled.
 pub(crate) const REDIAL_MS: u64 = 2_000;
 
@@ -123,8 +127,7 @@ pub enum NetEvent {
     /// A valid, signed gossip message.
     Gossip {
         topic: String,
-        from: PeerId,
-        /// The author's key (the peer id `from` is made of).
+        /// The author's key: the message is signed with it.
         signer: PublicKey,
         message: Box<Gossip>,
     },

@@ -20,6 +20,7 @@ use tracing::{debug, info, warn};
 
 use super::client::Command;
 use super::identity;
+use super::mesh_alive::MeshAlive;
 use super::*;
 use crate::metrics::{Metrics, METRICS};
 
@@ -28,7 +29,7 @@ pub(super) struct Behaviour {
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     kad: kad::Behaviour<MemoryStore>,
-    gossipsub: gossipsub::Behaviour,
+    gossipsub: MeshAlive<gossipsub::Behaviour>,
     relay: Toggle<relay::Behaviour>,
     stream: libp2p_stream::Behaviour,
 }
@@ -58,6 +59,7 @@ pub(super) fn start(config: NetConfig) -> Result<(NetClient, mpsc::Receiver<NetE
             continue;
         }
         swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+        swarm.behaviour_mut().gossipsub.keep(peer);
         bootstrap.push((peer, addr.clone()));
     }
     // Not `topics::WORKERS`: adverts go to the coordination set directly.
@@ -116,6 +118,14 @@ fn behaviour(
     let mut kad_config = kad::Config::new(KAD_PROTOCOL);
     kad_config.set_query_timeout(Duration::from_millis(PROVIDERS_QUERY_MS_MAX));
     kad_config.set_provider_publication_interval(Some(Duration::from_secs(3600)));
+    // The routing table is refreshed every 30 minutes, not every 5 (the
+    // default). A refresh is a lookup per bucket, and each lookup dials up
+    // to 20 peers: every 5 minutes each node connected to most of the
+    // network again (at 50 nodes on one machine, to all of it), and the
+    // connections were dropped idle 2 minutes later. A peer a node has
+    // never met still reaches its table when the peer's own lookups arrive,
+    // and a dead entry goes when a lookup fails to reach it.
+    kad_config.set_periodic_bootstrap_interval(Some(Duration::from_secs(KAD_REFRESH_S)));
     let store_config = kad::store::MemoryStoreConfig {
         max_provided_keys: PROVIDED_KEYS_MAX,
         max_records: 65_536,
@@ -129,8 +139,10 @@ fn behaviour(
         kad::Mode::Client
     }));
 
-    let gossip_config = gossip_config()?;
-    let gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gossip_config)?;
+    // Connections outside gossipsub's meshes may close when idle, except
+    // on a relay server (every bootstrap peer is one), which keeps every
+    // node that connects.
+    let gossipsub = MeshAlive::new(gossip_behaviour()?, relay_server);
 
     Ok(Behaviour {
         identify: identify::Behaviour::new(identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())),
@@ -144,7 +156,12 @@ fn behaviour(
 
 /// Gossipsub as every Kiln node runs it (the in-process scale simulation,
 /// `node/examples/sim_scale.rs`, runs the same).
-pub fn gossip_config() -> Result<gossipsub::Config, String> {
+pub fn gossip_behaviour() -> Result<gossipsub::Behaviour, String> {
+    // Unsigned by gossipsub: see `validation_mode` below.
+    gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, gossip_config()?).map_err(str::to_string)
+}
+
+fn gossip_config() -> Result<gossipsub::Config, String> {
     // Kiln's gossip is small and slow: each member of the coordination set
     // (3 by default) sends a heartbeat of ~200 bytes a second; jobs,
     // assignments, outcomes and settlements come a few per build; nothing
@@ -167,12 +184,20 @@ pub fn gossip_config() -> Result<gossipsub::Config, String> {
         // it once from the member and at most once from each mesh peer
         // (duplicates are dropped): flat in the size of the network.
         .flood_publish(true)
-        // The default mesh: 6 peers per topic (5 to 12), so a message
-        // reaches N nodes in about log6(N) hops, and each node receives
-        // each message from at most its mesh peers.
-        .mesh_n(6)
-        .mesh_n_low(5)
-        .mesh_n_high(12)
+        // A mesh of 4 peers per topic (3 to 8), smaller than the default
+        // 6 (5 to 12). A node keeps a connection to each mesh peer of each
+        // of its three topics (`mesh_alive.rs`), and receives each message
+        // from most of them, so the mesh bounds both its connections and
+        // its copies per message. 4 still reaches N nodes in about log4(N)
+        // hops (5 at 1,000), and a publisher also sends to every peer it is
+        // connected to (`flood_publish`), so the mesh carries a message
+        // only to the nodes that are not.
+        .mesh_n(4)
+        .mesh_n_low(3)
+        .mesh_n_high(8)
+        // IHAVE gossip (the repair path for a copy lost in the mesh) to 3
+        // peers outside the mesh per round, not 6.
+        .gossip_lazy(3)
         // A message id is remembered 60 s (the default): far longer than a
         // message circulates (history_length 5 rounds of 1 s), so a late
         // duplicate is not delivered twice; at ~3 messages a second the
@@ -182,7 +207,29 @@ pub fn gossip_config() -> Result<gossipsub::Config, String> {
         // default): at Kiln's rates a peer that far behind is stuck; the
         // IHAVE gossip recovers what was dropped once it moves again.
         .connection_handler_queue_len(5000)
-        .validation_mode(gossipsub::ValidationMode::Strict)
+        // Kiln's gossip is signed by Kiln (each message carries its
+        // author's key and signature, checked by `check_gossip_message`),
+        // so gossipsub's own signature, author and sequence number are not
+        // sent (`MessageAuthenticity::Anonymous`, as Ethereum's consensus
+        // gossip does): they were about half of each heartbeat's bytes,
+        // and gossipsub verified that signature on every copy it decoded,
+        // duplicates included (each node gets each message from most of
+        // its mesh), the largest share of an idle node's CPU once the DHT
+        // lookups stopped. Kiln checks its signature once per message,
+        // after duplicates are dropped and before it is forwarded.
+        // `None` takes a message with or without gossipsub's fields, so a
+        // message an older Kiln signed the old way is still heard (an
+        // older Kiln does not take these: it requires them).
+        .validation_mode(gossipsub::ValidationMode::None)
+        // With no author or sequence number, a message's id is the hash
+        // of its topic and signed bytes: a copy is a duplicate only if it
+        // is the same message, and no peer can claim the id of a message
+        // before its author sends it. (The same bytes published again
+        // within the duplicate cache time are refused as a duplicate;
+        // Kiln's repeats carry a time or an attempt, or are safe to drop.)
+        .message_id_fn(|message: &gossipsub::Message| {
+            gossipsub::MessageId::new(Hash::derive(message.topic.as_str(), &message.data).as_bytes())
+        })
         .validate_messages()
         .max_transmit_size(kiln_protocol::messages::GOSSIP_BYTES_MAX + 1024)
         .build()
@@ -276,9 +323,6 @@ impl EventLoop {
             if let Err(e) = self.swarm.dial(opts) {
                 debug!(peer = %peer, error = %e, "bootstrap dial not started");
             }
-        }
-        if !self.bootstrap.is_empty() {
-            let _ = self.swarm.behaviour_mut().kad.bootstrap();
         }
     }
 
@@ -480,6 +524,16 @@ impl EventLoop {
         if self.bootstrap_failing.remove(&peer) {
             info!(peer = %peer, "reached the bootstrap peer");
         }
+        if is_bootstrap {
+            // Join the DHT through it: one lookup of our own id fills the
+            // routing table with our neighbours. Not on a timer: a lookup
+            // asks up to 20 peers, so every node repeating it every few
+            // seconds kept each node connected to, and answering lookups
+            // from, every other (idle cost grew with the network). Kademlia
+            // refreshes the table itself every 5 minutes and when a peer is
+            // added.
+            let _ = self.swarm.behaviour_mut().kad.bootstrap();
+        }
         if is_bootstrap && !self.bootstrap_seen.insert(peer) {
             // A bootstrap peer came back: it may have restarted and lost the
             // provider records it held for us.
@@ -582,10 +636,8 @@ impl EventLoop {
             .report_message_validation_result(&id, &source, acceptance);
         match verdict {
             Ok((signer, gossip)) => {
-                let from = message.source.unwrap_or(source);
                 self.emit(NetEvent::Gossip {
                     topic: message.topic.into_string(),
-                    from,
                     signer,
                     message: Box::new(gossip),
                 });
@@ -604,17 +656,11 @@ impl EventLoop {
     }
 }
 
-/// Checks a gossip message: it decodes within limits, its Kiln signature
-/// verifies, and the signer is the peer that authored it.
+/// Checks a gossip message: it decodes within limits and its Kiln
+/// signature verifies. The signer is its author (gossipsub carries no
+/// author of its own).
 fn check_gossip_message(message: &gossipsub::Message) -> Result<(PublicKey, Gossip), GossipError> {
-    let (signer, gossip) = decode_gossip(&message.data)?;
-    let author = message
-        .source
-        .ok_or(GossipError::Invalid("unsigned gossipsub message"))?;
-    if identity::peer_id_of(&signer) != Some(author) {
-        return Err(GossipError::Invalid("signed by a key that is not its author's"));
-    }
-    Ok((signer, gossip))
+    decode_gossip(&message.data)
 }
 
 #[cfg(test)]
