@@ -236,6 +236,7 @@ async fn start_farm(
                             coordinators: None,
                         },
                         labels: Default::default(),
+                        limits: Default::default(),
                     }),
                     ..node_options(dir.join(format!("worker{n}")), vec![boot.clone()])
                 },

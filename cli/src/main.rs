@@ -95,6 +95,14 @@ struct Contribute {
     /// A label added to this worker's system description (repeatable), e.g. --label site=basement
     #[arg(long = "label", value_name = "KEY=VALUE")]
     labels: Vec<String>,
+    /// CPUs one build may use (a cpuset cgroup where this node may create one, CPU affinity otherwise);
+    /// the build's `nproc` prints it. Default: every CPU
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    cpus: Option<u32>,
+    /// Processes one build may run at once; a build that tries to run more (a fork bomb) is stopped
+    #[arg(long, value_name = "N", default_value_t = kiln_node::worker::limits::BUILD_PROCESSES_MAX_DEFAULT,
+          value_parser = clap::value_parser!(u32).range(8..=1_000_000))]
+    max_build_processes: u32,
 }
 
 impl Contribute {
@@ -125,7 +133,11 @@ impl Contribute {
             // Set from the node's --trust-coordinator.
             coordinators: None,
         };
-        Ok(Some(kiln_node::WorkerOptions { policy, labels }))
+        let limits = kiln_node::worker::limits::BuildLimits {
+            cpus: self.cpus,
+            processes_max: self.max_build_processes,
+        };
+        Ok(Some(kiln_node::WorkerOptions { policy, labels, limits }))
     }
 }
 

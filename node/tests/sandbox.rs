@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use kiln_node::archive;
+use kiln_node::worker::limits::BuildLimits;
 use kiln_node::worker::sandbox::{BuildSpec, BuildStatus, Sandbox, SourceInput};
 use kiln_protocol::Hash;
 
@@ -312,4 +313,150 @@ fn a_build_over_its_memory_limit_fails() {
         log.contains("MemoryError") && log.contains("allocation refused"),
         "{log}"
     );
+}
+
+/// Reads a file the build wrote into its artifact.
+fn artifact_file(artifact: &Path, name: &str) -> String {
+    let mut archive = tar::Archive::new(std::fs::File::open(artifact).unwrap());
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        if entry.path().unwrap() == Path::new(name) {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut entry, &mut text).unwrap();
+            return text;
+        }
+    }
+    panic!("{name} is not in the artifact");
+}
+
+fn succeeded(result: &kiln_node::worker::sandbox::BuildResult) -> &Path {
+    match &result.status {
+        BuildStatus::Succeeded { artifact } => artifact,
+        other => panic!("build failed: {other:?}\n{}", log_text(&result.log)),
+    }
+}
+
+#[test]
+fn every_build_process_runs_at_idle_cpu_and_io_priority() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sandbox = Sandbox::new(tmp.path(), false).unwrap();
+    // A process the step starts in the background, read from the host's
+    // /proc by the step's own view: a grandchild of bubblewrap inherits.
+    let build = spec(
+        &[
+            "sh -c 'cat /proc/self/stat' > stat.txt; ionice -p $$ > io.txt; nice > nice.txt; \
+           cat /proc/self/autogroup > autogroup.txt 2>/dev/null || echo none > autogroup.txt",
+        ],
+        &["stat.txt", "io.txt", "nice.txt", "autogroup.txt"],
+    );
+    let result = runtime().block_on(sandbox.run(&build)).unwrap();
+    let artifact = succeeded(&result);
+    let stat = artifact_file(artifact, "stat.txt");
+    // Fields after the command name: state is field 3, so field N is
+    // index N - 3 here. nice is field 19, policy field 41 (SCHED_IDLE = 5).
+    let after_name: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    assert_eq!(after_name[19 - 3], "19", "nice: {stat}");
+    assert_eq!(after_name[41 - 3], "5", "scheduling policy (5 is SCHED_IDLE): {stat}");
+    assert_eq!(artifact_file(artifact, "io.txt").trim(), "idle");
+    assert_eq!(artifact_file(artifact, "nice.txt").trim(), "19");
+    // Where the kernel shares CPU time between sessions first, the build's
+    // session is lowered too.
+    if Path::new("/proc/self/autogroup").exists() {
+        let autogroup = artifact_file(artifact, "autogroup.txt");
+        assert!(autogroup.trim().ends_with("nice 19"), "{autogroup}");
+    }
+    assert!(
+        log_text(&result.log).contains("idle CPU and I/O priority"),
+        "the log does not name the priority: {}",
+        log_text(&result.log)
+    );
+}
+
+#[test]
+fn a_fork_bomb_is_stopped_at_the_process_limit_within_seconds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let limits = BuildLimits {
+        processes_max: 64,
+        ..BuildLimits::default()
+    };
+    let sandbox = Sandbox::with_limits(tmp.path(), false, limits).unwrap();
+    let marker = format!("kiln-bomb-{}", std::process::id());
+    // Each shell starts two more and waits; nothing ever exits.
+    let step = format!("bash -c 'exec -a {marker} bash -c \"b() {{ b & b & wait; }}; b\"'");
+    let mut build = spec(&[&step], &["out"]);
+    build.timeout = Duration::from_secs(300);
+    let started = Instant::now();
+    let result = runtime().block_on(sandbox.run(&build)).unwrap();
+    let took = started.elapsed();
+    let BuildStatus::Stopped { reason } = &result.status else {
+        panic!(
+            "the fork bomb was not stopped: {:?}\n{}",
+            result.status,
+            log_text(&result.log)
+        );
+    };
+    assert!(reason.contains("more than 64 processes"), "{reason}");
+    assert!(took < Duration::from_secs(20), "stopped only after {took:?}");
+    let log = log_text(&result.log);
+    assert!(
+        log.contains("64 processes at once") && log.contains("build stopped: it tried to run more than 64"),
+        "{log}"
+    );
+    // Every process of the bomb is gone.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let found = std::process::Command::new("pgrep")
+            .args(["-f", &marker])
+            .output()
+            .unwrap();
+        if !found.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running: {}",
+            String::from_utf8_lossy(&found.stdout)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A build within the limit still runs on this sandbox.
+    let fine = runtime()
+        .block_on(sandbox.run(&spec(
+            &["for i in 1 2 3 4; do sleep 0.1 & done; wait; touch out"],
+            &["out"],
+        )))
+        .unwrap();
+    succeeded(&fine);
+}
+
+#[test]
+fn a_build_given_one_cpu_sees_one_and_cannot_use_more() {
+    let tmp = tempfile::tempdir().unwrap();
+    let limits = BuildLimits {
+        cpus: Some(1),
+        ..BuildLimits::default()
+    };
+    let sandbox = Sandbox::with_limits(tmp.path(), false, limits).unwrap();
+    assert_eq!(sandbox.build_cpus(), Some(1));
+    // Two busy loops for 2 s of wall time; the shell that waited for them
+    // then reads its children's CPU time (fields 16 and 17, in ticks).
+    // Each loop's `timeout` exits 124: it really ran for its 2 s.
+    let step = "nproc > nproc.txt; \
+        for i in 1 2; do (timeout 2 sh -c 'while :; do :; done'; echo $? >> rc.txt) & done; wait; \
+        cat /proc/$$/stat > stat.txt; getconf CLK_TCK > tck.txt";
+    let result = runtime()
+        .block_on(sandbox.run(&spec(&[step], &["nproc.txt", "stat.txt", "tck.txt", "rc.txt"])))
+        .unwrap();
+    let artifact = succeeded(&result);
+    assert_eq!(artifact_file(artifact, "nproc.txt").trim(), "1");
+    assert_eq!(artifact_file(artifact, "rc.txt"), "124\n124\n");
+    let stat = artifact_file(artifact, "stat.txt");
+    let after_name: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let ticks: f64 = after_name[16 - 3].parse::<f64>().unwrap() + after_name[17 - 3].parse::<f64>().unwrap();
+    let tck: f64 = artifact_file(artifact, "tck.txt").trim().parse().unwrap();
+    let cpu_s = ticks / tck;
+    // One CPU for 2 s is at most 2 s of CPU time (and some slack for the
+    // tick's rounding); both loops together on two CPUs would take 4 s.
+    assert!(cpu_s <= 2.4, "the build used {cpu_s:.2} s of CPU in 2 s on one CPU");
+    assert!(log_text(&result.log).contains("1 CPU,"), "{}", log_text(&result.log));
 }

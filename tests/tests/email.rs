@@ -414,3 +414,38 @@ fn a_coordinator_back_alone_settles_a_job_built_meanwhile_from_the_dht() {
     wait_until(BUILD, "the message composed again", || smtp.mails().len() == 2);
     assert_eq!(recipients(&smtp.mails()), counts(&[("alone@example.org", 2)]));
 }
+
+#[test]
+fn a_fork_bomb_is_stopped_at_the_workers_process_limit_and_the_mail_names_the_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_boot, boot) = start_bootstrap(&tmp.path().join("boot"));
+    let c_dir = tmp.path().join("c");
+    let (_c, _) = start_node("coordinator", &c_dir, &boot, &["--coordinator"]);
+    let (w, _) = worker("worker", &tmp.path().join("w"), &boot, &["--max-build-processes", "32"]);
+    w.wait_stderr(START, "at most 32 processes per build");
+
+    let started = std::time::Instant::now();
+    let mut bomb = request_waiting("fork bomb", &boot, &recipe("forkbomb"), "e@example.org", &[]);
+    let failed = wait_json(&mut bomb);
+    assert_eq!(failed["state"], "failed", "{failed}");
+    let reason = failed["reason"].as_str().unwrap();
+    assert!(reason.contains("more than 32 processes at once"), "{reason}");
+    // Far inside the recipe's 10 minute time limit, with every attempt.
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(90),
+        "{:?}",
+        started.elapsed()
+    );
+    wait_status(&boot, "the failure mail written", |s| mail_settled(s, 1));
+    let mails = outbox(&c_dir);
+    assert_eq!(mails.len(), 1, "{mails:?}");
+    assert!(
+        mails[0].body.contains("more than 32 processes at once"),
+        "the mail does not name the limit: {:?}",
+        mails[0]
+    );
+    // The worker takes the next job.
+    let mut next = request_waiting("next", &boot, &recipe("sleep"), "f@example.org", &["-o", "secs=1"]);
+    let done = wait_json(&mut next);
+    assert_eq!(done["state"], "done", "{done}");
+}

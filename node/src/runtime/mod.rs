@@ -86,4 +86,6 @@ pub struct WorkerOptions {
     pub policy: WorkerPolicy,
     /// The contributor's labels, added to the probed SystemInfo.
     pub labels: std::collections::BTreeMap<String, String>,
+    /// What one build may take (`--cpus`, `--max-build-processes`).
+    pub limits: crate::worker::limits::BuildLimits,
 }

@@ -109,7 +109,11 @@ fn open(options: &mut NodeOptions) -> Result<Opened, NodeError> {
         None => None,
     };
     let sandbox = match &options.worker {
-        Some(worker) => Some(Sandbox::new(&options.data_dir, worker.policy.allow_network)?),
+        Some(worker) => Some(Sandbox::with_limits(
+            &options.data_dir,
+            worker.policy.allow_network,
+            worker.limits,
+        )?),
         None => None,
     };
     Ok(Opened {
@@ -149,10 +153,15 @@ impl Roles {
         let mut advertising = None;
         if let (Some(worker), Some(sandbox)) = (worker, opened.sandbox.take()) {
             let labels = worker.labels;
-            let probed = tokio::task::spawn_blocking(move || system::probe(labels))
+            let mut probed = tokio::task::spawn_blocking(move || system::probe(labels))
                 .await
                 .map_err(|e| NodeError::Control(std::io::Error::other(e.to_string())))?;
+            // A build sees only the CPUs --cpus gives it: advertise those.
+            if let Some(cpus) = sandbox.build_cpus() {
+                probed.cpus = probed.cpus.min(cpus);
+            }
             info!(system = %probed.summary(), max_jobs = worker.policy.max_jobs, "contributing this machine");
+            info!(limits = %sandbox.limits_summary(), "build limits");
             let store = opened.store.clone();
             let worker = Arc::new(Worker::new(
                 net.clone(),

@@ -247,5 +247,6 @@ fn status_reason(status: &BuildStatus) -> String {
         BuildStatus::StepFailed { step, status } => format!("step {step} failed: {status}"),
         BuildStatus::TimedOut { after } => format!("killed after its time limit of {} s", after.as_secs()),
         BuildStatus::MissingOutput { output } => format!("output {output:?} was not produced"),
+        BuildStatus::Stopped { reason } => format!("stopped: {reason}"),
     }
 }

@@ -10,6 +10,7 @@
 //! - `policy`: the contributor's rules and the decision;
 //! - `build`: one assigned build, from fetching its inputs to its outcome;
 //! - [`sandbox`]: running a build's steps isolated (bubblewrap);
+//! - [`limits`]: the priority, process and CPU limits of every build;
 //! - [`system`]: what this machine is, probed at start.
 //!
 //! Not for: choosing which jobs exist or who builds them (the coordinator).
@@ -30,6 +31,7 @@ use sandbox::Sandbox;
 
 mod advertise;
 mod build;
+pub mod limits;
 mod policy;
 pub mod sandbox;
 pub mod system;

@@ -9,8 +9,12 @@
 //! dies with the build), and a new network namespace unless the recipe needs
 //! the network and the contributor allows it. The environment is cleared
 //! except [`documented_env`]. Each step runs under `prlimit --as` (memory)
-//! and the whole build under a wall-clock limit. Leftover build directories
-//! from a crash are removed when the sandbox is created.
+//! and the whole build under a wall-clock limit. Every build process runs at
+//! idle CPU and I/O priority, within a process limit and, with `--cpus`, on
+//! a subset of the CPUs ([`limits`](super::limits)). The log's first line
+//! names every limit, and a build that meets one ends with a status that
+//! names it. Leftover build directories from a crash are removed when the
+//! sandbox is created.
 //!
 //! Where bubblewrap is missing or cannot create namespaces, the sandbox says
 //! so and refuses every build: there is no unisolated fallback.
@@ -25,6 +29,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 use tracing::{info, warn};
 
+use super::limits::{BuildGroup, BuildLimits, Enforcement, WATCH_MS};
 use crate::archive;
 
 /// Most bytes of a build log kept (head and tail; the middle is cut).
@@ -46,6 +51,8 @@ pub enum SandboxError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("source: {0}")]
     Source(String),
+    #[error("cannot set up the build's process and CPU limits: {0}")]
+    Limits(String),
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> SandboxError + '_ {
@@ -90,6 +97,10 @@ pub enum BuildStatus {
     TimedOut { after: Duration },
     /// A declared output was not produced.
     MissingOutput { output: String },
+    /// The build met one of the contributor's limits and was stopped, with
+    /// its whole process tree; `reason` says which ("it tried to run more
+    /// than 512 processes at once ...").
+    Stopped { reason: String },
 }
 
 /// A finished build: its status and its (size-capped) log.
@@ -125,12 +136,19 @@ pub struct Sandbox {
     bwrap: Result<PathBuf, String>,
     allow_network: bool,
     memory_bytes_default: u64,
+    enforcement: Enforcement,
 }
 
 impl Sandbox {
-    /// Prepares `data_dir/builds`, removing what a crash left there, and
-    /// checks that builds can be isolated here.
+    /// [`Sandbox::with_limits`] with the default limits.
     pub fn new(data_dir: &Path, allow_network: bool) -> Result<Sandbox, SandboxError> {
+        Sandbox::with_limits(data_dir, allow_network, BuildLimits::default())
+    }
+
+    /// Prepares `data_dir/builds`, removing what a crash left there, checks
+    /// that builds can be isolated here, and finds how `limits` will be
+    /// enforced.
+    pub fn with_limits(data_dir: &Path, allow_network: bool, limits: BuildLimits) -> Result<Sandbox, SandboxError> {
         let builds_dir = data_dir.join("builds");
         if builds_dir.exists() {
             let leftovers = std::fs::read_dir(&builds_dir).map_err(io_error(&builds_dir))?.count();
@@ -148,7 +166,11 @@ impl Sandbox {
         {
             hidden.push(home);
         }
-        let bwrap = find_bubblewrap();
+        let bwrap = find_bubblewrap().and_then(|path| {
+            super::limits::check_priorities()
+                .map(|()| path)
+                .map_err(|why| format!("builds cannot run at idle priority: {why}"))
+        });
         if let Err(why) = &bwrap {
             warn!(
                 why,
@@ -161,7 +183,18 @@ impl Sandbox {
             bwrap,
             allow_network,
             memory_bytes_default: BUILD_MEMORY_BYTES_DEFAULT,
+            enforcement: Enforcement::detect(limits),
         })
+    }
+
+    /// How this sandbox enforces its limits, in one line for the start log.
+    pub fn limits_summary(&self) -> String {
+        self.enforcement.describe()
+    }
+
+    /// The CPUs a build sees, where `--cpus` narrows them.
+    pub fn build_cpus(&self) -> Option<u32> {
+        self.enforcement.build_cpus()
     }
 
     /// Why builds are refused here, if they are.
@@ -184,12 +217,19 @@ impl Sandbox {
         if spec.network && !self.allow_network {
             return Err(SandboxError::NetworkRefused);
         }
-        let dir = BuildDir(self.builds_dir.join(unique_name()));
+        let name = unique_name();
+        let dir = BuildDir(self.builds_dir.join(&name));
         for sub in ["work", "home", "tmp"] {
             std::fs::create_dir_all(dir.0.join(sub)).map_err(io_error(&dir.0))?;
         }
         prepare_source(&spec.source, &dir.0.join("work"), log).await?;
-        let status = self.run_steps(bwrap, spec, &dir.0, log).await;
+        let group = self
+            .enforcement
+            .prepare(&name)
+            .map_err(|e| SandboxError::Limits(e.to_string()))?;
+        log.line(&format!("kiln: limits: {}", self.describe_limits(spec)));
+        let status = self.run_steps(bwrap, spec, &dir.0, log, &group).await;
+        group.remove().await;
         let status = match status {
             BuildStatus::Succeeded { .. } => pack_outputs(&dir.0, &spec.outputs, log)?,
             other => other,
@@ -202,21 +242,55 @@ impl Sandbox {
         })
     }
 
-    async fn run_steps(&self, bwrap: &Path, spec: &BuildSpec, dir: &Path, log: &Log) -> BuildStatus {
+    /// Every limit a build runs under, in words, for the first line of its
+    /// log.
+    fn describe_limits(&self, spec: &BuildSpec) -> String {
+        let limits = self.enforcement.limits();
+        let cpus = match self.enforcement.build_cpus() {
+            Some(1) => "1 CPU".to_string(),
+            Some(n) => format!("{n} CPUs"),
+            None => "every CPU".to_string(),
+        };
+        format!(
+            "{} s in all, {} MiB of memory per process, {} processes at once, {cpus}, idle CPU and I/O priority",
+            spec.timeout.as_secs(),
+            self.memory_bytes(spec) >> 20,
+            limits.processes_max,
+        )
+    }
+
+    fn memory_bytes(&self, spec: &BuildSpec) -> u64 {
+        if spec.memory_bytes > 0 {
+            spec.memory_bytes
+        } else {
+            self.memory_bytes_default
+        }
+    }
+
+    async fn run_steps(
+        &self,
+        bwrap: &Path,
+        spec: &BuildSpec,
+        dir: &Path,
+        log: &Log,
+        group: &BuildGroup,
+    ) -> BuildStatus {
         let deadline = Instant::now() + spec.timeout;
         for (index, step) in spec.steps.iter().enumerate() {
             log.line(&format!("$ {step}"));
             let mut command = self.command(bwrap, spec, dir, step);
+            group.apply(&mut command);
             let left = deadline.saturating_duration_since(Instant::now());
-            match run_logged(&mut command, left, log).await {
-                Ok(Some(status)) if status.success() => {}
-                Ok(Some(status)) => {
+            match run_logged(&mut command, left, log, group).await {
+                Ok(Ended::Exited(status)) if status.success() => {}
+                Ok(Ended::Exited(status)) => {
                     return BuildStatus::StepFailed {
                         step: index + 1,
                         status: status.to_string(),
                     }
                 }
-                Ok(None) => return BuildStatus::TimedOut { after: spec.timeout },
+                Ok(Ended::TimedOut) => return BuildStatus::TimedOut { after: spec.timeout },
+                Ok(Ended::Stopped(reason)) => return BuildStatus::Stopped { reason },
                 Err(e) => {
                     return BuildStatus::StepFailed {
                         step: index + 1,
@@ -232,13 +306,9 @@ impl Sandbox {
 
     fn command(&self, bwrap: &Path, spec: &BuildSpec, dir: &Path, step: &str) -> Command {
         let mut command = Command::new(bwrap);
-        command.args([
-            "--die-with-parent",
-            "--new-session",
-            "--unshare-pid",
-            "--unshare-ipc",
-            "--unshare-uts",
-        ]);
+        // No --new-session: the child starts its own session before
+        // bubblewrap runs, and lowers that session's autogroup (limits.rs).
+        command.args(["--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts"]);
         if !spec.network {
             command.arg("--unshare-net");
         }
@@ -262,11 +332,7 @@ impl Sandbox {
         for (name, value) in documented_env(dir, &spec.options) {
             command.arg("--setenv").arg(name).arg(value);
         }
-        let memory = if spec.memory_bytes > 0 {
-            spec.memory_bytes
-        } else {
-            self.memory_bytes_default
-        };
+        let memory = self.memory_bytes(spec);
         command.args(["--", "prlimit", &format!("--as={memory}"), "--", "/bin/sh", "-c", step]);
         command
             .stdin(Stdio::null())
@@ -333,29 +399,50 @@ fn unique_name() -> String {
     format!("build-{}", kiln_protocol::hash::to_hex(&bytes))
 }
 
+/// How one step's process ended.
+enum Ended {
+    Exited(std::process::ExitStatus),
+    /// Killed at the build's time limit.
+    TimedOut,
+    /// Killed at another limit, named by the reason.
+    Stopped(String),
+}
+
 /// Runs one command, copying both output streams into the log, for at most
-/// `limit`. `Ok(None)`: it was killed at the limit.
-async fn run_logged(
-    command: &mut Command,
-    limit: Duration,
-    log: &Log,
-) -> std::io::Result<Option<std::process::ExitStatus>> {
+/// `limit`, checking it against its group's limits every [`WATCH_MS`].
+async fn run_logged(command: &mut Command, limit: Duration, log: &Log, group: &BuildGroup) -> std::io::Result<Ended> {
     let mut child = command.spawn()?;
+    let root = child.id();
     let stdout = child.stdout.take().map(|s| tokio::spawn(copy_into(s, log.clone())));
     let stderr = child.stderr.take().map(|s| tokio::spawn(copy_into(s, log.clone())));
-    let status = match tokio::time::timeout(limit, child.wait()).await {
-        Ok(status) => Some(status?),
-        Err(_) => {
-            // bwrap runs the step as PID 1 of its own namespace with
-            // --die-with-parent: killing bwrap ends the whole tree.
-            let _ = child.kill().await;
-            None
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut watch = tokio::time::interval(Duration::from_millis(WATCH_MS));
+    let ended = loop {
+        tokio::select! {
+            status = child.wait() => break Ended::Exited(status?),
+            () = tokio::time::sleep_until(deadline) => break Ended::TimedOut,
+            _ = watch.tick() => {
+                if let Some(reason) = group.breach(root) {
+                    break Ended::Stopped(reason);
+                }
+            }
         }
     };
+    // A fork refused since the last check stops the build too, even if the
+    // step then exited (a fork bomb whose shells give up ends quickly).
+    let ended = match ended {
+        Ended::Exited(_) => group.breach(None).map_or(ended, Ended::Stopped),
+        other => other,
+    };
+    if !matches!(ended, Ended::Exited(_)) {
+        // bwrap runs the step as PID 1 of its own namespace with
+        // --die-with-parent: killing bwrap ends the whole tree.
+        let _ = child.kill().await;
+    }
     for task in [stdout, stderr].into_iter().flatten() {
         let _ = task.await;
     }
-    Ok(status)
+    Ok(ended)
 }
 
 async fn copy_into(mut stream: impl AsyncRead + Unpin, log: Log) {
@@ -457,6 +544,7 @@ fn describe(status: &BuildStatus) -> String {
         BuildStatus::MissingOutput { output } => {
             format!("build failed: the recipe's output {output:?} was not produced")
         }
+        BuildStatus::Stopped { reason } => format!("build stopped: {reason}"),
     }
 }
 
