@@ -36,6 +36,26 @@ fn hello_source(dir: &Path) -> PathBuf {
     source
 }
 
+/// Waits (at most 10 s) until no process's command line holds `marker`.
+fn wait_until_gone(marker: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let found = std::process::Command::new("pgrep")
+            .args(["-f", marker])
+            .output()
+            .unwrap();
+        if !found.status.success() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running: {}",
+            String::from_utf8_lossy(&found.stdout)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -133,22 +153,7 @@ fn a_build_past_its_time_limit_is_killed_with_its_whole_process_tree() {
         "{log}"
     );
     // Every process of the build is gone, including the one in the background.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let found = std::process::Command::new("pgrep")
-            .args(["-f", &marker])
-            .output()
-            .unwrap();
-        if !found.status.success() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still running: {}",
-            String::from_utf8_lossy(&found.stdout)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until_gone(&marker);
 }
 
 #[test]
@@ -403,22 +408,7 @@ fn a_fork_bomb_is_stopped_at_the_process_limit_within_seconds() {
         "{log}"
     );
     // Every process of the bomb is gone.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let found = std::process::Command::new("pgrep")
-            .args(["-f", &marker])
-            .output()
-            .unwrap();
-        if !found.status.success() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still running: {}",
-            String::from_utf8_lossy(&found.stdout)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until_gone(&marker);
     // A build within the limit still runs on this sandbox.
     let fine = runtime()
         .block_on(sandbox.run(&spec(
