@@ -19,6 +19,7 @@ mod config;
 mod demo;
 mod progress;
 mod request;
+mod service;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -103,6 +104,10 @@ struct Contribute {
     #[arg(long, value_name = "N", default_value_t = kiln_node::worker::limits::BUILD_PROCESSES_MAX_DEFAULT,
           value_parser = clap::value_parser!(u32).range(8..=1_000_000))]
     max_build_processes: u32,
+    /// Space one build may take in its build directory (e.g. 20GiB); a build that writes more is stopped
+    #[arg(long, value_name = "SIZE", value_parser = parse_size,
+          default_value = "32GiB")]
+    max_build_disk: u64,
 }
 
 impl Contribute {
@@ -136,6 +141,7 @@ impl Contribute {
         let limits = kiln_node::worker::limits::BuildLimits {
             cpus: self.cpus,
             processes_max: self.max_build_processes,
+            disk_bytes_max: self.max_build_disk,
         };
         Ok(Some(kiln_node::WorkerOptions { policy, labels, limits }))
     }
@@ -303,11 +309,43 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run this machine's worker as a systemd service: from boot, or from login with --user.
+    Service {
+        #[command(subcommand)]
+        command: ServiceCommand,
+    },
     /// Create a recipe publisher key (if the file does not exist) and print its public half.
     Keygen {
         /// Where the secret key is kept (mode 0600)
         #[arg(long, default_value = "publisher.key")]
         key: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ServiceCommand {
+    /// Write, enable and start a systemd unit running `kiln node --contribute` with the node flags given
+    /// after `--`, e.g. `kiln service install -- --trust-publisher KEY --bootstrap MULTIADDR --cpus 2`
+    Install {
+        /// A unit of your own user's systemd (runs while you are logged in, keeps its data in your data dir)
+        /// instead of the system's (runs from boot as its own user, data in /var/lib/kiln)
+        #[arg(long)]
+        user: bool,
+        /// Only write the unit into this directory (not enabled), to read it or install it by hand
+        #[arg(long, value_name = "DIR")]
+        unit_dir: Option<PathBuf>,
+        /// Flags for `kiln node --contribute`, after `--`
+        #[arg(last = true, value_name = "NODE_FLAGS")]
+        node_args: Vec<String>,
+    },
+    /// Stop and disable the worker's systemd unit, and remove it.
+    Uninstall {
+        /// The unit of your own user's systemd, as installed with --user
+        #[arg(long)]
+        user: bool,
+        /// Remove the unit written into this directory with `install --unit-dir`
+        #[arg(long, value_name = "DIR")]
+        unit_dir: Option<PathBuf>,
     },
 }
 
@@ -553,6 +591,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::System { json } => system(json),
+        Command::Service { command } => {
+            let done = match command {
+                ServiceCommand::Install {
+                    user,
+                    unit_dir,
+                    node_args,
+                } => {
+                    let node_args: Vec<String> = node_args.into_iter().filter(|a| a != "--contribute").collect();
+                    check_node_flags(&node_args)?;
+                    service::install(&service::Install {
+                        user,
+                        unit_dir,
+                        node_args,
+                    })?
+                }
+                ServiceCommand::Uninstall { user, unit_dir } => service::uninstall(user, unit_dir.as_deref())?,
+            };
+            say!("{done}");
+            Ok(())
+        }
         Command::Keygen { key } => {
             let secret = kiln_node::identity::load_or_create_at(&key)?;
             println!("{}", secret.public());
@@ -570,6 +628,25 @@ fn parse_peer_id(text: &str) -> Result<libp2p::PeerId, String> {
     text.trim().parse().map_err(|_| {
         format!("{text:?} is not a peer id: `kiln id --data-dir DIR` prints a node's (it starts with 12D3KooW)")
     })
+}
+
+/// Checks node flags for a service now, as `kiln node --contribute` would
+/// read them, rather than at the next boot.
+fn check_node_flags(node_args: &[String]) -> anyhow::Result<()> {
+    let mut full = vec!["kiln".to_string(), "node".into(), "--contribute".into()];
+    full.extend(node_args.iter().cloned());
+    match Cli::try_parse_from(&full) {
+        Ok(Cli {
+            command: Command::Node { contribute, .. },
+            ..
+        }) => contribute.worker_options().map(|_| ()),
+        Ok(_) => bail!("the flags after -- are not flags of `kiln node`"),
+        Err(err) => {
+            let text = err.render().to_string();
+            let first = text.lines().next().unwrap_or("").trim_start_matches("error: ");
+            bail!("the flags after -- are not valid for `kiln node --contribute`: {first}")
+        }
+    }
 }
 
 fn parse_size(text: &str) -> Result<u64, String> {

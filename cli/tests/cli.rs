@@ -3,6 +3,7 @@
 // Test code: a panic is a failed assertion.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::path::Path;
 use std::process::Command;
 
 fn kiln() -> Command {
@@ -211,4 +212,90 @@ fn the_config_file_sets_defaults_for_any_flag_and_the_command_line_wins() {
         stderr.contains("not-a-key") && stderr.contains("comes from the config file"),
         "{stderr}"
     );
+}
+
+#[test]
+fn a_service_unit_is_written_hardened_and_passes_systemd_analyze_verify() {
+    let tmp = tempfile::tempdir().unwrap();
+    for user in [false, true] {
+        let dir = tmp.path().join(if user { "user" } else { "system" });
+        let mut args = vec!["service", "install", "--unit-dir", dir.to_str().unwrap()];
+        if user {
+            args.push("--user");
+        }
+        args.extend(["--", "--trust-any-recipe", "--cpus", "1", "--label", "site=my basement"]);
+        let out = kiln().args(&args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(stderr.contains("wrote") && stderr.contains("not enabled"), "{stderr}");
+        let unit = dir.join("kiln.service");
+        let text = std::fs::read_to_string(&unit).unwrap();
+        let exe = std::fs::canonicalize(env!("CARGO_BIN_EXE_kiln")).unwrap();
+        let data_dir = if user { "" } else { " --data-dir /var/lib/kiln" };
+        assert!(
+            text.contains(&format!(
+                "ExecStart={} node --contribute{data_dir} --trust-any-recipe --cpus 1 --label \"site=my basement\"\n",
+                exe.display()
+            )),
+            "{text}"
+        );
+        for line in [
+            "Nice=19",
+            "CPUWeight=1",
+            "IOWeight=1",
+            "NoNewPrivileges=yes",
+            "Restart=on-failure",
+            "Delegate=pids cpuset",
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
+        assert_eq!(
+            text.contains("DynamicUser=yes") && text.contains("ProtectSystem=strict"),
+            !user,
+            "{text}"
+        );
+        // systemd's own check: exit 0 and nothing to say (it only warns,
+        // with exit 0, about a setting it does not understand).
+        let verify = Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(&unit)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&verify.stderr);
+        assert!(
+            verify.status.success() && said.trim().is_empty(),
+            "systemd-analyze verify:\n{said}\n{text}"
+        );
+
+        let mut args = vec!["service", "uninstall", "--unit-dir", dir.to_str().unwrap()];
+        if user {
+            args.push("--user");
+        }
+        let out = kiln().args(&args).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(!unit.exists());
+    }
+    // Flags a node would refuse are refused now, not at the next boot.
+    let dir = tmp.path().join("bad");
+    let dir = dir.to_str().unwrap();
+    for (flags, needle) in [
+        (
+            vec!["--trust-any-recipe", "--cpus", "none"],
+            "not valid for `kiln node --contribute`",
+        ),
+        (vec!["--bootstrap", "/ip4/192.0.2.1/tcp/1"], "--trust-publisher KEY"),
+        (
+            vec!["--trust-any-recipe", "--data-dir", "/srv/kiln"],
+            "leave out --data-dir",
+        ),
+    ] {
+        let out = kiln()
+            .args(["service", "install", "--unit-dir", dir, "--"])
+            .args(&flags)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(needle), "{flags:?}: {stderr}");
+    }
+    assert!(!Path::new(dir).join("kiln.service").exists());
 }

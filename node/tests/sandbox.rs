@@ -450,3 +450,44 @@ fn a_build_given_one_cpu_sees_one_and_cannot_use_more() {
     assert!(cpu_s <= 2.4, "the build used {cpu_s:.2} s of CPU in 2 s on one CPU");
     assert!(log_text(&result.log).contains("1 CPU,"), "{}", log_text(&result.log));
 }
+
+#[test]
+fn a_build_writing_more_than_its_disk_limit_is_stopped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let limits = BuildLimits {
+        disk_bytes_max: 8 << 20,
+        ..BuildLimits::default()
+    };
+    let sandbox = Sandbox::with_limits(tmp.path(), false, limits).unwrap();
+    // Still running when the watch sees it.
+    let mut build = spec(&["head -c 32M /dev/zero > big; echo written; sleep 60"], &["out"]);
+    build.timeout = Duration::from_secs(300);
+    let started = Instant::now();
+    let result = runtime().block_on(sandbox.run(&build)).unwrap();
+    let BuildStatus::Stopped { reason } = &result.status else {
+        panic!("not stopped: {:?}\n{}", result.status, log_text(&result.log));
+    };
+    assert!(
+        reason.contains("more than 8.0 MiB into its build directory"),
+        "{reason}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(30), "{:?}", started.elapsed());
+    assert!(log_text(&result.log).contains("build stopped: it wrote more than 8.0 MiB"));
+
+    // Done before the watch looks again: checked once more after the last step.
+    let result = runtime()
+        .block_on(sandbox.run(&spec(&["head -c 32M /dev/zero > out"], &["out"])))
+        .unwrap();
+    assert!(
+        matches!(result.status, BuildStatus::Stopped { .. }),
+        "{:?}",
+        result.status
+    );
+
+    // Within the limit, it builds.
+    succeeded(
+        &runtime()
+            .block_on(sandbox.run(&spec(&["head -c 1M /dev/zero > out"], &["out"])))
+            .unwrap(),
+    );
+}

@@ -56,6 +56,10 @@ const COMMANDS: &[(&str, Expect)] = &[
     ("kiln node --smtp smtp://mail.example.org:25 --mail-from \"Kiln <kiln@example.org>\"", Listens),
     ("kiln node --smtp \"smtp://kiln@mail.example.org:587?tls=required\" --smtp-password-file PW", Listens),
     ("kiln node --smtp smtps://kiln:PASSWORD@mail.example.org", Listens),
+    (
+        "kiln service install --unit-dir units -- --trust-publisher KEY --bootstrap MULTIADDR --cpus 2",
+        Succeeds("not enabled"),
+    ),
     ("kiln recipe options recipes/pypy/recipe.toml", Succeeds("-o opt=VALUE")),
     ("kiln recipe id recipes/pypy/recipe.toml", Succeeds("")),
 ];

@@ -12,7 +12,8 @@
 //!   and a build in a session of normal weight took half the CPU from the
 //!   owner's session despite `SCHED_IDLE` (measured: 47 % of the owner's
 //!   speed left, BENCHMARKS.md "Priority"). Under cgroup v2 the same holds
-//!   between groups: a worker's unit needs `CPUWeight=idle`.
+//!   between groups: a worker's unit needs a low `CPUWeight=` (the unit
+//!   `kiln service install` writes has 1).
 //! - **Processes** (`--max-build-processes`). Each build gets its own pids
 //!   cgroup: cgroup v2 where this node may create groups (a systemd unit
 //!   with `Delegate=`, or root), else the v1 `pids` hierarchy. A fork past
@@ -28,6 +29,13 @@
 //!   cgroup, the build's CPU affinity is set to those N CPUs instead; a
 //!   build could widen its own affinity, and the start log says so. Either
 //!   way a build's `nproc` prints N.
+//! - **Disk** (`--max-build-disk SIZE`). A task measures the space the
+//!   build's directory takes (allocated blocks, symbolic links not followed)
+//!   off the async threads, waiting between two measurements
+//!   [`DISK_WATCH_COST`] times as long as the last one took and at least
+//!   [`DISK_WATCH_MS_MIN`], so it costs at most about 2 % of one core
+//!   however large the tree. A build over the limit is stopped at the next
+//!   check, and once more after its last step, before its outputs are packed.
 //!
 //! Not for: the memory and time limits (`prlimit` and the deadline, in the
 //! sandbox).
@@ -41,6 +49,7 @@ use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use tracing::warn;
@@ -51,6 +60,13 @@ use tracing::warn;
 pub const BUILD_PROCESSES_MAX_DEFAULT: u32 = 512;
 /// How often a running build is checked against its process limit.
 pub const WATCH_MS: u64 = 250;
+/// Bytes a build may keep in its build directory when the contributor names
+/// no limit: a PyPy translation needs a few GiB.
+pub const BUILD_DISK_BYTES_DEFAULT: u64 = 32 << 30;
+/// The least time between two measurements of a build's disk use.
+pub const DISK_WATCH_MS_MIN: u64 = 1_000;
+/// A measurement that took t is followed by a wait of this many times t.
+pub const DISK_WATCH_COST: u32 = 50;
 /// bubblewrap's own processes in a build's group (the outer process and the
 /// init of the build's PID namespace), not counted against the limit.
 const BWRAP_PROCESSES: u32 = 2;
@@ -64,6 +80,8 @@ pub struct BuildLimits {
     pub cpus: Option<u32>,
     /// Processes a build may run at once (`--max-build-processes`).
     pub processes_max: u32,
+    /// Bytes a build may keep in its build directory (`--max-build-disk`).
+    pub disk_bytes_max: u64,
 }
 
 impl Default for BuildLimits {
@@ -71,6 +89,7 @@ impl Default for BuildLimits {
         BuildLimits {
             cpus: None,
             processes_max: BUILD_PROCESSES_MAX_DEFAULT,
+            disk_bytes_max: BUILD_DISK_BYTES_DEFAULT,
         }
     }
 }
@@ -169,8 +188,10 @@ impl Enforcement {
         format!("builds run at idle CPU and I/O priority; {processes}; {cpus}")
     }
 
-    /// The groups of one build, created before its first step runs.
-    pub fn prepare(&self, build: &str) -> std::io::Result<BuildGroup> {
+    /// The groups of one build, created before its first step runs, and
+    /// the watch over the disk its directory `dir` takes. Must be called
+    /// within the tokio runtime.
+    pub fn prepare(&self, build: &str, dir: &Path) -> std::io::Result<BuildGroup> {
         let name = format!("kiln-{}-{build}", std::process::id());
         let mut group = BuildGroup {
             dirs: Vec::new(),
@@ -178,6 +199,7 @@ impl Enforcement {
             pids_events: None,
             processes_max: self.limits.processes_max,
             affinity: None,
+            disk: DiskWatch::start(dir.to_path_buf(), self.limits.disk_bytes_max),
         };
         if let Some(parent) = &self.pids {
             let dir = group.create(&parent.dir.join(&name))?;
@@ -243,6 +265,7 @@ pub struct BuildGroup {
     pids_events: Option<PathBuf>,
     processes_max: u32,
     affinity: Option<libc::cpu_set_t>,
+    disk: DiskWatch,
 }
 
 impl BuildGroup {
@@ -275,6 +298,9 @@ impl BuildGroup {
     /// processes than it may. `root` is bubblewrap's process, used where no
     /// pids cgroup counts for us.
     pub fn breach(&self, root: Option<u32>) -> Option<String> {
+        if let Some(reason) = self.disk.over.get() {
+            return Some(reason.clone());
+        }
         let over = match &self.pids_events {
             Some(events) => std::fs::read_to_string(events)
                 .ok()
@@ -321,6 +347,97 @@ impl Drop for BuildGroup {
             let _ = std::fs::remove_dir(dir);
         }
     }
+}
+
+/// The task that measures a build's disk use, stopped when it is dropped.
+struct DiskWatch {
+    /// Set once, when the build is found over its limit.
+    over: Arc<OnceLock<String>>,
+    dir: PathBuf,
+    max: u64,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl DiskWatch {
+    fn start(dir: PathBuf, max: u64) -> DiskWatch {
+        let over = Arc::new(OnceLock::new());
+        let task = tokio::spawn({
+            let (over, dir) = (over.clone(), dir.clone());
+            async move {
+                loop {
+                    let started = Instant::now();
+                    let Some(reason) = measure(&dir, max).await else {
+                        return;
+                    };
+                    if let Err(reason) = reason {
+                        let _ = over.set(reason);
+                        return;
+                    }
+                    let wait = (started.elapsed() * DISK_WATCH_COST).max(Duration::from_millis(DISK_WATCH_MS_MIN));
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        });
+        DiskWatch { over, dir, max, task }
+    }
+}
+
+impl Drop for DiskWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Measures `dir` off the async threads: `Err(reason)` when it takes more
+/// than `max`; `None` when the measurement could not run.
+async fn measure(dir: &Path, max: u64) -> Option<Result<(), String>> {
+    let dir = dir.to_path_buf();
+    let used = tokio::task::spawn_blocking(move || disk_use(&dir, max)).await.ok()?;
+    Some(if used > max {
+        Err(format!(
+            "it wrote more than {} into its build directory (the worker's --max-build-disk)",
+            kiln_protocol::system::format_bytes(max)
+        ))
+    } else {
+        Ok(())
+    })
+}
+
+impl BuildGroup {
+    /// Measures the build's disk use now, once, and stops it if it is over
+    /// the limit: for the end of the last step, before packing.
+    pub async fn check_disk_now(&self) -> Option<String> {
+        if let Some(Err(reason)) = measure(&self.disk.dir, self.disk.max).await {
+            let _ = self.disk.over.set(reason);
+        }
+        self.disk.over.get().cloned()
+    }
+}
+
+/// The space the tree under `dir` takes on disk (allocated blocks; links
+/// not followed), counting no further than just past `stop_above`.
+fn disk_use(dir: &Path, stop_above: u64) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut used = 0u64;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.path().symlink_metadata() else {
+                continue;
+            };
+            used = used.saturating_add(meta.blocks().saturating_mul(512));
+            if used > stop_above {
+                return used;
+            }
+            if meta.is_dir() {
+                pending.push(entry.path());
+            }
+        }
+    }
+    used
 }
 
 /// What the forked child does before exec.
@@ -652,6 +769,20 @@ mod tests {
         assert_eq!(parse_cpu_list("x,2"), vec![2]);
         assert_eq!(format_cpu_list(&[0, 1, 2, 3, 6, 8, 9]), "0-3,6,8-9");
         assert_eq!(format_cpu_list(&[1]), "1");
+    }
+
+    #[test]
+    fn disk_use_counts_allocated_bytes_and_stops_counting_past_the_limit() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("a/b")).unwrap();
+        std::fs::write(tmp.path().join("a/b/big"), vec![7u8; 1 << 20]).unwrap();
+        std::fs::write(tmp.path().join("small"), b"x").unwrap();
+        // A sparse file takes almost nothing.
+        let sparse = std::fs::File::create(tmp.path().join("sparse")).unwrap();
+        sparse.set_len(1 << 30).unwrap();
+        let used = disk_use(tmp.path(), u64::MAX);
+        assert!((1 << 20..(1 << 20) + (1 << 18)).contains(&used), "{used}");
+        assert!(disk_use(tmp.path(), 1000) > 1000);
     }
 
     #[test]

@@ -38,6 +38,10 @@ pub const LOG_BYTES_MAX: usize = 1024 * 1024;
 pub const SOURCE_DATE_EPOCH: u64 = 0;
 /// Memory limit when neither the recipe nor the contributor names one.
 pub const BUILD_MEMORY_BYTES_DEFAULT: u64 = 4 << 30;
+/// The size of a build's `/tmp`, a memory-backed mount of its own (`TMPDIR`
+/// points into the build directory, which is on disk and counted by
+/// `--max-build-disk`).
+pub const BUILD_TMP_BYTES: u64 = 1 << 30;
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Why a build could not run at all (as opposed to failing).
@@ -162,10 +166,16 @@ impl Sandbox {
         let mut hidden = vec![data_dir];
         if let Some(home) = std::env::var_os("HOME")
             .map(PathBuf::from)
+            .and_then(|h| std::fs::canonicalize(h).ok())
             .filter(|h| h.is_dir() && h != Path::new("/"))
         {
             hidden.push(home);
         }
+        // A path under another hidden one is hidden with it (the default
+        // data dir is under the home): one mount each, so that each can be
+        // remounted read-only.
+        let covering = hidden.clone();
+        hidden.retain(|path| !covering.iter().any(|other| other != path && path.starts_with(other)));
         let bwrap = find_bubblewrap().and_then(|path| {
             super::limits::check_priorities()
                 .map(|()| path)
@@ -225,10 +235,15 @@ impl Sandbox {
         prepare_source(&spec.source, &dir.0.join("work"), log).await?;
         let group = self
             .enforcement
-            .prepare(&name)
+            .prepare(&name, &dir.0)
             .map_err(|e| SandboxError::Limits(e.to_string()))?;
         log.line(&format!("kiln: limits: {}", self.describe_limits(spec)));
-        let status = self.run_steps(bwrap, spec, &dir.0, log, &group).await;
+        let mut status = self.run_steps(bwrap, spec, &dir.0, log, &group).await;
+        if matches!(status, BuildStatus::Succeeded { .. }) {
+            if let Some(reason) = group.check_disk_now().await {
+                status = BuildStatus::Stopped { reason };
+            }
+        }
         group.remove().await;
         let status = match status {
             BuildStatus::Succeeded { .. } => pack_outputs(&dir.0, &spec.outputs, log)?,
@@ -252,10 +267,12 @@ impl Sandbox {
             None => "every CPU".to_string(),
         };
         format!(
-            "{} s in all, {} MiB of memory per process, {} processes at once, {cpus}, idle CPU and I/O priority",
+            "{} s in all, {} MiB of memory per process, {} processes at once, {} in the build directory, {} in /tmp, {cpus}, idle CPU and I/O priority",
             spec.timeout.as_secs(),
             self.memory_bytes(spec) >> 20,
             limits.processes_max,
+            kiln_protocol::system::format_bytes(limits.disk_bytes_max),
+            kiln_protocol::system::format_bytes(BUILD_TMP_BYTES),
         )
     }
 
@@ -320,6 +337,8 @@ impl Sandbox {
             "/dev",
             "--proc",
             "/proc",
+            "--size",
+            &BUILD_TMP_BYTES.to_string(),
             "--tmpfs",
             "/tmp",
         ]);
@@ -327,6 +346,13 @@ impl Sandbox {
             command.arg("--tmpfs").arg(hidden);
         }
         command.arg("--bind").arg(dir).arg(dir);
+        // The empty mounts that hide paths take no writes (the build
+        // directory bound inside one of them stays writable: the remount
+        // is not recursive). Memory-backed, they would otherwise hold
+        // whatever a build wrote there, outside every limit.
+        for hidden in &self.hidden {
+            command.arg("--remount-ro").arg(hidden);
+        }
         command.arg("--chdir").arg(dir.join("work"));
         command.arg("--clearenv");
         for (name, value) in documented_env(dir, &spec.options) {
