@@ -90,7 +90,7 @@ struct Contribute {
     /// Let recipes that declare `network = true` use the network
     #[arg(long)]
     allow_network: bool,
-    /// Take work only while the machine is otherwise idle (1-minute load under half the CPUs)
+    /// Take work only while the machine is otherwise idle (its owner uses under half the CPUs; Kiln's builds not counted)
     #[arg(long)]
     idle_only: bool,
     /// A label added to this worker's system description (repeatable), e.g. --label site=basement

@@ -491,3 +491,26 @@ fn a_build_writing_more_than_its_disk_limit_is_stopped() {
             .unwrap(),
     );
 }
+
+#[test]
+fn a_builds_cpu_time_is_counted_as_niced_not_as_the_owners() {
+    use kiln_node::worker::CpuTicks;
+    let tmp = tempfile::tempdir().unwrap();
+    let sandbox = Sandbox::new(tmp.path(), false).unwrap();
+    let step = "for i in 1 2; do timeout 2 sh -c 'while :; do :; done' & done; wait; cat /proc/$$/stat > stat.txt";
+    let before = CpuTicks::now().unwrap();
+    let result = runtime().block_on(sandbox.run(&spec(&[step], &["stat.txt"]))).unwrap();
+    let after = CpuTicks::now().unwrap();
+    let stat = artifact_file(succeeded(&result), "stat.txt");
+    let after_name: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    // The build's user time (cutime, field 16), in the same clock ticks.
+    let build_user: u64 = after_name[16 - 3].parse().unwrap();
+    assert!(build_user > 0, "the loops did not run: {stat}");
+    // Other niced processes can only add to the machine's niced time, so
+    // it holds at least the build's (less a tick per process for rounding).
+    let niced = after.nice - before.nice;
+    assert!(
+        niced + 5 >= build_user,
+        "the build used {build_user} ticks, but only {niced} niced ticks passed: its time would count as the owner's"
+    );
+}

@@ -100,6 +100,15 @@ enum Version {
     V2,
 }
 
+impl Version {
+    fn name(self) -> &'static str {
+        match self {
+            Version::V1 => "v1",
+            Version::V2 => "v2",
+        }
+    }
+}
+
 /// A cgroup under which this node may create one group per build.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Parent {
@@ -162,9 +171,9 @@ impl Enforcement {
     pub fn describe(&self) -> String {
         let processes = match &self.pids {
             Some(parent) => format!(
-                "at most {} processes per build (pids cgroup {:?} under {})",
+                "at most {} processes per build (pids cgroup {} under {})",
                 self.limits.processes_max,
-                parent.version,
+                parent.version.name(),
                 parent.dir.display()
             ),
             None => format!(
@@ -175,9 +184,9 @@ impl Enforcement {
         let cpus = match (&self.cpuset, self.cpu_list.is_empty()) {
             (_, true) => "every CPU".to_string(),
             (Some(parent), false) => format!(
-                "CPUs {} (cpuset cgroup {:?} under {})",
+                "CPUs {} (cpuset cgroup {} under {})",
                 self.cpu_text,
-                parent.version,
+                parent.version.name(),
                 parent.dir.display()
             ),
             (None, false) => format!(

@@ -36,7 +36,10 @@ mod policy;
 pub mod sandbox;
 pub mod system;
 
-pub use policy::{busy_because, decide, load_average, Trust, WorkerPolicy, IDLE_LOAD_PER_CPU_MAX};
+pub use policy::{
+    busy_because, decide, load_average, CpuTicks, OwnerLoad, Trust, WorkerPolicy, IDLE_LOAD_PER_CPU_MAX,
+    OWNER_WINDOW_MS,
+};
 
 /// How long a coordinator may take to send its assignment on a new stream.
 const ASSIGN_MS_MAX: u64 = 30_000;
@@ -54,6 +57,8 @@ pub struct Worker {
     running: AtomicU32,
     /// Build keys of the builds running now (the lease heartbeat).
     building: std::sync::Mutex<BTreeSet<Hash>>,
+    /// The owner's CPU use, for `--idle-only`.
+    owner_load: std::sync::Mutex<OwnerLoad>,
     sequence: AtomicU64,
 }
 
@@ -84,6 +89,7 @@ impl Worker {
             policy,
             running: AtomicU32::new(0),
             building: Default::default(),
+            owner_load: Default::default(),
             sequence: AtomicU64::new(0),
         }
     }
@@ -147,13 +153,21 @@ impl Worker {
         verdict.ok().map(|()| (job, attempt))
     }
 
-    /// Why an idle-only worker waits right now (its own builds excluded:
-    /// only checked while none of them runs), if it does.
+    /// Why an idle-only worker waits right now, if it does: the owner's
+    /// CPU use, which leaves out Kiln's builds (they run at nice 19). Until
+    /// a first window has passed, the 1-minute load average.
     fn busy(&self) -> Option<String> {
-        if !self.policy.idle_only || self.running.load(Ordering::SeqCst) > 1 {
+        if !self.policy.idle_only {
             return None;
         }
-        busy_because(load_average()?, self.system.cpus)
+        let ticks = CpuTicks::now()?;
+        let used = self
+            .owner_load
+            .lock()
+            .ok()
+            .and_then(|mut load| load.read(crate::clock::now_ms(), ticks))
+            .or_else(load_average)?;
+        busy_because(used, ticks.cpus)
     }
 
     /// Decides, and counts the job as running if taken.
