@@ -527,13 +527,13 @@ impl EventLoop {
             info!(peer = %peer, "reached the bootstrap peer");
         }
         if is_bootstrap {
-            // Join the DHT through it: one lookup of our own id fills the
-            // routing table with our neighbours. Not on a timer: a lookup
-            // asks up to 20 peers, so every node repeating it every few
-            // seconds kept each node connected to, and answering lookups
-            // from, every other (idle cost grew with the network). Kademlia
-            // refreshes the table itself every 5 minutes and when a peer is
-            // added.
+            // Join the DHT through it: a refresh (a lookup of our own id,
+            // then of a random id per bucket) fills the routing table. Not
+            // on a timer: a lookup asks up to 20 peers, so every node
+            // repeating it every few seconds kept each node connected to,
+            // and answering lookups from, every other (idle cost grew with
+            // the network). Kademlia refreshes the table itself every
+            // KAD_REFRESH_S (30 minutes).
             let _ = self.swarm.behaviour_mut().kad.bootstrap();
         }
         if is_bootstrap && !self.bootstrap_seen.insert(peer) {
