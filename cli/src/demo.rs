@@ -234,6 +234,7 @@ async fn start_farm(
                             trust: Trust::Publishers(trusted),
                             allow_network: false,
                             coordinators: None,
+                            pause_max: kiln_node::worker::PAUSE_MAX_DEFAULT,
                         },
                         labels: Default::default(),
                         limits: Default::default(),

@@ -16,6 +16,7 @@ macro_rules! say {
 }
 
 mod config;
+mod contributions;
 mod demo;
 mod progress;
 mod request;
@@ -90,9 +91,14 @@ struct Contribute {
     /// Let recipes that declare `network = true` use the network
     #[arg(long)]
     allow_network: bool,
-    /// Take work only while the machine is otherwise idle (its owner uses under half the CPUs; Kiln's builds not counted)
+    /// Take work only while the machine is otherwise idle (its owner uses under half the CPUs; Kiln's builds not counted),
+    /// and pause a running build while it is not
     #[arg(long)]
     idle_only: bool,
+    /// With --idle-only: how long a build may stay paused for the owner (e.g. 30m) before it is given
+    /// to another worker
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "15m", requires = "idle_only")]
+    max_pause: u64,
     /// A label added to this worker's system description (repeatable), e.g. --label site=basement
     #[arg(long = "label", value_name = "KEY=VALUE")]
     labels: Vec<String>,
@@ -137,6 +143,7 @@ impl Contribute {
             allow_network: self.allow_network,
             // Set from the node's --trust-coordinator.
             coordinators: None,
+            pause_max: std::time::Duration::from_secs(self.max_pause),
         };
         let limits = kiln_node::worker::limits::BuildLimits {
             cpus: self.cpus,
@@ -271,6 +278,21 @@ enum Command {
         /// Ask the node running on --data-dir about itself instead of the network's coordinator
         #[arg(long)]
         node: bool,
+        #[command(flatten)]
+        data_dir: DataDir,
+    },
+    /// Show what this machine gave as a worker (builds, build and CPU time, bytes served; all time and the
+    /// last 30 days) and write a signed proof of it; with --verify, check someone's proof.
+    Contributions {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+        /// Also copy the proof (the signed statement and the attestations behind it) to this file
+        #[arg(long, value_name = "FILE", conflicts_with = "verify")]
+        proof: Option<PathBuf>,
+        /// Check a proof file instead: its signature, and that its attestations add up to its totals
+        #[arg(long, value_name = "FILE")]
+        verify: Option<PathBuf>,
         #[command(flatten)]
         data_dir: DataDir,
     },
@@ -557,6 +579,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 request::status(bootstrap.bootstrap, json).await
             }
         }
+        Command::Contributions {
+            json,
+            proof,
+            verify,
+            data_dir,
+        } => match verify {
+            Some(file) => contributions::verify(&file, json),
+            None => contributions::show(&data_dir.resolve()?, json, proof).await,
+        },
         Command::Demo { keep } => demo::run(keep).await,
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
@@ -647,6 +678,12 @@ fn check_node_flags(node_args: &[String]) -> anyhow::Result<()> {
             bail!("the flags after -- are not valid for `kiln node --contribute`: {first}")
         }
     }
+}
+
+fn parse_duration(text: &str) -> Result<u64, String> {
+    kiln_protocol::recipe::parse_duration_text(text)
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{text:?} is not a duration: use for example 90s, 15m or 2h"))
 }
 
 fn parse_size(text: &str) -> Result<u64, String> {

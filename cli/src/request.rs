@@ -270,19 +270,19 @@ pub async fn status(bootstrap: Vec<Multiaddr>, json: bool) -> anyhow::Result<()>
     let dir = tempfile::tempdir().context("cannot create a temporary data dir")?;
     let node = EphemeralNode::start(dir.path(), bootstrap.clone()).await?;
     let start = coord_client::bootstrap_peers(&bootstrap);
-    let answer = coord_client::ask_coordinator(&node.net, &start, &CoordRequest::StatusV1).await;
+    let answer = coord_client::ask_coordinator(&node.net, &start, &CoordRequest::StatusV2).await;
     node.stop().await;
     let (coordinator, reply, _) = answer?;
-    let CoordReplyV1::Status(report) = reply else {
+    let CoordReplyV1::StatusV2 { report, contributors } = reply else {
         bail!("the coordinator {coordinator} answered something else than its status; it may run another kiln version, try again later");
     };
     if json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&status_json(&coordinator.to_string(), &report))?
+            serde_json::to_string_pretty(&status_json(&coordinator.to_string(), &report, &contributors))?
         );
     } else {
-        print_status(&coordinator.to_string(), &report);
+        print_status(&coordinator.to_string(), &report, &contributors);
     }
     Ok(())
 }
@@ -389,7 +389,7 @@ fn print_job(job: &JobView, detail: &str) {
     );
 }
 
-fn print_status(coordinator: &str, report: &StatusReport) {
+fn print_status(coordinator: &str, report: &StatusReport, contributors: &[kiln_protocol::coord::ContributorView]) {
     println!(
         "coordinator {coordinator}{}",
         if report.pinned { " (pinned)" } else { " (elected)" }
@@ -430,6 +430,17 @@ fn print_status(coordinator: &str, report: &StatusReport) {
             _ => String::new(),
         };
         print_job(job, &detail);
+    }
+    if !contributors.is_empty() {
+        println!("top contributors (attested build time of the builds this coordinator settled):");
+        for c in contributors {
+            println!(
+                "  {}  {} build(s)  {}",
+                peer_of(&c.worker),
+                c.builds,
+                kiln_protocol::system::format_duration_secs(c.build_ms / 1000)
+            );
+        }
     }
     let mail = &report.mail;
     let problem = mail

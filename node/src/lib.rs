@@ -12,6 +12,7 @@
 //!   and election;
 //! - [`worker`]: taking assignments and building in the sandbox;
 //! - [`mailer`]: the durable outbox and its delivery;
+//! - [`contributions`]: what this node gave as a worker;
 //! - [`requester`] and [`coord_client`]: preparing a job, and the client
 //!   side of the coordinator protocol;
 //! - [`web`]: the dashboard and `/metrics`;
@@ -27,6 +28,7 @@
 pub mod archive;
 pub mod blobs;
 pub mod clock;
+pub mod contributions;
 pub mod coord_client;
 pub mod coordinator;
 pub mod mailer;

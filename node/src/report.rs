@@ -1,7 +1,7 @@
 //! The farm's status as JSON: what `kiln status --json` prints and the
 //! dashboard's `/api/status` serves, one shape for both.
 
-use kiln_protocol::coord::{JobPhase, JobView, StatusReport, WorkerView};
+use kiln_protocol::coord::{ContributorView, JobPhase, JobView, StatusReport, WorkerView};
 use serde_json::json;
 
 /// A worker's peer id, as `kiln node` prints it.
@@ -46,7 +46,7 @@ pub fn job_json(job: &JobView) -> serde_json::Value {
     value
 }
 
-pub fn status_json(coordinator: &str, report: &StatusReport) -> serde_json::Value {
+pub fn status_json(coordinator: &str, report: &StatusReport, contributors: &[ContributorView]) -> serde_json::Value {
     json!({
         "coordinator": coordinator,
         "pinned": report.pinned,
@@ -58,6 +58,9 @@ pub fn status_json(coordinator: &str, report: &StatusReport) -> serde_json::Valu
         "jobs_total": report.jobs_total,
         "jobs": report.jobs.iter().map(job_json).collect::<Vec<_>>(),
         "recent": report.recent.iter().map(job_json).collect::<Vec<_>>(),
+        "contributors": contributors.iter().map(|c| json!({
+            "worker": c.worker.to_string(), "peer": peer_of(&c.worker), "builds": c.builds, "build_ms": c.build_ms,
+        })).collect::<Vec<_>>(),
         "mail": json!({
             "pending": report.mail.pending, "delivered": report.mail.delivered, "last_error": report.mail.last_error,
             "route": report.mail.route,

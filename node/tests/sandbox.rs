@@ -6,12 +6,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kiln_node::archive;
 use kiln_node::worker::limits::BuildLimits;
-use kiln_node::worker::sandbox::{BuildSpec, BuildStatus, Sandbox, SourceInput};
+use kiln_node::worker::sandbox::{BuildSpec, BuildStatus, Log, Sandbox, SourceInput, Steer};
 use kiln_protocol::Hash;
+use tokio::sync::watch;
 
 fn spec(steps: &[&str], outputs: &[&str]) -> BuildSpec {
     BuildSpec {
@@ -513,4 +515,93 @@ fn a_builds_cpu_time_is_counted_as_niced_not_as_the_owners() {
         niced + 5 >= build_user,
         "the build used {build_user} ticks, but only {niced} niced ticks passed: its time would count as the owner's"
     );
+}
+
+/// How many "tick N" lines the log has.
+fn ticks(log: &Log) -> usize {
+    let (tail, _) = log.tail(64 * 1024);
+    tail.lines().filter(|l| l.starts_with("tick ")).count()
+}
+
+/// Waits (at most 30 s) until `log` holds `needle`.
+fn wait_log(log: &Log, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !log.tail(64 * 1024).0.contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?} in the log: {}",
+            log.tail(64 * 1024).0
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_paused_build_stops_where_it_is_its_clock_stops_and_it_finishes_after_resuming() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sandbox = Arc::new(Sandbox::new(tmp.path(), false).unwrap());
+    let marker = format!("kiln-ticks-{}", std::process::id());
+    // About 1.5 s of work, in a time limit of 4 s: a pause of 4.5 s that
+    // counted against the limit would kill it.
+    let step = format!(
+        "bash -c 'exec -a {marker} bash -c \"for i in \\$(seq 1 20); do echo tick \\$i; sleep 0.05; done\"'; touch out"
+    );
+    let mut build = spec(&[&step], &["out"]);
+    build.timeout = Duration::from_secs(4);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (steer, steered) = watch::channel(Steer::Run);
+    let log = Log::default();
+    let running = runtime.spawn({
+        let (sandbox, log) = (sandbox.clone(), log.clone());
+        async move { sandbox.run_steered(&build, &log, steered).await }
+    });
+    wait_log(&log, "tick 3\n");
+    steer.send_replace(Steer::Pause("the test's owner is busy".into()));
+    wait_log(&log, "kiln: paused: the test's owner is busy");
+    let at_pause = ticks(&log);
+    assert!(at_pause < 20, "the build ended before it was paused");
+    // The pause lasts past the time limit; nothing runs meanwhile.
+    std::thread::sleep(Duration::from_millis(4_500));
+    assert_eq!(ticks(&log), at_pause, "the build ran on while paused");
+    steer.send_replace(Steer::Run);
+    let result = runtime.block_on(running).unwrap().unwrap();
+    succeeded(&result);
+    assert_eq!(ticks(&log), 20);
+    let text = log_text(&result.log);
+    assert!(text.contains("kiln: resumed after 4 s paused"), "{text}");
+    assert!(result.paused >= Duration::from_millis(4_500), "{:?}", result.paused);
+    if sandbox.limits_summary().contains("CPU time counted by cgroup") {
+        assert!(
+            result.cpu_time.is_some_and(|t| t > Duration::ZERO),
+            "{:?}",
+            result.cpu_time
+        );
+    }
+
+    // Given up while paused: killed, whole tree, with the reason.
+    let (steer, steered) = watch::channel(Steer::Run);
+    let log = Log::default();
+    let mut build = spec(&[&step], &["out"]);
+    build.timeout = Duration::from_secs(60);
+    let running = runtime.spawn({
+        let (sandbox, log) = (sandbox.clone(), log.clone());
+        async move { sandbox.run_steered(&build, &log, steered).await }
+    });
+    wait_log(&log, "tick 2\n");
+    steer.send_replace(Steer::Pause("busy".into()));
+    wait_log(&log, "kiln: paused: busy");
+    steer.send_replace(Steer::GiveUp("paused too long".into()));
+    let result = runtime.block_on(running).unwrap().unwrap();
+    assert_eq!(
+        result.status,
+        BuildStatus::GivenUp {
+            reason: "paused too long".into()
+        }
+    );
+    assert!(log_text(&result.log).contains("build given up: paused too long"));
+    wait_until_gone(&marker);
 }

@@ -58,6 +58,9 @@ pub enum CoordRequest {
     /// the coordination set directly (the stream's peer is the worker):
     /// when it changes, and as a refresh (see `WorkerAdvert`).
     AdvertV1 { advert: Box<WorkerAdvert> },
+    /// `StatusV1` and the top contributors: answered `StatusV2`. (A new
+    /// request, so `StatusV1`'s answer keeps its bytes for older peers.)
+    StatusV2,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,6 +110,13 @@ pub enum CoordReplyV1 {
     },
     /// An advert was taken.
     Noted,
+    /// The status, and the workers that gave the most build time, most
+    /// first (at most [`STATUS_CONTRIBUTORS_MAX`]), from the attestations
+    /// of the builds this coordinator settled.
+    StatusV2 {
+        report: StatusReport,
+        contributors: Vec<ContributorView>,
+    },
 }
 
 /// One message of a coordinator's outbox, as a standby adopts it.
@@ -188,6 +198,18 @@ pub struct StatusReport {
     pub recent: Vec<JobView>,
     /// The coordinator's outbox.
     pub mail: MailView,
+}
+
+/// Contributors listed in a status report.
+pub const STATUS_CONTRIBUTORS_MAX: usize = 10;
+
+/// What one worker gave, as the coordinator's settled builds show it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContributorView {
+    pub worker: PublicKey,
+    pub builds: u64,
+    /// Attested build time: each attestation's end less its start.
+    pub build_ms: u64,
 }
 
 /// How the coordinator's mail stands.

@@ -5,6 +5,7 @@
 //! through [`wire::decode`] with a size limit.
 
 pub mod build;
+pub mod contrib;
 pub mod coord;
 pub mod hash;
 pub mod messages;

@@ -196,8 +196,9 @@ pub enum BuildOutcome {
         reason: String,
         attempt: u32,
     },
-    /// The build never started: its inputs could not be fetched. Not the
-    /// recipe's fault, so not counted as a failed attempt.
+    /// The worker abandoned the build through no fault of the recipe: its
+    /// inputs could not be fetched, or it was paused for its owner longer
+    /// than the worker's `--max-pause`. Not counted as a failed attempt.
     Aborted {
         build_key: Hash,
         worker: PublicKey,
@@ -604,6 +605,7 @@ pub(crate) mod samples {
             CoordRequest::AdvertV1 {
                 advert: Box::new(advert),
             },
+            CoordRequest::StatusV2,
         ];
         let replies = vec![
             CoordReplyV1::Built {
@@ -680,6 +682,22 @@ pub(crate) mod samples {
                 phases: vec![(Hash::of(b"key"), JobPhase::Unknown)],
             },
             CoordReplyV1::Noted,
+            CoordReplyV1::StatusV2 {
+                report: StatusReport {
+                    coordinator: key().public(),
+                    pinned: true,
+                    workers: vec![],
+                    jobs: vec![],
+                    jobs_total: 0,
+                    recent: vec![],
+                    mail: MailView::default(),
+                },
+                contributors: vec![ContributorView {
+                    worker: key().public(),
+                    builds: 3,
+                    build_ms: 42_000,
+                }],
+            },
         ];
         (requests, replies.into_iter().map(CoordReply::V1).collect())
     }
@@ -876,6 +894,7 @@ mod tests {
         ("coord_request4", "020000000400"),
         ("coord_request5", "220000000501ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b4"),
         ("coord_request6", "5e00000006056c696e7578067838365f3634066c6974746c654005676c69626304322e333602fc00000040010473736532010263630631322e322e30000100000301ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b4"),
+        ("coord_request7", "0100000007"),
         ("coord_reply0", "37010000000001d3ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b42cd86560b2a6a0a54b6f2767adec4d9fbf74c7b4c39ebca63fef3cdcee0d14f3e068dc010bf492707f7e8d896457770f24703784cfe76bd785f8b76cc010bbf3089fbf48f8224338b32a7f298140ee6c52b29a22d05b35c9be97e19b614e4726baea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c0c9046e0df271bb372601a22970c8944a6e9a7a507d0168ef67436ade135240afd0068e5cf8b010000fde86be5cf8b010000ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c28caa55159918c48cde9180fbdda81993d210386d5d8991b14f04583f6f7361b40be2b885fee9d3d49ace3c23dea70598ecc0a330c94db2be0ddaf86ab5acf05"),
         ("coord_reply1", "450000000001ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b40100011f616c6c2032206d61746368696e6720776f726b657273206172652062757379"),
         ("coord_reply2", "3c000000000201ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c01172f6970342f3132372e302e302e312f7463702f34303031"),
@@ -886,5 +905,6 @@ mod tests {
         ("coord_reply7", "92000000000701ea6f6f20b9e920b56a7995f760955e863b8610a469b6e1932cb4edfde97f3f39ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b40d61406578616d706c652e6f7267296b696c6e3a2068656c6c6f2d6320312e302e3020666f72206f733d6c696e7578206973206275696c7414596f7572206275696c642069732072656164792e0000"),
         ("coord_reply8", "24000000000801ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b406"),
         ("coord_reply9", "020000000009"),
+        ("coord_reply10", "50000000000aea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c01000000000000000001ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c03fb10a4"),
     ];
 }

@@ -639,21 +639,25 @@ fn check_output(output: &str) -> Result<(), RecipeError> {
 fn parse_duration(value: &toml::Value) -> Option<u64> {
     match value {
         toml::Value::Integer(n) => u64::try_from(*n).ok(),
-        toml::Value::String(s) => {
-            let s = s.trim();
-            let split = s.find(|c: char| !c.is_ascii_digit())?;
-            let n: u64 = s[..split].parse().ok()?;
-            let unit = match s[split..].trim() {
-                "s" => 1,
-                "m" => 60,
-                "h" => 3600,
-                "d" => 86400,
-                _ => return None,
-            };
-            n.checked_mul(unit)
-        }
+        toml::Value::String(s) => parse_duration_text(s),
         _ => None,
     }
+}
+
+/// Seconds in a duration written as a number and a unit: "90s", "15m",
+/// "2h", "1d".
+pub fn parse_duration_text(text: &str) -> Option<u64> {
+    let s = text.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let n: u64 = s[..split].parse().ok()?;
+    let unit = match s[split..].trim() {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return None,
+    };
+    n.checked_mul(unit)
 }
 
 #[cfg(test)]

@@ -523,9 +523,35 @@ pub fn format_bytes(n: u64) -> String {
     }
 }
 
+/// `900` → `15 min`, `5400` → `1 h 30 min`, `45` → `45 s`: whole units,
+/// for messages.
+pub fn format_duration_secs(secs: u64) -> String {
+    let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
+    let mut parts = Vec::new();
+    if h > 0 {
+        parts.push(format!("{h} h"));
+    }
+    if m > 0 {
+        parts.push(format!("{m} min"));
+    }
+    if s > 0 || parts.is_empty() {
+        parts.push(format!("{s} s"));
+    }
+    parts.join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_print_in_whole_units() {
+        assert_eq!(format_duration_secs(900), "15 min");
+        assert_eq!(format_duration_secs(5400), "1 h 30 min");
+        assert_eq!(format_duration_secs(45), "45 s");
+        assert_eq!(format_duration_secs(0), "0 s");
+        assert_eq!(format_duration_secs(3661), "1 h 1 min 1 s");
+    }
 
     #[test]
     fn version_ranges_accept_what_they_say() {

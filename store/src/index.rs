@@ -39,10 +39,21 @@ pub enum RecordTable {
     Outbox,
     /// Finished builds the coordinator has answered for.
     Results,
+    /// The builds this worker ran (`kiln contributions`), keyed by end
+    /// time then build key.
+    Builds,
+    /// Blob bytes this node served to peers, by day.
+    Served,
 }
 
 impl RecordTable {
-    pub const ALL: [RecordTable; 3] = [RecordTable::Queue, RecordTable::Outbox, RecordTable::Results];
+    pub const ALL: [RecordTable; 5] = [
+        RecordTable::Queue,
+        RecordTable::Outbox,
+        RecordTable::Results,
+        RecordTable::Builds,
+        RecordTable::Served,
+    ];
 
     /// The table's name inside the index.
     pub fn name(self) -> &'static str {
@@ -50,6 +61,8 @@ impl RecordTable {
             RecordTable::Queue => "records.queue",
             RecordTable::Outbox => "records.outbox",
             RecordTable::Results => "records.results",
+            RecordTable::Builds => "records.builds",
+            RecordTable::Served => "records.served",
         }
     }
 

@@ -217,6 +217,20 @@ fn the_dashboard_shows_workers_live_logs_finished_builds_their_providers_and_met
         "{worker_metrics}"
     );
 
+    // What the worker gave, on its own dashboard; the top contributors on
+    // the coordinator's.
+    let gave = &status["gave"];
+    assert_eq!(gave["all_time"]["builds_done"], 2, "{status}");
+    assert!(gave["all_time"]["build_ms"].as_u64().unwrap() > 0, "{status}");
+    let (_, page) = get(&worker_site, "/");
+    assert!(page.contains("<h2>What this machine gave</h2>"), "{page}");
+    let farm = get_json(&site, "/api/status");
+    let top = &farm["farm"]["contributors"][0];
+    assert_eq!(top["peer"], worker_peer.as_str(), "{farm}");
+    assert_eq!(top["builds"], 2, "{farm}");
+    let (_, page) = get(&site, "/");
+    assert!(page.contains("<table id=\"contributors\">"), "{page}");
+
     // Wrong addresses say what is there instead.
     let (code, body) = get(&site, "/build/nonsense");
     assert_eq!(code, 400, "{body}");

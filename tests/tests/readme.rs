@@ -53,6 +53,7 @@ const COMMANDS: &[(&str, Expect)] = &[
         WaitsSaying("queued: no worker matches its requirements"),
     ),
     ("kiln fetch HASH -o hello.tar --bootstrap MULTIADDR", Succeeds("")),
+    ("kiln contributions --data-dir ~/kiln-worker2", Succeeds("signed statement (hex)")),
     ("kiln node --smtp smtp://mail.example.org:25 --mail-from \"Kiln <kiln@example.org>\"", Listens),
     ("kiln node --smtp \"smtp://kiln@mail.example.org:587?tls=required\" --smtp-password-file PW", Listens),
     ("kiln node --smtp smtps://kiln:PASSWORD@mail.example.org", Listens),

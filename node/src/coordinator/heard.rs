@@ -70,7 +70,7 @@ impl Coordinator {
                 reason,
                 ..
             }) if worker == signer => {
-                info!(job = %build_key, worker = %signer, reason, "build could not start");
+                info!(job = %build_key, worker = %signer, reason, "build abandoned by its worker");
                 self.schedule.aborted(&build_key, worker, &reason, now);
                 self.changed(&build_key);
             }

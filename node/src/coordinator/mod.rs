@@ -50,6 +50,7 @@ use crate::shutdown::Shutdown;
 use election::Election;
 use schedule::Schedule;
 
+mod credit;
 mod effects;
 pub mod election;
 mod heard;
@@ -104,6 +105,8 @@ enum Input {
         reply: oneshot::Sender<CoordReplyV1>,
     },
     Status {
+        /// With the top contributors (`StatusV2`).
+        contributors: bool,
         reply: oneshot::Sender<CoordReplyV1>,
     },
     Watch {
@@ -222,11 +225,18 @@ impl CoordHandle {
         let _ = self.inputs.try_send(Input::Addresses(addresses));
     }
 
-    /// What `kiln status` would get from this node: the farm's status if
-    /// it coordinates, else who does. `None` if the task has stopped.
+    /// What `kiln status` would get from this node: the farm's status
+    /// (`StatusV2`, with the top contributors) if it coordinates, else who
+    /// does. `None` if the task has stopped.
     pub async fn status(&self) -> Option<CoordReplyV1> {
         let (reply, answer) = oneshot::channel();
-        self.inputs.send(Input::Status { reply }).await.ok()?;
+        self.inputs
+            .send(Input::Status {
+                contributors: true,
+                reply,
+            })
+            .await
+            .ok()?;
         answer.await.ok()
     }
 
@@ -307,6 +317,8 @@ struct Coordinator {
     inputs: mpsc::Sender<Input>,
     watchers: HashMap<Hash, Vec<mpsc::Sender<JobPhase>>>,
     recent: VecDeque<JobView>,
+    /// The top contributors, from the settled builds.
+    credit: credit::Credit,
     replicating: HashSet<Hash>,
     acting: bool,
     input_fetches: Arc<tokio::sync::Semaphore>,

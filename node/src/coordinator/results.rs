@@ -12,11 +12,14 @@ use super::*;
 use crate::metrics::{Metrics, METRICS};
 
 impl Coordinator {
-    pub(super) fn record_result(&self, build_key: &Hash, settlement: &Settlement, job: Option<&JobRequest>) {
+    pub(super) fn record_result(&mut self, build_key: &Hash, settlement: &Settlement, job: Option<&JobRequest>) {
         // Counted once, where the job was open: not for repeats of a
         // settlement or for builds this node never heard of.
         match (settlement, job.is_some()) {
-            (Settlement::Done { .. }, true) => Metrics::add(&METRICS.jobs_done, 1),
+            (Settlement::Done { .. }, true) => {
+                Metrics::add(&METRICS.jobs_done, 1);
+                self.credit.settled(settlement);
+            }
             (Settlement::Failed { .. }, true) => Metrics::add(&METRICS.jobs_failed, 1),
             (_, false) => {}
         }

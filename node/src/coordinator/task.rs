@@ -65,6 +65,7 @@ impl Coordinator {
             inputs,
             watchers: HashMap::new(),
             recent: VecDeque::new(),
+            credit: Default::default(),
             replicating: HashSet::new(),
             acting: false,
             input_fetches: Arc::new(tokio::sync::Semaphore::new(INPUT_FETCHES_MAX)),
@@ -80,8 +81,10 @@ impl Coordinator {
         }
     }
 
-    /// Loads the open jobs kept on disk.
+    /// Loads the open jobs kept on disk, and counts the settled builds'
+    /// contributors.
     pub(super) fn restore(&mut self) {
+        self.credit = credit::Credit::load(&self.store);
         let records = match self.store.records(RecordTable::Queue) {
             Ok(records) => records,
             Err(e) => {
@@ -332,8 +335,13 @@ impl Coordinator {
                 let answer = self.submit(*job).await;
                 let _ = reply.send(answer);
             }
-            Input::Status { reply } => {
-                let answer = if self.acting {
+            Input::Status { contributors, reply } => {
+                let answer = if self.acting && contributors {
+                    CoordReplyV1::StatusV2 {
+                        report: self.status(now),
+                        contributors: self.credit.top(),
+                    }
+                } else if self.acting {
                     CoordReplyV1::Status(self.status(now))
                 } else {
                     CoordReplyV1::NotCoordinator {

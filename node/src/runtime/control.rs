@@ -39,6 +39,9 @@ pub enum ControlRequest {
     Info,
     /// What the node itself holds and does (`kiln status --node`).
     Status,
+    /// What this node gave as a worker (`kiln contributions`); the proof
+    /// is written to the data dir.
+    Contributions,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -47,6 +50,7 @@ pub enum ControlReply {
     Fetched { hash: Hash, bytes: u64 },
     Info { peer_id: String, addresses: Vec<String> },
     Status(Box<NodeStatus>),
+    Contributions(Box<crate::contributions::Summary>),
     Error { message: String },
 }
 
@@ -186,16 +190,23 @@ async fn serve_one<H: ControlHandler>(stream: UnixStream, handler: Arc<H>) -> st
 /// sent to its socket.
 pub(crate) struct NodeControl {
     net: NetClient,
-    store: Store,
+    pub(crate) store: Store,
+    key: kiln_protocol::SecretKey,
     coordination: CoordHandle,
     addresses: Mutex<Vec<Multiaddr>>,
 }
 
 impl NodeControl {
-    pub(crate) fn new(net: NetClient, store: Store, coordination: CoordHandle) -> NodeControl {
+    pub(crate) fn new(
+        net: NetClient,
+        store: Store,
+        key: kiln_protocol::SecretKey,
+        coordination: CoordHandle,
+    ) -> NodeControl {
         NodeControl {
             net,
             store,
+            key,
             coordination,
             addresses: Mutex::new(Vec::new()),
         }
@@ -295,6 +306,22 @@ impl ControlHandler for NodeControl {
                     .unwrap_or_default(),
             },
             ControlRequest::Status => self.status().await,
+            ControlRequest::Contributions => {
+                let (store, key) = (
+                    self.store.clone(),
+                    kiln_protocol::SecretKey::from_bytes(&self.key.to_bytes()),
+                );
+                let summary = tokio::task::spawn_blocking(move || {
+                    crate::contributions::summarize_to_file(&store, &key, crate::clock::now_ms())
+                })
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|summary| summary);
+                match summary {
+                    Ok(summary) => ControlReply::Contributions(Box::new(summary)),
+                    Err(message) => ControlReply::Error { message },
+                }
+            }
         }
     }
 }

@@ -210,15 +210,22 @@ impl Roles {
         draining.push(task);
         draining.extend(mailer_task);
         let dashboard = opened.http.take().map(|listener| {
-            let dashboard = Arc::new(Dashboard::new(net.clone(), opened.store.clone(), coordination.clone()));
+            let dashboard = Arc::new(Dashboard::new(
+                net.clone(),
+                opened.store.clone(),
+                opened.key(),
+                coordination.clone(),
+            ));
             others.push(tokio::spawn(web::serve(listener, dashboard.clone())));
             dashboard
         });
         let control = Arc::new(NodeControl::new(
             net.clone(),
             opened.store.clone(),
+            opened.key(),
             coordination.clone(),
         ));
+        others.push(tokio::spawn(crate::contributions::keep_served(opened.store.clone())));
         others.push(tokio::spawn(control::serve(opened.control, control.clone())));
         Ok(Roles {
             coordination,
@@ -255,6 +262,9 @@ impl Roles {
                 task.abort();
             }
         }
+        let store = self.control.store.clone();
+        let _ = tokio::task::spawn_blocking(move || crate::contributions::save_served(&store, crate::clock::now_ms()))
+            .await;
     }
 }
 

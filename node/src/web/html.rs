@@ -3,11 +3,13 @@
 
 use std::fmt::Write as _;
 
-use kiln_protocol::coord::{JobPhase, JobView, StatusReport};
+use kiln_protocol::coord::{ContributorView, JobPhase, JobView, StatusReport};
+use kiln_protocol::system::format_duration_secs;
 use kiln_protocol::Hash;
 
 use super::state::{BuildPage, LogSource, Snapshot};
 use super::{PEERS_SHOWN_MAX, REFRESH_S};
+use crate::contributions::{rows, Summary};
 use crate::report::{peer_of, worker_state};
 
 /// Escapes text for HTML.
@@ -79,7 +81,7 @@ pub(super) fn render_index(s: &Snapshot) -> String {
         let _ = write!(b, "<tr><th>listening</th><td><code>{}</code></td></tr>", esc(a));
     }
     match &s.farm {
-        Ok((coordinator, report)) => {
+        Ok((coordinator, report, _)) => {
             let how = if report.pinned { "pinned" } else { "elected" };
             let me = if *coordinator == s.me { " (this node)" } else { "" };
             let _ = write!(
@@ -96,8 +98,12 @@ pub(super) fn render_index(s: &Snapshot) -> String {
         let _ = write!(b, "<br><code>{p}</code>");
     }
     b.push_str("</td></tr></table>");
-    if let Ok((_, report)) = &s.farm {
+    if let Ok((_, report, contributors)) = &s.farm {
         render_farm(&mut b, report);
+        render_contributors(&mut b, contributors);
+    }
+    if let Some(gave) = &s.gave {
+        render_gave(&mut b, gave);
     }
     b.push_str("<h2>Artifacts</h2>");
     if s.artifacts.is_empty() {
@@ -135,6 +141,35 @@ fn render_farm(b: &mut String, report: &StatusReport) {
     render_queue(b, report);
     render_recent(b, report);
     render_mail(b, report);
+}
+
+fn render_contributors(b: &mut String, contributors: &[ContributorView]) {
+    if contributors.is_empty() {
+        return;
+    }
+    b.push_str("<h2>Top contributors</h2><table id=\"contributors\"><tr><th>worker</th><th>builds</th><th>build time</th></tr>");
+    for c in contributors {
+        let _ = write!(
+            b,
+            "<tr><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
+            peer_of(&c.worker),
+            c.builds,
+            format_duration_secs(c.build_ms / 1000)
+        );
+    }
+    b.push_str("</table>");
+}
+
+fn render_gave(b: &mut String, gave: &Summary) {
+    let _ = write!(
+        b,
+        "<h2>What this machine gave</h2><table id=\"gave\"><tr><th></th><th>all time</th><th>last {} days</th></tr>",
+        gave.window_days
+    );
+    for (name, all_time, recent) in rows(gave) {
+        let _ = write!(b, "<tr><th>{name}</th><td>{all_time}</td><td>{recent}</td></tr>");
+    }
+    b.push_str("</table><p class=\"muted\">A signed proof: <code>kiln contributions</code> on this machine.</p>");
 }
 
 fn render_workers(b: &mut String, report: &StatusReport) {

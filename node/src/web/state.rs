@@ -8,20 +8,24 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
-use kiln_protocol::coord::{CoordReplyV1, CoordRequest, JobPhase, JobView, StatusReport};
+use kiln_protocol::coord::{ContributorView, CoordReplyV1, CoordRequest, JobPhase, JobView, StatusReport};
 use kiln_protocol::messages::{Gossip, GossipV1};
-use kiln_protocol::{Hash, PublicKey};
+use kiln_protocol::{Hash, PublicKey, SecretKey};
 use kiln_store::Store;
 use libp2p::{Multiaddr, PeerId};
 use serde_json::json;
 use tokio::sync::Semaphore;
 use tracing::debug;
 
+use crate::contributions::{summarize, Summary};
 use crate::coordinator::CoordHandle;
 use crate::net::NetClient;
 use crate::report::status_json;
 
 use super::*;
+
+/// The acting coordinator, its status report and its top contributors.
+pub(super) type Farm = (PeerId, StatusReport, Vec<ContributorView>);
 
 /// What the dashboard reads from.
 pub struct Dashboard {
@@ -34,11 +38,20 @@ pub struct Dashboard {
     pub(super) live_logs: Mutex<VecDeque<(Hash, PublicKey, String)>>,
     pub(super) providers: Mutex<HashMap<Hash, (Instant, Vec<PeerId>)>>,
     pub(super) requests: Semaphore,
+    /// This node's key, to sign what it gave.
+    key: SecretKey,
+    /// What this node gave, and when that was read (kept [`GAVE_KEEP_MS`]).
+    gave: Mutex<Option<(Instant, Summary)>>,
 }
 
+/// How long the dashboard keeps what this node gave before reading it again.
+const GAVE_KEEP_MS: u64 = 10_000;
+
 impl Dashboard {
-    pub fn new(net: NetClient, store: Store, coordination: CoordHandle) -> Dashboard {
+    pub fn new(net: NetClient, store: Store, key: SecretKey, coordination: CoordHandle) -> Dashboard {
         Dashboard {
+            key,
+            gave: Mutex::new(None),
             net,
             store,
             coordination,
@@ -79,19 +92,20 @@ impl Dashboard {
             .map(|(_, _, tail)| tail.clone())
     }
 
-    /// The farm's status from the acting coordinator, and who that is.
-    pub(super) async fn farm(&self) -> Result<(PeerId, StatusReport), String> {
+    /// The farm's status from the acting coordinator, who that is, and its
+    /// top contributors.
+    pub(super) async fn farm(&self) -> Result<Farm, String> {
         let ask = async {
             match self.coordination.status().await {
-                Some(CoordReplyV1::Status(report)) => Ok((self.net.peer_id(), report)),
+                Some(CoordReplyV1::StatusV2 { report, contributors }) => Ok((self.net.peer_id(), report, contributors)),
                 Some(CoordReplyV1::NotCoordinator {
                     coordinator: Some(contact),
                 }) => {
                     let peer = crate::coord_client::reach(&self.net, &contact)
                         .await
                         .ok_or("the coordinator's peer id is not valid")?;
-                    match crate::coord_client::ask_peer(&self.net, peer, &CoordRequest::StatusV1).await {
-                        Ok((CoordReplyV1::Status(report), _)) => Ok((peer, report)),
+                    match crate::coord_client::ask_peer(&self.net, peer, &CoordRequest::StatusV2).await {
+                        Ok((CoordReplyV1::StatusV2 { report, contributors }, _)) => Ok((peer, report, contributors)),
                         Ok((_, _)) => Err(format!(
                             "the coordinator {peer} did not send its status; this page refreshes until it does"
                         )),
@@ -107,10 +121,33 @@ impl Dashboard {
             .unwrap_or_else(|_| Err(format!("the coordinator did not answer within {STATUS_MS_MAX} ms")))
     }
 
+    /// What this node gave as a worker, if it ran any build or served
+    /// any blob.
+    async fn gave(&self) -> Option<Summary> {
+        if let Ok(kept) = self.gave.lock() {
+            if let Some((at, summary)) = kept.as_ref() {
+                if at.elapsed() < Duration::from_millis(GAVE_KEEP_MS) {
+                    return Some(summary.clone());
+                }
+            }
+        }
+        let (store, key) = (self.store.clone(), SecretKey::from_bytes(&self.key.to_bytes()));
+        let (summary, _) = tokio::task::spawn_blocking(move || summarize(&store, &key, crate::clock::now_ms()))
+            .await
+            .ok()?
+            .ok()?;
+        let t = &summary.all_time;
+        let any = t.builds_done + t.builds_failed + t.builds_abandoned + t.served_bytes > 0;
+        if let Ok(mut kept) = self.gave.lock() {
+            *kept = Some((Instant::now(), summary.clone()));
+        }
+        any.then_some(summary)
+    }
+
     pub(super) async fn snapshot(&self) -> Snapshot {
-        let (farm, peers) = tokio::join!(self.farm(), self.net.connected_peers());
+        let (farm, peers, gave) = tokio::join!(self.farm(), self.net.connected_peers(), self.gave());
         let artifacts = match &farm {
-            Ok((_, report)) => self.artifacts(report).await,
+            Ok((_, report, _)) => self.artifacts(report).await,
             Err(_) => Vec::new(),
         };
         Snapshot {
@@ -124,6 +161,7 @@ impl Dashboard {
             uptime_s: self.started.elapsed().as_secs(),
             farm,
             artifacts,
+            gave,
         }
     }
 
@@ -187,7 +225,7 @@ impl Dashboard {
 
     /// One open or recent build and its log (live while it runs).
     pub(super) async fn build(&self, build_key: Hash) -> Result<BuildPage, (StatusCode, String)> {
-        let (_, report) = self.farm().await.map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e))?;
+        let (_, report, _) = self.farm().await.map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e))?;
         let Some(job) = report
             .jobs
             .iter()
@@ -225,8 +263,10 @@ pub(super) struct Snapshot {
     pub(super) addresses: Vec<String>,
     pub(super) peers: Vec<PeerId>,
     pub(super) uptime_s: u64,
-    pub(super) farm: Result<(PeerId, StatusReport), String>,
+    pub(super) farm: Result<Farm, String>,
     pub(super) artifacts: Vec<Artifact>,
+    /// What this node gave as a worker, if anything.
+    pub(super) gave: Option<Summary>,
 }
 
 pub(super) struct Artifact {
@@ -249,7 +289,7 @@ pub(super) struct BuildPage {
 
 pub(super) fn snapshot_json(s: &Snapshot) -> serde_json::Value {
     let (farm, farm_error) = match &s.farm {
-        Ok((coordinator, report)) => (status_json(&coordinator.to_string(), report), None),
+        Ok((coordinator, report, contributors)) => (status_json(&coordinator.to_string(), report, contributors), None),
         Err(e) => (serde_json::Value::Null, Some(e.clone())),
     };
     json!({
@@ -261,6 +301,7 @@ pub(super) fn snapshot_json(s: &Snapshot) -> serde_json::Value {
         },
         "farm": farm,
         "farm_error": farm_error,
+        "gave": s.gave,
         "artifacts": s.artifacts.iter().map(|a| json!({
             "artifact": a.hash.to_string(), "bytes": a.bytes, "build_key": a.build_key.to_string(),
             "recipe": a.recipe, "providers": a.providers.iter().map(|p| p.to_string()).collect::<Vec<_>>(),

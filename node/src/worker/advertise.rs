@@ -62,7 +62,8 @@ impl Worker {
             waiting_because: self
                 .sandbox
                 .isolation_problem()
-                .map(|p| format!("cannot isolate builds: {p}")),
+                .map(|p| format!("cannot isolate builds: {p}"))
+                .or_else(|| self.paused_because()),
             sequence: 0,
             running: self.building(),
         }

@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kiln_protocol::contrib::{BuildEnd, BuildRecord};
 use kiln_protocol::messages::{encode_gossip, topics, BuildOutcome, Gossip, GossipV1, JobRequest};
 use kiln_protocol::{Attestation, Hash, Recipe, SecretKey, Signed, Source};
 use tracing::{info, warn};
@@ -16,7 +17,7 @@ use crate::blobs;
 use crate::blobs::NoProgress;
 use crate::clock::now_ms;
 use crate::net::NetClient;
-use sandbox::{BuildSpec, BuildStatus, SourceInput};
+use sandbox::{BuildSpec, BuildStatus, SourceInput, Steer};
 
 use super::*;
 
@@ -31,8 +32,8 @@ const OUTCOME_PUBLISH_MS_MAX: u64 = 60_000;
 pub(super) struct JobFailure {
     reason: String,
     log: Option<Hash>,
-    /// The build never started because its inputs could not be fetched:
-    /// the network's fault, not the recipe's.
+    /// Not the recipe's fault: the build never started because its inputs
+    /// could not be fetched, or the worker gave it up for its owner.
     aborted: bool,
 }
 
@@ -44,13 +45,24 @@ fn failure(reason: impl Into<String>) -> JobFailure {
     }
 }
 
+/// What a build took of the machine, for its record.
+#[derive(Default)]
+pub(super) struct Used {
+    cpu_time: Option<Duration>,
+    paused: Duration,
+}
+
 impl Worker {
     pub(super) async fn build(&self, job: JobRequest, attempt: u32, from: PeerId) {
         self.set_building(job.build_key, true);
-        let outcome = match self.run_job(&job, from).await {
+        let started_at_ms = now_ms();
+        let mut used = Used::default();
+        let ended = self.run_job(&job, from, &mut used).await;
+        self.keep_record(&job, started_at_ms, &used, &ended);
+        let outcome = match ended {
             Ok(attestation) => BuildOutcome::Done { attestation },
             Err(failed) if failed.aborted => {
-                warn!(job = %job.build_key, reason = failed.reason, "build not started");
+                warn!(job = %job.build_key, reason = failed.reason, "build abandoned");
                 BuildOutcome::Aborted {
                     build_key: job.build_key,
                     worker: self.key.public(),
@@ -93,7 +105,45 @@ impl Worker {
         }
     }
 
-    pub(super) async fn run_job(&self, job: &JobRequest, from: PeerId) -> Result<Signed<Attestation>, JobFailure> {
+    /// Keeps the build's record for `kiln contributions`.
+    fn keep_record(
+        &self,
+        job: &JobRequest,
+        started_at_ms: u64,
+        used: &Used,
+        ended: &Result<Signed<Attestation>, JobFailure>,
+    ) {
+        let ended = match ended {
+            Ok(attestation) => BuildEnd::Built {
+                attestation: attestation.clone(),
+            },
+            Err(failed) if failed.aborted => BuildEnd::Abandoned {
+                reason: failed.reason.clone(),
+            },
+            Err(failed) => BuildEnd::Failed {
+                reason: failed.reason.clone(),
+            },
+        };
+        let record = BuildRecord {
+            build_key: job.build_key,
+            recipe: format!("{} {}", job.recipe_name, job.recipe_version),
+            started_at_ms,
+            finished_at_ms: now_ms(),
+            paused_ms: u64::try_from(used.paused.as_millis()).unwrap_or(u64::MAX),
+            cpu_ms: used.cpu_time.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+            ended,
+        };
+        let store = self.store.clone();
+        // A small write with an fsync: off the async threads, not waited for.
+        tokio::task::spawn_blocking(move || crate::contributions::record_build(&store, record));
+    }
+
+    pub(super) async fn run_job(
+        &self,
+        job: &JobRequest,
+        from: PeerId,
+        used: &mut Used,
+    ) -> Result<Signed<Attestation>, JobFailure> {
         let started_at_ms = now_ms();
         let recipe = self.load_recipe(job, from).await?;
         if recipe.network && !self.policy.allow_network {
@@ -118,12 +168,17 @@ impl Worker {
             job.build_key,
             log.clone(),
         ));
-        let result = self.sandbox.run_logged(&spec, &log).await;
+        let (steer, steered) = tokio::sync::watch::channel(Steer::Run);
+        let result = self
+            .yielding(job.build_key, self.sandbox.run_steered(&spec, &log, steered), &steer)
+            .await;
         progress.abort();
         if let SourceInput::Archive(path) = &spec.source {
             let _ = std::fs::remove_file(path);
         }
         let result = result.map_err(|e| failure(e.to_string()))?;
+        used.cpu_time = result.cpu_time;
+        used.paused = result.paused;
         // Storing hashes and fsyncs: off the runtime.
         let (store, log_bytes) = (self.store.clone(), result.log.clone());
         let (log, _) = tokio::task::spawn_blocking(move || store.put_bytes(&log_bytes, None))
@@ -135,7 +190,8 @@ impl Worker {
             return Err(JobFailure {
                 reason: status_reason(&result.status),
                 log: Some(log),
-                aborted: false,
+                // Given up for the owner: not the recipe's fault.
+                aborted: matches!(result.status, BuildStatus::GivenUp { .. }),
             });
         };
         let (store, built) = (self.store.clone(), artifact.clone());
@@ -248,5 +304,6 @@ fn status_reason(status: &BuildStatus) -> String {
         BuildStatus::TimedOut { after } => format!("killed after its time limit of {} s", after.as_secs()),
         BuildStatus::MissingOutput { output } => format!("output {output:?} was not produced"),
         BuildStatus::Stopped { reason } => format!("stopped: {reason}"),
+        BuildStatus::GivenUp { reason } => format!("given up: {reason}"),
     }
 }

@@ -72,6 +72,8 @@ pub const DISK_WATCH_COST: u32 = 50;
 const BWRAP_PROCESSES: u32 = 2;
 /// How long a finished build's group may take to empty before it is left.
 const EMPTY_MS_MAX: u64 = 10_000;
+/// How long a pause or a resume may take to reach every process of a build.
+const FREEZE_MS_MAX: u64 = 5_000;
 
 /// What a contributor lets one build take.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,6 +124,12 @@ pub struct Enforcement {
     limits: BuildLimits,
     pids: Option<Parent>,
     cpuset: Option<Parent>,
+    /// Where a build's group is frozen to pause it: the pids group itself
+    /// under v2 (`cgroup.freeze`), else the v1 `freezer` hierarchy.
+    freezer: Option<Parent>,
+    /// Where a build's CPU time is read: the pids group itself under v2
+    /// (`cpu.stat`), else the v1 `cpuacct` hierarchy.
+    cpuacct: Option<Parent>,
     /// The CPUs a build gets (empty: no `--cpus`).
     cpu_list: Vec<usize>,
     /// The CPUs a build may use, as the kernel's list ("2-3").
@@ -136,6 +144,14 @@ impl Enforcement {
         let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
         let pids = usable_parent("pids", &mountinfo, &own);
         let cpuset = limits.cpus.and_then(|_| usable_parent("cpuset", &mountinfo, &own));
+        // A v2 group has both as core files: no controller to find.
+        let (freezer, cpuacct) = match &pids {
+            Some(parent) if parent.version == Version::V2 => (Some(parent.clone()), Some(parent.clone())),
+            _ => (
+                usable_parent("freezer", &mountinfo, &own),
+                usable_parent("cpuacct", &mountinfo, &own),
+            ),
+        };
         let available = match &cpuset {
             Some(parent) => cpuset_cpus(parent),
             None => allowed_cpus(),
@@ -151,6 +167,8 @@ impl Enforcement {
             limits,
             pids,
             cpuset,
+            freezer,
+            cpuacct,
             cpu_list,
             cpu_text,
         };
@@ -194,7 +212,23 @@ impl Enforcement {
                 self.cpu_text
             ),
         };
-        format!("builds run at idle CPU and I/O priority; {processes}; {cpus}")
+        let pause = match &self.freezer {
+            Some(parent) => format!(
+                "paused by freezing their cgroup ({} under {})",
+                parent.version.name(),
+                parent.dir.display()
+            ),
+            None => "paused by stopping each process (SIGSTOP; no freezer cgroup this node may create)".to_string(),
+        };
+        let cpu_time = match &self.cpuacct {
+            Some(parent) => format!(
+                "CPU time counted by cgroup ({} under {})",
+                parent.version.name(),
+                parent.dir.display()
+            ),
+            None => "CPU time not counted (no cpuacct cgroup this node may create)".to_string(),
+        };
+        format!("builds run at idle CPU and I/O priority; {processes}; {cpus}; {pause}; {cpu_time}")
     }
 
     /// The groups of one build, created before its first step runs, and
@@ -209,6 +243,9 @@ impl Enforcement {
             processes_max: self.limits.processes_max,
             affinity: None,
             disk: DiskWatch::start(dir.to_path_buf(), self.limits.disk_bytes_max),
+            freeze: None,
+            cpu_usage: None,
+            stopped: Vec::new(),
         };
         if let Some(parent) = &self.pids {
             let dir = group.create(&parent.dir.join(&name))?;
@@ -233,6 +270,20 @@ impl Enforcement {
                 None => group.affinity = Some(cpu_set(&self.cpu_list)),
             }
         }
+        if let Some(parent) = &self.freezer {
+            let dir = group.create(&parent.dir.join(&name))?;
+            group.freeze = Some(match parent.version {
+                Version::V1 => Freeze::V1(dir.join("freezer.state")),
+                Version::V2 => Freeze::V2(dir.join("cgroup.freeze"), dir.join("cgroup.events")),
+            });
+        }
+        if let Some(parent) = &self.cpuacct {
+            let dir = group.create(&parent.dir.join(&name))?;
+            group.cpu_usage = Some(match parent.version {
+                Version::V1 => CpuUsage::V1(dir.join("cpuacct.usage")),
+                Version::V2 => CpuUsage::V2(dir.join("cpu.stat")),
+            });
+        }
         for dir in &group.dirs {
             group
                 .procs
@@ -244,7 +295,10 @@ impl Enforcement {
     /// Removes the empty build groups of Kiln processes that are gone (a
     /// crash leaves them).
     fn remove_leftovers(&self) {
-        for parent in [&self.pids, &self.cpuset].into_iter().flatten() {
+        for parent in [&self.pids, &self.cpuset, &self.freezer, &self.cpuacct]
+            .into_iter()
+            .flatten()
+        {
             let Ok(entries) = std::fs::read_dir(&parent.dir) else {
                 continue;
             };
@@ -275,6 +329,26 @@ pub struct BuildGroup {
     processes_max: u32,
     affinity: Option<libc::cpu_set_t>,
     disk: DiskWatch,
+    freeze: Option<Freeze>,
+    cpu_usage: Option<CpuUsage>,
+    /// The processes a pause without a freezer stopped (to continue them).
+    stopped: Vec<u32>,
+}
+
+/// How a build's group is frozen.
+enum Freeze {
+    /// `freezer.state`: FROZEN or THAWED.
+    V1(PathBuf),
+    /// `cgroup.freeze` (1 or 0) and `cgroup.events` ("frozen 1").
+    V2(PathBuf, PathBuf),
+}
+
+/// Where a build's CPU time is read.
+enum CpuUsage {
+    /// `cpuacct.usage`: nanoseconds.
+    V1(PathBuf),
+    /// `cpu.stat`: `usage_usec`.
+    V2(PathBuf),
 }
 
 impl BuildGroup {
@@ -328,6 +402,115 @@ impl BuildGroup {
         })
     }
 
+    /// Stops every process of the build where it is, until [`resume`]:
+    /// the freezer cgroup freezes the whole group at once (a process
+    /// forked meanwhile is frozen too); without one, each process of the
+    /// tree under `root` gets SIGSTOP, in rounds until a round finds none
+    /// new. Returns once every process is stopped, or after
+    /// [`FREEZE_MS_MAX`] with the reason it is not.
+    ///
+    /// [`resume`]: BuildGroup::resume
+    pub async fn pause(&mut self, root: Option<u32>) -> Result<(), String> {
+        match &self.freeze {
+            Some(Freeze::V1(state)) => {
+                std::fs::write(state, "FROZEN").map_err(|e| format!("cannot freeze the build's cgroup: {e}"))?;
+                wait_file(
+                    state,
+                    |text| text.trim() == "FROZEN",
+                    "the build's cgroup did not freeze",
+                )
+                .await
+            }
+            Some(Freeze::V2(freeze, events)) => {
+                std::fs::write(freeze, "1").map_err(|e| format!("cannot freeze the build's cgroup: {e}"))?;
+                wait_file(
+                    events,
+                    |text| text.lines().any(|l| l.trim() == "frozen 1"),
+                    "the build's cgroup did not freeze",
+                )
+                .await
+            }
+            None => {
+                let Some(root) = root else { return Ok(()) };
+                let deadline = Instant::now() + Duration::from_millis(FREEZE_MS_MAX);
+                loop {
+                    let tree = tree_pids(root, (self.processes_max + BWRAP_PROCESSES) as usize * 2);
+                    let new: Vec<u32> = tree.into_iter().filter(|p| !self.stopped.contains(p)).collect();
+                    if new.is_empty() {
+                        return Ok(());
+                    }
+                    for pid in new {
+                        if let Ok(pid_t) = libc::pid_t::try_from(pid) {
+                            // SAFETY: kill(2) with a pid read from /proc
+                            // and a constant signal.
+                            unsafe { libc::kill(pid_t, libc::SIGSTOP) };
+                        }
+                        self.stopped.push(pid);
+                    }
+                    if Instant::now() >= deadline {
+                        return Err("the build's processes did not all stop".into());
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+
+    /// Lets a paused build run again.
+    pub async fn resume(&mut self) -> Result<(), String> {
+        match &self.freeze {
+            Some(Freeze::V1(state)) => {
+                std::fs::write(state, "THAWED").map_err(|e| format!("cannot thaw the build's cgroup: {e}"))?;
+                wait_file(state, |text| text.trim() == "THAWED", "the build's cgroup did not thaw").await
+            }
+            Some(Freeze::V2(freeze, events)) => {
+                std::fs::write(freeze, "0").map_err(|e| format!("cannot thaw the build's cgroup: {e}"))?;
+                wait_file(
+                    events,
+                    |text| text.lines().any(|l| l.trim() == "frozen 0"),
+                    "the build's cgroup did not thaw",
+                )
+                .await
+            }
+            None => {
+                for pid in std::mem::take(&mut self.stopped) {
+                    if let Ok(pid_t) = libc::pid_t::try_from(pid) {
+                        // SAFETY: as in `pause`.
+                        unsafe { libc::kill(pid_t, libc::SIGCONT) };
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether the build's processes are frozen by the group itself (else
+    /// a pause stops each process).
+    pub fn freezes_group(&self) -> bool {
+        self.freeze.is_some()
+    }
+
+    /// The CPU time the build's processes used so far, where a cgroup
+    /// counts it.
+    pub fn cpu_time(&self) -> Option<Duration> {
+        match self.cpu_usage.as_ref()? {
+            CpuUsage::V1(path) => {
+                let ns: u64 = std::fs::read_to_string(path).ok()?.trim().parse().ok()?;
+                Some(Duration::from_nanos(ns))
+            }
+            CpuUsage::V2(path) => {
+                let text = std::fs::read_to_string(path).ok()?;
+                let usec: u64 = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("usage_usec "))?
+                    .trim()
+                    .parse()
+                    .ok()?;
+                Some(Duration::from_micros(usec))
+            }
+        }
+    }
+
     /// Waits until every process of the build is gone, then removes its
     /// groups. (A group dropped without this is removed if it is empty by
     /// then, or else when a worker next starts.)
@@ -352,6 +535,16 @@ impl BuildGroup {
 
 impl Drop for BuildGroup {
     fn drop(&mut self) {
+        // A frozen process cannot die: thaw first, so the group empties.
+        match &self.freeze {
+            Some(Freeze::V1(state)) => {
+                let _ = std::fs::write(state, "THAWED");
+            }
+            Some(Freeze::V2(freeze, _)) => {
+                let _ = std::fs::write(freeze, "0");
+            }
+            None => {}
+        }
         for dir in &self.dirs {
             let _ = std::fs::remove_dir(dir);
         }
@@ -538,6 +731,20 @@ fn cpu_set(cpus: &[usize]) -> libc::cpu_set_t {
     }
 }
 
+/// Waits until `path` reads as `done` says, for at most [`FREEZE_MS_MAX`].
+async fn wait_file(path: &Path, done: impl Fn(&str) -> bool, failed: &str) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_millis(FREEZE_MS_MAX);
+    loop {
+        if std::fs::read_to_string(path).is_ok_and(|text| done(&text)) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("{failed} within {FREEZE_MS_MAX} ms"));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// The `max` count in a `pids.events` file: forks the limit refused.
 fn refused_forks(events: &str) -> Option<u64> {
     events
@@ -549,11 +756,17 @@ fn refused_forks(events: &str) -> Option<u64> {
 /// How many processes are in the tree under `root` (itself included),
 /// counting no further than `stop_at`.
 fn tree_size(root: u32, stop_at: usize) -> usize {
-    let mut seen = 0;
+    tree_pids(root, stop_at).len()
+}
+
+/// The processes in the tree under `root` (itself first), at most
+/// `stop_at` of them.
+fn tree_pids(root: u32, stop_at: usize) -> Vec<u32> {
+    let mut seen = Vec::new();
     let mut pending = vec![root];
     while let Some(pid) = pending.pop() {
-        seen += 1;
-        if seen >= stop_at {
+        seen.push(pid);
+        if seen.len() >= stop_at {
             break;
         }
         let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
@@ -659,7 +872,14 @@ fn usable(parent: &Parent, controller: &str) -> bool {
     if std::fs::create_dir(&probe).is_err() {
         return false;
     }
-    let works = probe.join(format!("{controller}.max")).exists() || probe.join(format!("{controller}.cpus")).exists();
+    let file = match controller {
+        "pids" => "pids.max",
+        "cpuset" => "cpuset.cpus",
+        "freezer" => "freezer.state",
+        "cpuacct" => "cpuacct.usage",
+        _ => "cgroup.procs",
+    };
+    let works = probe.join(file).exists();
     let _ = std::fs::remove_dir(&probe);
     works
 }

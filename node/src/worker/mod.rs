@@ -11,6 +11,7 @@
 //! - `build`: one assigned build, from fetching its inputs to its outcome;
 //! - [`sandbox`]: running a build's steps isolated (bubblewrap);
 //! - [`limits`]: the priority, process and CPU limits of every build;
+//! - `yielding`: pausing a running build while the owner uses the machine;
 //! - [`system`]: what this machine is, probed at start.
 //!
 //! Not for: choosing which jobs exist or who builds them (the coordinator).
@@ -35,10 +36,11 @@ pub mod limits;
 mod policy;
 pub mod sandbox;
 pub mod system;
+mod yielding;
 
 pub use policy::{
     busy_because, decide, load_average, CpuTicks, OwnerLoad, Trust, WorkerPolicy, IDLE_LOAD_PER_CPU_MAX,
-    OWNER_WINDOW_MS,
+    OWNER_WINDOW_MS, PAUSE_MAX_DEFAULT,
 };
 
 /// How long a coordinator may take to send its assignment on a new stream.
@@ -59,6 +61,8 @@ pub struct Worker {
     building: std::sync::Mutex<BTreeSet<Hash>>,
     /// The owner's CPU use, for `--idle-only`.
     owner_load: std::sync::Mutex<OwnerLoad>,
+    /// The builds paused for the owner now, and why.
+    paused: std::sync::Mutex<std::collections::BTreeMap<Hash, String>>,
     sequence: AtomicU64,
 }
 
@@ -80,6 +84,14 @@ impl Worker {
                 "this worker cannot isolate builds and will refuse every assignment"
             );
         }
+        let mut owner_load = OwnerLoad::default();
+        if policy.idle_only {
+            // The first window starts now, so the first offer is judged on
+            // a measurement rather than the load average.
+            if let Some(ticks) = CpuTicks::now() {
+                owner_load.read(crate::clock::now_ms(), ticks);
+            }
+        }
         Worker {
             net,
             store,
@@ -89,7 +101,8 @@ impl Worker {
             policy,
             running: AtomicU32::new(0),
             building: Default::default(),
-            owner_load: Default::default(),
+            owner_load: std::sync::Mutex::new(owner_load),
+            paused: Default::default(),
             sequence: AtomicU64::new(0),
         }
     }

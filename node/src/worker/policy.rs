@@ -28,7 +28,14 @@ pub struct WorkerPolicy {
     /// Take assignments only from these peers (`--trust-coordinator`);
     /// `None`: from any peer.
     pub coordinators: Option<BTreeSet<PeerId>>,
+    /// With `idle_only`: how long a build stays paused for the owner
+    /// before the worker gives it up to another worker (`--max-pause`).
+    pub pause_max: std::time::Duration,
 }
+
+/// How long an idle-only worker keeps a build paused for its owner when
+/// the contributor names no bound.
+pub const PAUSE_MAX_DEFAULT: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 /// The owner's CPU use, per CPU, above which an idle-only worker counts
 /// the machine as busy.
@@ -210,6 +217,7 @@ mod tests {
             trust: Trust::Publishers(BTreeSet::from([publisher.public()])),
             allow_network: false,
             coordinators: None,
+            pause_max: PAUSE_MAX_DEFAULT,
         };
         let signed = Some(PublisherSignature::sign(&publisher, &Hash::of(b"recipe")));
         assert_eq!(

@@ -13,7 +13,9 @@
 //! idle CPU and I/O priority, within a process limit and, with `--cpus`, on
 //! a subset of the CPUs ([`limits`](super::limits)). The log's first line
 //! names every limit, and a build that meets one ends with a status that
-//! names it. Leftover build directories from a crash are removed when the
+//! names it. The worker steers a running build ([`Steer`]): it may pause
+//! it (every process stopped where it is, the time limit's clock stopped
+//! too), resume it, or give it up. Leftover build directories from a crash are removed when the
 //! sandbox is created.
 //!
 //! Where bubblewrap is missing or cannot create namespaces, the sandbox says
@@ -23,10 +25,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
+use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::limits::{BuildGroup, BuildLimits, Enforcement, WATCH_MS};
@@ -105,12 +108,33 @@ pub enum BuildStatus {
     /// its whole process tree; `reason` says which ("it tried to run more
     /// than 512 processes at once ...").
     Stopped { reason: String },
+    /// The worker gave the build up ([`Steer::GiveUp`]): not the recipe's
+    /// fault, so another worker may build it.
+    GivenUp { reason: String },
+}
+
+/// What the worker wants of a running build, besides its limits: sent on a
+/// [`watch`] channel, so only the newest wish counts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Steer {
+    /// Run (or resume).
+    #[default]
+    Run,
+    /// Stop every process of the build where it is until `Run`; the reason
+    /// goes into the log. The time limit does not count paused time.
+    Pause(String),
+    /// Kill the build: it ends [`BuildStatus::GivenUp`] with this reason.
+    GiveUp(String),
 }
 
 /// A finished build: its status and its (size-capped) log.
 pub struct BuildResult {
     pub status: BuildStatus,
     pub log: Vec<u8>,
+    /// The CPU time its processes used, where a cgroup counted it.
+    pub cpu_time: Option<Duration>,
+    /// How long it was paused in all.
+    pub paused: Duration,
     /// The build's directory; removed when the result is dropped.
     pub dir: BuildDir,
 }
@@ -220,6 +244,18 @@ impl Sandbox {
     /// [`Sandbox::run`], writing the log into `log` as the build goes, so
     /// its tail can be shown while it runs.
     pub async fn run_logged(&self, spec: &BuildSpec, log: &Log) -> Result<BuildResult, SandboxError> {
+        let (_steer, steered) = watch::channel(Steer::Run);
+        self.run_steered(spec, log, steered).await
+    }
+
+    /// [`Sandbox::run_logged`], paused, resumed or given up as `steer`
+    /// says while it runs.
+    pub async fn run_steered(
+        &self,
+        spec: &BuildSpec,
+        log: &Log,
+        mut steer: watch::Receiver<Steer>,
+    ) -> Result<BuildResult, SandboxError> {
         let bwrap = self
             .bwrap
             .as_ref()
@@ -233,17 +269,21 @@ impl Sandbox {
             std::fs::create_dir_all(dir.0.join(sub)).map_err(io_error(&dir.0))?;
         }
         prepare_source(&spec.source, &dir.0.join("work"), log).await?;
-        let group = self
+        let mut group = self
             .enforcement
             .prepare(&name, &dir.0)
             .map_err(|e| SandboxError::Limits(e.to_string()))?;
         log.line(&format!("kiln: limits: {}", self.describe_limits(spec)));
-        let mut status = self.run_steps(bwrap, spec, &dir.0, log, &group).await;
+        let mut pauses = Pauses::default();
+        let mut status = self
+            .run_steps(bwrap, spec, &dir.0, log, &mut group, &mut steer, &mut pauses)
+            .await;
         if matches!(status, BuildStatus::Succeeded { .. }) {
             if let Some(reason) = group.check_disk_now().await {
                 status = BuildStatus::Stopped { reason };
             }
         }
+        let cpu_time = group.cpu_time();
         group.remove().await;
         let status = match status {
             BuildStatus::Succeeded { .. } => pack_outputs(&dir.0, &spec.outputs, log)?,
@@ -253,6 +293,8 @@ impl Sandbox {
         Ok(BuildResult {
             status,
             log: log.to_bytes(),
+            cpu_time,
+            paused: pauses.total,
             dir,
         })
     }
@@ -284,21 +326,34 @@ impl Sandbox {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn run_steps(
         &self,
         bwrap: &Path,
         spec: &BuildSpec,
         dir: &Path,
         log: &Log,
-        group: &BuildGroup,
+        group: &mut BuildGroup,
+        steer: &mut watch::Receiver<Steer>,
+        pauses: &mut Pauses,
     ) -> BuildStatus {
-        let deadline = Instant::now() + spec.timeout;
+        // Moved later by each pause: paused time is not the build's.
+        let mut deadline = tokio::time::Instant::now() + spec.timeout;
         for (index, step) in spec.steps.iter().enumerate() {
+            if let Steer::GiveUp(reason) = &*steer.borrow() {
+                return BuildStatus::GivenUp { reason: reason.clone() };
+            }
             log.line(&format!("$ {step}"));
             let mut command = self.command(bwrap, spec, dir, step);
             group.apply(&mut command);
-            let left = deadline.saturating_duration_since(Instant::now());
-            match run_logged(&mut command, left, log, group).await {
+            let mut run = Run {
+                log,
+                group: &mut *group,
+                steer: &mut *steer,
+                pauses: &mut *pauses,
+                deadline: &mut deadline,
+            };
+            match run.step(&mut command).await {
                 Ok(Ended::Exited(status)) if status.success() => {}
                 Ok(Ended::Exited(status)) => {
                     return BuildStatus::StepFailed {
@@ -308,6 +363,7 @@ impl Sandbox {
                 }
                 Ok(Ended::TimedOut) => return BuildStatus::TimedOut { after: spec.timeout },
                 Ok(Ended::Stopped(reason)) => return BuildStatus::Stopped { reason },
+                Ok(Ended::GivenUp(reason)) => return BuildStatus::GivenUp { reason },
                 Err(e) => {
                     return BuildStatus::StepFailed {
                         step: index + 1,
@@ -432,43 +488,124 @@ enum Ended {
     TimedOut,
     /// Killed at another limit, named by the reason.
     Stopped(String),
+    /// Killed because the worker gave the build up.
+    GivenUp(String),
 }
 
-/// Runs one command, copying both output streams into the log, for at most
-/// `limit`, checking it against its group's limits every [`WATCH_MS`].
-async fn run_logged(command: &mut Command, limit: Duration, log: &Log, group: &BuildGroup) -> std::io::Result<Ended> {
-    let mut child = command.spawn()?;
-    let root = child.id();
-    let stdout = child.stdout.take().map(|s| tokio::spawn(copy_into(s, log.clone())));
-    let stderr = child.stderr.take().map(|s| tokio::spawn(copy_into(s, log.clone())));
-    let deadline = tokio::time::Instant::now() + limit;
-    let mut watch = tokio::time::interval(Duration::from_millis(WATCH_MS));
-    let ended = loop {
-        tokio::select! {
-            status = child.wait() => break Ended::Exited(status?),
-            () = tokio::time::sleep_until(deadline) => break Ended::TimedOut,
-            _ = watch.tick() => {
-                if let Some(reason) = group.breach(root) {
-                    break Ended::Stopped(reason);
+/// The build's pauses so far.
+#[derive(Default)]
+struct Pauses {
+    /// Since when it is paused, if it is.
+    since: Option<tokio::time::Instant>,
+    total: Duration,
+}
+
+/// One step being run: what it is checked against and steered by.
+struct Run<'a> {
+    log: &'a Log,
+    group: &'a mut BuildGroup,
+    steer: &'a mut watch::Receiver<Steer>,
+    pauses: &'a mut Pauses,
+    /// The build's time limit, moved later by each pause.
+    deadline: &'a mut tokio::time::Instant,
+}
+
+impl Run<'_> {
+    /// Runs one command, copying both output streams into the log, until
+    /// the build's deadline, checking it against its group's limits every
+    /// [`WATCH_MS`] and following the worker's [`Steer`].
+    async fn step(&mut self, command: &mut Command) -> std::io::Result<Ended> {
+        let mut child = command.spawn()?;
+        let root = child.id();
+        let stdout = child
+            .stdout
+            .take()
+            .map(|s| tokio::spawn(copy_into(s, self.log.clone())));
+        let stderr = child
+            .stderr
+            .take()
+            .map(|s| tokio::spawn(copy_into(s, self.log.clone())));
+        let mut watch = tokio::time::interval(Duration::from_millis(WATCH_MS));
+        let mut steer_open = true;
+        // What the worker wants now, then each change.
+        let mut wish = Some(self.steer.borrow_and_update().clone());
+        let ended = loop {
+            if let Some(wish) = wish.take() {
+                if let Some(ended) = self.follow(wish, root).await {
+                    break ended;
                 }
             }
+            let paused = self.pauses.since.is_some();
+            tokio::select! {
+                status = child.wait() => break Ended::Exited(status?),
+                () = tokio::time::sleep_until(*self.deadline), if !paused => break Ended::TimedOut,
+                _ = watch.tick() => {
+                    if let Some(reason) = self.group.breach(root) {
+                        break Ended::Stopped(reason);
+                    }
+                }
+                changed = self.steer.changed(), if steer_open => match changed {
+                    Ok(()) => wish = Some(self.steer.borrow_and_update().clone()),
+                    Err(_) => steer_open = false,
+                },
+            }
+        };
+        // A fork refused since the last check stops the build too, even if
+        // the step then exited (a fork bomb whose shells give up ends
+        // quickly).
+        let ended = match ended {
+            Ended::Exited(_) => self.group.breach(None).map_or(ended, Ended::Stopped),
+            other => other,
+        };
+        // Frozen processes cannot die, and the next step starts unpaused
+        // (and is paused again at once if the worker still wants it).
+        let exited = matches!(ended, Ended::Exited(_));
+        self.unpause(if exited { "resumed" } else { "ended" }).await;
+        if !exited {
+            // bwrap runs the step as PID 1 of its own namespace with
+            // --die-with-parent: killing bwrap ends the whole tree.
+            let _ = child.kill().await;
         }
-    };
-    // A fork refused since the last check stops the build too, even if the
-    // step then exited (a fork bomb whose shells give up ends quickly).
-    let ended = match ended {
-        Ended::Exited(_) => group.breach(None).map_or(ended, Ended::Stopped),
-        other => other,
-    };
-    if !matches!(ended, Ended::Exited(_)) {
-        // bwrap runs the step as PID 1 of its own namespace with
-        // --die-with-parent: killing bwrap ends the whole tree.
-        let _ = child.kill().await;
+        for task in [stdout, stderr].into_iter().flatten() {
+            let _ = task.await;
+        }
+        Ok(ended)
     }
-    for task in [stdout, stderr].into_iter().flatten() {
-        let _ = task.await;
+
+    /// Does what the worker wants; how the step ends, if it must.
+    async fn follow(&mut self, wish: Steer, root: Option<u32>) -> Option<Ended> {
+        match wish {
+            Steer::Run => self.unpause("resumed").await,
+            Steer::Pause(reason) if self.pauses.since.is_none() => {
+                self.pauses.since = Some(tokio::time::Instant::now());
+                if let Err(problem) = self.group.pause(root).await {
+                    warn!(problem, "a build did not pause entirely");
+                    self.log.line(&format!("kiln: {problem}"));
+                }
+                // Written once every process is stopped.
+                self.log.line(&format!("kiln: paused: {reason}"));
+            }
+            Steer::Pause(_) => {}
+            Steer::GiveUp(reason) => return Some(Ended::GivenUp(reason)),
+        }
+        None
     }
-    Ok(ended)
+
+    /// Ends a pause, if the build is paused: its processes run again and
+    /// the deadline moves by the time it was paused.
+    async fn unpause(&mut self, word: &str) {
+        let Some(since) = self.pauses.since.take() else {
+            return;
+        };
+        if let Err(problem) = self.group.resume().await {
+            warn!(problem, "a build did not resume entirely");
+        }
+        let paused = since.elapsed();
+        *self.deadline += paused;
+        self.pauses.total += paused;
+        self.log
+            .line(&format!("kiln: {word} after {} s paused", paused.as_secs()));
+    }
 }
 
 async fn copy_into(mut stream: impl AsyncRead + Unpin, log: Log) {
@@ -571,6 +708,7 @@ fn describe(status: &BuildStatus) -> String {
             format!("build failed: the recipe's output {output:?} was not produced")
         }
         BuildStatus::Stopped { reason } => format!("build stopped: {reason}"),
+        BuildStatus::GivenUp { reason } => format!("build given up: {reason}"),
     }
 }
 

@@ -492,8 +492,9 @@ impl Schedule {
         self.requeue(build_key);
     }
 
-    /// The worker could not start the build (its inputs were out of reach):
-    /// back in the queue, counted with the lost attempts, not the failed.
+    /// The worker abandoned the build through no fault of the recipe (its
+    /// inputs were out of reach, or its owner needed the machine): back in
+    /// the queue, counted with the lost attempts, not the failed.
     /// The worker is not asked again for [`ABORTED_SKIP_MS`].
     pub fn aborted(&mut self, build_key: &Hash, worker: PublicKey, reason: &str, now_ms: u64) {
         let Some(job) = self.jobs.get_mut(build_key) else {
@@ -503,7 +504,7 @@ impl Schedule {
             return;
         }
         job.refused_until.insert(worker, now_ms + ABORTED_SKIP_MS);
-        job.waiting_because = Some(format!("the last attempt could not start: {reason}"));
+        job.waiting_because = Some(format!("the last attempt was abandoned: {reason}"));
         self.lose(&[*build_key]);
     }
 
