@@ -11,7 +11,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use common::{mails_in, recipients, Mail, Smtp};
+use common::{mail_settled, outbox, recipients, Mail, Smtp};
 
 use kiln_tests::farm::{peer_of, recipe, request, request_waiting, wait_json, wait_status, worker, BUILD};
 use kiln_tests::{kiln, start_bootstrap, start_node, wait_until, Proc, START};
@@ -19,14 +19,6 @@ use serde_json::Value;
 
 fn counts(pairs: &[(&str, usize)]) -> BTreeMap<String, usize> {
     pairs.iter().map(|(a, n)| (a.to_string(), *n)).collect()
-}
-
-fn outbox(data_dir: &Path) -> Vec<Mail> {
-    mails_in(&data_dir.join("outbox"), Some("eml"))
-}
-
-fn mail_settled(s: &Value, delivered: u64) -> bool {
-    s["mail"]["pending"] == 0 && s["mail"]["delivered"] == delivered
 }
 
 #[test]

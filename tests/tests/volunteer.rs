@@ -9,11 +9,10 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use common::mails_in;
+use common::{mail_settled, outbox};
 use kiln_tests::farm::{peer_of, recipe, request_waiting, status, wait_json, wait_status, worker};
 use kiln_tests::{fetch, kiln, start_bootstrap, start_node, START};
 use serde_json::Value;
@@ -53,10 +52,6 @@ fn worker_line<'a>(s: &'a Value, peer: &str) -> Option<&'a Value> {
 
 fn building_on(s: &Value, peer: &str) -> bool {
     open_job(s).is_some_and(|j| j["state"] == "building" && j["worker"] == peer)
-}
-
-fn outbox(data_dir: &Path) -> Vec<common::Mail> {
-    mails_in(&data_dir.join("outbox"), Some("eml"))
 }
 
 #[test]
@@ -139,9 +134,7 @@ fn an_idle_only_worker_pauses_for_its_owner_resumes_after_and_hands_on_a_build_p
     w3.wait_stderr(START, "paused for longer than 3 s (the worker's --max-pause)");
 
     // Each requester got one mail.
-    wait_status(&boot, "both mails written", |s| {
-        s["mail"]["pending"] == 0 && s["mail"]["delivered"] == 2
-    });
+    wait_status(&boot, "both mails written", |s| mail_settled(s, 2));
     let mails = outbox(&c_dir);
     let to: Vec<&str> = mails.iter().map(|m| m.to.as_str()).collect();
     assert_eq!(mails.len(), 2, "{to:?}");

@@ -343,6 +343,26 @@ enum Freeze {
     V2(PathBuf, PathBuf),
 }
 
+impl Freeze {
+    /// Freezes or thaws the group, and waits until the kernel says it is.
+    async fn set(&self, frozen: bool) -> Result<(), String> {
+        let verb = if frozen { "freeze" } else { "thaw" };
+        let (file, value, state, done): (&Path, &str, &Path, &str) = match (self, frozen) {
+            (Freeze::V1(state), true) => (state, "FROZEN", state, "FROZEN"),
+            (Freeze::V1(state), false) => (state, "THAWED", state, "THAWED"),
+            (Freeze::V2(freeze, events), true) => (freeze, "1", events, "frozen 1"),
+            (Freeze::V2(freeze, events), false) => (freeze, "0", events, "frozen 0"),
+        };
+        std::fs::write(file, value).map_err(|e| format!("cannot {verb} the build's cgroup: {e}"))?;
+        wait_file(
+            state,
+            |text| text.lines().any(|l| l.trim() == done),
+            &format!("the build's cgroup did not {verb}"),
+        )
+        .await
+    }
+}
+
 /// Where a build's CPU time is read.
 enum CpuUsage {
     /// `cpuacct.usage`: nanoseconds.
@@ -412,24 +432,7 @@ impl BuildGroup {
     /// [`resume`]: BuildGroup::resume
     pub async fn pause(&mut self, root: Option<u32>) -> Result<(), String> {
         match &self.freeze {
-            Some(Freeze::V1(state)) => {
-                std::fs::write(state, "FROZEN").map_err(|e| format!("cannot freeze the build's cgroup: {e}"))?;
-                wait_file(
-                    state,
-                    |text| text.trim() == "FROZEN",
-                    "the build's cgroup did not freeze",
-                )
-                .await
-            }
-            Some(Freeze::V2(freeze, events)) => {
-                std::fs::write(freeze, "1").map_err(|e| format!("cannot freeze the build's cgroup: {e}"))?;
-                wait_file(
-                    events,
-                    |text| text.lines().any(|l| l.trim() == "frozen 1"),
-                    "the build's cgroup did not freeze",
-                )
-                .await
-            }
+            Some(freeze) => freeze.set(true).await,
             None => {
                 let Some(root) = root else { return Ok(()) };
                 let deadline = Instant::now() + Duration::from_millis(FREEZE_MS_MAX);
@@ -459,19 +462,7 @@ impl BuildGroup {
     /// Lets a paused build run again.
     pub async fn resume(&mut self) -> Result<(), String> {
         match &self.freeze {
-            Some(Freeze::V1(state)) => {
-                std::fs::write(state, "THAWED").map_err(|e| format!("cannot thaw the build's cgroup: {e}"))?;
-                wait_file(state, |text| text.trim() == "THAWED", "the build's cgroup did not thaw").await
-            }
-            Some(Freeze::V2(freeze, events)) => {
-                std::fs::write(freeze, "0").map_err(|e| format!("cannot thaw the build's cgroup: {e}"))?;
-                wait_file(
-                    events,
-                    |text| text.lines().any(|l| l.trim() == "frozen 0"),
-                    "the build's cgroup did not thaw",
-                )
-                .await
-            }
+            Some(freeze) => freeze.set(false).await,
             None => {
                 for pid in std::mem::take(&mut self.stopped) {
                     if let Ok(pid_t) = libc::pid_t::try_from(pid) {

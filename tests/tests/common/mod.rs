@@ -44,6 +44,17 @@ pub fn mails_in(dir: &Path, ext: Option<&str>) -> Vec<Mail> {
         .collect()
 }
 
+/// The `.eml` files a coordinator without `--smtp` wrote.
+pub fn outbox(data_dir: &Path) -> Vec<Mail> {
+    mails_in(&data_dir.join("outbox"), Some("eml"))
+}
+
+/// Whether a `kiln status --json` shows every message out and `delivered`
+/// of them delivered.
+pub fn mail_settled(s: &serde_json::Value, delivered: u64) -> bool {
+    s["mail"]["pending"] == 0 && s["mail"]["delivered"] == delivered
+}
+
 /// How many messages each address got.
 pub fn recipients(mails: &[Mail]) -> BTreeMap<String, usize> {
     let mut count = BTreeMap::new();
