@@ -53,6 +53,9 @@ pub fn record_build(store: &Store, mut record: BuildRecord) {
 
 /// Adds the bytes served since the last call to today's record.
 pub fn save_served(store: &Store, now_ms: u64) {
+    // One save at a time: the timer's and the one at shutdown could meet.
+    static SAVING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _saving = SAVING.lock();
     let total = METRICS.bytes_served.load(Ordering::Relaxed);
     let saved = SERVED_SAVED.load(Ordering::Relaxed);
     let new = total.saturating_sub(saved);
@@ -132,15 +135,21 @@ pub fn summarize(store: &Store, key: &SecretKey, now_ms: u64) -> Result<(Summary
             warn!("skipping a damaged build record");
             continue;
         };
+        // A done build is in the window by its attestation's end, as a
+        // proof's check counts it.
+        let mut ended_at_ms = record.finished_at_ms;
         if let BuildEnd::Built { attestation } = &record.ended {
             // Only what a proof can show: the worker's own attestations.
             match attestation.verify() {
-                Ok(a) if a.worker == key.public() => attestations.push(attestation.clone()),
+                Ok(a) if a.worker == key.public() => {
+                    ended_at_ms = a.finished_at_ms;
+                    attestations.push(attestation.clone());
+                }
                 _ => continue,
             }
         }
         all_time.add(&record);
-        if record.finished_at_ms >= window_from_ms {
+        if ended_at_ms >= window_from_ms {
             recent.add(&record);
         }
         lines.push(line(&record));

@@ -3,11 +3,15 @@
 //! statement a worker signs of them.
 //!
 //! A statement alone is the worker's word. Its proof ([`Proof`]) carries
-//! every attestation the worker signed when it finished a build, so anyone
-//! can check the part that matters most without trusting the worker: the
-//! builds done and their attested build time are recomputed from
-//! attestations signed at the time, each by the statement's own key. CPU
-//! time, failed builds and bytes served stay the worker's signed claim.
+//! every attestation the worker signed when it finished a build: the same
+//! signed attestations the coordinator settled and requesters received.
+//! Anyone can check that the builds done and their attested build time are
+//! exactly what those attestations add up to, each signed by the
+//! statement's own key, and can hold any of them against the network's
+//! records (a build key the network never settled is a claim that fails
+//! there). The times inside an attestation are still the worker's own
+//! (from the build's start to its end, pauses for the owner included).
+//! CPU time, failed builds and bytes served stay the worker's signed claim.
 
 use serde::{Deserialize, Serialize};
 
@@ -87,15 +91,15 @@ impl Totals {
             BuildEnd::Built { attestation } => {
                 self.builds_done += 1;
                 if let Ok(a) = attestation.verify() {
-                    self.attested_ms += attested_ms(&a);
+                    self.attested_ms = self.attested_ms.saturating_add(attested_ms(&a));
                 }
             }
             BuildEnd::Failed { .. } => self.builds_failed += 1,
             BuildEnd::Abandoned { .. } => self.builds_abandoned += 1,
         }
-        self.build_ms += record.build_ms();
+        self.build_ms = self.build_ms.saturating_add(record.build_ms());
         if let Some(cpu) = record.cpu_ms {
-            self.cpu_ms += cpu;
+            self.cpu_ms = self.cpu_ms.saturating_add(cpu);
             self.cpu_counted_builds += 1;
         }
     }
@@ -173,7 +177,11 @@ impl Proof {
             return Err("the attestations are not the ones the statement names".into());
         }
         let (mut done, mut ms, mut recent_done, mut recent_ms) = (0u64, 0u64, 0u64, 0u64);
+        let mut seen = std::collections::HashSet::new();
         for (i, signed) in self.attestations.iter().enumerate() {
+            if !seen.insert(Hash::of(&wire::canonical(signed))) {
+                return Err(format!("attestation {} is there twice", i + 1));
+            }
             let a = signed
                 .verify()
                 .map_err(|e| format!("attestation {} does not verify: {e}", i + 1))?;
@@ -185,10 +193,10 @@ impl Proof {
                 ));
             }
             done += 1;
-            ms += attested_ms(&a);
+            ms = ms.saturating_add(attested_ms(&a));
             if a.finished_at_ms >= statement.window_from_ms {
                 recent_done += 1;
-                recent_ms += attested_ms(&a);
+                recent_ms = recent_ms.saturating_add(attested_ms(&a));
             }
         }
         let claims = [
@@ -286,6 +294,14 @@ mod tests {
         let checked = good.check().unwrap();
         assert_eq!((checked.builds_done, checked.attested_ms), (2, 4_000));
         assert_eq!((checked.recent_builds_done, checked.recent_attested_ms), (1, 1_000));
+
+        // The same attestation counted twice.
+        let twice = proof(
+            &key,
+            vec![attestation(&key, 1, 1_000, 4_000), attestation(&key, 1, 1_000, 4_000)],
+            0,
+        );
+        assert!(twice.check().unwrap_err().contains("there twice"));
 
         // A build left out of the attestations.
         let mut short = good.clone();

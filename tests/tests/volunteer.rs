@@ -23,7 +23,9 @@ struct Owner(Vec<Child>);
 
 impl Owner {
     fn busy() -> Owner {
-        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        // The CPUs the worker counts (its /proc/stat), which a container's
+        // CPU limit may put above what this process may use.
+        let cpus = kiln_node::worker::CpuTicks::now().map_or(2, |t| t.cpus as usize);
         Owner(
             (0..cpus)
                 .map(|_| Command::new("sh").args(["-c", "while :; do :; done"]).spawn().unwrap())
@@ -120,7 +122,15 @@ fn an_idle_only_worker_pauses_for_its_owner_resumes_after_and_hands_on_a_build_p
     );
     let w3_peer = peer_of(&w3_addr);
     drop(w1);
-    let mut second = request_waiting("second", &boot, &recipe("ticks"), "second@example.org", &["-o", "n=2"]);
+    // Long enough to be running still when the pause (within 10 s) has
+    // lasted past --max-pause.
+    let mut second = request_waiting(
+        "second",
+        &boot,
+        &recipe("ticks"),
+        "second@example.org",
+        &["-o", "n=2", "-o", "secs=30"],
+    );
     wait_status(&boot, "the build running on the hasty worker", |s| {
         building_on(s, &w3_peer)
     });

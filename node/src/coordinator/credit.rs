@@ -1,6 +1,7 @@
 //! The top contributors a coordinator shows: per worker, the builds it
 //! settled as done and their attested build time (each attestation's
-//! signed end less its signed start). Counted from the `Results` table
+//! signed end less its signed start: times the worker itself signed, so
+//! the list ranks by the workers' word for how long their builds took). Counted from the `Results` table
 //! when the coordinator starts, then once per settled build, so every
 //! member of the coordination set, which records the same settlements,
 //! shows the same list after a failover.
@@ -53,8 +54,8 @@ impl Credit {
             }
         }
         let entry = self.by_worker.entry(a.worker).or_default();
-        entry.0 += 1;
-        entry.1 += ms;
+        entry.0 = entry.0.saturating_add(1);
+        entry.1 = entry.1.saturating_add(ms);
     }
 
     /// The top contributors by build time.

@@ -13,13 +13,19 @@ use crate::metrics::{Metrics, METRICS};
 
 impl Coordinator {
     pub(super) fn record_result(&mut self, build_key: &Hash, settlement: &Settlement, job: Option<&JobRequest>) {
+        // Credited once per build key, as `Credit::load` counts the table
+        // at start: when no `Done` was recorded under the key before.
+        let done_before = matches!(
+            self.result(build_key).map(|r| r.settlement),
+            Some(Settlement::Done { .. })
+        );
+        if !done_before {
+            self.credit.settled(settlement);
+        }
         // Counted once, where the job was open: not for repeats of a
         // settlement or for builds this node never heard of.
         match (settlement, job.is_some()) {
-            (Settlement::Done { .. }, true) => {
-                Metrics::add(&METRICS.jobs_done, 1);
-                self.credit.settled(settlement);
-            }
+            (Settlement::Done { .. }, true) => Metrics::add(&METRICS.jobs_done, 1),
             (Settlement::Failed { .. }, true) => Metrics::add(&METRICS.jobs_failed, 1),
             (_, false) => {}
         }

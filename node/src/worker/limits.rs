@@ -272,17 +272,24 @@ impl Enforcement {
         }
         if let Some(parent) = &self.freezer {
             let dir = group.create(&parent.dir.join(&name))?;
-            group.freeze = Some(match parent.version {
-                Version::V1 => Freeze::V1(dir.join("freezer.state")),
-                Version::V2 => Freeze::V2(dir.join("cgroup.freeze"), dir.join("cgroup.events")),
-            });
+            group.freeze = match parent.version {
+                Version::V1 => Some(Freeze::V1(dir.join("freezer.state"))),
+                // Kernels before 5.2 have no v2 freezer: SIGSTOP then.
+                Version::V2 => dir
+                    .join("cgroup.freeze")
+                    .exists()
+                    .then(|| Freeze::V2(dir.join("cgroup.freeze"), dir.join("cgroup.events"))),
+            };
         }
         if let Some(parent) = &self.cpuacct {
             let dir = group.create(&parent.dir.join(&name))?;
-            group.cpu_usage = Some(match parent.version {
-                Version::V1 => CpuUsage::V1(dir.join("cpuacct.usage")),
-                Version::V2 => CpuUsage::V2(dir.join("cpu.stat")),
-            });
+            group.cpu_usage = match parent.version {
+                Version::V1 => Some(CpuUsage::V1(dir.join("cpuacct.usage"))),
+                Version::V2 => dir
+                    .join("cpu.stat")
+                    .exists()
+                    .then(|| CpuUsage::V2(dir.join("cpu.stat"))),
+            };
         }
         for dir in &group.dirs {
             group
@@ -312,6 +319,10 @@ impl Enforcement {
                     continue;
                 };
                 if !Path::new(&format!("/proc/{pid}")).exists() {
+                    // A build frozen when its worker died stays frozen
+                    // (and its processes cannot die) until thawed.
+                    let _ = std::fs::write(entry.path().join("freezer.state"), "THAWED");
+                    let _ = std::fs::write(entry.path().join("cgroup.freeze"), "0");
                     let _ = std::fs::remove_dir(entry.path());
                 }
             }
@@ -948,6 +959,56 @@ mod tests {
 31 25 0:28 / /sys/fs/cgroup/cpuset rw,nosuid - cgroup cgroup rw,cpuset
 40 22 8:1 / / rw,relatime - ext4 /dev/sda1 rw";
     const HYBRID_OWN: &str = "8:pids:/user.slice\n3:cpuset:/\n0::/user.slice/session-1.scope\n";
+
+    /// A process's state letter, from `/proc/PID/stat` (`T`: stopped).
+    fn state(pid: u32) -> Option<char> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit_once(')')?.1.trim_start().chars().next()
+    }
+
+    async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn without_a_freezer_a_pause_stops_every_process_of_the_tree_and_a_resume_continues_them() {
+        let dir = tempfile::tempdir().unwrap();
+        // As detected where no freezer (nor any) cgroup may be created.
+        let enforcement = Enforcement {
+            limits: BuildLimits::default(),
+            pids: None,
+            cpuset: None,
+            freezer: None,
+            cpuacct: None,
+            cpu_list: Vec::new(),
+            cpu_text: String::new(),
+        };
+        let mut group = enforcement.prepare("pause-test", dir.path()).unwrap();
+        assert!(!group.freezes_group());
+        let mut child = tokio::process::Command::new("sh")
+            .args(["-c", "sleep 30 & sleep 30 & wait"])
+            .spawn()
+            .unwrap();
+        let root = child.id().unwrap();
+        wait_for("the shell's two children", || tree_pids(root, 16).len() == 3).await;
+        let tree = tree_pids(root, 16);
+        group.pause(Some(root)).await.unwrap();
+        wait_for("every process stopped", || tree.iter().all(|p| state(*p) == Some('T'))).await;
+        group.resume().await.unwrap();
+        wait_for("every process running again", || {
+            tree.iter().all(|p| state(*p).is_some_and(|s| s != 'T'))
+        })
+        .await;
+        for pid in tree.iter().skip(1) {
+            // SAFETY: kill(2) on the test's own children.
+            unsafe { libc::kill(*pid as libc::pid_t, libc::SIGKILL) };
+        }
+        let _ = child.kill().await;
+    }
 
     #[test]
     fn candidates_are_found_in_both_hierarchies_v2_first() {

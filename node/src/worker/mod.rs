@@ -39,8 +39,8 @@ pub mod system;
 mod yielding;
 
 pub use policy::{
-    busy_because, decide, load_average, CpuTicks, OwnerLoad, Trust, WorkerPolicy, IDLE_LOAD_PER_CPU_MAX,
-    OWNER_WINDOW_MS, PAUSE_MAX_DEFAULT,
+    busy_because, decide, CpuTicks, OwnerLoad, Trust, WorkerPolicy, IDLE_LOAD_PER_CPU_MAX, OWNER_WINDOW_MS,
+    PAUSE_MAX_DEFAULT,
 };
 
 /// How long a coordinator may take to send its assignment on a new stream.
@@ -86,8 +86,7 @@ impl Worker {
         }
         let mut owner_load = OwnerLoad::default();
         if policy.idle_only {
-            // The first window starts now, so the first offer is judged on
-            // a measurement rather than the load average.
+            // The first window starts now.
             if let Some(ticks) = CpuTicks::now() {
                 owner_load.read(crate::clock::now_ms(), ticks);
             }
@@ -167,20 +166,16 @@ impl Worker {
     }
 
     /// Why an idle-only worker waits right now, if it does: the owner's
-    /// CPU use, which leaves out Kiln's builds (they run at nice 19). Until
-    /// a first window has passed, the 1-minute load average.
+    /// CPU use, which leaves out Kiln's builds (they run at nice 19). In
+    /// the first window after the worker starts there is no measurement
+    /// yet, and the job is taken: a build taken wrongly is paused within
+    /// two windows, while a refusal keeps the job from this worker for a
+    /// minute.
     fn busy(&self) -> Option<String> {
         if !self.policy.idle_only {
             return None;
         }
-        let ticks = CpuTicks::now()?;
-        let used = self
-            .owner_load
-            .lock()
-            .ok()
-            .and_then(|mut load| load.read(crate::clock::now_ms(), ticks))
-            .or_else(load_average)?;
-        busy_because(used, ticks.cpus)
+        self.owner_busy()
     }
 
     /// Decides, and counts the job as running if taken.

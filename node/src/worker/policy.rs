@@ -130,16 +130,6 @@ impl OwnerLoad {
     }
 }
 
-/// The 1-minute load average, from `/proc/loadavg`.
-pub fn load_average() -> Option<f64> {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
 /// Whether to take `job`; `Err` carries the reason a requester is shown.
 /// `busy` is why an idle-only worker waits right now, if it does.
 pub fn decide(
@@ -259,7 +249,6 @@ mod tests {
             "{waits}"
         );
         assert_eq!(busy_because(0.9, 2), None);
-        assert!(load_average().is_some());
     }
 
     #[test]

@@ -537,7 +537,14 @@ impl Run<'_> {
             }
             let paused = self.pauses.since.is_some();
             tokio::select! {
-                status = child.wait() => break Ended::Exited(status?),
+                status = child.wait() => match status {
+                    Ok(status) => break Ended::Exited(status),
+                    Err(e) => {
+                        self.unpause("ended").await;
+                        let _ = child.kill().await;
+                        return Err(e);
+                    }
+                },
                 () = tokio::time::sleep_until(*self.deadline), if !paused => break Ended::TimedOut,
                 _ = watch.tick() => {
                     if let Some(reason) = self.group.breach(root) {
@@ -546,7 +553,11 @@ impl Run<'_> {
                 }
                 changed = self.steer.changed(), if steer_open => match changed {
                     Ok(()) => wish = Some(self.steer.borrow_and_update().clone()),
-                    Err(_) => steer_open = false,
+                    // Nobody steers any more: the build runs to its end.
+                    Err(_) => {
+                        steer_open = false;
+                        wish = Some(Steer::Run);
+                    }
                 },
             }
         };
@@ -577,11 +588,16 @@ impl Run<'_> {
         match wish {
             Steer::Run => self.unpause("resumed").await,
             Steer::Pause(reason) if self.pauses.since.is_none() => {
-                self.pauses.since = Some(tokio::time::Instant::now());
                 if let Err(problem) = self.group.pause(root).await {
-                    warn!(problem, "a build did not pause entirely");
-                    self.log.line(&format!("kiln: {problem}"));
+                    // Not paused: let whatever stopped run again, and keep
+                    // the time limit running.
+                    warn!(problem, "a build could not be paused");
+                    let _ = self.group.resume().await;
+                    self.log
+                        .line(&format!("kiln: could not pause ({problem}); the build runs on"));
+                    return None;
                 }
+                self.pauses.since = Some(tokio::time::Instant::now());
                 // Written once every process is stopped.
                 self.log.line(&format!("kiln: paused: {reason}"));
             }

@@ -97,10 +97,9 @@ impl Worker {
         output
     }
 
-    /// Why the owner is using the machine now, measured over a complete
-    /// window (no load-average guess: a wrong pause is worse than one a
-    /// few seconds late).
-    fn owner_busy(&self) -> Option<String> {
+    /// Why the owner is using the machine now, measured over the last
+    /// complete window; `None` before the first.
+    pub(super) fn owner_busy(&self) -> Option<String> {
         let ticks = CpuTicks::now()?;
         let used = self.owner_load.lock().ok()?.read(now_ms(), ticks)?;
         busy_because(used, ticks.cpus)

@@ -108,8 +108,13 @@ impl Schedule {
             return Match::Wait(String::new());
         };
         if job.lost_attempts >= LOST_ATTEMPTS_MAX {
+            let last = job
+                .waiting_because
+                .as_deref()
+                .map(|why| format!("; {why}"))
+                .unwrap_or_default();
             return Match::GiveUp(format!(
-                "{} workers were lost (killed or cut off) while building it",
+                "{} attempts were lost (workers killed or cut off, or giving the build back){last}",
                 job.lost_attempts
             ));
         }
