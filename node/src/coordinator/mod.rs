@@ -61,6 +61,7 @@ pub mod schedule;
 mod server;
 mod sync;
 mod task;
+pub mod verification;
 
 pub use effects::hold_inputs;
 use effects::*;
