@@ -536,6 +536,26 @@ fn wait_log(log: &Log, needle: &str) {
     }
 }
 
+/// Starts `build` on `runtime`, steered by the sender returned, its log
+/// readable while it runs.
+fn start_steered(
+    runtime: &tokio::runtime::Runtime,
+    sandbox: &Arc<Sandbox>,
+    build: BuildSpec,
+) -> (
+    watch::Sender<Steer>,
+    Log,
+    tokio::task::JoinHandle<Result<kiln_node::worker::sandbox::BuildResult, kiln_node::worker::sandbox::SandboxError>>,
+) {
+    let (steer, steered) = watch::channel(Steer::Run);
+    let log = Log::default();
+    let running = runtime.spawn({
+        let (sandbox, log) = (sandbox.clone(), log.clone());
+        async move { sandbox.run_steered(&build, &log, steered).await }
+    });
+    (steer, log, running)
+}
+
 #[test]
 fn a_paused_build_stops_where_it_is_its_clock_stops_and_it_finishes_after_resuming() {
     let tmp = tempfile::tempdir().unwrap();
@@ -553,12 +573,7 @@ fn a_paused_build_stops_where_it_is_its_clock_stops_and_it_finishes_after_resumi
         .enable_all()
         .build()
         .unwrap();
-    let (steer, steered) = watch::channel(Steer::Run);
-    let log = Log::default();
-    let running = runtime.spawn({
-        let (sandbox, log) = (sandbox.clone(), log.clone());
-        async move { sandbox.run_steered(&build, &log, steered).await }
-    });
+    let (steer, log, running) = start_steered(&runtime, &sandbox, build);
     wait_log(&log, "tick 3\n");
     steer.send_replace(Steer::Pause("the test's owner is busy".into()));
     wait_log(&log, "kiln: paused: the test's owner is busy");
@@ -591,14 +606,9 @@ fn a_paused_build_stops_where_it_is_its_clock_stops_and_it_finishes_after_resumi
     }
 
     // Given up while paused: killed, whole tree, with the reason.
-    let (steer, steered) = watch::channel(Steer::Run);
-    let log = Log::default();
     let mut build = spec(&[&step], &["out"]);
     build.timeout = Duration::from_secs(60);
-    let running = runtime.spawn({
-        let (sandbox, log) = (sandbox.clone(), log.clone());
-        async move { sandbox.run_steered(&build, &log, steered).await }
-    });
+    let (steer, log, running) = start_steered(&runtime, &sandbox, build);
     wait_log(&log, "tick 2\n");
     steer.send_replace(Steer::Pause("busy".into()));
     wait_log(&log, "kiln: paused: busy");

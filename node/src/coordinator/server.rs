@@ -121,20 +121,12 @@ impl Server {
     ) -> std::io::Result<()> {
         let reply = match request {
             CoordRequest::SubmitV1 { job, accept_versions } => self.submit(peer, *job, accept_versions).await,
-            CoordRequest::StatusV1 => self
-                .ask(|reply| Input::Status {
-                    contributors: false,
-                    reply,
-                })
-                .await
-                .unwrap_or_else(stopping),
-            CoordRequest::StatusV2 => self
-                .ask(|reply| Input::Status {
-                    contributors: true,
-                    reply,
-                })
-                .await
-                .unwrap_or_else(stopping),
+            CoordRequest::StatusV1 | CoordRequest::StatusV2 => {
+                let contributors = matches!(request, CoordRequest::StatusV2);
+                self.ask(|reply| Input::Status { contributors, reply })
+                    .await
+                    .unwrap_or_else(stopping)
+            }
             CoordRequest::WatchV1 { build_key } => return self.watch_held(build_key, stream).await,
             CoordRequest::SyncV1 { after } => self
                 .ask(|reply| Input::Sync { after, reply })

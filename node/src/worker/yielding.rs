@@ -51,11 +51,10 @@ impl Worker {
         build: F,
         steer: &watch::Sender<Steer>,
     ) -> F::Output {
-        let build = std::pin::pin!(build);
+        let mut build = std::pin::pin!(build);
         if !self.policy.idle_only {
             return build.await;
         }
-        let mut build = build;
         let mut tick = tokio::time::interval(Duration::from_millis(YIELD_CHECK_MS));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut paused_since: Option<Instant> = None;
