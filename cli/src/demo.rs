@@ -171,6 +171,7 @@ async fn demo(dir: &Path, network: &mut Network) -> anyhow::Result<()> {
         fetch: None,
         json: false,
         accept_versions: None,
+        verify: 1,
     })
     .await?
     .context("the request ended without an artifact")?;

@@ -254,6 +254,10 @@ enum Command {
         /// Also accept an existing build of another version of the recipe in this range, e.g. ">=1.2, <2"
         #[arg(long, value_name = "RANGE")]
         accept_versions: Option<String>,
+        /// Accept the artifact only when N workers with distinct keys built it independently and got the
+        /// same hash (1 to 5); builds that disagree end as "not reproducible"
+        #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=5))]
+        verify: u32,
     },
     /// See Kiln work on this machine: a local network (bootstrap, coordinator, two workers) builds the
     /// example C program, mails you (to a file), and a fresh node fetches it by hash; nothing to configure.
@@ -554,8 +558,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             fetch,
             json,
             accept_versions,
+            verify,
         } => request::run(request::RequestArgs {
             accept_versions,
+            verify,
             emails,
             recipe,
             options,

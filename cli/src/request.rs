@@ -26,6 +26,8 @@ pub struct RequestArgs {
     pub fetch: Option<PathBuf>,
     pub json: bool,
     pub accept_versions: Option<String>,
+    /// Builders with distinct keys that must agree on the artifact.
+    pub verify: u32,
 }
 
 fn parse_options(options: &[String]) -> anyhow::Result<Vec<(String, String)>> {
@@ -66,24 +68,45 @@ async fn request(node: &EphemeralNode, args: &RequestArgs, spec: &RequestSpec<'_
     let job = requester::prepare_job(&recipe, publisher, spec, now_ms())?;
     let build_key = job.build_key;
     let start = coord_client::bootstrap_peers(&args.bootstrap);
+    // The DHT's record counts only as far as it meets the policy asked for.
     let found = requester::lookup_built(&node.net, build_key).await;
-    if let Some(first) = found.first() {
-        return finish_built(node, args, build_key, first, &start).await;
+    if let Some(agreed) = requester::agreeing(&found, build_key, args.verify) {
+        return finish_built(node, args, build_key, &agreed).await;
     }
     let accept_versions = match &args.accept_versions {
         Some(text) => Some(kiln_protocol::system::VersionRange::parse(text).map_err(anyhow::Error::msg)?),
         None => None,
     };
-    let submit = CoordRequest::SubmitV1 {
-        job: Box::new(job),
-        accept_versions,
+    // Asked as before when one builder is enough, so older coordinators
+    // still answer.
+    let submit = if args.verify > 1 {
+        CoordRequest::SubmitV2 {
+            job: Box::new(job),
+            accept_versions,
+            verify: args.verify,
+        }
+    } else {
+        CoordRequest::SubmitV1 {
+            job: Box::new(job),
+            accept_versions,
+        }
     };
     let (coordinator, reply, _) = coord_client::ask_coordinator(&node.net, &start, &submit).await?;
     match reply {
-        CoordReplyV1::Built { attestations } => match attestations.first() {
-            Some(first) => finish_built(node, args, build_key, first, &start).await,
-            None => bail!("the coordinator answered built but sent no attestation"),
-        },
+        CoordReplyV1::Built { attestations } => {
+            // Another version's build (`--accept-versions`) has another key.
+            let key = attestations
+                .first()
+                .and_then(|a| a.verify().ok())
+                .map_or(build_key, |a| a.build_key);
+            match requester::agreeing(&attestations, key, args.verify) {
+                Some(agreed) => finish_built(node, args, key, &agreed).await,
+                None => bail!(
+                    "the coordinator answered that build {build_key} is done, but sent fewer than the {} agreeing builders' attestations asked for (--verify); it may run another kiln version: ask its operator",
+                    args.verify
+                ),
+            }
+        }
         CoordReplyV1::Accepted { merged, phase, .. } => {
             if args.json && !args.wait && args.fetch.is_none() {
                 println!(
@@ -148,19 +171,29 @@ pub async fn fetch_recipe(id: Hash, bootstrap: Vec<Multiaddr>) -> anyhow::Result
     Ok(loaded?.0)
 }
 
+/// A build found done: `agreed` holds one attestation per builder of its
+/// artifact, at least as many as `--verify` asked for.
 async fn finish_built(
     node: &EphemeralNode,
     args: &RequestArgs,
     build_key: Hash,
-    attestation: &Signed<Attestation>,
-    _start: &[libp2p::PeerId],
+    agreed: &[Signed<Attestation>],
 ) -> anyhow::Result<Option<Hash>> {
+    let Some(attestation) = agreed.first() else {
+        bail!("no attestation of build {build_key} was found");
+    };
     let a = attestation.verify()?;
+    let checked = builders_line(agreed.len());
     if args.json {
+        let builders: Vec<_> = agreed
+            .iter()
+            .filter_map(|s| s.verify().ok())
+            .map(|a| peer_of(&a.worker))
+            .collect();
         println!(
             "{}",
             json!({"build_key": build_key.to_string(), "state": "done", "artifact": a.artifact.to_string(),
-                              "attestation": attestation_json(&a)})
+                   "attestation": attestation_json(&a), "checked": checked, "builders": builders})
         );
     } else {
         println!("{}", a.artifact);
@@ -169,12 +202,22 @@ async fn finish_built(
             a.artifact,
             a.artifact_bytes
         );
+        say!("{checked}");
         say!("fetch it with: kiln fetch {}", a.artifact);
     }
     if let Some(path) = &args.fetch {
         fetch_artifact(node, a.artifact, path).await?;
     }
     Ok(Some(a.artifact))
+}
+
+/// How many builders vouch for a build found done, in words.
+fn builders_line(agreeing: usize) -> String {
+    if agreeing <= 1 {
+        "checked: built by 1 worker, not checked by another".into()
+    } else {
+        format!("checked: {agreeing} builders with distinct keys built this same artifact")
+    }
 }
 
 pub fn attestation_json(a: &Attestation) -> serde_json::Value {
@@ -213,17 +256,39 @@ async fn follow(
     let end = coord_client::watch(&node.net, start, build_key, |phase| phases.show(describe(phase))).await;
     phases.finish();
     let end = end?;
-    match end {
-        JobPhase::Done { attestation } => {
+    let checked = kiln_node::report::checked_line(&end);
+    match &end {
+        JobPhase::Done { attestation } | JobPhase::Checked { attestation, .. } => {
             let a = attestation.verify()?;
             if args.json {
-                println!(
-                    "{}",
-                    json!({"build_key": build_key.to_string(), "state": "done",
-                    "artifact": a.artifact.to_string(), "attestation": attestation_json(&a)})
-                );
+                let mut out = json!({"build_key": build_key.to_string(), "state": "done",
+                    "artifact": a.artifact.to_string(), "attestation": attestation_json(&a), "checked": checked});
+                if let Some(check) = check_of(&end) {
+                    out["agreed"] = builds_json(&check.agreed);
+                    out["disagreed"] = builds_json(&check.disagreed);
+                }
+                println!("{out}");
             } else {
                 println!("{}", a.artifact);
+                if let Some(line) = &checked {
+                    say!("checked: {line}");
+                }
+                for a in check_of(&end)
+                    .iter()
+                    .flat_map(|c| &c.disagreed)
+                    .filter_map(|s| s.verify().ok())
+                {
+                    say!("disagreed: worker {} built {} instead", peer_of(&a.worker), a.artifact);
+                }
+            }
+            if args.verify > 1 {
+                let agreed = check_of(&end).map_or(1, |c| c.agreed.len());
+                if agreed < args.verify as usize {
+                    bail!(
+                        "build {build_key} was accepted by {agreed} builder(s), fewer than the {} asked for (--verify); the coordinator may run another kiln version",
+                        args.verify
+                    );
+                }
             }
             if let Some(path) = &args.fetch {
                 fetch_artifact(node, a.artifact, path).await?;
@@ -241,8 +306,43 @@ async fn follow(
             let log = log.map(|l| format!("; its log: kiln fetch {l}")).unwrap_or_default();
             bail!("build {build_key} failed after {attempts} attempt(s): {reason}{log}")
         }
+        JobPhase::NotReproducible { attestations, .. } => {
+            let line = checked.unwrap_or_default();
+            if args.json {
+                println!(
+                    "{}",
+                    json!({"build_key": build_key.to_string(), "state": "not reproducible", "reason": line,
+                           "builds": builds_json(attestations)})
+                );
+            }
+            let builds: Vec<String> = attestations
+                .iter()
+                .filter_map(|s| s.verify().ok())
+                .map(|a| format!("worker {} built {}", peer_of(&a.worker), a.artifact))
+                .collect();
+            bail!(
+                "build {build_key} is {line}: {}; compare the artifacts (kiln fetch HASH) to see what differs",
+                builds.join(", ")
+            )
+        }
         other => bail!("build {build_key} is {} on the coordinator", other.name()),
     }
+}
+
+fn check_of(phase: &JobPhase) -> Option<&kiln_protocol::build::Check> {
+    match phase {
+        JobPhase::Checked { check, .. } => Some(check),
+        _ => None,
+    }
+}
+
+/// Each build as `{peer, artifact, log}`.
+fn builds_json(attestations: &[Signed<Attestation>]) -> serde_json::Value {
+    attestations
+        .iter()
+        .filter_map(|s| s.verify().ok())
+        .map(|a| json!({"peer": peer_of(&a.worker), "artifact": a.artifact.to_string(), "log": a.log.to_string()}))
+        .collect()
 }
 
 fn describe(phase: &JobPhase) -> String {
@@ -257,6 +357,8 @@ fn describe(phase: &JobPhase) -> String {
         JobPhase::Log { tail } => format!("log: {}", tail.lines().last().unwrap_or("")),
         JobPhase::Replicating { artifact } => format!("built {artifact}; copying it to a second peer"),
         JobPhase::Done { .. } => "done".into(),
+        JobPhase::Checked { check, .. } => format!("done: {}", check.summary()),
+        JobPhase::NotReproducible { .. } => "not reproducible".into(),
         JobPhase::Failed { reason, .. } => format!("failed: {reason}"),
         JobPhase::Unknown => "unknown to the coordinator".into(),
     }
@@ -422,11 +524,17 @@ fn print_status(coordinator: &str, report: &StatusReport, contributors: &[kiln_p
     println!("recent: {}", report.recent.len());
     for job in &report.recent {
         let detail = match &job.phase {
-            JobPhase::Done { attestation } => attestation
+            JobPhase::Done { attestation } | JobPhase::Checked { attestation, .. } => attestation
                 .verify()
-                .map(|a| format!(" artifact {}", a.artifact))
+                .map(|a| {
+                    let checked = kiln_node::report::checked_line(&job.phase).unwrap_or_default();
+                    format!(" artifact {} ({checked})", a.artifact)
+                })
                 .unwrap_or_default(),
             JobPhase::Failed { reason, .. } => format!(": {reason}"),
+            JobPhase::NotReproducible { .. } => {
+                format!(": {}", kiln_node::report::checked_line(&job.phase).unwrap_or_default())
+            }
             _ => String::new(),
         };
         print_job(job, &detail);

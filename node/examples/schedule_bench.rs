@@ -126,7 +126,7 @@ fn main() {
         }
         let before = LIVE_BYTES.load(Ordering::Relaxed);
         for request in &requests {
-            let submitted = schedule.submit(request.clone());
+            let submitted = schedule.submit(request.clone(), 1);
             assert_eq!(submitted, Ok(Submitted::New));
         }
         per_job = (LIVE_BYTES.load(Ordering::Relaxed) - before) / jobs as isize;

@@ -27,7 +27,7 @@ pub fn job_json(job: &JobView) -> serde_json::Value {
             value["attempt"] = json!(attempt);
         }
         JobPhase::Replicating { artifact } => value["artifact"] = json!(artifact.to_string()),
-        JobPhase::Done { attestation } => {
+        JobPhase::Done { attestation } | JobPhase::Checked { attestation, .. } => {
             if let Ok(a) = attestation.verify() {
                 value["artifact"] = json!(a.artifact.to_string());
                 value["artifact_bytes"] = json!(a.artifact_bytes);
@@ -35,6 +35,15 @@ pub fn job_json(job: &JobView) -> serde_json::Value {
                 value["log"] = json!(a.log.to_string());
                 value["build_ms"] = json!(a.finished_at_ms.saturating_sub(a.started_at_ms));
             }
+            value["checked"] = json!(checked_line(&job.phase));
+            if let JobPhase::Checked { check, .. } = &job.phase {
+                value["agreed"] = json!(builds_json(&check.agreed));
+                value["disagreed"] = json!(builds_json(&check.disagreed));
+            }
+        }
+        JobPhase::NotReproducible { attestations, .. } => {
+            value["reason"] = json!(checked_line(&job.phase));
+            value["builds"] = json!(builds_json(attestations));
         }
         JobPhase::Failed { reason, log, attempts } => {
             value["reason"] = json!(reason);
@@ -44,6 +53,39 @@ pub fn job_json(job: &JobView) -> serde_json::Value {
         JobPhase::Log { .. } | JobPhase::Unknown => {}
     }
     value
+}
+
+/// How a finished build was checked, in words: `2 of 2 builders agreed,
+/// 2 needed`, `built by 1 worker, not checked by another`, or why it is
+/// not reproducible. `None` for a build not finished.
+pub fn checked_line(phase: &JobPhase) -> Option<String> {
+    match phase {
+        JobPhase::Done { .. } => Some("built by 1 worker, not checked by another".into()),
+        JobPhase::Checked { check, .. } => Some(format!("{}, {} needed", check.summary(), check.needed)),
+        JobPhase::NotReproducible { needed, attestations } => {
+            let mut artifacts: Vec<_> = attestations
+                .iter()
+                .filter_map(|s| s.verify().ok().map(|a| a.artifact))
+                .collect();
+            artifacts.sort();
+            artifacts.dedup();
+            Some(format!(
+                "not reproducible: {} builds gave {} different artifacts, and none was built by the {needed} agreeing builders needed",
+                attestations.len(),
+                artifacts.len()
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// Each build as `{peer, artifact, log}`.
+fn builds_json(attestations: &[kiln_protocol::Signed<kiln_protocol::Attestation>]) -> Vec<serde_json::Value> {
+    attestations
+        .iter()
+        .filter_map(|s| s.verify().ok())
+        .map(|a| json!({"peer": peer_of(&a.worker), "artifact": a.artifact.to_string(), "log": a.log.to_string()}))
+        .collect()
 }
 
 pub fn status_json(coordinator: &str, report: &StatusReport, contributors: &[ContributorView]) -> serde_json::Value {

@@ -140,3 +140,92 @@ pub async fn lookup_built(net: &NetClient, build_key: Hash) -> Vec<Signed<Attest
         .filter(|s| s.verify().is_ok_and(|a| a.build_key == build_key))
         .collect()
 }
+
+/// The attestations that vouch for one artifact of `build_key` by at least
+/// `verify` builders with distinct keys, the most vouched-for artifact
+/// first; `None` if no artifact has that many. An attestation counts only
+/// if its signature holds, it names `build_key`, and it is signed by the
+/// worker it names: a record anyone can write in the DHT is believed only
+/// as far as it meets the requester's policy.
+pub fn agreeing(
+    attestations: &[Signed<Attestation>],
+    build_key: Hash,
+    verify: u32,
+) -> Option<Vec<Signed<Attestation>>> {
+    let mut by_artifact: Vec<(Hash, Vec<Signed<Attestation>>)> = Vec::new();
+    for signed in attestations {
+        let Ok(a) = signed.verify() else {
+            continue;
+        };
+        if a.build_key != build_key || a.worker != signed.signer() {
+            continue;
+        }
+        let at = match by_artifact.iter().position(|(artifact, _)| *artifact == a.artifact) {
+            Some(at) => at,
+            None => {
+                by_artifact.push((a.artifact, Vec::new()));
+                by_artifact.len() - 1
+            }
+        };
+        let group = &mut by_artifact[at].1;
+        if group.iter().all(|s| s.signer() != signed.signer()) {
+            group.push(signed.clone());
+        }
+    }
+    by_artifact.sort_by_key(|(_, group)| std::cmp::Reverse(group.len()));
+    by_artifact
+        .into_iter()
+        .map(|(_, group)| group)
+        .find(|group| group.len() >= verify.max(1) as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use kiln_protocol::SecretKey;
+
+    fn signed(by: u8, worker: u8, build_key: Hash, artifact: &[u8]) -> Signed<Attestation> {
+        let attestation = Attestation {
+            build_key,
+            recipe_id: Hash::of(b"recipe"),
+            artifact: Hash::of(artifact),
+            artifact_bytes: 1,
+            log: Hash::of(b"log"),
+            worker: SecretKey::from_bytes(&[worker; 32]).public(),
+            system_digest: Hash::of(b"system"),
+            started_at_ms: 0,
+            finished_at_ms: 1,
+        };
+        Signed::sign(&SecretKey::from_bytes(&[by; 32]), &attestation)
+    }
+
+    #[test]
+    fn a_record_counts_only_as_far_as_distinct_honest_signatures_agree() {
+        let key = Hash::of(b"key");
+        // One builder is enough for --verify 1, not for --verify 2.
+        let one = vec![signed(1, 1, key, b"A")];
+        assert_eq!(agreeing(&one, key, 1).map(|a| a.len()), Some(1));
+        assert_eq!(agreeing(&one, key, 2), None);
+        // A forger repeating itself, or signing in another worker's name,
+        // or for another build, adds nothing.
+        let forged = vec![
+            signed(9, 9, key, b"trojan"),
+            signed(9, 9, key, b"trojan"),
+            signed(9, 1, key, b"trojan"),
+            signed(9, 9, Hash::of(b"other"), b"trojan"),
+        ];
+        assert_eq!(agreeing(&forged, key, 2), None);
+        // Two builders with distinct keys agreeing: accepted, the most
+        // vouched-for artifact first.
+        let mut honest = forged.clone();
+        honest.extend([signed(1, 1, key, b"A"), signed(2, 2, key, b"A")]);
+        let agreed = agreeing(&honest, key, 2).unwrap();
+        assert_eq!(agreed.len(), 2);
+        assert!(agreed.iter().all(|a| a.verify().unwrap().artifact == Hash::of(b"A")));
+        assert_eq!(
+            agreeing(&honest, key, 1).unwrap()[0].verify().unwrap().artifact,
+            Hash::of(b"A")
+        );
+    }
+}

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::hash::Hash;
-use crate::sign::{PublicKey, Signable};
+use crate::sign::{PublicKey, Signable, Signed};
 use crate::system::Requirements;
 use crate::wire;
 
@@ -41,10 +41,90 @@ impl Signable for Attestation {
     const DOMAIN: &'static str = "kiln 2026 attestation v1";
 }
 
+/// Most builders a request may ask to agree (`kiln request --verify N`).
+pub const VERIFY_MAX: u32 = 5;
+/// Most builds one check holds: the builders needed and two more asked
+/// when results disagree.
+pub const CHECK_BUILDS_MAX: usize = VERIFY_MAX as usize + 2;
+
+/// How a result was checked: `needed` builders with distinct keys had to
+/// report the same artifact; `agreed` did (the settled attestation among
+/// them), `disagreed` built something else. Every attestation is kept, so
+/// a requester can see who vouched for what.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Check {
+    pub needed: u32,
+    pub agreed: Vec<Signed<Attestation>>,
+    pub disagreed: Vec<Signed<Attestation>>,
+}
+
+impl Check {
+    /// The check's attestations verified: every signature valid, every one
+    /// for `build_key`, at most [`CHECK_BUILDS_MAX`], each builder once,
+    /// the agreeing ones all of one artifact and at least `needed` of them,
+    /// and no disagreeing one of that artifact. Returns the artifact.
+    pub fn verify(&self, build_key: &Hash) -> Result<Hash, String> {
+        if self.agreed.len() + self.disagreed.len() > CHECK_BUILDS_MAX {
+            return Err(format!("more than {CHECK_BUILDS_MAX} builds in one check"));
+        }
+        let agreed = verify_all(&self.agreed, build_key)?;
+        let disagreed = verify_all(&self.disagreed, build_key)?;
+        let Some(artifact) = agreed.first().map(|a| a.artifact) else {
+            return Err("no builder agreed".into());
+        };
+        if agreed.iter().any(|a| a.artifact != artifact) {
+            return Err("the agreeing builders report different artifacts".into());
+        }
+        if disagreed.iter().any(|a| a.artifact == artifact) {
+            return Err("a disagreeing builder reports the agreed artifact".into());
+        }
+        if (agreed.len() as u64) < u64::from(self.needed.max(1)) {
+            return Err(format!("{} builders agreed, {} needed", agreed.len(), self.needed));
+        }
+        let mut workers: Vec<PublicKey> = agreed.iter().chain(&disagreed).map(|a| a.worker).collect();
+        workers.sort();
+        let before = workers.len();
+        workers.dedup();
+        if workers.len() != before {
+            return Err("one builder is counted twice".into());
+        }
+        Ok(artifact)
+    }
+
+    /// `2 of 2 builders agreed`, or `2 of 3 builders agreed (1 disagreed)`.
+    pub fn summary(&self) -> String {
+        let built = self.agreed.len() + self.disagreed.len();
+        let mut line = format!("{} of {built} builders agreed", self.agreed.len());
+        if !self.disagreed.is_empty() {
+            line += &format!(" ({} disagreed)", self.disagreed.len());
+        }
+        line
+    }
+}
+
+/// Each attestation's signature checked, and its build key.
+pub fn verify_all(attestations: &[Signed<Attestation>], build_key: &Hash) -> Result<Vec<Attestation>, String> {
+    attestations
+        .iter()
+        .map(|signed| {
+            let a = signed
+                .verify()
+                .map_err(|e| format!("an attestation does not verify: {e}"))?;
+            if a.build_key != *build_key {
+                return Err("an attestation is for another build".into());
+            }
+            if a.worker != signed.signer() {
+                return Err("an attestation is signed by a key other than its worker's".into());
+            }
+            Ok(a)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sign::{SecretKey, Signed};
+    use crate::sign::SecretKey;
 
     fn options(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
@@ -137,5 +217,59 @@ mod tests {
         };
         let signed = Signed::sign(&key, &attestation);
         assert_eq!(signed.verify().unwrap(), attestation);
+    }
+
+    fn built(n: u8, artifact: &[u8]) -> Signed<Attestation> {
+        let key = SecretKey::from_bytes(&[n; 32]);
+        let attestation = Attestation {
+            build_key: Hash::of(b"key"),
+            recipe_id: Hash::of(b"recipe"),
+            artifact: Hash::of(artifact),
+            artifact_bytes: 1,
+            log: Hash::of(b"log"),
+            worker: key.public(),
+            system_digest: Hash::of(b"system"),
+            started_at_ms: 0,
+            finished_at_ms: 1,
+        };
+        Signed::sign(&key, &attestation)
+    }
+
+    #[test]
+    fn a_check_holds_only_with_enough_distinct_agreeing_builders() {
+        let key = Hash::of(b"key");
+        let check = |needed, agreed: Vec<Signed<Attestation>>, disagreed| Check {
+            needed,
+            agreed,
+            disagreed,
+        };
+        let good = check(2, vec![built(1, b"A"), built(2, b"A")], vec![built(3, b"B")]);
+        assert_eq!(good.verify(&key), Ok(Hash::of(b"A")));
+        assert_eq!(good.summary(), "2 of 3 builders agreed (1 disagreed)");
+        assert!(check(2, vec![built(1, b"A")], vec![]).verify(&key).is_err(), "too few");
+        assert!(
+            check(2, vec![built(1, b"A"), built(1, b"A")], vec![])
+                .verify(&key)
+                .is_err(),
+            "one builder twice"
+        );
+        assert!(
+            check(2, vec![built(1, b"A"), built(2, b"B")], vec![])
+                .verify(&key)
+                .is_err(),
+            "not one artifact"
+        );
+        assert!(
+            check(1, vec![built(1, b"A")], vec![built(2, b"A")])
+                .verify(&key)
+                .is_err(),
+            "a disagreement that agrees"
+        );
+        assert!(
+            check(1, vec![built(1, b"A")], vec![])
+                .verify(&Hash::of(b"other"))
+                .is_err(),
+            "another build"
+        );
     }
 }

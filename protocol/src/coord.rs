@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::build::Attestation;
+use crate::build::{Attestation, Check};
 use crate::hash::Hash;
 use crate::messages::{JobRequest, WorkerAdvert};
 use crate::sign::{PublicKey, Signed};
@@ -61,6 +61,16 @@ pub enum CoordRequest {
     /// `StatusV1` and the top contributors: answered `StatusV2`. (A new
     /// request, so `StatusV1`'s answer keeps its bytes for older peers.)
     StatusV2,
+    /// `SubmitV1`, with how many builders with distinct keys must agree on
+    /// the artifact (1 to [`crate::build::VERIFY_MAX`]). A merged request
+    /// raises the open job's count to the larger of the two.
+    SubmitV2 {
+        job: Box<JobRequest>,
+        accept_versions: Option<VersionRange>,
+        verify: u32,
+    },
+    /// `SyncV1`, answered `JobsV2`: each job with its builders needed.
+    SyncV2 { after: Option<Hash> },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,6 +127,11 @@ pub enum CoordReplyV1 {
         report: StatusReport,
         contributors: Vec<ContributorView>,
     },
+    /// A page of open jobs (`SyncV2`), each with its builders needed.
+    JobsV2 {
+        jobs: Vec<(JobRequest, u32)>,
+        next: Option<Hash>,
+    },
 }
 
 /// One message of a coordinator's outbox, as a standby adopts it.
@@ -160,6 +175,18 @@ pub enum JobPhase {
     },
     /// The coordinator knows nothing of this build key.
     Unknown,
+    /// Built, checked by independent builders (`--verify N`, N > 1), and
+    /// held by at least two peers.
+    Checked {
+        attestation: Signed<Attestation>,
+        check: Check,
+    },
+    /// No artifact reached `needed` agreeing builders within the builds
+    /// allowed: every build, side by side.
+    NotReproducible {
+        needed: u32,
+        attestations: Vec<Signed<Attestation>>,
+    },
 }
 
 impl JobPhase {
@@ -167,7 +194,11 @@ impl JobPhase {
     pub fn is_final(&self) -> bool {
         matches!(
             self,
-            JobPhase::Done { .. } | JobPhase::Failed { .. } | JobPhase::Unknown
+            JobPhase::Done { .. }
+                | JobPhase::Failed { .. }
+                | JobPhase::Unknown
+                | JobPhase::Checked { .. }
+                | JobPhase::NotReproducible { .. }
         )
     }
 
@@ -181,6 +212,8 @@ impl JobPhase {
             JobPhase::Done { .. } => "done",
             JobPhase::Failed { .. } => "failed",
             JobPhase::Unknown => "unknown",
+            JobPhase::Checked { .. } => "done",
+            JobPhase::NotReproducible { .. } => "not reproducible",
         }
     }
 }

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::build::Attestation;
+use crate::build::{Attestation, Check};
 use crate::hash::Hash;
 use crate::recipe::PublisherSignature;
 use crate::sign::{PublicKey, SecretKey, SignError, Signable, Signed};
@@ -172,13 +172,78 @@ pub enum Settlement {
         log: Option<Hash>,
         attempts: u32,
     },
+    /// Built by `check.needed` (or more) agreeing builders, and held by
+    /// `holders` peers; `attestation` is the one replicated.
+    Checked {
+        attestation: Signed<Attestation>,
+        holders: u32,
+        check: Check,
+    },
+    /// No artifact reached `needed` agreeing builders: every build.
+    NotReproducible {
+        build_key: Hash,
+        needed: u32,
+        attestations: Vec<Signed<Attestation>>,
+    },
 }
 
 impl Settlement {
     pub fn build_key(&self) -> Option<Hash> {
         match self {
             Settlement::Done { attestation, .. } => attestation.verify().ok().map(|a| a.build_key),
-            Settlement::Failed { build_key, .. } => Some(*build_key),
+            Settlement::Failed { build_key, .. } | Settlement::NotReproducible { build_key, .. } => Some(*build_key),
+            Settlement::Checked { attestation, .. } => attestation.verify().ok().map(|a| a.build_key),
+        }
+    }
+
+    /// The attestation of the artifact settled on, for a build that ended
+    /// with one.
+    pub fn attestation(&self) -> Option<&Signed<Attestation>> {
+        match self {
+            Settlement::Done { attestation, .. } | Settlement::Checked { attestation, .. } => Some(attestation),
+            Settlement::Failed { .. } | Settlement::NotReproducible { .. } => None,
+        }
+    }
+
+    /// Every attestation of the artifact settled on: the one for `Done`,
+    /// each agreeing builder's for `Checked`, none otherwise.
+    pub fn agreed(&self) -> Vec<&Signed<Attestation>> {
+        match self {
+            Settlement::Done { attestation, .. } => vec![attestation],
+            Settlement::Checked { check, .. } => check.agreed.iter().collect(),
+            Settlement::Failed { .. } | Settlement::NotReproducible { .. } => Vec::new(),
+        }
+    }
+
+    /// Attestations of artifacts not settled on: the disagreeing builds.
+    pub fn disagreed(&self) -> Vec<&Signed<Attestation>> {
+        match self {
+            Settlement::Checked { check, .. } => check.disagreed.iter().collect(),
+            Settlement::NotReproducible { attestations, .. } => attestations.iter().collect(),
+            Settlement::Done { .. } | Settlement::Failed { .. } => Vec::new(),
+        }
+    }
+
+    /// How many peers hold the artifact settled on.
+    pub fn holders(&self) -> u32 {
+        match self {
+            Settlement::Done { holders, .. } | Settlement::Checked { holders, .. } => *holders,
+            Settlement::Failed { .. } | Settlement::NotReproducible { .. } => 0,
+        }
+    }
+
+    /// Where the build stands, for watchers and status.
+    pub fn phase(&self) -> crate::coord::JobPhase {
+        use crate::coord::JobPhase;
+        match self.clone() {
+            Settlement::Done { attestation, .. } => JobPhase::Done { attestation },
+            Settlement::Checked { attestation, check, .. } => JobPhase::Checked { attestation, check },
+            Settlement::Failed {
+                reason, log, attempts, ..
+            } => JobPhase::Failed { reason, log, attempts },
+            Settlement::NotReproducible {
+                needed, attestations, ..
+            } => JobPhase::NotReproducible { needed, attestations },
         }
     }
 }
@@ -230,6 +295,12 @@ pub enum GossipV1 {
     Delivered {
         outbox_key: Hash,
     },
+    /// A job that needs `verify` agreeing builders (more than one; a job
+    /// that needs one is announced as `Job`, which older peers read).
+    JobV2 {
+        job: JobRequest,
+        verify: u32,
+    },
 }
 
 impl Signable for Gossip {
@@ -271,7 +342,31 @@ pub fn decode_gossip(bytes: &[u8]) -> Result<(PublicKey, Gossip), GossipError> {
 fn check_gossip(message: &Gossip) -> Result<(), GossipError> {
     let Gossip::V1(inner) = message;
     match inner {
-        GossipV1::Job(job) if job.emails.len() > EMAILS_MAX => Err(GossipError::Invalid("too many email addresses")),
+        GossipV1::Job(job) | GossipV1::JobV2 { job, .. } if job.emails.len() > EMAILS_MAX => {
+            Err(GossipError::Invalid("too many email addresses"))
+        }
+        GossipV1::JobV2 { verify, .. } if !(2..=crate::build::VERIFY_MAX).contains(verify) => {
+            Err(GossipError::Invalid("builders to agree out of range"))
+        }
+        GossipV1::Settled(Settlement::Checked { attestation, check, .. }) => {
+            let key = attestation
+                .verify()
+                .map_err(|_| GossipError::Invalid("attestation does not verify"))?
+                .build_key;
+            match check.verify(&key) {
+                Ok(_) if check.agreed.contains(attestation) => Ok(()),
+                _ => Err(GossipError::Invalid("check does not hold")),
+            }
+        }
+        GossipV1::Settled(Settlement::NotReproducible {
+            build_key,
+            attestations,
+            ..
+        }) if attestations.len() > crate::build::CHECK_BUILDS_MAX
+            || crate::build::verify_all(attestations, build_key).is_err() =>
+        {
+            Err(GossipError::Invalid("builds do not verify"))
+        }
         GossipV1::Worker(w) => w.check().map_err(GossipError::Invalid),
         GossipV1::Outcome(BuildOutcome::Failed { reason, .. } | BuildOutcome::Aborted { reason, .. })
             if reason.len() > REASON_BYTES_MAX =>
@@ -473,23 +568,8 @@ pub(crate) mod samples {
     }
 
     pub fn gossip() -> Vec<(&'static str, Gossip)> {
-        let mut requirements = Requirements::new();
-        requirements.set_from_str("os=linux").unwrap();
         vec![
-            (
-                "job",
-                Gossip::V1(GossipV1::Job(JobRequest {
-                    build_key: Hash::of(b"key"),
-                    recipe_id: Hash::of(b"recipe"),
-                    recipe_name: "hello-c".into(),
-                    recipe_version: "1.0.0".into(),
-                    publisher: None,
-                    options: [("opt".to_string(), "O2".to_string())].into_iter().collect(),
-                    requirements,
-                    emails: vec!["a@example.org".into()],
-                    requested_at_ms: 1_700_000_000_000,
-                })),
-            ),
+            ("job", Gossip::V1(GossipV1::Job(first_job()))),
             (
                 "worker",
                 Gossip::V1(GossipV1::Worker(WorkerAdvert {
@@ -575,7 +655,50 @@ pub(crate) mod samples {
                     attempts: 3,
                 })),
             ),
+            (
+                "job_v2",
+                Gossip::V1(GossipV1::JobV2 {
+                    job: first_job(),
+                    verify: 2,
+                }),
+            ),
+            (
+                "settled_checked",
+                Gossip::V1(GossipV1::Settled(Settlement::Checked {
+                    attestation: Signed::sign(&key(), &attestation()),
+                    holders: 2,
+                    check: Check {
+                        needed: 1,
+                        agreed: vec![Signed::sign(&key(), &attestation())],
+                        disagreed: vec![],
+                    },
+                })),
+            ),
+            (
+                "settled_not_reproducible",
+                Gossip::V1(GossipV1::Settled(Settlement::NotReproducible {
+                    build_key: Hash::of(b"key"),
+                    needed: 2,
+                    attestations: vec![Signed::sign(&key(), &attestation())],
+                })),
+            ),
         ]
+    }
+
+    fn first_job() -> JobRequest {
+        let mut requirements = Requirements::new();
+        requirements.set_from_str("os=linux").unwrap();
+        JobRequest {
+            build_key: Hash::of(b"key"),
+            recipe_id: Hash::of(b"recipe"),
+            recipe_name: "hello-c".into(),
+            recipe_version: "1.0.0".into(),
+            publisher: None,
+            options: [("opt".to_string(), "O2".to_string())].into_iter().collect(),
+            requirements,
+            emails: vec!["a@example.org".into()],
+            requested_at_ms: 1_700_000_000_000,
+        }
     }
 
     pub fn coord() -> (Vec<crate::coord::CoordRequest>, Vec<crate::coord::CoordReply>) {
@@ -606,6 +729,12 @@ pub(crate) mod samples {
                 advert: Box::new(advert),
             },
             CoordRequest::StatusV2,
+            CoordRequest::SubmitV2 {
+                job: Box::new(job.clone()),
+                accept_versions: None,
+                verify: 3,
+            },
+            CoordRequest::SyncV2 { after: None },
         ];
         let replies = vec![
             CoordReplyV1::Built {
@@ -697,6 +826,28 @@ pub(crate) mod samples {
                     builds: 3,
                     build_ms: 42_000,
                 }],
+            },
+            CoordReplyV1::JobsV2 {
+                jobs: vec![(first_job(), 2)],
+                next: None,
+            },
+            CoordReplyV1::Event {
+                build_key: Hash::of(b"key"),
+                phase: JobPhase::Checked {
+                    attestation: Signed::sign(&key(), &attestation()),
+                    check: Check {
+                        needed: 1,
+                        agreed: vec![Signed::sign(&key(), &attestation())],
+                        disagreed: vec![],
+                    },
+                },
+            },
+            CoordReplyV1::Event {
+                build_key: Hash::of(b"key"),
+                phase: JobPhase::NotReproducible {
+                    needed: 2,
+                    attestations: vec![],
+                },
             },
         ];
         (requests, replies.into_iter().map(CoordReply::V1).collect())
@@ -877,6 +1028,9 @@ mod tests {
         ("aborted", "5c000302ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b4ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c1763616e6e6f74206665746368207468652072656369706501ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c1d9223bf056777cd280d09420fef3907ce9d8bfb2d6ed32b4308155ff4a173c31f187e3b67e60bbfcb897afc76d48bd07cba78457db2f403e86e8ea4a183b003"),
         ("delivered", "220007ea6f6f20b9e920b56a7995f760955e863b8610a469b6e1932cb4edfde97f3f39ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22cff5fb0e1f42007cd6159bf318cf76369416ebf4412330929309583abc3a43e6f7526788bad89e906d94774316ad556c0d89898e5816204aa0a23ebe7f4d14406"),
         ("settled_failed", "39000601ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b4136661696c6564206f6e203320776f726b6572730003ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22cb49c8ec700943cb4ef2987ec3c58cc94668fecdc12d437b52ce6ba7678d4cb9c12e5fad1d12230a9137ff1cbb7502025e2bb2ad6dd7bd9b6a64e651b6497ea07"),
+        ("job_v2", "7d0008ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b42cd86560b2a6a0a54b6f2767adec4d9fbf74c7b4c39ebca63fef3cdcee0d14f30768656c6c6f2d6305312e302e300001036f7074024f3201026f7300056c696e7578010d61406578616d706c652e6f7267fd0068e5cf8b01000002ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c79fc96b9f2ec9e962f28fe70442302bb0b50783e6aa502da12d10f09b74a2d5781f3946d35ae39fc06d85ab5be2f51caba06cd71bfff32bdeab90c7a7b0fcd0a"),
+        ("settled_checked", "fb6f02000602d3ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b42cd86560b2a6a0a54b6f2767adec4d9fbf74c7b4c39ebca63fef3cdcee0d14f3e068dc010bf492707f7e8d896457770f24703784cfe76bd785f8b76cc010bbf3089fbf48f8224338b32a7f298140ee6c52b29a22d05b35c9be97e19b614e4726baea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c0c9046e0df271bb372601a22970c8944a6e9a7a507d0168ef67436ade135240afd0068e5cf8b010000fde86be5cf8b010000ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c28caa55159918c48cde9180fbdda81993d210386d5d8991b14f04583f6f7361b40be2b885fee9d3d49ace3c23dea70598ecc0a330c94db2be0ddaf86ab5acf05020101d3ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b42cd86560b2a6a0a54b6f2767adec4d9fbf74c7b4c39ebca63fef3cdcee0d14f3e068dc010bf492707f7e8d896457770f24703784cfe76bd785f8b76cc010bbf3089fbf48f8224338b32a7f298140ee6c52b29a22d05b35c9be97e19b614e4726baea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c0c9046e0df271bb372601a22970c8944a6e9a7a507d0168ef67436ade135240afd0068e5cf8b010000fde86be5cf8b010000ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c28caa55159918c48cde9180fbdda81993d210386d5d8991b14f04583f6f7361b40be2b885fee9d3d49ace3c23dea70598ecc0a330c94db2be0ddaf86ab5acf0500ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22ca0a67187b551298f550bf8dcd01abe66b885e89199bbb191ecf2500472de01ebac988635256236a049b988c70c650a0274168df641a89a0c1472a755b3283802"),
+        ("settled_not_reproducible", "fb5901000603ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b40201d3ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b42cd86560b2a6a0a54b6f2767adec4d9fbf74c7b4c39ebca63fef3cdcee0d14f3e068dc010bf492707f7e8d896457770f24703784cfe76bd785f8b76cc010bbf3089fbf48f8224338b32a7f298140ee6c52b29a22d05b35c9be97e19b614e4726baea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c0c9046e0df271bb372601a22970c8944a6e9a7a507d0168ef67436ade135240afd0068e5cf8b010000fde86be5cf8b010000ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c28caa55159918c48cde9180fbdda81993d210386d5d8991b14f04583f6f7361b40be2b885fee9d3d49ace3c23dea70598ecc0a330c94db2be0ddaf86ab5acf05ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c1bcf049a83c0769329591ecc3ac012249d0779b16da72c4c47f5cbeba520c9d27d80cc23b4ac724c1f2f6182e9801f2a456ee6ac36b28dae811eec1bba9db00c"),
         ("request0", "2b0000000023f82a295328e116801fc5ebb9b84c3c193d3a8f2c315ff47afb0526d01f1f94fc00001000fc00001000"),
         ("request1", "210000000123f82a295328e116801fc5ebb9b84c3c193d3a8f2c315ff47afb0526d01f1f94"),
         ("reply0", "0c0000000000fc00003000fc00001000"),
@@ -895,6 +1049,8 @@ mod tests {
         ("coord_request5", "220000000501ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b4"),
         ("coord_request6", "5e00000006056c696e7578067838365f3634066c6974746c654005676c69626304322e333602fc00000040010473736532010263630631322e322e30000100000301ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b4"),
         ("coord_request7", "0100000007"),
+        ("coord_request8", "7d00000008ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b42cd86560b2a6a0a54b6f2767adec4d9fbf74c7b4c39ebca63fef3cdcee0d14f30768656c6c6f2d6305312e302e300001036f7074024f3201026f7300056c696e7578010d61406578616d706c652e6f7267fd0068e5cf8b0100000003"),
+        ("coord_request9", "020000000900"),
         ("coord_reply0", "37010000000001d3ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b42cd86560b2a6a0a54b6f2767adec4d9fbf74c7b4c39ebca63fef3cdcee0d14f3e068dc010bf492707f7e8d896457770f24703784cfe76bd785f8b76cc010bbf3089fbf48f8224338b32a7f298140ee6c52b29a22d05b35c9be97e19b614e4726baea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c0c9046e0df271bb372601a22970c8944a6e9a7a507d0168ef67436ade135240afd0068e5cf8b010000fde86be5cf8b010000ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c28caa55159918c48cde9180fbdda81993d210386d5d8991b14f04583f6f7361b40be2b885fee9d3d49ace3c23dea70598ecc0a330c94db2be0ddaf86ab5acf05"),
         ("coord_reply1", "450000000001ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b40100011f616c6c2032206d61746368696e6720776f726b657273206172652062757379"),
         ("coord_reply2", "3c000000000201ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c01172f6970342f3132372e302e302e312f7463702f34303031"),
@@ -906,5 +1062,8 @@ mod tests {
         ("coord_reply8", "24000000000801ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b406"),
         ("coord_reply9", "020000000009"),
         ("coord_reply10", "50000000000aea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c01000000000000000001ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c03fb10a4"),
+        ("coord_reply11", "7f000000000b01ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b42cd86560b2a6a0a54b6f2767adec4d9fbf74c7b4c39ebca63fef3cdcee0d14f30768656c6c6f2d6305312e302e300001036f7074024f3201026f7300056c696e7578010d61406578616d706c652e6f7267fd0068e5cf8b0100000200"),
+        ("coord_reply12", "8e0200000005ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b407d3ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b42cd86560b2a6a0a54b6f2767adec4d9fbf74c7b4c39ebca63fef3cdcee0d14f3e068dc010bf492707f7e8d896457770f24703784cfe76bd785f8b76cc010bbf3089fbf48f8224338b32a7f298140ee6c52b29a22d05b35c9be97e19b614e4726baea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c0c9046e0df271bb372601a22970c8944a6e9a7a507d0168ef67436ade135240afd0068e5cf8b010000fde86be5cf8b010000ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c28caa55159918c48cde9180fbdda81993d210386d5d8991b14f04583f6f7361b40be2b885fee9d3d49ace3c23dea70598ecc0a330c94db2be0ddaf86ab5acf050101d3ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b42cd86560b2a6a0a54b6f2767adec4d9fbf74c7b4c39ebca63fef3cdcee0d14f3e068dc010bf492707f7e8d896457770f24703784cfe76bd785f8b76cc010bbf3089fbf48f8224338b32a7f298140ee6c52b29a22d05b35c9be97e19b614e4726baea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c0c9046e0df271bb372601a22970c8944a6e9a7a507d0168ef67436ade135240afd0068e5cf8b010000fde86be5cf8b010000ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c28caa55159918c48cde9180fbdda81993d210386d5d8991b14f04583f6f7361b40be2b885fee9d3d49ace3c23dea70598ecc0a330c94db2be0ddaf86ab5acf0500"),
+        ("coord_reply13", "250000000005ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b4080200"),
     ];
 }

@@ -38,11 +38,16 @@ impl Credit {
         credit
     }
 
-    /// Counts one settlement (once per build: the caller's concern).
+    /// Counts one settlement (once per build: the caller's concern):
+    /// every builder of the artifact settled on, none whose build
+    /// disagreed.
     pub(super) fn settled(&mut self, settlement: &Settlement) {
-        let Settlement::Done { attestation, .. } = settlement else {
-            return;
-        };
+        for attestation in settlement.agreed() {
+            self.credit(attestation);
+        }
+    }
+
+    fn credit(&mut self, attestation: &kiln_protocol::Signed<kiln_protocol::Attestation>) {
         let Ok(a) = attestation.verify() else {
             return;
         };

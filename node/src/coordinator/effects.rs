@@ -25,18 +25,22 @@ const ASSIGN_REPLY_MS_MAX: u64 = 10_000;
 /// cache, evictable under `--max-store-size`, instead of filling a
 /// contributor's disk.
 pub(super) fn release_if_replicated(store: &Store, me: &PublicKey, settlement: &Settlement) {
-    let Settlement::Done { attestation, holders } = settlement else {
-        return;
-    };
-    let Ok(a) = attestation.verify() else {
-        return;
-    };
-    if a.worker != *me || *holders < 2 {
-        return;
-    }
-    for hash in [a.artifact, a.log] {
-        if store.unpin(&hash).unwrap_or(false) {
-            info!(blob = %hash, "another peer holds this build now; unpinned here (kept as a cache)");
+    // This node's build of the settled artifact, once another peer holds
+    // it too; a build of another artifact is not what anyone gets.
+    let replicated = settlement.holders() >= 2;
+    let agreed = settlement.agreed().into_iter().map(|a| (a, replicated));
+    let disagreed = settlement.disagreed().into_iter().map(|a| (a, true));
+    for (attestation, release) in agreed.chain(disagreed) {
+        let Ok(a) = attestation.verify() else {
+            continue;
+        };
+        if a.worker != *me || !release {
+            continue;
+        }
+        for hash in [a.artifact, a.log] {
+            if store.unpin(&hash).unwrap_or(false) {
+                info!(blob = %hash, "this build is settled, and held elsewhere or not the artifact settled on; unpinned here (kept as a cache)");
+            }
         }
     }
 }

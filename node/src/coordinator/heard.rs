@@ -13,7 +13,7 @@ use tracing::{debug, info, warn};
 use super::election::Candidate;
 use super::held;
 use super::jobs::Mail;
-use super::schedule::JobState;
+use super::schedule::{Built, JobState};
 use super::*;
 use crate::net::identity::peer_id_of;
 
@@ -28,7 +28,8 @@ impl Coordinator {
         match message {
             GossipV1::Coordinator(beat) => self.heard_heartbeat(peer, beat, now),
             GossipV1::Worker(advert) => self.heard_advert(signer, advert, now),
-            GossipV1::Job(job) => self.heard_job(job, peer),
+            GossipV1::Job(job) => self.heard_job(job, 1, peer),
+            GossipV1::JobV2 { job, verify } => self.heard_job(job, verify, peer),
             GossipV1::Assigned(Assigned {
                 build_key,
                 worker,
@@ -48,10 +49,21 @@ impl Coordinator {
                     return;
                 }
                 let build_key = a.build_key;
-                if self.schedule.built(&build_key, attestation) {
-                    info!(job = %build_key, artifact = %a.artifact, worker = %signer, "built");
-                    self.changed(&build_key);
+                let verdict = self.schedule.built(&build_key, attestation);
+                match verdict {
+                    Built::Ignored => {
+                        debug!(job = %build_key, worker = %signer, "a build not leased to its worker, or reported twice; ignored");
+                        return;
+                    }
+                    Built::Accepted => info!(job = %build_key, artifact = %a.artifact, worker = %signer, "built"),
+                    Built::NeedMore => {
+                        info!(job = %build_key, artifact = %a.artifact, worker = %signer, "built; another builder must agree")
+                    }
+                    Built::NotReproducible => {
+                        warn!(job = %build_key, artifact = %a.artifact, worker = %signer, "built; the builds disagree: not reproducible")
+                    }
                 }
+                self.changed(&build_key);
             }
             GossipV1::Outcome(BuildOutcome::Failed {
                 build_key,
@@ -109,7 +121,7 @@ impl Coordinator {
 
     /// A job announced by the coordinator (or a requester): kept, and its
     /// inputs fetched so they outlive the node that holds them now.
-    pub(super) fn heard_job(&mut self, job: JobRequest, from: PeerId) {
+    pub(super) fn heard_job(&mut self, job: JobRequest, verify: u32, from: PeerId) {
         if check_job(&job).is_err() || self.built(&job.build_key).is_some() {
             return;
         }
@@ -118,7 +130,7 @@ impl Coordinator {
         // answer asked before.
         self.reconciling.remove(&build_key);
         let fresh = self.schedule.job(&build_key).is_none();
-        if self.schedule.submit(job.clone()).is_err() {
+        if self.schedule.submit(job.clone(), verify).is_err() {
             return;
         }
         self.persist(&build_key);
@@ -188,7 +200,7 @@ impl Coordinator {
         let Some(build_key) = settlement.build_key() else {
             return;
         };
-        if let Settlement::Done { attestation, .. } = &settlement {
+        for attestation in settlement.agreed() {
             if let Err(e) = self.store.put_attestation(attestation) {
                 debug!(error = %e, "attestation not kept");
             }

@@ -1,9 +1,9 @@
 //! A job's way through the acting coordinator: accepted, assigned,
 //! settled (a failure at once, a build once replicated), and ended.
 
-use kiln_protocol::coord::{CoordReplyV1, JobPhase, ATTESTATIONS_MAX, STATUS_RECENT_MAX};
+use kiln_protocol::coord::{CoordReplyV1, STATUS_RECENT_MAX};
 use kiln_protocol::messages::{encode_gossip, topics, Assigned, Gossip, GossipV1, JobRequest, Settlement, WorkReplyV1};
-use kiln_protocol::{wire, Attestation, Hash, PublicKey, SecretKey, Signed};
+use kiln_protocol::{wire, Hash, PublicKey, SecretKey};
 use tracing::{info, warn};
 
 use super::schedule::{Job, JobState, Submitted};
@@ -13,27 +13,36 @@ use crate::metrics::METRICS;
 
 impl Coordinator {
     /// A submission to the acting coordinator, inputs already held.
-    pub(super) async fn submit(&mut self, job: JobRequest) -> CoordReplyV1 {
+    /// `verify`: builders with distinct keys that must agree.
+    pub(super) async fn submit(&mut self, job: JobRequest, verify: u32) -> CoordReplyV1 {
         let build_key = job.build_key;
         let emails = job.emails.len();
-        let merged = match self.schedule.submit(job) {
+        let merged = match self.schedule.submit(job, verify) {
             Ok(Submitted::New) => false,
             Ok(Submitted::Merged { .. }) => true,
             Err(e) => return CoordReplyV1::Refused { reason: e.to_string() },
         };
+        if !merged {
+            self.count_earlier_builds(&build_key);
+        }
         if !self.persist(&build_key) {
             self.schedule.remove(&build_key);
             return CoordReplyV1::Refused {
                 reason: "the coordinator cannot write its queue to disk; try again later".into(),
             };
         }
-        info!(job = %build_key, merged, emails, "job accepted");
+        info!(job = %build_key, merged, emails, verify, "job accepted");
         if !merged {
             self.accepted_at_ms.insert(build_key, now_ms());
         }
         if let Some(job) = self.schedule.job(&build_key) {
-            let request = job.request.clone();
-            self.gossip(topics::JOBS, GossipV1::Job(request)).await;
+            let (job, verify) = (job.request.clone(), job.verify);
+            let announced = if verify > 1 {
+                GossipV1::JobV2 { job, verify }
+            } else {
+                GossipV1::Job(job)
+            };
+            self.gossip(topics::JOBS, announced).await;
         }
         // Match at once rather than at the next tick.
         self.step(now_ms()).await;
@@ -78,12 +87,29 @@ impl Coordinator {
         });
     }
 
+    /// A job opened for a build already done by fewer builders than it
+    /// now needs: those builds count, and only the rest are asked for.
+    pub(super) fn count_earlier_builds(&mut self, build_key: &Hash) {
+        if let Some(earlier) = self.built(build_key) {
+            info!(job = %build_key, builders = earlier.len(), "built before by fewer builders than now needed; built again by others");
+            self.schedule.count_builds(build_key, earlier);
+        }
+    }
+
     /// Settles an ended job: a failure at once, a build once replicated.
     pub(super) fn settle(&mut self, build_key: Hash) {
         let Some(job) = self.schedule.job(&build_key) else {
             return;
         };
         match &job.state {
+            JobState::NotReproducible => {
+                let settlement = Settlement::NotReproducible {
+                    build_key,
+                    needed: job.verify,
+                    attestations: job.built.clone(),
+                };
+                self.finish(build_key, settlement);
+            }
             JobState::GaveUp { reason } => {
                 let settlement = Settlement::Failed {
                     build_key,
@@ -111,21 +137,36 @@ impl Coordinator {
     }
 
     pub(super) async fn finish_done(&mut self, build_key: Hash, holders: u32) {
-        let Some(JobState::Replicating { attestation }) = self.schedule.job(&build_key).map(|j| j.state.clone()) else {
+        let Some(job) = self.schedule.job(&build_key) else {
             return;
         };
-        let settlement = Settlement::Done {
-            attestation: (*attestation).clone(),
-            holders,
+        let JobState::Replicating { attestation } = job.state.clone() else {
+            return;
+        };
+        let attestation = *attestation;
+        // A job checked by more than one builder says who agreed (and who
+        // did not); one built once says nothing more, as before.
+        let settlement = match job.check() {
+            Some(check) if job.verify > 1 => {
+                for agreed in &check.agreed {
+                    let _ = self.store.put_attestation(agreed);
+                }
+                Settlement::Checked {
+                    attestation: attestation.clone(),
+                    holders,
+                    check,
+                }
+            }
+            _ => Settlement::Done {
+                attestation: attestation.clone(),
+                holders,
+            },
         };
         let _ = self.store.put_attestation(&attestation);
-        let attestations: Vec<Signed<Attestation>> = self
-            .store
-            .attestations(&build_key)
-            .unwrap_or_default()
-            .into_iter()
-            .take(ATTESTATIONS_MAX)
-            .collect();
+        self.finish(build_key, settlement.clone());
+        // The DHT's record: the settled artifact's attestations only (this
+        // node's store may keep a disagreeing build of its own).
+        let attestations = self.built(&build_key).unwrap_or_else(|| vec![attestation]);
         let net = self.net.clone();
         tokio::spawn(async move {
             if let Ok(value) = wire::encode(&attestations) {
@@ -134,7 +175,6 @@ impl Coordinator {
                 }
             }
         });
-        self.finish(build_key, settlement.clone());
         self.gossip(topics::RESULTS, GossipV1::Settled(settlement)).await;
     }
 
@@ -146,7 +186,7 @@ impl Coordinator {
             self.ended(job, &settlement, Mail::Compose);
         }
         self.persist(&build_key);
-        if let Settlement::Failed { .. } = &settlement {
+        if let Settlement::Failed { .. } | Settlement::NotReproducible { .. } = &settlement {
             let (net, key) = (self.net.clone(), SecretKey::from_bytes(&self.key.to_bytes()));
             tokio::spawn(async move {
                 if let Ok(bytes) = encode_gossip(&key, &Gossip::V1(GossipV1::Settled(settlement))) {
@@ -163,24 +203,15 @@ impl Coordinator {
         if !self.schedule.uses_recipe(&job.request.recipe_id) {
             release_inputs(&self.store, job.request.recipe_id);
         }
-        let phase = match settlement {
-            Settlement::Done { attestation, .. } => {
-                info!(job = %build_key, "done");
-                JobPhase::Done {
-                    attestation: attestation.clone(),
-                }
+        match settlement {
+            Settlement::Done { .. } => info!(job = %build_key, "done"),
+            Settlement::Checked { check, .. } => info!(job = %build_key, check = check.summary(), "done"),
+            Settlement::Failed { reason, .. } => warn!(job = %build_key, reason, "failed"),
+            Settlement::NotReproducible { attestations, .. } => {
+                warn!(job = %build_key, builds = attestations.len(), "not reproducible: the builds disagree")
             }
-            Settlement::Failed {
-                reason, log, attempts, ..
-            } => {
-                warn!(job = %build_key, reason, "failed");
-                JobPhase::Failed {
-                    reason: reason.clone(),
-                    log: *log,
-                    attempts: *attempts,
-                }
-            }
-        };
+        }
+        let phase = settlement.phase();
         if let (Some((mailer, _)), Mail::Compose) = (&self.mail, mail) {
             mailer.ended(&job.request, settlement);
         }

@@ -99,10 +99,12 @@ enum Input {
     Lookup {
         job: Box<JobRequest>,
         accept_versions: Option<VersionRange>,
+        verify: u32,
         reply: oneshot::Sender<Lookup>,
     },
     Submit {
         job: Box<JobRequest>,
+        verify: u32,
         reply: oneshot::Sender<CoordReplyV1>,
     },
     Status {
@@ -127,13 +129,14 @@ enum Input {
     /// A standby asks for a page of the open jobs.
     Sync {
         after: Option<Hash>,
+        v2: bool,
         reply: oneshot::Sender<CoordReplyV1>,
     },
     /// A page of the coordinator's open jobs, fetched by this standby;
     /// `done` with the last page, `None` if the fetch failed.
     Synced {
         from: PeerId,
-        jobs: Option<Vec<JobRequest>>,
+        jobs: Option<Vec<(JobRequest, u32)>>,
         done: bool,
     },
     /// A standby asks where these builds stand.

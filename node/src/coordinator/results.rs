@@ -15,18 +15,19 @@ impl Coordinator {
     pub(super) fn record_result(&mut self, build_key: &Hash, settlement: &Settlement, job: Option<&JobRequest>) {
         // Credited once per build key, as `Credit::load` counts the table
         // at start: when no `Done` was recorded under the key before.
-        let done_before = matches!(
-            self.result(build_key).map(|r| r.settlement),
-            Some(Settlement::Done { .. })
-        );
+        let done_before = self
+            .result(build_key)
+            .is_some_and(|r| r.settlement.attestation().is_some());
         if !done_before {
             self.credit.settled(settlement);
         }
         // Counted once, where the job was open: not for repeats of a
         // settlement or for builds this node never heard of.
         match (settlement, job.is_some()) {
-            (Settlement::Done { .. }, true) => Metrics::add(&METRICS.jobs_done, 1),
-            (Settlement::Failed { .. }, true) => Metrics::add(&METRICS.jobs_failed, 1),
+            (Settlement::Done { .. } | Settlement::Checked { .. }, true) => Metrics::add(&METRICS.jobs_done, 1),
+            (Settlement::Failed { .. } | Settlement::NotReproducible { .. }, true) => {
+                Metrics::add(&METRICS.jobs_failed, 1)
+            }
             (_, false) => {}
         }
         let record = ResultRecord {
@@ -70,31 +71,41 @@ impl Coordinator {
         self.built(&found.1)
     }
 
-    /// The attestations of a build this node knows is done.
+    /// The attestations of a build this node knows is done: the settled
+    /// one first, then every other one it keeps of the same artifact, one
+    /// per builder. (The store may also keep attestations of other
+    /// artifacts, such as this node's own build that disagreed.)
     pub(super) fn built(&self, build_key: &Hash) -> Option<Vec<Signed<Attestation>>> {
-        let Settlement::Done { attestation, .. } = self.result(build_key)?.settlement else {
-            return None;
-        };
-        let mut attestations = self.store.attestations(build_key).unwrap_or_default();
-        if attestations.is_empty() {
-            attestations.push(attestation);
+        let settled = self.result(build_key)?.settlement.attestation()?.clone();
+        let artifact = settled.verify().ok()?.artifact;
+        let kept = self.store.attestations(build_key).unwrap_or_default();
+        let mut attestations = vec![settled];
+        for signed in kept {
+            let same = signed
+                .verify()
+                .is_ok_and(|a| a.artifact == artifact && a.worker == signed.signer() && a.build_key == *build_key);
+            if same && attestations.iter().all(|a| a.signer() != signed.signer()) {
+                attestations.push(signed);
+            }
         }
         attestations.truncate(ATTESTATIONS_MAX);
         Some(attestations)
+    }
+
+    /// [`Coordinator::built`], when at least `verify` builders with
+    /// distinct keys vouch for the artifact.
+    pub(super) fn built_by_enough(&self, build_key: &Hash, verify: u32) -> Option<Vec<Signed<Attestation>>> {
+        self.built(build_key)
+            .filter(|attestations| agreeing_builders(attestations) >= verify as usize)
     }
 
     pub(super) fn phase(&self, build_key: &Hash) -> JobPhase {
         if let Some(job) = self.schedule.job(build_key) {
             return job.phase();
         }
-        if let Some(attestation) = self.built(build_key).and_then(|a| a.into_iter().next()) {
-            return JobPhase::Done { attestation };
-        }
         match self.result(build_key).map(|r| r.settlement) {
-            Some(Settlement::Failed {
-                reason, log, attempts, ..
-            }) => JobPhase::Failed { reason, log, attempts },
-            _ => JobPhase::Unknown,
+            Some(settlement) => settlement.phase(),
+            None => JobPhase::Unknown,
         }
     }
 
@@ -189,10 +200,19 @@ fn newest_built(store: &Store, job: &JobRequest, range: &VersionRange) -> Option
             let same = record.recipe_name == job.recipe_name
                 && record.options == job.options
                 && record.requirements == job.requirements
-                && matches!(record.settlement, Settlement::Done { .. })
+                && record.settlement.attestation().is_some()
                 && range.contains(&record.recipe_version);
             let key: [u8; 32] = key.as_slice().try_into().ok()?;
             same.then_some((record.recipe_version, Hash::from_bytes(key)))
         })
         .max_by(|a, b| kiln_protocol::system::compare_versions(&a.0, &b.0))
+}
+
+/// Builders with distinct keys among attestations of one artifact (as
+/// [`Coordinator::built`] returns them).
+pub(super) fn agreeing_builders(attestations: &[Signed<Attestation>]) -> usize {
+    let mut signers: Vec<_> = attestations.iter().map(|a| a.signer()).collect();
+    signers.sort();
+    signers.dedup();
+    signers.len()
 }

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use futures::StreamExt;
+use kiln_protocol::build::VERIFY_MAX;
 use kiln_protocol::coord::{CoordReply, CoordReplyV1, CoordRequest, COORD_FRAME_BYTES_MAX, PHASES_MAX};
 use kiln_protocol::messages::{check_email, JobRequest, EMAILS_MAX};
 use kiln_protocol::system::VersionRange;
@@ -120,7 +121,15 @@ impl Server {
         stream: &mut libp2p::Stream,
     ) -> std::io::Result<()> {
         let reply = match request {
-            CoordRequest::SubmitV1 { job, accept_versions } => self.submit(peer, *job, accept_versions).await,
+            CoordRequest::SubmitV1 { job, accept_versions } => self.submit(peer, *job, accept_versions, 1).await,
+            CoordRequest::SubmitV2 {
+                job,
+                accept_versions,
+                verify,
+            } if (1..=VERIFY_MAX).contains(&verify) => self.submit(peer, *job, accept_versions, verify).await,
+            CoordRequest::SubmitV2 { .. } => CoordReplyV1::Refused {
+                reason: format!("ask for 1 to {VERIFY_MAX} agreeing builders (--verify)"),
+            },
             CoordRequest::StatusV1 | CoordRequest::StatusV2 => {
                 let contributors = matches!(request, CoordRequest::StatusV2);
                 self.ask(|reply| Input::Status { contributors, reply })
@@ -129,7 +138,15 @@ impl Server {
             }
             CoordRequest::WatchV1 { build_key } => return self.watch_held(build_key, stream).await,
             CoordRequest::SyncV1 { after } => self
-                .ask(|reply| Input::Sync { after, reply })
+                .ask(|reply| Input::Sync {
+                    after,
+                    v2: false,
+                    reply,
+                })
+                .await
+                .unwrap_or_else(stopping),
+            CoordRequest::SyncV2 { after } => self
+                .ask(|reply| Input::Sync { after, v2: true, reply })
                 .await
                 .unwrap_or_else(stopping),
             CoordRequest::MailSyncV1 { after } => {
@@ -174,6 +191,7 @@ impl Server {
         peer: PeerId,
         job: JobRequest,
         accept_versions: Option<VersionRange>,
+        verify: u32,
     ) -> CoordReplyV1 {
         if let Err(reason) = check_job(&job) {
             return CoordReplyV1::Refused { reason };
@@ -182,6 +200,7 @@ impl Server {
         let lookup = |reply| Input::Lookup {
             job: asked,
             accept_versions,
+            verify,
             reply,
         };
         match self.ask(lookup).await {
@@ -197,6 +216,7 @@ impl Server {
         }
         self.ask(|reply| Input::Submit {
             job: Box::new(job),
+            verify,
             reply,
         })
         .await

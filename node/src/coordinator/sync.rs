@@ -49,11 +49,11 @@ impl Coordinator {
             let mut pages = 0;
             loop {
                 let page = match reached {
-                    Some(peer) => crate::coord_client::ask_peer(&net, peer, &CoordRequest::SyncV1 { after }).await,
+                    Some(peer) => crate::coord_client::ask_peer(&net, peer, &CoordRequest::SyncV2 { after }).await,
                     None => Err(std::io::Error::other("no peer id")),
                 };
                 let (jobs, next) = match page {
-                    Ok((CoordReplyV1::Jobs { jobs, next }, _)) => (Some(jobs), next),
+                    Ok((CoordReplyV1::JobsV2 { jobs, next }, _)) => (Some(jobs), next),
                     Ok((other, _)) => {
                         debug!(reply = ?other, "the coordinator did not list its jobs");
                         (None, None)
@@ -92,8 +92,9 @@ impl Coordinator {
         });
     }
 
-    /// A page of the open jobs, in build-key order after `after`.
-    pub(super) fn sync_page(&self, after: Option<Hash>) -> CoordReplyV1 {
+    /// A page of the open jobs, in build-key order after `after` (`v2`:
+    /// with each job's builders needed, as `SyncV2` asks).
+    pub(super) fn sync_page(&self, after: Option<Hash>, v2: bool) -> CoordReplyV1 {
         let mut open: Vec<&Job> = self
             .schedule
             .jobs()
@@ -108,12 +109,17 @@ impl Coordinator {
                 break;
             }
             bytes += size;
-            jobs.push(job.request.clone());
+            jobs.push((job.request.clone(), job.verify));
         }
         let next = (jobs.len() < open.len())
-            .then(|| jobs.last().map(|j: &JobRequest| j.build_key))
+            .then(|| jobs.last().map(|(j, _): &(JobRequest, u32)| j.build_key))
             .flatten();
-        CoordReplyV1::Jobs { jobs, next }
+        if v2 {
+            CoordReplyV1::JobsV2 { jobs, next }
+        } else {
+            let jobs = jobs.into_iter().map(|(job, _)| job).collect();
+            CoordReplyV1::Jobs { jobs, next }
+        }
     }
 
     /// After the job pages: adopts the coordinator's outbox first (which
@@ -188,6 +194,28 @@ impl Coordinator {
                     log,
                     attempts,
                 },
+                JobPhase::Checked { attestation, check } => {
+                    if check.verify(&build_key).is_err() || !check.agreed.contains(&attestation) {
+                        continue;
+                    }
+                    Settlement::Checked {
+                        attestation,
+                        holders: 2,
+                        check,
+                    }
+                }
+                JobPhase::NotReproducible { needed, attestations } => {
+                    let valid = attestations.len() <= kiln_protocol::build::CHECK_BUILDS_MAX
+                        && kiln_protocol::build::verify_all(&attestations, &build_key).is_ok();
+                    if !valid {
+                        continue;
+                    }
+                    Settlement::NotReproducible {
+                        build_key,
+                        needed,
+                        attestations,
+                    }
+                }
                 _ => continue,
             };
             let Some(job) = self.schedule.job(&build_key) else {

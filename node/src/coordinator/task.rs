@@ -12,12 +12,13 @@ use kiln_protocol::coord::{Contact, CoordReplyV1, PHASES_MAX};
 use kiln_protocol::messages::{
     encode_gossip, topics, CoordinatorHeartbeat, Gossip, GossipV1, Settlement, ADDRESSES_MAX,
 };
-use kiln_protocol::{wire, SecretKey};
+use kiln_protocol::SecretKey;
 use kiln_store::{RecordTable, Store};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::election::{Election, HEARTBEAT_MS};
+use super::results::agreeing_builders;
 use super::schedule::{Decision, Job, Schedule};
 use super::*;
 use crate::clock::now_ms;
@@ -94,7 +95,7 @@ impl Coordinator {
         };
         let now = now_ms();
         for (_, bytes) in records {
-            match wire::decode::<Job, { kiln_store::RECORD_VALUE_BYTES_MAX }>(&bytes) {
+            match Job::decode::<{ kiln_store::RECORD_VALUE_BYTES_MAX }>(&bytes) {
                 Ok(job) => self.schedule.restore(job, now),
                 Err(e) => warn!(error = %e, "skipping a damaged queue record"),
             }
@@ -178,21 +179,48 @@ impl Coordinator {
     /// The DHT's word on a restored job.
     fn restored_checked(&mut self, build_key: Hash, attestations: Vec<Signed<Attestation>>) {
         self.schedule.checked(&build_key);
-        let Some(attestation) = attestations.into_iter().next() else {
-            return;
-        };
         let Some(job) = self.schedule.job(&build_key) else {
             return;
         };
+        let verify = job.verify;
         let mail = super::jobs::Mail::for_settled_elsewhere(&job.request, now_ms());
-        info!(job = %build_key, "a job restored from disk was built while this node was down; settled from its record");
-        self.settled_here(
+        // The record's attestations of its first artifact, one per builder.
+        let artifact = attestations.first().and_then(|a| a.verify().ok()).map(|a| a.artifact);
+        let mut agreed: Vec<Signed<Attestation>> = Vec::new();
+        for signed in attestations.into_iter().take(kiln_protocol::build::CHECK_BUILDS_MAX) {
+            let same = signed
+                .verify()
+                .is_ok_and(|a| Some(a.artifact) == artifact && a.worker == signed.signer() && a.build_key == build_key);
+            if same && agreed.iter().all(|a| a.signer() != signed.signer()) {
+                agreed.push(signed);
+            }
+        }
+        let Some(attestation) = agreed.first().cloned() else {
+            return;
+        };
+        let settlement = if verify <= 1 {
             Settlement::Done {
                 attestation,
                 holders: 2,
-            },
-            mail,
-        );
+            }
+        } else if agreed.len() >= verify as usize {
+            Settlement::Checked {
+                attestation,
+                holders: 2,
+                check: kiln_protocol::build::Check {
+                    needed: verify,
+                    agreed,
+                    disagreed: Vec::new(),
+                },
+            }
+        } else {
+            info!(job = %build_key, builders = agreed.len(), verify, "a job restored from disk was built meanwhile by fewer builders than it needs; more are asked");
+            self.schedule.count_builds(&build_key, agreed);
+            self.changed(&build_key);
+            return;
+        };
+        info!(job = %build_key, "a job restored from disk was built while this node was down; settled from its record");
+        self.settled_here(settlement, mail);
     }
 
     /// Runs until told to stop (after the step it is on) or every input
@@ -326,13 +354,14 @@ impl Coordinator {
             Input::Lookup {
                 job,
                 accept_versions,
+                verify,
                 reply,
             } => {
-                let answer = self.lookup(&job, accept_versions, now).await;
+                let answer = self.lookup(&job, accept_versions, verify, now).await;
                 let _ = reply.send(answer);
             }
-            Input::Submit { job, reply } => {
-                let answer = self.submit(*job).await;
+            Input::Submit { job, verify, reply } => {
+                let answer = self.submit(*job, verify).await;
                 let _ = reply.send(answer);
             }
             Input::Status { contributors, reply } => {
@@ -397,8 +426,8 @@ impl Coordinator {
                     self.changed(&build_key);
                 }
             }
-            Input::Sync { after, reply } => {
-                let _ = reply.send(self.sync_page(after));
+            Input::Sync { after, v2, reply } => {
+                let _ = reply.send(self.sync_page(after, v2));
             }
             Input::Synced { from, jobs, done } => self.synced(from, jobs, done, now),
             Input::Phases { build_keys, reply } => {
@@ -428,18 +457,22 @@ impl Coordinator {
     }
 
     /// What a submission finds: another coordinator, a finished build (of
-    /// this version or an accepted one), an open job, or nothing yet.
-    async fn lookup(&self, job: &JobRequest, accept_versions: Option<VersionRange>, now: u64) -> Lookup {
+    /// this version or an accepted one) by at least `verify` agreeing
+    /// builders, an open job, or nothing yet (a build by fewer builders is
+    /// built again by more, see [`Coordinator::built_by_enough`]).
+    async fn lookup(&self, job: &JobRequest, accept_versions: Option<VersionRange>, verify: u32, now: u64) -> Lookup {
         let build_key = job.build_key;
         if !self.acting {
             return Lookup::NotCoordinator(self.contact(now));
         }
-        if let Some(attestations) = self.built(&build_key) {
+        if let Some(attestations) = self.built_by_enough(&build_key, verify) {
             return Lookup::Built(attestations);
         }
         if let Some(range) = accept_versions {
             if let Some(attestations) = self.built_in_range(job, &range).await {
-                return Lookup::Built(attestations);
+                if agreeing_builders(&attestations) >= verify as usize {
+                    return Lookup::Built(attestations);
+                }
             }
         }
         if self.schedule.job(&build_key).is_some() {
@@ -471,16 +504,16 @@ impl Coordinator {
     /// A page of the coordinator's open jobs arrived (or the fetch failed).
     /// After the last one, the open jobs this node kept that the coordinator
     /// did not list are reconciled with it, and its outbox is adopted.
-    fn synced(&mut self, from: PeerId, jobs: Option<Vec<JobRequest>>, done: bool, now: u64) {
+    fn synced(&mut self, from: PeerId, jobs: Option<Vec<(JobRequest, u32)>>, done: bool, now: u64) {
         let Some(jobs) = jobs else {
             self.syncing = false;
             self.sync_seen.clear();
             self.sync_not_before_ms = now + SYNC_RETRY_MS;
             return;
         };
-        for job in jobs {
+        for (job, verify) in jobs {
             let build_key = job.build_key;
-            self.heard_job(job, from);
+            self.heard_job(job, verify, from);
             // Only what this node holds open matters for staleness: the
             // set stays as small as its own queue, whatever a peer lists.
             if self.schedule.job(&build_key).is_some() {

@@ -82,16 +82,48 @@ fn options_line(options: &BTreeMap<String, String>) -> String {
         .join(" ")
 }
 
+/// A worker as its peer id, the name `kiln status` shows.
+fn worker_name(worker: &kiln_protocol::PublicKey) -> String {
+    crate::net::identity::peer_id_of(worker)
+        .map(|p| p.to_string())
+        .unwrap_or_else(|| worker.to_string())
+}
+
+/// How the result was checked, in the lines of the mail: who agreed, who
+/// built something else and what.
+fn checked_lines(settlement: &Settlement) -> String {
+    let Settlement::Checked { check, .. } = settlement else {
+        return "Checked:    built by 1 worker, not checked by another (ask with --verify 2 to have \
+                independent builders agree)\n"
+            .into();
+    };
+    let mut lines = format!("Checked:    {}, {} needed\n", check.summary(), check.needed);
+    for signed in &check.agreed {
+        if let Ok(a) = signed.verify() {
+            lines += &format!("Agreed:     worker {} built {}\n", worker_name(&a.worker), a.artifact);
+        }
+    }
+    for signed in &check.disagreed {
+        if let Ok(a) = signed.verify() {
+            lines += &format!(
+                "Disagreed:  worker {} built {} (not this artifact)\n",
+                worker_name(&a.worker),
+                a.artifact
+            );
+        }
+    }
+    lines
+}
+
 pub(super) fn compose_done(job: &JobRequest, settlement: &Settlement) -> (String, String) {
-    let Settlement::Done { attestation, holders } = settlement else {
+    let (Some(attestation), holders) = (settlement.attestation(), settlement.holders()) else {
         return compose_failed(job, settlement, None);
     };
     let Ok(a) = attestation.verify() else {
         return compose_failed(job, settlement, None);
     };
-    let builder = crate::net::identity::peer_id_of(&a.worker)
-        .map(|p| p.to_string())
-        .unwrap_or_else(|| a.worker.to_string());
+    let builder = worker_name(&a.worker);
+    let checked = checked_lines(settlement);
     let seconds = a.finished_at_ms.saturating_sub(a.started_at_ms) as f64 / 1000.0;
     let subject = subject(job, "is built");
     // In lines a mail client shows whole.
@@ -112,6 +144,7 @@ pub(super) fn compose_done(job: &JobRequest, settlement: &Settlement) -> (String
          Options:    {options}\n\
          Requires:   {requirements}\n\
          Built by:   worker {builder}\n\
+         {checked}\
          Build time: {seconds:.1} s\n\
          Held by:    {holders} peers\n\
          Build key:  {build_key}\n\
@@ -144,7 +177,9 @@ pub(super) fn compose_failed(job: &JobRequest, settlement: &Settlement, log_tail
         Settlement::Failed {
             reason, log, attempts, ..
         } => (reason.clone(), *log, *attempts),
-        Settlement::Done { .. } => ("the build's attestation does not verify".to_string(), None, 0),
+        Settlement::Done { .. } | Settlement::Checked { .. } | Settlement::NotReproducible { .. } => {
+            ("the build's attestation does not verify".to_string(), None, 0)
+        }
     };
     let subject = subject(job, "failed");
     let log_line = log.map(|l| format!("Full log:   kiln fetch {l}\n")).unwrap_or_default();
@@ -162,6 +197,55 @@ pub(super) fn compose_failed(job: &JobRequest, settlement: &Settlement, log_tail
         name = job.recipe_name,
         version = job.recipe_version,
         target = target(job),
+        options = options_line(&job.options),
+        build_key = job.build_key,
+    );
+    (subject, body)
+}
+
+/// Every build of a recipe whose builders disagreed: each artifact with
+/// the workers that built it, and how to look at each.
+pub(super) fn compose_not_reproducible(job: &JobRequest, settlement: &Settlement) -> (String, String) {
+    let Settlement::NotReproducible {
+        needed, attestations, ..
+    } = settlement
+    else {
+        return compose_failed(job, settlement, None);
+    };
+    let mut by_artifact: BTreeMap<kiln_protocol::Hash, Vec<(String, kiln_protocol::Hash)>> = BTreeMap::new();
+    for a in attestations.iter().filter_map(|s| s.verify().ok()) {
+        by_artifact
+            .entry(a.artifact)
+            .or_default()
+            .push((worker_name(&a.worker), a.log));
+    }
+    let mut builds = String::new();
+    for (artifact, builders) in &by_artifact {
+        builds += &format!("Artifact:   {artifact}\n");
+        for (worker, log) in builders {
+            builds += &format!("  built by worker {worker}, log: kiln fetch {log}\n");
+        }
+        builds += &format!("  fetch it:  kiln fetch {artifact}\n");
+    }
+    let subject = subject(job, "is not reproducible");
+    let body = format!(
+        "Your build of {name} {version} for {target} is not reproducible: {built} \
+         independent builds gave {artifacts} different artifacts, and no artifact was built by the \
+         {needed} agreeing builders needed.\n\
+         \n\
+         {builds}\
+         \n\
+         Options:    {options}\n\
+         Build key:  {build_key}\n\
+         \n\
+         A recipe builds reproducibly when its output depends only on its inputs: no clock, \
+         random numbers, host names or build paths in what it writes. Compare the artifacts \
+         (for example with diffoscope) to see what differs.\n",
+        name = job.recipe_name,
+        version = job.recipe_version,
+        target = target(job),
+        built = attestations.len(),
+        artifacts = by_artifact.len(),
         options = options_line(&job.options),
         build_key = job.build_key,
     );

@@ -40,7 +40,7 @@ use crate::net::NetClient;
 mod compose;
 mod deliver;
 
-use compose::{compose_done, compose_failed};
+use compose::{compose_done, compose_failed, compose_not_reproducible};
 
 /// Inputs waiting for the mailer.
 const INPUTS_MAX: usize = 1024;
@@ -353,7 +353,13 @@ fn outbox_key(settlement: &Settlement, to: &str) -> Hash {
             Ok(a) => [b"done".as_slice(), a.build_key.as_bytes()].concat(),
             Err(_) => wire::canonical(settlement),
         },
-        Settlement::Failed { .. } => wire::canonical(settlement),
+        // Apart from `Done`: a request that asked for more builders is
+        // told of their check even if an earlier build was mailed.
+        Settlement::Checked { attestation, .. } => match attestation.verify() {
+            Ok(a) => [b"checked".as_slice(), a.build_key.as_bytes()].concat(),
+            Err(_) => wire::canonical(settlement),
+        },
+        Settlement::Failed { .. } | Settlement::NotReproducible { .. } => wire::canonical(settlement),
     };
     bytes.extend_from_slice(to.as_bytes());
     Hash::derive("kiln 2026 outbox v1", &bytes)
@@ -437,7 +443,8 @@ impl Mailer {
     /// Writes one message per address, unless already there.
     pub(super) async fn enqueue(&self, job: &JobRequest, settlement: &Settlement) {
         let (subject, body) = match settlement {
-            Settlement::Done { .. } => compose_done(job, settlement),
+            Settlement::Done { .. } | Settlement::Checked { .. } => compose_done(job, settlement),
+            Settlement::NotReproducible { .. } => compose_not_reproducible(job, settlement),
             Settlement::Failed { log, .. } => {
                 let tail = match log {
                     Some(log) => self.log_tail(*log).await,

@@ -32,7 +32,7 @@ const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:1.5em;color:#2
 h1{font-size:1.4em}h2{font-size:1.1em;margin-top:1.6em;border-bottom:1px solid #ccc}\
 table{border-collapse:collapse}td,th{padding:.2em .8em .2em 0;text-align:left;vertical-align:top}\
 code,pre{font-family:ui-monospace,monospace;font-size:.9em}pre{background:#f5f5f5;padding:.8em;overflow-x:auto}\
-.done{color:#070}.failed{color:#b00}.building,.replicating{color:#a60}.queued{color:#555}.muted{color:#777}";
+.done{color:#070}.failed,.not-reproducible{color:#b00}.building,.replicating{color:#a60}.queued{color:#555}.muted{color:#777}";
 
 fn page(title: &str, refresh: bool, body: &str) -> String {
     let refresh = if refresh {
@@ -238,25 +238,28 @@ fn render_recent(b: &mut String, report: &StatusReport) {
         );
         for job in &report.recent {
             let result = match &job.phase {
-                JobPhase::Done { attestation } => attestation
+                JobPhase::Done { attestation } | JobPhase::Checked { attestation, .. } => attestation
                     .verify()
                     .map(|a| {
                         format!(
-                            "artifact <code>{}</code>, {} bytes, built by <code>{}</code> in {:.1} s",
+                            "artifact <code>{}</code>, {} bytes, built by <code>{}</code> in {:.1} s; {}",
                             a.artifact,
                             a.artifact_bytes,
                             short(&peer_of(&a.worker)),
-                            a.finished_at_ms.saturating_sub(a.started_at_ms) as f64 / 1000.0
+                            a.finished_at_ms.saturating_sub(a.started_at_ms) as f64 / 1000.0,
+                            esc(&crate::report::checked_line(&job.phase).unwrap_or_default())
                         )
                     })
                     .unwrap_or_else(|_| "attestation does not verify".into()),
                 JobPhase::Failed { reason, attempts, .. } => format!("{} ({attempts} attempts)", esc(reason)),
+                JobPhase::NotReproducible { .. } => esc(&crate::report::checked_line(&job.phase).unwrap_or_default()),
                 _ => String::new(),
             };
             let name = job.phase.name();
+            let class = name.replace(' ', "-");
             let _ = write!(
                 b,
-                "<tr><td>{}</td><td>{} {}</td><td>{}</td><td class=\"{name}\">{name}</td><td>{result}</td></tr>",
+                "<tr><td>{}</td><td>{} {}</td><td>{}</td><td class=\"{class}\">{name}</td><td>{result}</td></tr>",
                 build_link(&job.build_key),
                 esc(&job.recipe_name),
                 esc(&job.recipe_version),
@@ -323,7 +326,7 @@ fn render_phase(b: &mut String, phase: &JobPhase) {
                 "<tr><th>artifact</th><td><code>{artifact}</code> (copying to a second peer)</td></tr>"
             );
         }
-        JobPhase::Done { attestation } => {
+        JobPhase::Done { attestation } | JobPhase::Checked { attestation, .. } => {
             if let Ok(a) = attestation.verify() {
                 let _ = write!(
                     b,
@@ -342,6 +345,32 @@ fn render_phase(b: &mut String, phase: &JobPhase) {
                 );
                 let seconds = a.finished_at_ms.saturating_sub(a.started_at_ms) as f64 / 1000.0;
                 let _ = write!(b, "<tr><th>build time</th><td>{seconds:.1} s</td></tr>");
+            }
+            if let Some(line) = crate::report::checked_line(phase) {
+                let _ = write!(b, "<tr><th>checked</th><td id=\"checked\">{}</td></tr>", esc(&line));
+            }
+            if let JobPhase::Checked { check, .. } = phase {
+                for a in check.disagreed.iter().filter_map(|s| s.verify().ok()) {
+                    let _ = write!(
+                        b,
+                        "<tr><th>disagreed</th><td class=\"failed\"><code>{}</code> built <code>{}</code></td></tr>",
+                        peer_of(&a.worker),
+                        a.artifact
+                    );
+                }
+            }
+        }
+        JobPhase::NotReproducible { attestations, .. } => {
+            if let Some(line) = crate::report::checked_line(phase) {
+                let _ = write!(b, "<tr><th>failed</th><td class=\"failed\">{}</td></tr>", esc(&line));
+            }
+            for a in attestations.iter().filter_map(|s| s.verify().ok()) {
+                let _ = write!(
+                    b,
+                    "<tr><th>build</th><td><code>{}</code> built <code>{}</code></td></tr>",
+                    peer_of(&a.worker),
+                    a.artifact
+                );
             }
         }
         JobPhase::Failed { reason, attempts, .. } => {
@@ -387,7 +416,9 @@ fn render_log(b: &mut String, p: &BuildPage) {
 /// The stored log of an ended build.
 fn log_hash(phase: &JobPhase) -> Option<Hash> {
     match phase {
-        JobPhase::Done { attestation } => attestation.verify().ok().map(|a| a.log),
+        JobPhase::Done { attestation } | JobPhase::Checked { attestation, .. } => {
+            attestation.verify().ok().map(|a| a.log)
+        }
         JobPhase::Failed { log, .. } => *log,
         _ => None,
     }

@@ -172,7 +172,7 @@ impl Dashboard {
             .iter()
             .take(kiln_protocol::coord::STATUS_RECENT_MAX)
             .filter_map(|job| match &job.phase {
-                JobPhase::Done { attestation } => {
+                JobPhase::Done { attestation } | JobPhase::Checked { attestation, .. } => {
                     attestation.verify().ok().map(|a| (a.artifact, a.artifact_bytes, job))
                 }
                 _ => None,
@@ -239,7 +239,9 @@ impl Dashboard {
             ));
         };
         let log = match &job.phase {
-            JobPhase::Done { attestation } => attestation.verify().ok().and_then(|a| self.stored_log(a.log)),
+            JobPhase::Done { attestation } | JobPhase::Checked { attestation, .. } => {
+                attestation.verify().ok().and_then(|a| self.stored_log(a.log))
+            }
             JobPhase::Failed { log: Some(hash), .. } => self.stored_log(*hash),
             JobPhase::Assigned { worker, .. } => self.live_log(&build_key, worker).map(|text| (LogSource::Live, text)),
             _ => None,

@@ -10,6 +10,9 @@
 //! kiln-evil watch     --data-dir D --bootstrap B ADDR:KEY,KEY  hold 40 watch streams per open job KEY on coordinator PEER
 //! kiln-evil range     --data-dir D --bootstrap B ADDR:HASH:LEN  ask the peer at ADDR for LEN bytes of HASH, print the answer
 //!                                                 (LEN `hashes`: ask for its range hashes instead)
+//! kiln-evil lie       --data-dir D --bootstrap B ADDR:GOFILE  a worker for the coordinator at ADDR that builds each
+//!                                                 job honestly in the sandbox, flips a byte of the artifact, and
+//!                                                 reports that, signed with its own valid key, once GOFILE exists
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -58,6 +61,7 @@ async fn main() {
         "settle" => settle(net, secret, target.parse().unwrap()).await,
         "watch" => watch(net, &target).await,
         "range" => range(net, &target).await,
+        "lie" => lie(net, secret, &data_dir, &target).await,
         other => panic!("unknown mode {other}"),
     }
 }
@@ -272,4 +276,117 @@ async fn range(net: NetClient, target: &str) {
     };
     println!("answer {kind}");
     std::process::exit(0);
+}
+
+/// A worker that lies: it advertises to the coordinator at ADDR, takes
+/// every job offered over `/kiln/work/1`, builds it honestly in the real
+/// sandbox, flips one byte of the artifact, stores that, and reports it as
+/// built with an attestation signed by its own (valid) key. It holds each
+/// report until GOFILE exists, advertising the build as running meanwhile,
+/// so a test can choose when the lie arrives.
+async fn lie(net: NetClient, key: SecretKey, data_dir: &std::path::Path, target: &str) {
+    use kiln_protocol::messages::{BuildOutcome, WorkReply, WorkReplyV1, WorkRequest, WorkerAdvert};
+    let (addr, go_file) = target.rsplit_once(':').unwrap();
+    let go_file = PathBuf::from(go_file);
+    let coordinator = dial(&net, addr).await;
+    let store = kiln_store::Store::open(data_dir).unwrap();
+    let system = kiln_node::worker::system::probe(Default::default());
+    let running: Arc<std::sync::Mutex<Vec<Hash>>> = Arc::default();
+    // The advert, every second: what it is, and what it builds.
+    let (advert_net, advert_running, advert_system) = (net.clone(), running.clone(), system.clone());
+    tokio::spawn(async move {
+        for sequence in 0.. {
+            let running = advert_running.lock().unwrap().clone();
+            let advert = WorkerAdvert {
+                system: advert_system.clone(),
+                max_jobs: 1,
+                running_jobs: running.len() as u32,
+                waiting_because: None,
+                sequence,
+                running,
+            };
+            let request = kiln_protocol::coord::CoordRequest::AdvertV1 {
+                advert: Box::new(advert),
+            };
+            let _ = kiln_node::coord_client::ask_peer(&advert_net, coordinator, &request).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    println!("lying worker {}", key.public());
+    let mut control = net.stream_control();
+    let mut incoming = control.accept(kiln_node::net::WORK_PROTOCOL).unwrap();
+    while let Some((from, mut stream)) = incoming.next().await {
+        let mut header = [0u8; 4];
+        stream.read_exact(&mut header).await.unwrap();
+        let mut frame = header.to_vec();
+        frame.resize(4 + u32::from_le_bytes(header) as usize, 0);
+        stream.read_exact(&mut frame[4..]).await.unwrap();
+        let (request, _): (WorkRequest, usize) = messages::decode_frame_max::<_, 65_536>(&frame).unwrap().unwrap();
+        let WorkRequest::AssignV1 { job, .. } = request;
+        let reply = messages::encode_frame(&WorkReply::V1(WorkReplyV1::Accepted)).unwrap();
+        stream.write_all(&reply).await.unwrap();
+        stream.flush().await.unwrap();
+        running.lock().unwrap().push(job.build_key);
+        println!("assigned {}", job.build_key);
+        // The build, honest up to its artifact.
+        let hints = [from];
+        let progress = Arc::new(kiln_node::blobs::NoProgress);
+        kiln_node::blobs::fetch_from(&net, &store, job.recipe_id, &hints, progress.clone())
+            .await
+            .unwrap();
+        let recipe = kiln_node::blobs::job_recipe(&store, &job).await.unwrap();
+        let source = match &recipe.source {
+            kiln_protocol::Source::Blob(hash) => {
+                kiln_node::blobs::fetch_from(&net, &store, *hash, &hints, progress.clone())
+                    .await
+                    .unwrap();
+                let path = data_dir.join(format!("source-{}.tar", job.build_key));
+                store.export(hash, &path).unwrap();
+                kiln_node::worker::sandbox::SourceInput::Archive(path)
+            }
+            _ => kiln_node::worker::sandbox::SourceInput::None,
+        };
+        let spec = kiln_node::worker::sandbox::BuildSpec {
+            steps: recipe.render_steps(&job.options),
+            outputs: recipe.outputs.clone(),
+            options: job.options.clone(),
+            network: false,
+            timeout: Duration::from_secs(recipe.timeout_secs),
+            memory_bytes: recipe.memory_bytes,
+            source,
+        };
+        let sandbox = kiln_node::worker::sandbox::Sandbox::new(data_dir, false).unwrap();
+        let started_at_ms = kiln_node::clock::now_ms();
+        let result = sandbox.run(&spec).await.unwrap();
+        let kiln_node::worker::sandbox::BuildStatus::Succeeded { artifact } = &result.status else {
+            panic!("the honest build failed: {:?}", result.status);
+        };
+        // The lie: one byte of the real artifact flipped.
+        let mut bytes = std::fs::read(artifact).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x01;
+        let (artifact, artifact_bytes) = store.put_bytes(&bytes, None).unwrap();
+        let (log, _) = store.put_bytes(&result.log, None).unwrap();
+        let attestation = kiln_protocol::Attestation {
+            build_key: job.build_key,
+            recipe_id: job.recipe_id,
+            artifact,
+            artifact_bytes,
+            log,
+            worker: key.public(),
+            system_digest: system.digest(),
+            started_at_ms,
+            finished_at_ms: kiln_node::clock::now_ms(),
+        };
+        println!("built {artifact}, a lie; waiting for {}", go_file.display());
+        while !go_file.exists() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let outcome = Gossip::V1(GossipV1::Outcome(BuildOutcome::Done {
+            attestation: Signed::sign(&key, &attestation),
+        }));
+        publish_on(&net, topics::RESULTS, messages::encode_gossip(&key, &outcome).unwrap()).await;
+        running.lock().unwrap().retain(|k| *k != job.build_key);
+        println!("reported {artifact}");
+    }
 }

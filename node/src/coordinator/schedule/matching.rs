@@ -55,6 +55,7 @@ impl Schedule {
                     }
                 }
                 Match::GiveUp(reason) => self.give_up(&build_key, reason),
+                Match::NotReproducible => self.not_reproducible(&build_key),
             }
         }
         decisions
@@ -122,7 +123,14 @@ impl Schedule {
         let Some(job) = self.jobs.get(build_key) else {
             return Match::Wait(String::new());
         };
-        let untried = || matching.iter().filter(|w| !job.failed_on.contains(w));
+        let untried = || {
+            matching
+                .iter()
+                .filter(|w| !job.failed_on.contains(w) && !job.built_by(w))
+        };
+        if job.disagrees() && untried().next().is_none() {
+            return Match::NotReproducible;
+        }
         if job.failed_attempts > 0 && untried().next().is_none() {
             let last = job.last_failure.as_ref().map(|(r, _)| r.as_str()).unwrap_or("?");
             return Match::GiveUp(format!(
@@ -166,6 +174,21 @@ impl Schedule {
                 return reason.clone();
             }
         }
+        if !job.built.is_empty() {
+            let others = matching.iter().filter(|w| !job.built_by(w)).count();
+            if others == 0 {
+                return format!(
+                    "{} of {} builders needed have built it, and no other matching worker has joined",
+                    job.built.len(),
+                    job.verify
+                );
+            }
+            return format!(
+                "{} of {} builders needed have built it; the {others} other matching workers are busy",
+                job.built.len(),
+                job.verify
+            );
+        }
         format!("all {} matching workers are busy", matching.len())
     }
 
@@ -207,4 +230,7 @@ enum Match {
     Worker(PublicKey),
     Wait(String),
     GiveUp(String),
+    /// Its builds disagree and no other matching worker is left to settle
+    /// it.
+    NotReproducible,
 }

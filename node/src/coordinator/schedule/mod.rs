@@ -11,10 +11,13 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
+use kiln_protocol::build::{Check, CHECK_BUILDS_MAX, VERIFY_MAX};
 use kiln_protocol::coord::{JobPhase, JobView};
 use kiln_protocol::messages::{JobRequest, WorkerAdvert, ADVERT_IDLE_MS, EMAILS_MAX};
 use kiln_protocol::{wire, Attestation, Hash, PublicKey, Signed};
 use serde::{Deserialize, Serialize};
+
+use super::verification::{judge, Verdict};
 
 /// A job's worker unheard of this long (since its last advert, or the
 /// lease if later) loses it: a worker that builds advertises every
@@ -72,6 +75,9 @@ pub enum JobState {
     GaveUp {
         reason: String,
     },
+    /// Its builds disagree and no artifact can reach the builders needed
+    /// (`Job::built` holds them all); reported, then removed.
+    NotReproducible,
 }
 
 /// An open job, as kept durably by the coordinator and its standbys.
@@ -93,6 +99,50 @@ pub struct Job {
     waiting_because: Option<String>,
     #[serde(skip, default = "unset_digest")]
     requirements_digest: Hash,
+    /// Builders with distinct keys that must report the same artifact
+    /// (`--verify N`; 1 for a job that is built once).
+    pub verify: u32,
+    /// The builds reported so far, one per worker, while the builders
+    /// needed do not agree yet (at most [`CHECK_BUILDS_MAX`]).
+    pub built: Vec<Signed<Attestation>>,
+}
+
+/// A job as kept on disk before it had `verify` and `built`: read, so
+/// the queue kept by an older version is not lost.
+#[derive(Deserialize)]
+struct JobV1 {
+    request: JobRequest,
+    state: JobState,
+    failed_attempts: u32,
+    lost_attempts: u32,
+    failed_on: BTreeSet<PublicKey>,
+    last_failure: Option<(String, Option<Hash>)>,
+    sequence: u64,
+}
+
+impl Job {
+    /// A job from its bytes on disk, in this layout or the one before.
+    /// (The older layout is a prefix of this one, so the two never read
+    /// each other's bytes.)
+    pub fn decode<const LIMIT: usize>(bytes: &[u8]) -> Result<Job, wire::WireError> {
+        wire::decode::<Job, LIMIT>(bytes).or_else(|e| {
+            let old = wire::decode::<JobV1, LIMIT>(bytes).map_err(|_| e)?;
+            Ok(Job {
+                requirements_digest: requirements_digest(&old.request),
+                request: old.request,
+                state: old.state,
+                failed_attempts: old.failed_attempts,
+                lost_attempts: old.lost_attempts,
+                failed_on: old.failed_on,
+                last_failure: old.last_failure,
+                sequence: old.sequence,
+                refused_until: BTreeMap::new(),
+                waiting_because: None,
+                verify: 1,
+                built: Vec::new(),
+            })
+        })
+    }
 }
 
 impl Job {
@@ -101,7 +151,51 @@ impl Job {
     }
 
     fn skips(&self, worker: &PublicKey, now_ms: u64) -> bool {
-        self.failed_on.contains(worker) || self.refused_until.get(worker).is_some_and(|until| *until > now_ms)
+        self.failed_on.contains(worker)
+            || self.built_by(worker)
+            || self.refused_until.get(worker).is_some_and(|until| *until > now_ms)
+    }
+
+    /// Whether this worker's build is among those being checked.
+    fn built_by(&self, worker: &PublicKey) -> bool {
+        self.built.iter().any(|a| a.signer() == *worker)
+    }
+
+    /// Each build so far, by its worker, with its artifact.
+    fn results(&self) -> Vec<(PublicKey, Hash)> {
+        self.built
+            .iter()
+            .filter_map(|signed| signed.verify().ok().map(|a| (a.worker, a.artifact)))
+            .collect()
+    }
+
+    /// How the builds so far stand against the builders needed.
+    pub fn verdict(&self) -> Verdict<PublicKey> {
+        judge(&self.results(), self.verify)
+    }
+
+    /// The check of an accepted result: who agreed, who did not. `None`
+    /// while the builds do not agree yet.
+    pub fn check(&self) -> Option<Check> {
+        let Verdict::Accepted { artifact, .. } = self.verdict() else {
+            return None;
+        };
+        let (agreed, disagreed) = self
+            .built
+            .iter()
+            .cloned()
+            .partition(|signed| signed.verify().is_ok_and(|a| a.artifact == artifact));
+        Some(Check {
+            needed: self.verify,
+            agreed,
+            disagreed,
+        })
+    }
+
+    /// Whether two builds reported different artifacts.
+    fn disagrees(&self) -> bool {
+        let results = self.results();
+        results.iter().any(|(_, artifact)| *artifact != results[0].1)
     }
 
     pub fn phase(&self) -> JobPhase {
@@ -121,6 +215,10 @@ impl Job {
                 reason: reason.clone(),
                 log: self.last_failure.as_ref().and_then(|(_, log)| *log),
                 attempts: self.failed_attempts,
+            },
+            JobState::NotReproducible => JobPhase::NotReproducible {
+                needed: self.verify,
+                attestations: self.built.clone(),
             },
         }
     }
@@ -170,6 +268,28 @@ pub enum Decision {
     },
     /// Why the job waits changed: tell whoever follows it.
     Waits { build_key: Hash },
+}
+
+/// What a reported build did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Built {
+    /// Not from the job's worker, a repeat, or for no open job.
+    Ignored,
+    /// The builders needed agree: the job is to be replicated.
+    Accepted,
+    /// Another builder is needed.
+    NeedMore,
+    /// The builds disagree past the builders allowed.
+    NotReproducible,
+}
+
+/// The most builders that agree on one artifact.
+fn agreeing_most(results: &[(PublicKey, Hash)]) -> usize {
+    results
+        .iter()
+        .map(|(_, artifact)| results.iter().filter(|(_, a)| a == artifact).count())
+        .max()
+        .unwrap_or(0)
 }
 
 /// What a submission did.
@@ -251,8 +371,21 @@ impl Schedule {
 
     /// Takes a new request, or merges its addresses into the open job with
     /// the same build key.
-    pub fn submit(&mut self, request: JobRequest) -> Result<Submitted, ScheduleError> {
+    /// `verify`: builders that must agree (the larger count wins when
+    /// requests merge).
+    pub fn submit(&mut self, request: JobRequest, verify: u32) -> Result<Submitted, ScheduleError> {
+        let verify = verify.clamp(1, VERIFY_MAX);
         if let Some(job) = self.jobs.get_mut(&request.build_key) {
+            if verify > job.verify {
+                job.verify = verify;
+                // Accepted on fewer builders than now needed: built again.
+                if matches!(job.state, JobState::Replicating { .. }) {
+                    self.recheck(&request.build_key);
+                }
+            }
+            let Some(job) = self.jobs.get_mut(&request.build_key) else {
+                return Ok(Submitted::Merged { new_emails: Vec::new() });
+            };
             let mut new_emails = Vec::new();
             for email in request.emails {
                 if !job.request.emails.contains(&email) && job.request.emails.len() < REQUESTERS_EMAILS_MAX {
@@ -277,6 +410,8 @@ impl Schedule {
             sequence,
             refused_until: BTreeMap::new(),
             waiting_because: None,
+            verify,
+            built: Vec::new(),
         };
         self.insert(job);
         Ok(Submitted::New)
@@ -304,7 +439,7 @@ impl Schedule {
             JobState::Queued => {
                 self.queue.insert(job.sequence, job.request.build_key);
             }
-            JobState::Replicating { .. } | JobState::GaveUp { .. } => {
+            JobState::Replicating { .. } | JobState::GaveUp { .. } | JobState::NotReproducible => {
                 self.ended.insert(job.request.build_key);
             }
             JobState::Assigned { .. } => {}
@@ -542,27 +677,115 @@ impl Schedule {
         self.ended.iter().copied().collect()
     }
 
-    /// A worker reported a finished build: the job waits for replication.
-    pub fn built(&mut self, build_key: &Hash, attestation: Signed<Attestation>) -> bool {
-        self.queue_remove(build_key);
+    /// A worker reported a finished build. Taken only from the worker the
+    /// job is leased to (anyone can sign an attestation; only the assignee
+    /// was asked), once per worker. Once the builders needed agree, the job
+    /// waits for replication; while they do not, it goes back to the queue
+    /// for another builder; when they cannot, it is not reproducible.
+    pub fn built(&mut self, build_key: &Hash, attestation: Signed<Attestation>) -> Built {
         let Some(job) = self.jobs.get_mut(build_key) else {
-            return false;
+            return Built::Ignored;
         };
-        if let JobState::Assigned { worker, .. } = &job.state {
-            if let Some(entry) = self.workers.get_mut(worker) {
-                entry.assigned.remove(build_key);
-            }
+        let worker = attestation.signer();
+        let leased = matches!(&job.state, JobState::Assigned { worker: w, .. } if *w == worker);
+        let verified = attestation
+            .verify()
+            .is_ok_and(|a| a.worker == worker && a.build_key == *build_key);
+        if !leased || !verified || job.built_by(&worker) || job.built.len() >= CHECK_BUILDS_MAX {
+            return Built::Ignored;
         }
-        job.state = JobState::Replicating {
-            attestation: Box::new(attestation),
-        };
-        self.ended.insert(*build_key);
-        true
+        job.built.push(attestation);
+        if let Some(entry) = self.workers.get_mut(&worker) {
+            entry.assigned.remove(build_key);
+        }
+        self.recheck(build_key)
     }
 
-    /// The artifact could not be copied (its builder vanished): build again.
+    /// Moves a job on by the verdict on its builds so far.
+    fn recheck(&mut self, build_key: &Hash) -> Built {
+        let Some(job) = self.jobs.get_mut(build_key) else {
+            return Built::Ignored;
+        };
+        if job.built.is_empty() {
+            return Built::Ignored;
+        }
+        match job.verdict() {
+            Verdict::Accepted { artifact, .. } => {
+                let chosen = job
+                    .built
+                    .iter()
+                    .find(|s| s.verify().is_ok_and(|a| a.artifact == artifact))
+                    .cloned();
+                let Some(chosen) = chosen else {
+                    return Built::Ignored;
+                };
+                self.queue_remove(build_key);
+                if let Some(job) = self.jobs.get_mut(build_key) {
+                    job.state = JobState::Replicating {
+                        attestation: Box::new(chosen),
+                    };
+                }
+                self.ended.insert(*build_key);
+                Built::Accepted
+            }
+            Verdict::NeedMore => {
+                let agreeing = agreeing_most(&job.results());
+                job.waiting_because = Some(format!(
+                    "{agreeing} of {} builders needed agree so far; waiting for another builder",
+                    job.verify
+                ));
+                self.ended.remove(build_key);
+                if !matches!(self.jobs.get(build_key).map(|j| &j.state), Some(JobState::Queued)) {
+                    self.requeue(build_key);
+                }
+                Built::NeedMore
+            }
+            Verdict::NotReproducible => {
+                self.not_reproducible(build_key);
+                Built::NotReproducible
+            }
+        }
+    }
+
+    /// Builds made before this job was opened (a build settled on fewer
+    /// builders than now needed): they count towards the check, and their
+    /// builders are not asked again. Each is checked like a reported one.
+    pub fn count_builds(&mut self, build_key: &Hash, earlier: Vec<Signed<Attestation>>) {
+        let Some(job) = self.jobs.get_mut(build_key) else {
+            return;
+        };
+        for signed in earlier {
+            let valid = signed
+                .verify()
+                .is_ok_and(|a| a.worker == signed.signer() && a.build_key == *build_key);
+            if valid && !job.built_by(&signed.signer()) && job.built.len() < CHECK_BUILDS_MAX {
+                job.built.push(signed);
+            }
+        }
+        if matches!(job.state, JobState::Queued) {
+            self.recheck(build_key);
+        }
+    }
+
+    fn not_reproducible(&mut self, build_key: &Hash) {
+        self.requeue(build_key);
+        self.queue_remove(build_key);
+        if let Some(job) = self.jobs.get_mut(build_key) {
+            job.state = JobState::NotReproducible;
+            self.ended.insert(*build_key);
+        }
+    }
+
+    /// The artifact could not be copied (its builder vanished): that build
+    /// no longer counts, and the job is built again.
     pub fn replication_failed(&mut self, build_key: &Hash) {
         self.ended.remove(build_key);
+        if let Some(job) = self.jobs.get_mut(build_key) {
+            if let JobState::Replicating { attestation } = &job.state {
+                let gone = attestation.signer();
+                job.built.retain(|a| a.signer() != gone);
+            }
+        }
         self.lose(&[*build_key]);
     }
 

@@ -58,7 +58,7 @@ fn jobs_go_to_matching_workers_least_loaded_first() {
     let b = job("b", "x86_64", "b@example.org");
     let c = job("c", "aarch64", "c@example.org");
     for j in [&a, &b, &c] {
-        assert_eq!(s.submit(j.clone()), Ok(Submitted::New));
+        assert_eq!(s.submit(j.clone(), 1), Ok(Submitted::New));
     }
     let plan = assigned_to(&s.plan(1));
     assert_eq!(plan.len(), 3);
@@ -72,11 +72,11 @@ fn jobs_go_to_matching_workers_least_loaded_first() {
 fn identical_requests_merge_their_addresses() {
     let mut s = Schedule::new();
     let a = job("a", "x86_64", "a@example.org");
-    s.submit(a.clone()).unwrap();
+    s.submit(a.clone(), 1).unwrap();
     let mut again = a.clone();
     again.emails = vec!["b@example.org".into(), "a@example.org".into()];
     assert_eq!(
-        s.submit(again),
+        s.submit(again, 1),
         Ok(Submitted::Merged {
             new_emails: vec!["b@example.org".into()]
         })
@@ -89,7 +89,7 @@ fn identical_requests_merge_their_addresses() {
 fn a_job_no_worker_matches_waits_and_says_why() {
     let mut s = Schedule::new();
     let c = job("c", "aarch64", "c@example.org");
-    s.submit(c.clone()).unwrap();
+    s.submit(c.clone(), 1).unwrap();
     s.plan(0);
     s.advert(worker(1), advert("x86_64", 1, vec![]), 0);
     assert!(assigned_to(&s.plan(1)).is_empty());
@@ -112,7 +112,7 @@ fn a_failing_build_is_retried_on_other_workers_then_given_up() {
         s.advert(worker(n), advert("x86_64", 1, vec![]), 0);
     }
     let a = job("a", "x86_64", "a@example.org");
-    s.submit(a.clone()).unwrap();
+    s.submit(a.clone(), 1).unwrap();
     let mut tried = BTreeSet::new();
     for attempt in 1..=FAILED_ATTEMPTS_MAX {
         let plan = s.plan(u64::from(attempt));
@@ -132,7 +132,7 @@ fn a_failure_with_no_other_matching_worker_is_final() {
     let mut s = Schedule::new();
     s.advert(worker(1), advert("x86_64", 1, vec![]), 0);
     let a = job("a", "x86_64", "a@example.org");
-    s.submit(a.clone()).unwrap();
+    s.submit(a.clone(), 1).unwrap();
     s.plan(1);
     s.failed(&a.build_key, worker(1), "exit status 1", None);
     assert!(s.plan(2).is_empty());
@@ -148,7 +148,7 @@ fn a_refusing_worker_is_skipped_for_a_while() {
     s.advert(worker(1), advert("x86_64", 1, vec![]), 0);
     s.advert(worker(2), advert("x86_64", 1, vec![]), 0);
     let a = job("a", "x86_64", "a@example.org");
-    s.submit(a.clone()).unwrap();
+    s.submit(a.clone(), 1).unwrap();
     let first = assigned_to(&s.plan(1))[0].1;
     s.refused(&a.build_key, first, "busy", 2);
     let second = assigned_to(&s.plan(3))[0].1;
@@ -166,7 +166,7 @@ fn a_silent_worker_loses_its_lease_and_a_worker_that_dropped_the_job_too() {
     let mut s = Schedule::new();
     s.advert(worker(1), advert("x86_64", 1, vec![]), 0);
     let a = job("a", "x86_64", "a@example.org");
-    s.submit(a.clone()).unwrap();
+    s.submit(a.clone(), 1).unwrap();
     s.plan(0);
     // Heartbeats listing the job keep the lease.
     s.advert(worker(1), advert("x86_64", 1, vec![a.build_key]), LEASE_MS);
@@ -190,7 +190,7 @@ fn an_idle_worker_heard_rarely_gets_work_and_keeps_its_lease_until_it_falls_sile
     let mut s = Schedule::new();
     s.advert(worker(1), advert("x86_64", 1, vec![]), 0);
     let a = job("a", "x86_64", "a@example.org");
-    s.submit(a.clone()).unwrap();
+    s.submit(a.clone(), 1).unwrap();
     // Idle workers refresh rarely: one last heard 20 s ago still gets work,
     let t = 20_000;
     assert!(t > LEASE_MS && t <= WORKER_ALIVE_MS);
@@ -210,10 +210,10 @@ fn a_job_queued_while_every_worker_is_busy_says_why_and_the_change_is_told() {
     s.advert(worker(1), advert("x86_64", 1, vec![]), 0);
     let a = job("a", "x86_64", "a@example.org");
     let b = job("b", "aarch64", "b@example.org");
-    s.submit(a.clone()).unwrap();
+    s.submit(a.clone(), 1).unwrap();
     assert_eq!(assigned_to(&s.plan(1)), vec![(a.build_key, worker(1))]);
     // No worker is free now; the new job still gets its reason, once.
-    s.submit(b.clone()).unwrap();
+    s.submit(b.clone(), 1).unwrap();
     let plan = s.plan(2);
     assert_eq!(plan, vec![Decision::Waits { build_key: b.build_key }]);
     let why = s.job(&b.build_key).unwrap().waiting_because.clone().unwrap();
@@ -227,7 +227,7 @@ fn kept_jobs_come_back_with_their_assignment_and_history() {
     s.advert(worker(1), advert("x86_64", 1, vec![]), 0);
     s.advert(worker(2), advert("x86_64", 1, vec![]), 0);
     let a = job("a", "x86_64", "a@example.org");
-    s.submit(a.clone()).unwrap();
+    s.submit(a.clone(), 1).unwrap();
     let first = assigned_to(&s.plan(0))[0].1;
     s.failed(&a.build_key, first, "exit status 1", None);
     let second = assigned_to(&s.plan(1))[0].1;
@@ -252,7 +252,7 @@ fn a_restored_assignment_the_worker_does_not_run_goes_back_to_the_queue() {
     let mut before = Schedule::new();
     before.advert(worker(1), advert("x86_64", 1, vec![]), 0);
     let a = job("a", "x86_64", "a@example.org");
-    before.submit(a.clone()).unwrap();
+    before.submit(a.clone(), 1).unwrap();
     assert_eq!(assigned_to(&before.plan(1)), vec![(a.build_key, worker(1))]);
     let kept = before.remove(&a.build_key).unwrap();
 
@@ -273,7 +273,7 @@ fn a_restored_assignment_the_worker_runs_is_kept_and_an_unknown_worker_loses_it(
     let mut s = Schedule::new();
     s.advert(worker(1), advert("x86_64", 1, vec![]), 0);
     let a = job("a", "x86_64", "a@example.org");
-    s.submit(a.clone()).unwrap();
+    s.submit(a.clone(), 1).unwrap();
     s.plan(1);
     let kept = s.remove(&a.build_key).unwrap();
     let mut running = Schedule::new();
@@ -303,7 +303,7 @@ fn a_restored_job_held_for_its_check_is_assigned_once_checked_or_after_the_bound
     let b = job("b", "x86_64", "b@example.org");
     for j in [&a, &b] {
         let mut kept = Schedule::new();
-        kept.submit(j.clone()).unwrap();
+        kept.submit(j.clone(), 1).unwrap();
         let bytes = wire::encode(kept.job(&j.build_key).unwrap()).unwrap();
         s.restore(wire::decode::<_, 65536>(&bytes).unwrap(), 0);
         s.hold_for_check(j.build_key, RESTORED_CHECK_MS_MAX);
@@ -324,4 +324,180 @@ fn a_restored_job_held_for_its_check_is_assigned_once_checked_or_after_the_bound
         vec![(b.build_key, worker(1))],
         "no answer: assigned after the bound"
     );
+}
+
+fn signed_build(n: u8, build_key: Hash, artifact: &[u8]) -> Signed<Attestation> {
+    let key = SecretKey::from_bytes(&[n; 32]);
+    let attestation = Attestation {
+        build_key,
+        recipe_id: Hash::of(b"recipe"),
+        artifact: Hash::of(artifact),
+        artifact_bytes: artifact.len() as u64,
+        log: Hash::of(b"log"),
+        worker: key.public(),
+        system_digest: Hash::of(b"system"),
+        started_at_ms: 0,
+        finished_at_ms: 1,
+    };
+    Signed::sign(&key, &attestation)
+}
+
+/// Plans once and returns the one worker the job went to.
+fn lease_of(s: &mut Schedule, build_key: Hash, now: u64) -> PublicKey {
+    let leased = assigned_to(&s.plan(now));
+    assert_eq!(leased.len(), 1, "{leased:?}");
+    assert_eq!(leased[0].0, build_key);
+    leased[0].1
+}
+
+fn number_of(worker_key: PublicKey) -> u8 {
+    (1..=9).find(|n| worker(*n) == worker_key).unwrap()
+}
+
+#[test]
+fn a_job_that_needs_two_builders_is_built_by_two_distinct_workers_and_settles_on_their_agreement() {
+    let mut s = Schedule::new();
+    for n in 1..=3 {
+        s.advert(worker(n), advert("x86_64", 1, vec![]), 0);
+    }
+    let a = job("a", "x86_64", "a@example.org");
+    s.submit(a.clone(), 2).unwrap();
+    let first = lease_of(&mut s, a.build_key, 0);
+    // A build from a worker the job is not leased to is not taken.
+    let stranger = (1..=3).map(worker).find(|w| *w != first).unwrap();
+    assert_eq!(
+        s.built(&a.build_key, signed_build(number_of(stranger), a.build_key, b"forged")),
+        Built::Ignored
+    );
+    assert_eq!(
+        s.built(&a.build_key, signed_build(number_of(first), a.build_key, b"A")),
+        Built::NeedMore
+    );
+    let waiting = s.job(&a.build_key).unwrap().view().phase;
+    assert!(matches!(waiting, JobPhase::Queued { .. }), "{waiting:?}");
+    let second = lease_of(&mut s, a.build_key, 1);
+    assert_ne!(second, first, "the second builder is another worker");
+    assert_eq!(
+        s.built(&a.build_key, signed_build(number_of(second), a.build_key, b"A")),
+        Built::Accepted
+    );
+    assert_eq!(s.ended(), vec![a.build_key]);
+    let check = s.job(&a.build_key).unwrap().check().unwrap();
+    assert_eq!((check.agreed.len(), check.disagreed.len(), check.needed), (2, 0, 2));
+    assert_eq!(check.verify(&a.build_key), Ok(Hash::of(b"A")));
+}
+
+#[test]
+fn a_liar_is_outvoted_by_two_honest_builders_and_named_as_disagreeing() {
+    let mut s = Schedule::new();
+    for n in 1..=3 {
+        s.advert(worker(n), advert("x86_64", 1, vec![]), 0);
+    }
+    let a = job("a", "x86_64", "a@example.org");
+    s.submit(a.clone(), 2).unwrap();
+    let liar = lease_of(&mut s, a.build_key, 0);
+    assert_eq!(
+        s.built(&a.build_key, signed_build(number_of(liar), a.build_key, b"trojan")),
+        Built::NeedMore
+    );
+    let honest = lease_of(&mut s, a.build_key, 1);
+    assert_eq!(
+        s.built(&a.build_key, signed_build(number_of(honest), a.build_key, b"A")),
+        Built::NeedMore,
+        "one against one settles nothing"
+    );
+    let third = lease_of(&mut s, a.build_key, 2);
+    assert!(third != liar && third != honest);
+    assert_eq!(
+        s.built(&a.build_key, signed_build(number_of(third), a.build_key, b"A")),
+        Built::Accepted
+    );
+    let check = s.job(&a.build_key).unwrap().check().unwrap();
+    assert_eq!(check.verify(&a.build_key), Ok(Hash::of(b"A")));
+    assert_eq!(check.disagreed.len(), 1);
+    assert_eq!(check.disagreed[0].signer(), liar);
+    let JobState::Replicating { attestation } = &s.job(&a.build_key).unwrap().state else {
+        panic!("not replicating");
+    };
+    assert_eq!(attestation.verify().unwrap().artifact, Hash::of(b"A"));
+}
+
+#[test]
+fn builds_that_disagree_with_no_other_worker_left_are_not_reproducible() {
+    let mut s = Schedule::new();
+    for n in 1..=2 {
+        s.advert(worker(n), advert("x86_64", 1, vec![]), 0);
+    }
+    let a = job("a", "x86_64", "a@example.org");
+    s.submit(a.clone(), 2).unwrap();
+    let first = lease_of(&mut s, a.build_key, 0);
+    s.built(&a.build_key, signed_build(number_of(first), a.build_key, b"at 10:00"));
+    let second = lease_of(&mut s, a.build_key, 1);
+    assert_eq!(
+        s.built(&a.build_key, signed_build(number_of(second), a.build_key, b"at 10:01")),
+        Built::NeedMore
+    );
+    assert!(assigned_to(&s.plan(2)).is_empty());
+    assert_eq!(s.ended(), vec![a.build_key]);
+    match s.job(&a.build_key).unwrap().phase() {
+        JobPhase::NotReproducible { needed, attestations } => assert_eq!((needed, attestations.len()), (2, 2)),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn one_build_with_no_second_worker_waits_and_a_merged_request_raises_the_builders_needed() {
+    let mut s = Schedule::new();
+    s.advert(worker(1), advert("x86_64", 1, vec![]), 0);
+    let a = job("a", "x86_64", "a@example.org");
+    s.submit(a.clone(), 1).unwrap();
+    let mut again = a.clone();
+    again.emails = vec!["b@example.org".into()];
+    s.submit(again, 3).unwrap();
+    assert_eq!(s.job(&a.build_key).unwrap().verify, 3, "the larger count wins");
+    let first = lease_of(&mut s, a.build_key, 0);
+    assert_eq!(
+        s.built(&a.build_key, signed_build(number_of(first), a.build_key, b"A")),
+        Built::NeedMore
+    );
+    assert!(assigned_to(&s.plan(1)).is_empty());
+    let JobPhase::Queued {
+        waiting_because: Some(why),
+    } = s.job(&a.build_key).unwrap().phase()
+    else {
+        panic!("not queued");
+    };
+    assert!(why.contains("1 of 3 builders needed"), "{why}");
+    assert!(s.ended().is_empty(), "agreement so far is no reason to give up");
+}
+
+#[test]
+fn a_job_kept_on_disk_by_the_previous_version_is_read() {
+    #[derive(Serialize)]
+    struct Before {
+        request: JobRequest,
+        state: JobState,
+        failed_attempts: u32,
+        lost_attempts: u32,
+        failed_on: BTreeSet<PublicKey>,
+        last_failure: Option<(String, Option<Hash>)>,
+        sequence: u64,
+    }
+    let a = job("a", "x86_64", "a@example.org");
+    let old = Before {
+        request: a.clone(),
+        state: JobState::Queued,
+        failed_attempts: 1,
+        lost_attempts: 0,
+        failed_on: BTreeSet::from([worker(1)]),
+        last_failure: Some(("step 1 failed".into(), None)),
+        sequence: 4,
+    };
+    let bytes = wire::encode(&old).unwrap();
+    let read = Job::decode::<65_536>(&bytes).unwrap();
+    assert_eq!((read.request, read.failed_attempts, read.verify), (a.clone(), 1, 1));
+    let mut s = Schedule::new();
+    s.submit(a.clone(), 2).unwrap();
+    let now = wire::encode(s.job(&a.build_key).unwrap()).unwrap();
+    assert_eq!(Job::decode::<65_536>(&now).unwrap().verify, 2);
 }

@@ -1,0 +1,138 @@
+//! Results checked by independent builders (`kiln request --verify N`),
+//! with real processes on 127.0.0.1: a lying worker (a test peer that
+//! builds honestly in the real sandbox, flips a byte of the artifact and
+//! signs that with its own valid key) is outvoted by two honest workers
+//! and named in the mail; a recipe that writes the time into its output
+//! ends as "not reproducible" with both builds in the mail.
+
+// Test code: a panic is a failed assertion.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::{mail_settled, outbox};
+use kiln_tests::farm::{peer_of, recipe, request_waiting, wait_json, wait_status, worker, BUILD};
+use kiln_tests::{fetch, start_bootstrap, start_evil, start_node, START};
+use serde_json::Value;
+
+fn workers_listed(s: &Value) -> usize {
+    s["workers"].as_array().map_or(0, |w| w.len())
+}
+
+#[test]
+fn two_honest_builders_outvote_a_liar_and_the_mail_names_who_agreed_and_who_did_not() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_boot, boot) = start_bootstrap(&tmp.path().join("boot"));
+    let c_dir = tmp.path().join("c");
+    let (_c, c_addr) = start_node("coordinator", &c_dir, &boot, &["--coordinator"]);
+    // The liar joins first and alone, so it builds first.
+    let go = tmp.path().join("go");
+    let target = format!("{c_addr}:{}", go.display());
+    let mut liar = start_evil("liar", &tmp.path().join("liar"), &boot, "lie", &target);
+    liar.wait_line(START, |l| l.starts_with("lying worker "));
+    wait_status(&boot, "the liar listed", |s| workers_listed(s) == 1);
+    let mut asked = request_waiting(
+        "request",
+        &boot,
+        &recipe("hello-c"),
+        "a@example.org",
+        &["--verify", "2"],
+    );
+    liar.wait_line(BUILD, |l| l.starts_with("built ") && l.contains("a lie"));
+    // Two honest workers join; then the lie is told.
+    let (_w1, w1_addr) = worker("honest1", &tmp.path().join("w1"), &boot, &[]);
+    let (_w2, w2_addr) = worker("honest2", &tmp.path().join("w2"), &boot, &[]);
+    wait_status(&boot, "three workers listed", |s| workers_listed(s) == 3);
+    std::fs::write(&go, b"").unwrap();
+    let lie = liar.wait_line(START, |l| l.starts_with("reported "));
+    let lie = lie.trim_start_matches("reported ").to_string();
+
+    let done = wait_json(&mut asked);
+    assert_eq!(done["state"], "done", "{done}");
+    let artifact = done["artifact"].as_str().unwrap().to_string();
+    assert_ne!(artifact, lie, "the requester got the honest artifact");
+    assert_eq!(
+        done["checked"], "2 of 3 builders agreed (1 disagreed), 2 needed",
+        "{done}"
+    );
+    let agreed: Vec<&str> = done["agreed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["peer"].as_str().unwrap())
+        .collect();
+    let (w1, w2) = (peer_of(&w1_addr), peer_of(&w2_addr));
+    assert!(agreed.contains(&w1.as_str()) && agreed.contains(&w2.as_str()), "{done}");
+    assert_eq!(done["disagreed"][0]["artifact"], lie.as_str(), "{done}");
+
+    // The mail says who agreed and who did not.
+    let s = wait_status(&boot, "the mail written", |s| mail_settled(s, 1));
+    let mails = outbox(&c_dir);
+    assert_eq!(mails.len(), 1, "one mail: {s}");
+    let body = &mails[0].body;
+    assert!(body.contains(&format!("Artifact:   {artifact}")), "{body}");
+    assert!(
+        body.contains("Checked:    2 of 3 builders agreed (1 disagreed), 2 needed"),
+        "{body}"
+    );
+    assert!(
+        body.contains(&format!("Agreed:     worker {w1} built {artifact}")),
+        "{body}"
+    );
+    assert!(
+        body.contains(&format!("Agreed:     worker {w2} built {artifact}")),
+        "{body}"
+    );
+    assert!(body.contains(&format!("built {lie} (not this artifact)")), "{body}");
+    println!("--- the mail ---\n{body}");
+
+    // The artifact fetched by hash is the honest one.
+    let out = tmp.path().join("hello.tar");
+    let (ok, _, err) = fetch(&tmp.path().join("fetcher"), &boot, &artifact, &out);
+    assert!(ok, "{err}");
+    assert_eq!(
+        kiln_protocol::Hash::of(&std::fs::read(&out).unwrap()).to_string(),
+        artifact
+    );
+}
+
+#[test]
+fn a_recipe_that_writes_the_time_is_not_reproducible_and_the_mail_lists_both_builds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_boot, boot) = start_bootstrap(&tmp.path().join("boot"));
+    let c_dir = tmp.path().join("c");
+    let (_c, _) = start_node("coordinator", &c_dir, &boot, &["--coordinator"]);
+    let (_w1, _) = worker("w1", &tmp.path().join("w1"), &boot, &[]);
+    let (_w2, _) = worker("w2", &tmp.path().join("w2"), &boot, &[]);
+    wait_status(&boot, "two workers listed", |s| workers_listed(s) == 2);
+    let mut asked = request_waiting("request", &boot, &recipe("clock"), "a@example.org", &["--verify", "2"]);
+    let ended = wait_json(&mut asked);
+    assert_eq!(ended["state"], "not reproducible", "{ended}");
+    let builds = ended["builds"].as_array().unwrap();
+    assert_eq!(builds.len(), 2, "{ended}");
+    assert_ne!(builds[0]["artifact"], builds[1]["artifact"], "{ended}");
+    assert!(
+        !asked.wait_exit(START).success(),
+        "a build that is not reproducible is a failed request"
+    );
+
+    let s = wait_status(&boot, "the mail written", |s| mail_settled(s, 1));
+    assert_eq!(s["recent"][0]["state"], "not reproducible", "{s}");
+    let mails = outbox(&c_dir);
+    assert_eq!(mails.len(), 1, "{s}");
+    assert!(
+        mails[0].subject.ends_with("is not reproducible"),
+        "{}",
+        mails[0].subject
+    );
+    let body = &mails[0].body;
+    for build in builds {
+        let artifact = build["artifact"].as_str().unwrap();
+        assert!(body.contains(&format!("Artifact:   {artifact}")), "{body}");
+        assert!(
+            body.contains(&format!("built by worker {}", build["peer"].as_str().unwrap())),
+            "{body}"
+        );
+    }
+    println!("--- the mail ---\n{body}");
+}
