@@ -28,9 +28,9 @@ pub(super) fn release_if_replicated(store: &Store, me: &PublicKey, settlement: &
     // This node's build of the settled artifact, once another peer holds
     // it too; a build of another artifact is not what anyone gets.
     let replicated = settlement.holders() >= 2;
-    let agreed = settlement.agreed().into_iter().map(|a| (a, replicated));
-    let disagreed = settlement.disagreed().into_iter().map(|a| (a, true));
-    for (attestation, release) in agreed.chain(disagreed) {
+    let agreed = settlement.agreed().into_iter().map(|a| (a, replicated, true));
+    let disagreed = settlement.disagreed().into_iter().map(|a| (a, true, false));
+    for (attestation, release, settled_on) in agreed.chain(disagreed) {
         let Ok(a) = attestation.verify() else {
             continue;
         };
@@ -38,8 +38,13 @@ pub(super) fn release_if_replicated(store: &Store, me: &PublicKey, settlement: &
             continue;
         }
         for hash in [a.artifact, a.log] {
-            if store.unpin(&hash).unwrap_or(false) {
-                info!(blob = %hash, "this build is settled, and held elsewhere or not the artifact settled on; unpinned here (kept as a cache)");
+            if !store.unpin(&hash).unwrap_or(false) {
+                continue;
+            }
+            if settled_on {
+                info!(blob = %hash, "another peer holds this build now; unpinned here (kept as a cache)");
+            } else {
+                info!(blob = %hash, "this build was not the artifact settled on; unpinned here (kept as a cache)");
             }
         }
     }

@@ -442,48 +442,65 @@ impl BuildGroup {
     ///
     /// [`resume`]: BuildGroup::resume
     pub async fn pause(&mut self, root: Option<u32>) -> Result<(), String> {
-        match &self.freeze {
-            Some(freeze) => freeze.set(true).await,
-            None => {
-                let Some(root) = root else { return Ok(()) };
-                let deadline = Instant::now() + Duration::from_millis(FREEZE_MS_MAX);
-                loop {
-                    let tree = tree_pids(root, (self.processes_max + BWRAP_PROCESSES) as usize * 2);
-                    let new: Vec<u32> = tree.into_iter().filter(|p| !self.stopped.contains(p)).collect();
-                    if new.is_empty() {
-                        return Ok(());
-                    }
-                    for pid in new {
-                        if let Ok(pid_t) = libc::pid_t::try_from(pid) {
-                            // SAFETY: kill(2) with a pid read from /proc
-                            // and a constant signal.
-                            unsafe { libc::kill(pid_t, libc::SIGSTOP) };
-                        }
-                        self.stopped.push(pid);
-                    }
-                    if Instant::now() >= deadline {
-                        return Err("the build's processes did not all stop".into());
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
+        let Some(freeze) = &self.freeze else {
+            return self.stop_tree(root).await;
+        };
+        match freeze.set(true).await {
+            Ok(()) => Ok(()),
+            // A freezer that does not settle (a process in uninterruptible
+            // sleep on a loaded disk can hold it in FREEZING): thawed, and
+            // each process stopped by signal instead.
+            Err(problem) => {
+                let _ = freeze.set(false).await;
+                warn!(
+                    problem,
+                    "the freezer did not settle; stopping the build's processes by signal"
+                );
+                self.stop_tree(root).await
             }
         }
     }
 
-    /// Lets a paused build run again.
-    pub async fn resume(&mut self) -> Result<(), String> {
-        match &self.freeze {
-            Some(freeze) => freeze.set(false).await,
-            None => {
-                for pid in std::mem::take(&mut self.stopped) {
-                    if let Ok(pid_t) = libc::pid_t::try_from(pid) {
-                        // SAFETY: as in `pause`.
-                        unsafe { libc::kill(pid_t, libc::SIGCONT) };
-                    }
+    /// Stops every process of the build's tree with SIGSTOP, again until no
+    /// new one appears (one may fork meanwhile), within [`FREEZE_MS_MAX`].
+    async fn stop_tree(&mut self, root: Option<u32>) -> Result<(), String> {
+        let Some(root) = root else { return Ok(()) };
+        let deadline = Instant::now() + Duration::from_millis(FREEZE_MS_MAX);
+        loop {
+            let tree = tree_pids(root, (self.processes_max + BWRAP_PROCESSES) as usize * 2);
+            let new: Vec<u32> = tree.into_iter().filter(|p| !self.stopped.contains(p)).collect();
+            if new.is_empty() {
+                return Ok(());
+            }
+            for pid in new {
+                if let Ok(pid_t) = libc::pid_t::try_from(pid) {
+                    // SAFETY: kill(2) with a pid read from /proc and a
+                    // constant signal.
+                    unsafe { libc::kill(pid_t, libc::SIGSTOP) };
                 }
-                Ok(())
+                self.stopped.push(pid);
+            }
+            if Instant::now() >= deadline {
+                return Err("the build's processes did not all stop".into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Lets a paused build run again: its group thawed, and every process
+    /// stopped by signal continued.
+    pub async fn resume(&mut self) -> Result<(), String> {
+        let thawed = match &self.freeze {
+            Some(freeze) => freeze.set(false).await,
+            None => Ok(()),
+        };
+        for pid in std::mem::take(&mut self.stopped) {
+            if let Ok(pid_t) = libc::pid_t::try_from(pid) {
+                // SAFETY: as in `stop_tree`.
+                unsafe { libc::kill(pid_t, libc::SIGCONT) };
             }
         }
+        thawed
     }
 
     /// Whether the build's processes are frozen by the group itself (else
