@@ -172,6 +172,7 @@ async fn demo(dir: &Path, network: &mut Network) -> anyhow::Result<()> {
         json: false,
         accept_versions: None,
         verify: 1,
+        trust_builders: Vec::new(),
     })
     .await?
     .context("the request ended without an artifact")?;

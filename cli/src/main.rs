@@ -258,6 +258,10 @@ enum Command {
         /// same hash (1 to 5); builds that disagree end as "not reproducible"
         #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=5))]
         verify: u32,
+        /// Accept only artifacts built by this worker (its peer id; repeatable): attestations signed by any
+        /// other key do not count
+        #[arg(long = "trust-builder", value_name = "PEER_ID", value_parser = parse_peer_id)]
+        trust_builders: Vec<libp2p::PeerId>,
     },
     /// See Kiln work on this machine: a local network (bootstrap, coordinator, two workers) builds the
     /// example C program, mails you (to a file), and a fresh node fetches it by hash; nothing to configure.
@@ -559,9 +563,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             json,
             accept_versions,
             verify,
+            trust_builders,
         } => request::run(request::RequestArgs {
             accept_versions,
             verify,
+            trust_builders,
             emails,
             recipe,
             options,

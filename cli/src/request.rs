@@ -28,6 +28,38 @@ pub struct RequestArgs {
     pub accept_versions: Option<String>,
     /// Builders with distinct keys that must agree on the artifact.
     pub verify: u32,
+    /// Only these builders' attestations count (none given: any builder's).
+    pub trust_builders: Vec<libp2p::PeerId>,
+}
+
+impl RequestArgs {
+    /// The attestations this requester's policy lets count: those of
+    /// trusted builders, when any are named.
+    fn trusted(&self, attestations: &[Signed<Attestation>]) -> Vec<Signed<Attestation>> {
+        attestations
+            .iter()
+            .filter(|a| self.trusts_builder(&a.signer()))
+            .cloned()
+            .collect()
+    }
+
+    fn trusts_builder(&self, key: &kiln_protocol::PublicKey) -> bool {
+        self.trust_builders.is_empty()
+            || kiln_node::identity::peer_id_of(key).is_some_and(|peer| self.trust_builders.contains(&peer))
+    }
+
+    /// Fails a build whose settled attestation is by a builder this
+    /// requester does not trust.
+    fn check_builder(&self, build_key: Hash, a: &Attestation) -> anyhow::Result<()> {
+        if !self.trusts_builder(&a.worker) {
+            bail!(
+                "build {build_key} was built by worker {}, which is not among the builders you trust (--trust-builder); its artifact {} is not accepted",
+                peer_of(&a.worker),
+                a.artifact
+            );
+        }
+        Ok(())
+    }
 }
 
 fn parse_options(options: &[String]) -> anyhow::Result<Vec<(String, String)>> {
@@ -69,7 +101,7 @@ async fn request(node: &EphemeralNode, args: &RequestArgs, spec: &RequestSpec<'_
     let build_key = job.build_key;
     let start = coord_client::bootstrap_peers(&args.bootstrap);
     // The DHT's record counts only as far as it meets the policy asked for.
-    let found = requester::lookup_built(&node.net, build_key).await;
+    let found = args.trusted(&requester::lookup_built(&node.net, build_key).await);
     if let Some(agreed) = requester::agreeing(&found, build_key, args.verify) {
         return finish_built(node, args, build_key, &agreed).await;
     }
@@ -99,8 +131,12 @@ async fn request(node: &EphemeralNode, args: &RequestArgs, spec: &RequestSpec<'_
                 .first()
                 .and_then(|a| a.verify().ok())
                 .map_or(build_key, |a| a.build_key);
-            match requester::agreeing(&attestations, key, args.verify) {
+            match requester::agreeing(&args.trusted(&attestations), key, args.verify) {
                 Some(agreed) => finish_built(node, args, key, &agreed).await,
+                None if !args.trust_builders.is_empty() => bail!(
+                    "the coordinator answered that build {build_key} is done, but not by {} of the builders you trust (--trust-builder); ask without --trust-builder to see who built it",
+                    args.verify
+                ),
                 None => bail!(
                     "the coordinator answered that build {build_key} is done, but sent fewer than the {} agreeing builders' attestations asked for (--verify); it may run another kiln version: ask its operator",
                     args.verify
@@ -260,6 +296,10 @@ async fn follow(
     match &end {
         JobPhase::Done { attestation } | JobPhase::Checked { attestation, .. } => {
             let a = attestation.verify()?;
+            let vouching = check_of(&end).map_or_else(|| vec![attestation.clone()], |c| c.agreed.clone());
+            if args.trusted(&vouching).is_empty() {
+                args.check_builder(build_key, &a)?;
+            }
             if args.json {
                 let mut out = json!({"build_key": build_key.to_string(), "state": "done",
                     "artifact": a.artifact.to_string(), "attestation": attestation_json(&a), "checked": checked});

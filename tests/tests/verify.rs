@@ -11,7 +11,7 @@
 mod common;
 
 use common::{mail_settled, outbox};
-use kiln_tests::farm::{peer_of, recipe, request_waiting, wait_json, wait_status, worker, BUILD};
+use kiln_tests::farm::{peer_of, recipe, request, request_waiting, wait_json, wait_status, worker, BUILD};
 use kiln_tests::{fetch, start_bootstrap, start_evil, start_node, START};
 use serde_json::Value;
 
@@ -135,4 +135,43 @@ fn a_recipe_that_writes_the_time_is_not_reproducible_and_the_mail_lists_both_bui
         );
     }
     println!("--- the mail ---\n{body}");
+}
+
+#[test]
+fn a_forged_build_record_in_the_dht_fools_neither_verify_2_nor_trust_builder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_boot, boot) = start_bootstrap(&tmp.path().join("boot"));
+    let (_c, c_addr) = start_node("coordinator", &tmp.path().join("c"), &boot, &["--coordinator"]);
+    // No worker: the job is queued, and its build key known.
+    let (ok, queued, err) = request(&boot, &recipe("hello-c"), "a@example.org", &[]);
+    assert!(ok, "{err}");
+    assert_eq!(queued["state"], "queued", "{queued}");
+    let build_key = queued["build_key"].as_str().unwrap().to_string();
+    let mut forger = start_evil("forger", &tmp.path().join("forger"), &boot, "forge", &build_key);
+    let forged = forger.wait_line(START, |l| l.starts_with("forged "));
+    let forged = forged.trim_start_matches("forged ").to_string();
+
+    // One builder's word is all --verify 1 asks for, and the forger gave it.
+    let (ok, believed, err) = request(&boot, &recipe("hello-c"), "b@example.org", &[]);
+    assert!(ok, "{err}");
+    assert_eq!(believed["artifact"], forged.as_str(), "{believed}");
+    // --verify 2 needs two distinct keys: the record is not enough, and the
+    // request joins the open job instead.
+    let (ok, checked, err) = request(&boot, &recipe("hello-c"), "c@example.org", &["--verify", "2"]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        (&checked["state"], &checked["merged"]),
+        (&"queued".into(), &true.into()),
+        "{checked}"
+    );
+    // A builder trusted by name: the forger is not it.
+    let trusted = peer_of(&c_addr);
+    let (ok, named, err) = request(
+        &boot,
+        &recipe("hello-c"),
+        "d@example.org",
+        &["--trust-builder", &trusted],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(named["state"], "queued", "{named}");
 }

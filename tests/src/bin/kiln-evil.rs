@@ -10,6 +10,8 @@
 //! kiln-evil watch     --data-dir D --bootstrap B ADDR:KEY,KEY  hold 40 watch streams per open job KEY on coordinator PEER
 //! kiln-evil range     --data-dir D --bootstrap B ADDR:HASH:LEN  ask the peer at ADDR for LEN bytes of HASH, print the answer
 //!                                                 (LEN `hashes`: ask for its range hashes instead)
+//! kiln-evil forge     --data-dir D --bootstrap B KEY     put a DHT record under build key KEY: an attestation,
+//!                                                 validly signed by itself, of an artifact nobody built
 //! kiln-evil lie       --data-dir D --bootstrap B ADDR:GOFILE  a worker for the coordinator at ADDR that builds each
 //!                                                 job honestly in the sandbox, flips a byte of the artifact, and
 //!                                                 reports that, signed with its own valid key, once GOFILE exists
@@ -62,6 +64,7 @@ async fn main() {
         "watch" => watch(net, &target).await,
         "range" => range(net, &target).await,
         "lie" => lie(net, secret, &data_dir, &target).await,
+        "forge" => forge(net, secret, target.parse().unwrap()).await,
         other => panic!("unknown mode {other}"),
     }
 }
@@ -389,4 +392,28 @@ async fn lie(net: NetClient, key: SecretKey, data_dir: &std::path::Path, target:
         running.lock().unwrap().retain(|k| *k != job.build_key);
         println!("reported {artifact}");
     }
+}
+
+/// Writes a build record under `build_key` in the DHT, as any peer can: one
+/// attestation of an artifact nobody built, signed (validly) by this peer.
+async fn forge(net: NetClient, key: SecretKey, build_key: Hash) {
+    let attestation = kiln_protocol::Attestation {
+        build_key,
+        recipe_id: Hash::of(b"forged recipe"),
+        artifact: Hash::of(b"a trojan"),
+        artifact_bytes: 8,
+        log: Hash::of(b"forged log"),
+        worker: key.public(),
+        system_digest: Hash::of(b"forged system"),
+        started_at_ms: kiln_node::clock::now_ms(),
+        finished_at_ms: kiln_node::clock::now_ms(),
+    };
+    let record = kiln_protocol::wire::encode(&vec![Signed::sign(&key, &attestation)]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while let Err(e) = net.put_record(build_key, record.clone()).await {
+        assert!(Instant::now() < deadline, "cannot put the record: {e}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("forged {}", attestation.artifact);
+    std::future::pending::<()>().await;
 }
