@@ -110,6 +110,7 @@ pub struct Job {
 /// A job as kept on disk before it had `verify` and `built`: read, so
 /// the queue kept by an older version is not lost.
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
 struct JobV1 {
     request: JobRequest,
     state: JobState,

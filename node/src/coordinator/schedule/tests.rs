@@ -473,18 +473,8 @@ fn one_build_with_no_second_worker_waits_and_a_merged_request_raises_the_builder
 
 #[test]
 fn a_job_kept_on_disk_by_the_previous_version_is_read() {
-    #[derive(Serialize)]
-    struct Before {
-        request: JobRequest,
-        state: JobState,
-        failed_attempts: u32,
-        lost_attempts: u32,
-        failed_on: BTreeSet<PublicKey>,
-        last_failure: Option<(String, Option<Hash>)>,
-        sequence: u64,
-    }
     let a = job("a", "x86_64", "a@example.org");
-    let old = Before {
+    let old = JobV1 {
         request: a.clone(),
         state: JobState::Queued,
         failed_attempts: 1,
