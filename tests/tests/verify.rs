@@ -175,3 +175,59 @@ fn a_forged_build_record_in_the_dht_fools_neither_verify_2_nor_trust_builder() {
     assert!(ok, "{err}");
     assert_eq!(named["state"], "queued", "{named}");
 }
+
+/// The open job's state and worker, if there is one.
+fn building_on(s: &Value) -> Option<String> {
+    let job = s["jobs"].as_array()?.first()?;
+    (job["state"] == "building").then(|| job["worker"].as_str().unwrap_or_default().to_string())
+}
+
+#[test]
+fn a_checked_build_survives_its_coordinator_dying_between_the_two_builds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_boot, boot) = start_bootstrap(&tmp.path().join("boot"));
+    let mut candidates: Vec<(String, kiln_tests::Proc)> = ["c1", "c2", "c3"]
+        .iter()
+        .map(|name| {
+            let (proc, addr) = start_node(name, &tmp.path().join(name), &boot, &[]);
+            (peer_of(&addr), proc)
+        })
+        .collect();
+    let (_w1, _) = worker("w1", &tmp.path().join("w1"), &boot, &[]);
+    let (_w2, _) = worker("w2", &tmp.path().join("w2"), &boot, &[]);
+    let before = wait_status(&boot, "an elected coordinator that knows both workers", |s| {
+        workers_listed(s) == 2
+    });
+    let elected = before["coordinator"].as_str().unwrap().to_string();
+    let mut asked = request_waiting(
+        "request",
+        &boot,
+        &recipe("sleep"),
+        "a@example.org",
+        &["-o", "secs=5", "--verify", "2"],
+    );
+    let first = wait_status(&boot, "the first build running", |s| building_on(s).is_some());
+    let first = building_on(&first).unwrap();
+    // The first build reported, the second under way on the other worker:
+    // then the coordinator dies.
+    wait_status(&boot, "the second build running", |s| {
+        building_on(s).is_some_and(|w| !w.is_empty() && w != first)
+    });
+    let index = candidates.iter().position(|(peer, _)| *peer == elected).unwrap();
+    candidates[index].1.kill();
+    let after = wait_status(&boot, "a new coordinator", |s| s["coordinator"] != elected.as_str());
+    assert_ne!(after["coordinator"], elected.as_str());
+    let done = wait_json(&mut asked);
+    assert_eq!(done["state"], "done", "{done}");
+    assert_eq!(done["checked"], "2 of 2 builders agreed, 2 needed", "{done}");
+    let builders: Vec<&str> = done["agreed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["peer"].as_str().unwrap())
+        .collect();
+    assert!(
+        builders.contains(&first.as_str()),
+        "the first build still counts: {done}"
+    );
+}
