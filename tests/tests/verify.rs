@@ -193,10 +193,11 @@ fn a_checked_build_survives_its_coordinator_dying_between_the_two_builds() {
             (peer_of(&addr), proc)
         })
         .collect();
-    let (_w1, _) = worker("w1", &tmp.path().join("w1"), &boot, &[]);
-    let (_w2, _) = worker("w2", &tmp.path().join("w2"), &boot, &[]);
-    let before = wait_status(&boot, "an elected coordinator that knows both workers", |s| {
-        workers_listed(s) == 2
+    // One worker first, so the first build is surely its; the second
+    // worker joins while it builds, and takes the second build.
+    let (_w1, w1_addr) = worker("w1", &tmp.path().join("w1"), &boot, &[]);
+    let before = wait_status(&boot, "an elected coordinator that knows the worker", |s| {
+        workers_listed(s) == 1
     });
     let elected = before["coordinator"].as_str().unwrap().to_string();
     let mut asked = request_waiting(
@@ -206,12 +207,16 @@ fn a_checked_build_survives_its_coordinator_dying_between_the_two_builds() {
         "a@example.org",
         &["-o", "secs=5", "--verify", "2"],
     );
-    let first = wait_status(&boot, "the first build running", |s| building_on(s).is_some());
-    let first = building_on(&first).unwrap();
+    let first = peer_of(&w1_addr);
+    wait_status(&boot, "the first build running", |s| {
+        building_on(s).as_deref() == Some(first.as_str())
+    });
+    let (_w2, w2_addr) = worker("w2", &tmp.path().join("w2"), &boot, &[]);
+    let second = peer_of(&w2_addr);
     // The first build reported, the second under way on the other worker:
     // then the coordinator dies.
     wait_status(&boot, "the second build running", |s| {
-        building_on(s).is_some_and(|w| !w.is_empty() && w != first)
+        building_on(s).as_deref() == Some(second.as_str())
     });
     let index = candidates.iter().position(|(peer, _)| *peer == elected).unwrap();
     candidates[index].1.kill();
