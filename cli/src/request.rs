@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use kiln_node::clock::now_ms;
 use kiln_node::control::{self, ControlReply, ControlRequest};
 use kiln_node::coord_client;
-use kiln_node::report::{peer_of, status_json, worker_state};
+use kiln_node::report::{builds_json, peer_of, status_json, worker_state};
 use kiln_node::requester::{self, RequestSpec};
 use kiln_node::EphemeralNode;
 use kiln_protocol::coord::{CoordReplyV1, CoordRequest, JobPhase, JobView, StatusReport};
@@ -304,8 +304,8 @@ async fn follow(
                 let mut out = json!({"build_key": build_key.to_string(), "state": "done",
                     "artifact": a.artifact.to_string(), "attestation": attestation_json(&a), "checked": checked});
                 if let Some(check) = check_of(&end) {
-                    out["agreed"] = builds_json(&check.agreed);
-                    out["disagreed"] = builds_json(&check.disagreed);
+                    out["agreed"] = json!(builds_json(&check.agreed));
+                    out["disagreed"] = json!(builds_json(&check.disagreed));
                 }
                 println!("{out}");
             } else {
@@ -374,15 +374,6 @@ fn check_of(phase: &JobPhase) -> Option<&kiln_protocol::build::Check> {
         JobPhase::Checked { check, .. } => Some(check),
         _ => None,
     }
-}
-
-/// Each build as `{peer, artifact, log}`.
-fn builds_json(attestations: &[Signed<Attestation>]) -> serde_json::Value {
-    attestations
-        .iter()
-        .filter_map(|s| s.verify().ok())
-        .map(|a| json!({"peer": peer_of(&a.worker), "artifact": a.artifact.to_string(), "log": a.log.to_string()}))
-        .collect()
 }
 
 fn describe(phase: &JobPhase) -> String {

@@ -80,7 +80,7 @@ pub fn checked_line(phase: &JobPhase) -> Option<String> {
 }
 
 /// Each build as `{peer, artifact, log}`.
-fn builds_json(attestations: &[kiln_protocol::Signed<kiln_protocol::Attestation>]) -> Vec<serde_json::Value> {
+pub fn builds_json(attestations: &[kiln_protocol::Signed<kiln_protocol::Attestation>]) -> Vec<serde_json::Value> {
     attestations
         .iter()
         .filter_map(|s| s.verify().ok())

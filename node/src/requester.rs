@@ -141,43 +141,7 @@ pub async fn lookup_built(net: &NetClient, build_key: Hash) -> Vec<Signed<Attest
         .collect()
 }
 
-/// The attestations that vouch for one artifact of `build_key` by at least
-/// `verify` builders with distinct keys, the most vouched-for artifact
-/// first; `None` if no artifact has that many. An attestation counts only
-/// if its signature holds, it names `build_key`, and it is signed by the
-/// worker it names: a record anyone can write in the DHT is believed only
-/// as far as it meets the requester's policy.
-pub fn agreeing(
-    attestations: &[Signed<Attestation>],
-    build_key: Hash,
-    verify: u32,
-) -> Option<Vec<Signed<Attestation>>> {
-    let mut by_artifact: Vec<(Hash, Vec<Signed<Attestation>>)> = Vec::new();
-    for signed in attestations {
-        let Ok(a) = signed.verify() else {
-            continue;
-        };
-        if a.build_key != build_key || a.worker != signed.signer() {
-            continue;
-        }
-        let at = match by_artifact.iter().position(|(artifact, _)| *artifact == a.artifact) {
-            Some(at) => at,
-            None => {
-                by_artifact.push((a.artifact, Vec::new()));
-                by_artifact.len() - 1
-            }
-        };
-        let group = &mut by_artifact[at].1;
-        if group.iter().all(|s| s.signer() != signed.signer()) {
-            group.push(signed.clone());
-        }
-    }
-    by_artifact.sort_by_key(|(_, group)| std::cmp::Reverse(group.len()));
-    by_artifact
-        .into_iter()
-        .map(|(_, group)| group)
-        .find(|group| group.len() >= verify.max(1) as usize)
-}
+pub use kiln_protocol::build::agreeing;
 
 #[cfg(test)]
 mod tests {

@@ -184,17 +184,9 @@ impl Coordinator {
         };
         let verify = job.verify;
         let mail = super::jobs::Mail::for_settled_elsewhere(&job.request, now_ms());
-        // The record's attestations of its first artifact, one per builder.
-        let artifact = attestations.first().and_then(|a| a.verify().ok()).map(|a| a.artifact);
-        let mut agreed: Vec<Signed<Attestation>> = Vec::new();
-        for signed in attestations.into_iter().take(kiln_protocol::build::CHECK_BUILDS_MAX) {
-            let same = signed
-                .verify()
-                .is_ok_and(|a| Some(a.artifact) == artifact && a.worker == signed.signer() && a.build_key == build_key);
-            if same && agreed.iter().all(|a| a.signer() != signed.signer()) {
-                agreed.push(signed);
-            }
-        }
+        // The record's most vouched-for artifact, one attestation per builder.
+        let kept = &attestations[..attestations.len().min(kiln_protocol::build::CHECK_BUILDS_MAX)];
+        let agreed = kiln_protocol::build::agreeing(kept, build_key, 1).unwrap_or_default();
         let Some(attestation) = agreed.first().cloned() else {
             return;
         };
