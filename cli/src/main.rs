@@ -219,6 +219,11 @@ enum Command {
         /// work only from it, and coordinate only if this node is one of them. `kiln id` prints a peer id
         #[arg(long = "trust-coordinator", value_name = "PEER_ID", value_parser = parse_peer_id)]
         trust_coordinators: Vec<libp2p::PeerId>,
+        /// When coordinating, the streak (results in a row that independent builds agreed with) from which
+        /// a worker builds a `--verify auto` job alone, spot-checked with probability 1/streak
+        #[arg(long, value_name = "N", default_value_t = kiln_node::coordinator::verification::TRUSTED_STREAK,
+              value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+        trusted_streak: u32,
         #[command(flatten)]
         mail: Mail,
         /// Serve the dashboard (HTML, JSON at /api/status, Prometheus at /metrics) on HOST:PORT, or on
@@ -255,8 +260,10 @@ enum Command {
         #[arg(long, value_name = "RANGE")]
         accept_versions: Option<String>,
         /// Accept the artifact only when N workers with distinct keys built it independently and got the
-        /// same hash (1 to 5); builds that disagree end as "not reproducible"
-        #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=5))]
+        /// same hash (1 to 5); builds that disagree end as "not reproducible". `auto`: built twice, unless
+        /// the first worker's last 10 or more results all agreed with independent builds (then alone, and
+        /// spot-checked at random)
+        #[arg(long, value_name = "N|auto", default_value = "1", value_parser = parse_verify)]
         verify: u32,
         /// Accept only artifacts built by this worker (its peer id; repeatable): attestations signed by any
         /// other key do not count
@@ -517,6 +524,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             no_coordinator,
             coordination_set,
             trust_coordinators,
+            trusted_streak,
             mail,
             http,
         } => {
@@ -541,6 +549,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     pinned: coordinator,
                     trusted,
                     set_size: Some(usize::from(coordination_set)),
+                    trusted_streak: Some(trusted_streak),
                     ..Default::default()
                 },
                 mail: mail.options()?,
@@ -664,6 +673,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+    }
+}
+
+/// `--verify`: `auto`, or 1 to 5 builders.
+fn parse_verify(text: &str) -> Result<u32, String> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("auto") {
+        return Ok(kiln_protocol::build::VERIFY_AUTO);
+    }
+    match text.parse::<u32>() {
+        Ok(n) if (1..=kiln_protocol::build::VERIFY_MAX).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{text:?} is neither a count of builders from 1 to {} nor `auto`",
+            kiln_protocol::build::VERIFY_MAX
+        )),
     }
 }
 

@@ -11,6 +11,7 @@ use kiln_node::coord_client;
 use kiln_node::report::{builds_json, peer_of, status_json, worker_state};
 use kiln_node::requester::{self, RequestSpec};
 use kiln_node::EphemeralNode;
+use kiln_protocol::build::{builders_needed, trusted_summary, verify_name, VERIFY_AUTO};
 use kiln_protocol::coord::{CoordReplyV1, CoordRequest, JobPhase, JobView, StatusReport};
 use kiln_protocol::{Attestation, Hash, Recipe, Signed};
 use libp2p::Multiaddr;
@@ -102,7 +103,9 @@ async fn request(node: &EphemeralNode, args: &RequestArgs, spec: &RequestSpec<'_
     let start = coord_client::bootstrap_peers(&args.bootstrap);
     // The DHT's record counts only as far as it meets the policy asked for.
     let found = args.trusted(&requester::lookup_built(&node.net, build_key).await);
-    if let Some(agreed) = requester::agreeing(&found, build_key, args.verify) {
+    // Under `auto` a record (which anyone can write) counts only with two
+    // agreeing builders: a streak is the coordinator's to judge.
+    if let Some(agreed) = requester::agreeing(&found, build_key, builders_needed(args.verify)) {
         return finish_built(node, args, build_key, &agreed).await;
     }
     let accept_versions = match &args.accept_versions {
@@ -111,7 +114,7 @@ async fn request(node: &EphemeralNode, args: &RequestArgs, spec: &RequestSpec<'_
     };
     // Asked as before when one builder is enough, so older coordinators
     // still answer.
-    let submit = if args.verify > 1 {
+    let submit = if args.verify != 1 {
         CoordRequest::SubmitV2 {
             job: Box::new(job),
             accept_versions,
@@ -131,15 +134,16 @@ async fn request(node: &EphemeralNode, args: &RequestArgs, spec: &RequestSpec<'_
                 .first()
                 .and_then(|a| a.verify().ok())
                 .map_or(build_key, |a| a.build_key);
-            match requester::agreeing(&args.trusted(&attestations), key, args.verify) {
+            // Under `auto` the coordinator's answer is its judgement of
+            // the builder's streak: one attestation may be enough.
+            let needed = if args.verify == VERIFY_AUTO { 1 } else { args.verify };
+            match requester::agreeing(&args.trusted(&attestations), key, needed) {
                 Some(agreed) => finish_built(node, args, key, &agreed).await,
                 None if !args.trust_builders.is_empty() => bail!(
-                    "the coordinator answered that build {build_key} is done, but not by {} of the builders you trust (--trust-builder); ask without --trust-builder to see who built it",
-                    args.verify
+                    "the coordinator answered that build {build_key} is done, but not by {needed} of the builders you trust (--trust-builder); ask without --trust-builder to see who built it"
                 ),
                 None => bail!(
-                    "the coordinator answered that build {build_key} is done, but sent fewer than the {} agreeing builders' attestations asked for (--verify); it may run another kiln version: ask its operator",
-                    args.verify
+                    "the coordinator answered that build {build_key} is done, but sent fewer than the {needed} agreeing builders' attestations asked for (--verify); it may run another kiln version: ask its operator"
                 ),
             }
         }
@@ -294,7 +298,9 @@ async fn follow(
     let end = end?;
     let checked = kiln_node::report::checked_line(&end);
     match &end {
-        JobPhase::Done { attestation } | JobPhase::Checked { attestation, .. } => {
+        JobPhase::Done { attestation }
+        | JobPhase::Checked { attestation, .. }
+        | JobPhase::Trusted { attestation, .. } => {
             let a = attestation.verify()?;
             let vouching = check_of(&end).map_or_else(|| vec![attestation.clone()], |c| c.agreed.clone());
             if args.trusted(&vouching).is_empty() {
@@ -306,6 +312,9 @@ async fn follow(
                 if let Some(check) = check_of(&end) {
                     out["agreed"] = json!(builds_json(&check.agreed));
                     out["disagreed"] = json!(builds_json(&check.disagreed));
+                }
+                if let JobPhase::Trusted { streak, .. } = &end {
+                    out["streak"] = json!(streak);
                 }
                 println!("{out}");
             } else {
@@ -321,14 +330,18 @@ async fn follow(
                     say!("disagreed: worker {} built {} instead", peer_of(&a.worker), a.artifact);
                 }
             }
-            if args.verify > 1 {
-                let agreed = check_of(&end).map_or(1, |c| c.agreed.len());
-                if agreed < args.verify as usize {
-                    bail!(
-                        "build {build_key} was accepted by {agreed} builder(s), fewer than the {} asked for (--verify); the coordinator may run another kiln version",
-                        args.verify
-                    );
+            let agreed = check_of(&end).map_or(1, |c| c.agreed.len());
+            let enough = match args.verify {
+                VERIFY_AUTO => {
+                    matches!(end, JobPhase::Trusted { .. }) || agreed >= builders_needed(VERIFY_AUTO) as usize
                 }
+                n => agreed >= n as usize,
+            };
+            if !enough {
+                bail!(
+                    "build {build_key} was accepted by {agreed} builder(s), fewer than --verify {} asks for; the coordinator may run another kiln version",
+                    verify_name(args.verify)
+                );
             }
             if let Some(path) = &args.fetch {
                 fetch_artifact(node, a.artifact, path).await?;
@@ -389,6 +402,7 @@ fn describe(phase: &JobPhase) -> String {
         JobPhase::Replicating { artifact } => format!("built {artifact}; copying it to a second peer"),
         JobPhase::Done { .. } => "done".into(),
         JobPhase::Checked { check, .. } => format!("done: {}", check.summary()),
+        JobPhase::Trusted { streak, .. } => format!("done: {}", trusted_summary(*streak)),
         JobPhase::NotReproducible { .. } => "not reproducible".into(),
         JobPhase::Failed { reason, .. } => format!("failed: {reason}"),
         JobPhase::Unknown => "unknown to the coordinator".into(),
@@ -481,6 +495,15 @@ pub async fn node_status(data_dir: &Path, json: bool) -> anyhow::Result<()> {
             "mail: {} pending, {} delivered{problem}; {}",
             mail.pending, mail.delivered, mail.route
         );
+    }
+    if !status.streaks.is_empty() {
+        println!("workers' streaks (results in a row that independent builds agreed with; --verify auto):");
+        for s in &status.streaks {
+            println!(
+                "  {}  streak {}, {} disagreement(s), {} built alone and not checked since",
+                s.worker, s.streak, s.disagreements, s.unchecked
+            );
+        }
     }
     let store = &status.store;
     let cap = store.cap_bytes.map(|c| format!(" of {c} allowed")).unwrap_or_default();

@@ -27,7 +27,9 @@ pub fn job_json(job: &JobView) -> serde_json::Value {
             value["attempt"] = json!(attempt);
         }
         JobPhase::Replicating { artifact } => value["artifact"] = json!(artifact.to_string()),
-        JobPhase::Done { attestation } | JobPhase::Checked { attestation, .. } => {
+        JobPhase::Done { attestation }
+        | JobPhase::Checked { attestation, .. }
+        | JobPhase::Trusted { attestation, .. } => {
             if let Ok(a) = attestation.verify() {
                 value["artifact"] = json!(a.artifact.to_string());
                 value["artifact_bytes"] = json!(a.artifact_bytes);
@@ -39,6 +41,9 @@ pub fn job_json(job: &JobView) -> serde_json::Value {
             if let JobPhase::Checked { check, .. } = &job.phase {
                 value["agreed"] = json!(builds_json(&check.agreed));
                 value["disagreed"] = json!(builds_json(&check.disagreed));
+            }
+            if let JobPhase::Trusted { streak, .. } = &job.phase {
+                value["streak"] = json!(streak);
             }
         }
         JobPhase::NotReproducible { attestations, .. } => {
@@ -62,6 +67,7 @@ pub fn checked_line(phase: &JobPhase) -> Option<String> {
     match phase {
         JobPhase::Done { .. } => Some("built by 1 worker, not checked by another".into()),
         JobPhase::Checked { check, .. } => Some(format!("{}, {} needed", check.summary(), check.needed)),
+        JobPhase::Trusted { streak, .. } => Some(kiln_protocol::build::trusted_summary(*streak)),
         JobPhase::NotReproducible { needed, attestations } => {
             let mut artifacts: Vec<_> = attestations
                 .iter()

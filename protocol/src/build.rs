@@ -43,6 +43,48 @@ impl Signable for Attestation {
 
 /// Most builders a request may ask to agree (`kiln request --verify N`).
 pub const VERIFY_MAX: u32 = 5;
+/// `--verify auto`, where a count of builders goes on the wire: a worker
+/// with a long enough streak of results that others agreed with builds
+/// alone (spot-checked now and then); every other job is built twice.
+pub const VERIFY_AUTO: u32 = 0;
+/// Builders an `auto` job needs when its first builder has no streak.
+pub const VERIFY_AUTO_CHECKED: u32 = 2;
+
+/// Of two requests' policies for one build, the one that checks more:
+/// any count of 2 or more (always checked) over `auto` (checked unless
+/// the builder has a streak), `auto` over 1 (never checked).
+pub fn stricter(a: u32, b: u32) -> u32 {
+    match (a, b) {
+        (a, b) if a >= 2 || b >= 2 => a.max(b),
+        (VERIFY_AUTO, _) | (_, VERIFY_AUTO) => VERIFY_AUTO,
+        _ => 1,
+    }
+}
+
+/// The builders that must agree under `verify` (`auto` counts as checked:
+/// a build accepted alone is decided apart, by its builder's streak).
+pub fn builders_needed(verify: u32) -> u32 {
+    if verify == VERIFY_AUTO {
+        VERIFY_AUTO_CHECKED
+    } else {
+        verify.clamp(1, VERIFY_MAX)
+    }
+}
+
+/// `--verify` in words: `auto` or the count.
+pub fn verify_name(verify: u32) -> String {
+    if verify == VERIFY_AUTO {
+        "auto".into()
+    } else {
+        verify.to_string()
+    }
+}
+
+/// What a requester is told of a build accepted on one builder's word
+/// because of its streak.
+pub fn trusted_summary(streak: u32) -> String {
+    format!("built by 1 worker with a streak of {streak} agreed results, not re-checked")
+}
 /// Most builds one check holds: the builders needed and two more asked
 /// when results disagree.
 pub const CHECK_BUILDS_MAX: usize = VERIFY_MAX as usize + 2;

@@ -187,6 +187,13 @@ pub enum JobPhase {
         needed: u32,
         attestations: Vec<Signed<Attestation>>,
     },
+    /// Built by one worker alone, trusted for its `streak` of results that
+    /// agreed with independent builds (`--verify auto`), not re-checked,
+    /// and held by at least two peers.
+    Trusted {
+        attestation: Signed<Attestation>,
+        streak: u32,
+    },
 }
 
 impl JobPhase {
@@ -199,6 +206,7 @@ impl JobPhase {
                 | JobPhase::Unknown
                 | JobPhase::Checked { .. }
                 | JobPhase::NotReproducible { .. }
+                | JobPhase::Trusted { .. }
         )
     }
 
@@ -214,6 +222,7 @@ impl JobPhase {
             JobPhase::Unknown => "unknown",
             JobPhase::Checked { .. } => "done",
             JobPhase::NotReproducible { .. } => "not reproducible",
+            JobPhase::Trusted { .. } => "done",
         }
     }
 }

@@ -185,6 +185,14 @@ pub enum Settlement {
         needed: u32,
         attestations: Vec<Signed<Attestation>>,
     },
+    /// `--verify auto`: built by one worker whose `streak` of results
+    /// agreed with independent builds let it build alone, not re-checked;
+    /// held by `holders` peers.
+    Trusted {
+        attestation: Signed<Attestation>,
+        holders: u32,
+        streak: u32,
+    },
 }
 
 impl Settlement {
@@ -192,7 +200,9 @@ impl Settlement {
         match self {
             Settlement::Done { attestation, .. } => attestation.verify().ok().map(|a| a.build_key),
             Settlement::Failed { build_key, .. } | Settlement::NotReproducible { build_key, .. } => Some(*build_key),
-            Settlement::Checked { attestation, .. } => attestation.verify().ok().map(|a| a.build_key),
+            Settlement::Checked { attestation, .. } | Settlement::Trusted { attestation, .. } => {
+                attestation.verify().ok().map(|a| a.build_key)
+            }
         }
     }
 
@@ -200,7 +210,9 @@ impl Settlement {
     /// with one.
     pub fn attestation(&self) -> Option<&Signed<Attestation>> {
         match self {
-            Settlement::Done { attestation, .. } | Settlement::Checked { attestation, .. } => Some(attestation),
+            Settlement::Done { attestation, .. }
+            | Settlement::Checked { attestation, .. }
+            | Settlement::Trusted { attestation, .. } => Some(attestation),
             Settlement::Failed { .. } | Settlement::NotReproducible { .. } => None,
         }
     }
@@ -209,7 +221,7 @@ impl Settlement {
     /// each agreeing builder's for `Checked`, none otherwise.
     pub fn agreed(&self) -> Vec<&Signed<Attestation>> {
         match self {
-            Settlement::Done { attestation, .. } => vec![attestation],
+            Settlement::Done { attestation, .. } | Settlement::Trusted { attestation, .. } => vec![attestation],
             Settlement::Checked { check, .. } => check.agreed.iter().collect(),
             Settlement::Failed { .. } | Settlement::NotReproducible { .. } => Vec::new(),
         }
@@ -220,14 +232,16 @@ impl Settlement {
         match self {
             Settlement::Checked { check, .. } => check.disagreed.iter().collect(),
             Settlement::NotReproducible { attestations, .. } => attestations.iter().collect(),
-            Settlement::Done { .. } | Settlement::Failed { .. } => Vec::new(),
+            Settlement::Done { .. } | Settlement::Failed { .. } | Settlement::Trusted { .. } => Vec::new(),
         }
     }
 
     /// How many peers hold the artifact settled on.
     pub fn holders(&self) -> u32 {
         match self {
-            Settlement::Done { holders, .. } | Settlement::Checked { holders, .. } => *holders,
+            Settlement::Done { holders, .. }
+            | Settlement::Checked { holders, .. }
+            | Settlement::Trusted { holders, .. } => *holders,
             Settlement::Failed { .. } | Settlement::NotReproducible { .. } => 0,
         }
     }
@@ -244,6 +258,9 @@ impl Settlement {
             Settlement::NotReproducible {
                 needed, attestations, ..
             } => JobPhase::NotReproducible { needed, attestations },
+            Settlement::Trusted {
+                attestation, streak, ..
+            } => JobPhase::Trusted { attestation, streak },
         }
     }
 }
@@ -345,7 +362,9 @@ fn check_gossip(message: &Gossip) -> Result<(), GossipError> {
         GossipV1::Job(job) | GossipV1::JobV2 { job, .. } if job.emails.len() > EMAILS_MAX => {
             Err(GossipError::Invalid("too many email addresses"))
         }
-        GossipV1::JobV2 { verify, .. } if !(2..=crate::build::VERIFY_MAX).contains(verify) => {
+        GossipV1::JobV2 { verify, .. }
+            if *verify != crate::build::VERIFY_AUTO && !(2..=crate::build::VERIFY_MAX).contains(verify) =>
+        {
             Err(GossipError::Invalid("builders to agree out of range"))
         }
         GossipV1::Settled(Settlement::Checked { attestation, check, .. }) => {
@@ -358,6 +377,10 @@ fn check_gossip(message: &Gossip) -> Result<(), GossipError> {
                 _ => Err(GossipError::Invalid("check does not hold")),
             }
         }
+        GossipV1::Settled(Settlement::Trusted { attestation, .. }) => match attestation.verify() {
+            Ok(a) if a.worker == attestation.signer() => Ok(()),
+            _ => Err(GossipError::Invalid("attestation does not verify")),
+        },
         GossipV1::Settled(Settlement::NotReproducible {
             build_key,
             attestations,
@@ -682,6 +705,21 @@ pub(crate) mod samples {
                     attestations: vec![Signed::sign(&key(), &attestation())],
                 })),
             ),
+            (
+                "settled_trusted",
+                Gossip::V1(GossipV1::Settled(Settlement::Trusted {
+                    attestation: Signed::sign(&key(), &attestation()),
+                    holders: 2,
+                    streak: 12,
+                })),
+            ),
+            (
+                "job_v2_auto",
+                Gossip::V1(GossipV1::JobV2 {
+                    job: first_job(),
+                    verify: crate::build::VERIFY_AUTO,
+                }),
+            ),
         ]
     }
 
@@ -847,6 +885,13 @@ pub(crate) mod samples {
                 phase: JobPhase::NotReproducible {
                     needed: 2,
                     attestations: vec![],
+                },
+            },
+            CoordReplyV1::Event {
+                build_key: Hash::of(b"key"),
+                phase: JobPhase::Trusted {
+                    attestation: Signed::sign(&key(), &attestation()),
+                    streak: 12,
                 },
             },
         ];
@@ -1031,6 +1076,8 @@ mod tests {
         ("job_v2", "7d0008ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b42cd86560b2a6a0a54b6f2767adec4d9fbf74c7b4c39ebca63fef3cdcee0d14f30768656c6c6f2d6305312e302e300001036f7074024f3201026f7300056c696e7578010d61406578616d706c652e6f7267fd0068e5cf8b01000002ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c79fc96b9f2ec9e962f28fe70442302bb0b50783e6aa502da12d10f09b74a2d5781f3946d35ae39fc06d85ab5be2f51caba06cd71bfff32bdeab90c7a7b0fcd0a"),
         ("settled_checked", "fb6f02000602d3ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b42cd86560b2a6a0a54b6f2767adec4d9fbf74c7b4c39ebca63fef3cdcee0d14f3e068dc010bf492707f7e8d896457770f24703784cfe76bd785f8b76cc010bbf3089fbf48f8224338b32a7f298140ee6c52b29a22d05b35c9be97e19b614e4726baea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c0c9046e0df271bb372601a22970c8944a6e9a7a507d0168ef67436ade135240afd0068e5cf8b010000fde86be5cf8b010000ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c28caa55159918c48cde9180fbdda81993d210386d5d8991b14f04583f6f7361b40be2b885fee9d3d49ace3c23dea70598ecc0a330c94db2be0ddaf86ab5acf05020101d3ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b42cd86560b2a6a0a54b6f2767adec4d9fbf74c7b4c39ebca63fef3cdcee0d14f3e068dc010bf492707f7e8d896457770f24703784cfe76bd785f8b76cc010bbf3089fbf48f8224338b32a7f298140ee6c52b29a22d05b35c9be97e19b614e4726baea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c0c9046e0df271bb372601a22970c8944a6e9a7a507d0168ef67436ade135240afd0068e5cf8b010000fde86be5cf8b010000ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c28caa55159918c48cde9180fbdda81993d210386d5d8991b14f04583f6f7361b40be2b885fee9d3d49ace3c23dea70598ecc0a330c94db2be0ddaf86ab5acf0500ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22ca0a67187b551298f550bf8dcd01abe66b885e89199bbb191ecf2500472de01ebac988635256236a049b988c70c650a0274168df641a89a0c1472a755b3283802"),
         ("settled_not_reproducible", "fb5901000603ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b40201d3ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b42cd86560b2a6a0a54b6f2767adec4d9fbf74c7b4c39ebca63fef3cdcee0d14f3e068dc010bf492707f7e8d896457770f24703784cfe76bd785f8b76cc010bbf3089fbf48f8224338b32a7f298140ee6c52b29a22d05b35c9be97e19b614e4726baea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c0c9046e0df271bb372601a22970c8944a6e9a7a507d0168ef67436ade135240afd0068e5cf8b010000fde86be5cf8b010000ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c28caa55159918c48cde9180fbdda81993d210386d5d8991b14f04583f6f7361b40be2b885fee9d3d49ace3c23dea70598ecc0a330c94db2be0ddaf86ab5acf05ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c1bcf049a83c0769329591ecc3ac012249d0779b16da72c4c47f5cbeba520c9d27d80cc23b4ac724c1f2f6182e9801f2a456ee6ac36b28dae811eec1bba9db00c"),
+        ("settled_trusted", "fb3901000604d3ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b42cd86560b2a6a0a54b6f2767adec4d9fbf74c7b4c39ebca63fef3cdcee0d14f3e068dc010bf492707f7e8d896457770f24703784cfe76bd785f8b76cc010bbf3089fbf48f8224338b32a7f298140ee6c52b29a22d05b35c9be97e19b614e4726baea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c0c9046e0df271bb372601a22970c8944a6e9a7a507d0168ef67436ade135240afd0068e5cf8b010000fde86be5cf8b010000ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c28caa55159918c48cde9180fbdda81993d210386d5d8991b14f04583f6f7361b40be2b885fee9d3d49ace3c23dea70598ecc0a330c94db2be0ddaf86ab5acf05020cea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22cf5a70d5757e23074c583682a34e887f12dc681c037fc0f4ff54502f7f45505c6ccdb351d3685c2193547a26aec177983de952c0b950982b979598f227602da0c"),
+        ("job_v2_auto", "7d0008ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b42cd86560b2a6a0a54b6f2767adec4d9fbf74c7b4c39ebca63fef3cdcee0d14f30768656c6c6f2d6305312e302e300001036f7074024f3201026f7300056c696e7578010d61406578616d706c652e6f7267fd0068e5cf8b01000000ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c5027279318b813df5d198a70dd01eb81125b8b671c56e52e343164e0c8cdeae833adf2fd4209c61f33ae62bacd0873ecc0e71f8428113317a05fe2c1ea2c9e09"),
         ("request0", "2b0000000023f82a295328e116801fc5ebb9b84c3c193d3a8f2c315ff47afb0526d01f1f94fc00001000fc00001000"),
         ("request1", "210000000123f82a295328e116801fc5ebb9b84c3c193d3a8f2c315ff47afb0526d01f1f94"),
         ("reply0", "0c0000000000fc00003000fc00001000"),
@@ -1065,5 +1112,6 @@ mod tests {
         ("coord_reply11", "7f000000000b01ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b42cd86560b2a6a0a54b6f2767adec4d9fbf74c7b4c39ebca63fef3cdcee0d14f30768656c6c6f2d6305312e302e300001036f7074024f3201026f7300056c696e7578010d61406578616d706c652e6f7267fd0068e5cf8b0100000200"),
         ("coord_reply12", "8e0200000005ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b407d3ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b42cd86560b2a6a0a54b6f2767adec4d9fbf74c7b4c39ebca63fef3cdcee0d14f3e068dc010bf492707f7e8d896457770f24703784cfe76bd785f8b76cc010bbf3089fbf48f8224338b32a7f298140ee6c52b29a22d05b35c9be97e19b614e4726baea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c0c9046e0df271bb372601a22970c8944a6e9a7a507d0168ef67436ade135240afd0068e5cf8b010000fde86be5cf8b010000ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c28caa55159918c48cde9180fbdda81993d210386d5d8991b14f04583f6f7361b40be2b885fee9d3d49ace3c23dea70598ecc0a330c94db2be0ddaf86ab5acf050101d3ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b42cd86560b2a6a0a54b6f2767adec4d9fbf74c7b4c39ebca63fef3cdcee0d14f3e068dc010bf492707f7e8d896457770f24703784cfe76bd785f8b76cc010bbf3089fbf48f8224338b32a7f298140ee6c52b29a22d05b35c9be97e19b614e4726baea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c0c9046e0df271bb372601a22970c8944a6e9a7a507d0168ef67436ade135240afd0068e5cf8b010000fde86be5cf8b010000ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c28caa55159918c48cde9180fbdda81993d210386d5d8991b14f04583f6f7361b40be2b885fee9d3d49ace3c23dea70598ecc0a330c94db2be0ddaf86ab5acf0500"),
         ("coord_reply13", "250000000005ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b4080200"),
+        ("coord_reply14", "580100000005ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b409d3ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b42cd86560b2a6a0a54b6f2767adec4d9fbf74c7b4c39ebca63fef3cdcee0d14f3e068dc010bf492707f7e8d896457770f24703784cfe76bd785f8b76cc010bbf3089fbf48f8224338b32a7f298140ee6c52b29a22d05b35c9be97e19b614e4726baea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c0c9046e0df271bb372601a22970c8944a6e9a7a507d0168ef67436ade135240afd0068e5cf8b010000fde86be5cf8b010000ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c28caa55159918c48cde9180fbdda81993d210386d5d8991b14f04583f6f7361b40be2b885fee9d3d49ace3c23dea70598ecc0a330c94db2be0ddaf86ab5acf050c"),
     ];
 }

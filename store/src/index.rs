@@ -44,15 +44,20 @@ pub enum RecordTable {
     Builds,
     /// Blob bytes this node served to peers, by day.
     Served,
+    /// Per worker key: results that agreed with independent builds in a
+    /// row, disagreements, and builds accepted on its word alone
+    /// (`--verify auto`), as the coordination set keeps them.
+    Streaks,
 }
 
 impl RecordTable {
-    pub const ALL: [RecordTable; 5] = [
+    pub const ALL: [RecordTable; 6] = [
         RecordTable::Queue,
         RecordTable::Outbox,
         RecordTable::Results,
         RecordTable::Builds,
         RecordTable::Served,
+        RecordTable::Streaks,
     ];
 
     /// The table's name inside the index.
@@ -63,6 +68,7 @@ impl RecordTable {
             RecordTable::Results => "records.results",
             RecordTable::Builds => "records.builds",
             RecordTable::Served => "records.served",
+            RecordTable::Streaks => "records.streaks",
         }
     }
 

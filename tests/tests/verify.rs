@@ -2,8 +2,9 @@
 //! with real processes on 127.0.0.1: a lying worker (a test peer that
 //! builds honestly in the real sandbox, flips a byte of the artifact and
 //! signs that with its own valid key) is outvoted by two honest workers
-//! and named in the mail; a recipe that writes the time into its output
-//! ends as "not reproducible" with both builds in the mail.
+//! and named in the mail, and its streak is reset; a recipe that writes
+//! the time into its output ends as "not reproducible" with both builds in
+//! the mail; under `--verify auto` a worker with a streak builds alone.
 
 // Test code: a panic is a failed assertion.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -85,6 +86,23 @@ fn two_honest_builders_outvote_a_liar_and_the_mail_names_who_agreed_and_who_did_
     );
     assert!(body.contains(&format!("built {lie} (not this artifact)")), "{body}");
     println!("--- the mail ---\n{body}");
+
+    // The coordinator keeps the streaks: each honest builder's grew, the
+    // liar's was reset and its disagreement counted.
+    let node = kiln_tests::farm::node_status(&c_dir);
+    let streaks = node["streaks"].as_array().unwrap();
+    let of = |peer: &str| streaks.iter().find(|s| s["worker"] == peer).cloned();
+    for honest in [&w1, &w2] {
+        let s = of(honest).unwrap_or_else(|| panic!("no streak for {honest}: {node}"));
+        assert_eq!(
+            (s["streak"].as_u64(), s["disagreements"].as_u64()),
+            (Some(1), Some(0)),
+            "{node}"
+        );
+    }
+    let liars: Vec<&Value> = streaks.iter().filter(|s| s["disagreements"] == 1).collect();
+    assert_eq!(liars.len(), 1, "{node}");
+    assert_eq!(liars[0]["streak"], 0, "{node}");
 
     // The artifact fetched by hash is the honest one.
     let out = tmp.path().join("hello.tar");
@@ -235,4 +253,100 @@ fn a_checked_build_survives_its_coordinator_dying_between_the_two_builds() {
         builders.contains(&first.as_str()),
         "the first build still counts: {done}"
     );
+}
+
+#[test]
+fn under_verify_auto_a_worker_with_a_streak_builds_alone_and_the_requester_is_told_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_boot, boot) = start_bootstrap(&tmp.path().join("boot"));
+    let c_dir = tmp.path().join("c");
+    let (_c, _) = start_node(
+        "coordinator",
+        &c_dir,
+        &boot,
+        &["--coordinator", "--trusted-streak", "2"],
+    );
+    let (_w1, w1_addr) = worker("w1", &tmp.path().join("w1"), &boot, &[]);
+    let (_w2, w2_addr) = worker("w2", &tmp.path().join("w2"), &boot, &[]);
+    wait_status(&boot, "two workers listed", |s| workers_listed(s) == 2);
+    // hello-c has eight builds (opt x greeting): two checked ones first.
+    let mut keys = Vec::new();
+    for greeting in ["plain", "loud"] {
+        for opt in ["O0", "O1", "O2", "Os"] {
+            keys.push(vec![
+                "-o".to_string(),
+                format!("opt={opt}"),
+                "-o".into(),
+                format!("greeting={greeting}"),
+            ]);
+        }
+    }
+    let ask = |key: &[String], verify: &str| {
+        let mut extra: Vec<&str> = key.iter().map(String::as_str).collect();
+        extra.extend(["--wait", "--verify", verify]);
+        let (ok, done, err) = request(&boot, &recipe("hello-c"), "a@example.org", &extra);
+        assert!(ok, "{err}");
+        assert_eq!(done["state"], "done", "{done}");
+        done
+    };
+    for key in &keys[..2] {
+        let done = ask(key, "2");
+        assert_eq!(done["checked"], "2 of 2 builders agreed, 2 needed", "{done}");
+    }
+    let node = kiln_tests::farm::node_status(&c_dir);
+    for peer in [peer_of(&w1_addr), peer_of(&w2_addr)] {
+        let streak = node["streaks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["worker"] == peer.as_str())
+            .cloned();
+        assert_eq!(streak.map(|s| s["streak"].clone()), Some(2.into()), "{node}");
+    }
+    // Each `auto` build now goes to a worker with a streak of 2 or more:
+    // built alone, or spot-checked (probability 1/streak, and each check
+    // lengthens the streak); among six, all spot-checked is 1 in 5040 at
+    // worst, and then the test says so rather than pass.
+    let mut alone = None;
+    let mut asked = 2;
+    for key in &keys[2..] {
+        let done = ask(key, "auto");
+        asked += 1;
+        let checked = done["checked"].as_str().unwrap().to_string();
+        if checked.starts_with("built by 1 worker with a streak of ") {
+            alone = Some(done);
+            break;
+        }
+        assert_eq!(checked, "2 of 2 builders agreed, 2 needed", "a spot check: {done}");
+    }
+    let done = alone.expect("six --verify auto builds were all spot-checked");
+    let streak = done["streak"].as_u64().unwrap();
+    assert!(streak >= 2, "{done}");
+    assert_eq!(
+        done["checked"],
+        format!("built by 1 worker with a streak of {streak} agreed results, not re-checked").as_str()
+    );
+    let artifact = done["artifact"].as_str().unwrap().to_string();
+    let s = wait_status(&boot, "every mail written", |s| mail_settled(s, asked));
+    let body = outbox(&c_dir)
+        .into_iter()
+        .map(|m| m.body)
+        .find(|b| b.contains(&format!("Artifact:   {artifact}")))
+        .unwrap_or_else(|| panic!("no mail of {artifact}: {s}"));
+    assert!(
+        body.contains(&format!(
+            "Checked:    built by 1 worker with a streak of {streak} agreed results, not re-checked"
+        )),
+        "{body}"
+    );
+    println!("--- the mail ---\n{body}");
+    // The builder's record shows the build it made alone.
+    let node = kiln_tests::farm::node_status(&c_dir);
+    let unchecked: u64 = node["streaks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["unchecked"].as_u64().unwrap())
+        .sum();
+    assert_eq!(unchecked, 1, "{node}");
 }

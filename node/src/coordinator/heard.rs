@@ -49,11 +49,15 @@ impl Coordinator {
                     return;
                 }
                 let build_key = a.build_key;
-                let verdict = self.schedule.built(&build_key, attestation);
+                let alone = self.accept_alone(&build_key, &signer);
+                let verdict = self.schedule.built(&build_key, attestation, alone);
                 match verdict {
                     Built::Ignored => {
                         debug!(job = %build_key, worker = %signer, "a build not leased to its worker, or reported twice; ignored");
                         return;
+                    }
+                    Built::Accepted if alone => {
+                        info!(job = %build_key, artifact = %a.artifact, worker = %signer, streak = self.streak(&signer), "built; trusted alone for its streak")
                     }
                     Built::Accepted => info!(job = %build_key, artifact = %a.artifact, worker = %signer, "built"),
                     Built::NeedMore => {

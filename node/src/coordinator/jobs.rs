@@ -37,7 +37,7 @@ impl Coordinator {
         }
         if let Some(job) = self.schedule.job(&build_key) {
             let (job, verify) = (job.request.clone(), job.verify);
-            let announced = if verify > 1 {
+            let announced = if verify != 1 {
                 GossipV1::JobV2 { job, verify }
             } else {
                 GossipV1::Job(job)
@@ -105,7 +105,7 @@ impl Coordinator {
             JobState::NotReproducible => {
                 let settlement = Settlement::NotReproducible {
                     build_key,
-                    needed: job.verify,
+                    needed: job.needed(),
                     attestations: job.built.clone(),
                 };
                 self.finish(build_key, settlement);
@@ -147,7 +147,12 @@ impl Coordinator {
         // A job checked by more than one builder says who agreed (and who
         // did not); one built once says nothing more, as before.
         let settlement = match job.check() {
-            Some(check) if job.verify > 1 => {
+            _ if job.trusted_alone() => Settlement::Trusted {
+                attestation: attestation.clone(),
+                holders,
+                streak: self.streak(&attestation.signer()),
+            },
+            Some(check) if job.verify != 1 => {
                 for agreed in &check.agreed {
                     let _ = self.store.put_attestation(agreed);
                 }
@@ -206,6 +211,9 @@ impl Coordinator {
         match settlement {
             Settlement::Done { .. } => info!(job = %build_key, "done"),
             Settlement::Checked { check, .. } => info!(job = %build_key, check = check.summary(), "done"),
+            Settlement::Trusted { streak, .. } => {
+                info!(job = %build_key, streak, "done; built alone by a trusted worker")
+            }
             Settlement::Failed { reason, .. } => warn!(job = %build_key, reason, "failed"),
             Settlement::NotReproducible { attestations, .. } => {
                 warn!(job = %build_key, builds = attestations.len(), "not reproducible: the builds disagree")

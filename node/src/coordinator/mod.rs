@@ -59,6 +59,7 @@ mod jobs;
 mod results;
 pub mod schedule;
 mod server;
+mod streaks;
 mod sync;
 mod task;
 pub mod verification;
@@ -66,6 +67,7 @@ pub mod verification;
 pub use effects::hold_inputs;
 use effects::*;
 use server::{check_job, Server};
+pub use streaks::StreakView;
 use sync::SYNC_RETRY_MS;
 
 /// Inputs waiting for the coordinator task.
@@ -87,6 +89,9 @@ pub struct CoordinatorOptions {
     /// The only peers that may coordinate (`--trust-coordinator`); `None`:
     /// any peer that may be elected.
     pub trusted: Option<BTreeSet<PeerId>>,
+    /// The streak from which a worker builds an `auto` job alone
+    /// (`--trusted-streak`); `None`: [`verification::TRUSTED_STREAK`].
+    pub trusted_streak: Option<u32>,
 }
 
 /// What the coordinator task is told.
@@ -201,6 +206,8 @@ pub struct LocalView {
     pub jobs_total: u64,
     /// This node's outbox, if it keeps one.
     pub mail: Option<MailView>,
+    /// The longest streaks this node keeps (`--verify auto`).
+    pub streaks: Vec<StreakView>,
 }
 
 /// What a submission finds.
@@ -323,6 +330,10 @@ struct Coordinator {
     recent: VecDeque<JobView>,
     /// The top contributors, from the settled builds.
     credit: credit::Credit,
+    /// Each worker's streak of results agreed with (`--verify auto`).
+    streaks: verification::Streaks<PublicKey, Hash>,
+    /// The streak from which a worker builds an `auto` job alone.
+    trusted_streak: u32,
     replicating: HashSet<Hash>,
     acting: bool,
     input_fetches: Arc<tokio::sync::Semaphore>,

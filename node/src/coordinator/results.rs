@@ -24,11 +24,19 @@ impl Coordinator {
         // Counted once, where the job was open: not for repeats of a
         // settlement or for builds this node never heard of.
         match (settlement, job.is_some()) {
-            (Settlement::Done { .. } | Settlement::Checked { .. }, true) => Metrics::add(&METRICS.jobs_done, 1),
+            (Settlement::Done { .. } | Settlement::Checked { .. } | Settlement::Trusted { .. }, true) => {
+                Metrics::add(&METRICS.jobs_done, 1)
+            }
             (Settlement::Failed { .. } | Settlement::NotReproducible { .. }, true) => {
                 Metrics::add(&METRICS.jobs_failed, 1)
             }
             (_, false) => {}
+        }
+        // The streaks move once per settlement of a job open here, as
+        // every member of the coordination set sees it.
+        if job.is_some() {
+            let again = self.note_streaks(settlement);
+            self.recheck_unchecked(again);
         }
         let record = ResultRecord {
             settlement: settlement.clone(),
@@ -159,6 +167,7 @@ impl Coordinator {
             jobs_total: jobs.len() as u64,
             jobs: jobs.iter().take(STATUS_JOBS_MAX).map(|j| j.view()).collect(),
             mail: self.mail.as_ref().map(|(mail, _)| mail.view()),
+            streaks: self.streak_views(),
         }
     }
 

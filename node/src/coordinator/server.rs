@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use futures::StreamExt;
-use kiln_protocol::build::VERIFY_MAX;
+use kiln_protocol::build::{VERIFY_AUTO, VERIFY_MAX};
 use kiln_protocol::coord::{CoordReply, CoordReplyV1, CoordRequest, COORD_FRAME_BYTES_MAX, PHASES_MAX};
 use kiln_protocol::messages::{check_email, JobRequest, EMAILS_MAX};
 use kiln_protocol::system::VersionRange;
@@ -126,9 +126,11 @@ impl Server {
                 job,
                 accept_versions,
                 verify,
-            } if (1..=VERIFY_MAX).contains(&verify) => self.submit(peer, *job, accept_versions, verify).await,
+            } if verify == VERIFY_AUTO || (1..=VERIFY_MAX).contains(&verify) => {
+                self.submit(peer, *job, accept_versions, verify).await
+            }
             CoordRequest::SubmitV2 { .. } => CoordReplyV1::Refused {
-                reason: format!("ask for 1 to {VERIFY_MAX} agreeing builders (--verify)"),
+                reason: format!("ask for 1 to {VERIFY_MAX} agreeing builders, or auto (--verify)"),
             },
             CoordRequest::StatusV1 | CoordRequest::StatusV2 => {
                 let contributors = matches!(request, CoordRequest::StatusV2);

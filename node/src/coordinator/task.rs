@@ -67,6 +67,11 @@ impl Coordinator {
             watchers: HashMap::new(),
             recent: VecDeque::new(),
             credit: Default::default(),
+            streaks: Default::default(),
+            trusted_streak: options
+                .trusted_streak
+                .unwrap_or(super::verification::TRUSTED_STREAK)
+                .max(1),
             replicating: HashSet::new(),
             acting: false,
             input_fetches: Arc::new(tokio::sync::Semaphore::new(INPUT_FETCHES_MAX)),
@@ -86,6 +91,7 @@ impl Coordinator {
     /// contributors.
     pub(super) fn restore(&mut self) {
         self.credit = credit::Credit::load(&self.store);
+        self.restore_streaks();
         let records = match self.store.records(RecordTable::Queue) {
             Ok(records) => records,
             Err(e) => {
@@ -190,17 +196,18 @@ impl Coordinator {
         let Some(attestation) = agreed.first().cloned() else {
             return;
         };
-        let settlement = if verify <= 1 {
+        let needed = kiln_protocol::build::builders_needed(verify);
+        let settlement = if verify == 1 {
             Settlement::Done {
                 attestation,
                 holders: 2,
             }
-        } else if agreed.len() >= verify as usize {
+        } else if agreed.len() >= needed as usize {
             Settlement::Checked {
                 attestation,
                 holders: 2,
                 check: kiln_protocol::build::Check {
-                    needed: verify,
+                    needed,
                     agreed,
                     disagreed: Vec::new(),
                 },
@@ -457,12 +464,16 @@ impl Coordinator {
         if !self.acting {
             return Lookup::NotCoordinator(self.contact(now));
         }
-        if let Some(attestations) = self.built_by_enough(&build_key, verify) {
+        if let Some(attestations) = self.built_by_enough(&build_key, self.needed_for(&build_key, verify)) {
             return Lookup::Built(attestations);
         }
         if let Some(range) = accept_versions {
             if let Some(attestations) = self.built_in_range(job, &range).await {
-                if agreeing_builders(&attestations) >= verify as usize {
+                let needed = attestations
+                    .first()
+                    .and_then(|a| a.verify().ok())
+                    .map_or(verify, |a| self.needed_for(&a.build_key, verify));
+                if agreeing_builders(&attestations) >= needed as usize {
                     return Lookup::Built(attestations);
                 }
             }

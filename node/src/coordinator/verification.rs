@@ -1,8 +1,8 @@
 //! How many independent builds a result needs before the coordinator
 //! accepts it (issue 16): the policy alone, pure, with no network and no
 //! clock, so it can be simulated (`examples/sim_verify.rs`) and tested on
-//! its own. Not yet wired into the schedule: today every job is still built
-//! once.
+//! its own. The schedule judges builds with [`judge`]; the coordinator
+//! keeps the [`Streaks`] (`coordinator::streaks`).
 //!
 //! - `--verify N` ([`Verify::Builders`]): N builders with distinct keys
 //!   must report the same artifact hash.
@@ -24,6 +24,7 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::Hash as StdHash;
 
 use kiln_protocol::Hash;
+use serde::{Deserialize, Serialize};
 
 /// A streak from which a worker's result is accepted alone (BOINC's
 /// adaptive replication uses 10 consecutive valid results).
@@ -33,6 +34,9 @@ pub const EXTRA_BUILDERS_MAX: u32 = 2;
 /// A worker's unchecked results remembered, to check again when it is
 /// caught disagreeing.
 pub const UNCHECKED_KEPT_MAX: usize = 100;
+/// Workers whose records are kept; past that a newcomer starts with no
+/// streak and is never trusted alone (it is always checked).
+pub const RECORDS_MAX: usize = 100_000;
 
 /// What a requester asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,7 +47,7 @@ pub enum Verify {
 
 /// Per worker: results agreed with in a row, disagreements, and the
 /// results it built alone that nobody checked yet.
-#[derive(Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record<J> {
     pub streak: u32,
     pub disagreements: u32,
@@ -83,14 +87,39 @@ impl<W: Eq + StdHash + Clone, J: Clone> Streaks<W, J> {
         self.by_worker.get(worker)
     }
 
+    /// Puts back a record kept on disk.
+    pub fn restore(&mut self, worker: W, record: Record<J>) {
+        if self.by_worker.len() < RECORDS_MAX || self.by_worker.contains_key(&worker) {
+            self.by_worker.insert(worker, record);
+        }
+    }
+
+    /// Every worker's record.
+    pub fn iter(&self) -> impl Iterator<Item = (&W, &Record<J>)> {
+        self.by_worker.iter()
+    }
+
+    /// The record to change, if there is room for it.
+    fn entry(&mut self, worker: &W) -> Option<&mut Record<J>> {
+        if !self.by_worker.contains_key(worker) && self.by_worker.len() >= RECORDS_MAX {
+            return None;
+        }
+        Some(self.by_worker.entry(worker.clone()).or_default())
+    }
+
     /// How many agreeing builders a job needs, given its first builder.
     /// `draw` is a uniform sample in [0, 1) for the spot check.
     pub fn needed(&self, verify: Verify, first: &W, draw: f64) -> u32 {
+        self.needed_from(TRUSTED_STREAK, verify, first, draw)
+    }
+
+    /// [`Streaks::needed`], trusting a worker alone from streak `trusted`.
+    pub fn needed_from(&self, trusted: u32, verify: Verify, first: &W, draw: f64) -> u32 {
         match verify {
             Verify::Builders(n) => n.max(1),
             Verify::Auto => {
                 let streak = self.streak(first);
-                if streak >= TRUSTED_STREAK && draw >= 1.0 / f64::from(streak) {
+                if streak >= trusted.max(1) && draw >= 1.0 / f64::from(streak) {
                     1
                 } else {
                     2
@@ -101,23 +130,27 @@ impl<W: Eq + StdHash + Clone, J: Clone> Streaks<W, J> {
 
     /// An agreement: the worker's result matched an independent one.
     pub fn agreed(&mut self, worker: &W) {
-        let record = self.by_worker.entry(worker.clone()).or_default();
-        record.streak = record.streak.saturating_add(1);
+        if let Some(record) = self.entry(worker) {
+            record.streak = record.streak.saturating_add(1);
+        }
     }
 
     /// A result accepted on this worker's word alone.
     pub fn unchecked(&mut self, worker: &W, job: J) {
-        let record = self.by_worker.entry(worker.clone()).or_default();
-        if record.unchecked.len() >= UNCHECKED_KEPT_MAX {
-            record.unchecked.pop_front();
+        if let Some(record) = self.entry(worker) {
+            if record.unchecked.len() >= UNCHECKED_KEPT_MAX {
+                record.unchecked.pop_front();
+            }
+            record.unchecked.push_back(job);
         }
-        record.unchecked.push_back(job);
     }
 
     /// A disagreement: the streak is lost; returns the worker's unchecked
     /// results, to build again.
     pub fn reset(&mut self, worker: &W) -> Vec<J> {
-        let record = self.by_worker.entry(worker.clone()).or_default();
+        let Some(record) = self.entry(worker) else {
+            return Vec::new();
+        };
         record.streak = 0;
         record.disagreements = record.disagreements.saturating_add(1);
         record.unchecked.drain(..).collect()

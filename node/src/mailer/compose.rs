@@ -92,6 +92,13 @@ fn worker_name(worker: &kiln_protocol::PublicKey) -> String {
 /// How the result was checked, in the lines of the mail: who agreed, who
 /// built something else and what.
 fn checked_lines(settlement: &Settlement) -> String {
+    if let Settlement::Trusted { streak, .. } = settlement {
+        return format!(
+            "Checked:    {} (--verify auto: a worker whose results keep agreeing with\n            \
+             independent builds builds alone, spot-checked at random)\n",
+            kiln_protocol::build::trusted_summary(*streak)
+        );
+    }
     let Settlement::Checked { check, .. } = settlement else {
         return "Checked:    built by 1 worker, not checked by another (ask with --verify 2 to have \
                 independent builders agree)\n"
@@ -177,9 +184,10 @@ pub(super) fn compose_failed(job: &JobRequest, settlement: &Settlement, log_tail
         Settlement::Failed {
             reason, log, attempts, ..
         } => (reason.clone(), *log, *attempts),
-        Settlement::Done { .. } | Settlement::Checked { .. } | Settlement::NotReproducible { .. } => {
-            ("the build's attestation does not verify".to_string(), None, 0)
-        }
+        Settlement::Done { .. }
+        | Settlement::Checked { .. }
+        | Settlement::NotReproducible { .. }
+        | Settlement::Trusted { .. } => ("the build's attestation does not verify".to_string(), None, 0),
     };
     let subject = subject(job, "failed");
     let log_line = log.map(|l| format!("Full log:   kiln fetch {l}\n")).unwrap_or_default();

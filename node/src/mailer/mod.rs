@@ -359,6 +359,12 @@ fn outbox_key(settlement: &Settlement, to: &str) -> Hash {
             Ok(a) => [b"checked".as_slice(), a.build_key.as_bytes()].concat(),
             Err(_) => wire::canonical(settlement),
         },
+        // A trusted build is mailed as a done one (one mail per address
+        // and build key); a later check of it is mailed apart.
+        Settlement::Trusted { attestation, .. } => match attestation.verify() {
+            Ok(a) => [b"done".as_slice(), a.build_key.as_bytes()].concat(),
+            Err(_) => wire::canonical(settlement),
+        },
         Settlement::Failed { .. } | Settlement::NotReproducible { .. } => wire::canonical(settlement),
     };
     bytes.extend_from_slice(to.as_bytes());
@@ -443,7 +449,9 @@ impl Mailer {
     /// Writes one message per address, unless already there.
     pub(super) async fn enqueue(&self, job: &JobRequest, settlement: &Settlement) {
         let (subject, body) = match settlement {
-            Settlement::Done { .. } | Settlement::Checked { .. } => compose_done(job, settlement),
+            Settlement::Done { .. } | Settlement::Checked { .. } | Settlement::Trusted { .. } => {
+                compose_done(job, settlement)
+            }
             Settlement::NotReproducible { .. } => compose_not_reproducible(job, settlement),
             Settlement::Failed { log, .. } => {
                 let tail = match log {

@@ -87,6 +87,20 @@ pub struct NodeStatus {
     /// This node's outbox, if it may coordinate.
     pub mail: Option<NodeMail>,
     pub store: NodeStore,
+    /// Workers' streaks of results agreed with by independent builds, as
+    /// this node keeps them (`--verify auto`), longest first.
+    #[serde(default)]
+    pub streaks: Vec<NodeStreak>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeStreak {
+    pub worker: String,
+    pub streak: u32,
+    /// Builds of its that disagreed with independent builds.
+    pub disagreements: u32,
+    /// Its builds accepted alone, not checked since.
+    pub unchecked: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -267,6 +281,16 @@ impl NodeControl {
                 cap_bytes: store.size_cap(),
                 quarantined,
             },
+            streaks: local
+                .streaks
+                .iter()
+                .map(|s| NodeStreak {
+                    worker: crate::report::peer_of(&s.worker),
+                    streak: s.streak,
+                    disagreements: s.disagreements,
+                    unchecked: s.unchecked,
+                })
+                .collect(),
         }))
     }
 

@@ -326,7 +326,9 @@ fn render_phase(b: &mut String, phase: &JobPhase) {
                 "<tr><th>artifact</th><td><code>{artifact}</code> (copying to a second peer)</td></tr>"
             );
         }
-        JobPhase::Done { attestation } | JobPhase::Checked { attestation, .. } => {
+        JobPhase::Done { attestation }
+        | JobPhase::Checked { attestation, .. }
+        | JobPhase::Trusted { attestation, .. } => {
             if let Ok(a) = attestation.verify() {
                 let _ = write!(
                     b,

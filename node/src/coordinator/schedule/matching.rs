@@ -138,11 +138,23 @@ impl Schedule {
                 job.failed_attempts
             ));
         }
+        // A check (a build after the first) goes to the worker with the
+        // longest streak of agreed results, so two newcomers (who might
+        // collude) rarely check each other; a first build to the least
+        // loaded.
+        let checking = !job.built.is_empty();
         let best = untried()
             .filter(|w| !job.skips(w, now_ms))
             .filter_map(|w| self.workers.get(w).map(|entry| (*w, entry)))
             .filter(|(_, entry)| entry.free() > 0 && now_ms.saturating_sub(entry.seen_at_ms) <= WORKER_ALIVE_MS)
-            .min_by_key(|(w, entry)| (entry.load() * 1000 / entry.advert.max_jobs.max(1), *w));
+            .min_by_key(|(w, entry)| {
+                let streak = if checking { self.streak(w) } else { 0 };
+                (
+                    std::cmp::Reverse(streak),
+                    entry.load() * 1000 / entry.advert.max_jobs.max(1),
+                    *w,
+                )
+            });
         match best {
             Some((worker, _)) => Match::Worker(worker),
             None => Match::Wait(self.why_waiting(job, &matching)),
@@ -180,13 +192,13 @@ impl Schedule {
                 return format!(
                     "{} of {} builders needed have built it, and no other matching worker has joined",
                     job.built.len(),
-                    job.verify
+                    job.needed()
                 );
             }
             return format!(
                 "{} of {} builders needed have built it; the {others} other matching workers are busy",
                 job.built.len(),
-                job.verify
+                job.needed()
             );
         }
         format!("all {} matching workers are busy", matching.len())

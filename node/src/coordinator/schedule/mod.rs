@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use kiln_protocol::build::{Check, CHECK_BUILDS_MAX, VERIFY_MAX};
+use kiln_protocol::build::{builders_needed, stricter, Check, CHECK_BUILDS_MAX, VERIFY_AUTO, VERIFY_MAX};
 use kiln_protocol::coord::{JobPhase, JobView};
 use kiln_protocol::messages::{JobRequest, WorkerAdvert, ADVERT_IDLE_MS, EMAILS_MAX};
 use kiln_protocol::{wire, Attestation, Hash, PublicKey, Signed};
@@ -100,7 +100,10 @@ pub struct Job {
     #[serde(skip, default = "unset_digest")]
     requirements_digest: Hash,
     /// Builders with distinct keys that must report the same artifact
-    /// (`--verify N`; 1 for a job that is built once).
+    /// (`--verify N`; 1 for a job that is built once), or
+    /// [`VERIFY_AUTO`]: two, unless the first builder's streak lets it
+    /// build alone (decided by the acting coordinator, see
+    /// [`Schedule::built`]).
     pub verify: u32,
     /// The builds reported so far, one per worker, while the builders
     /// needed do not agree yet (at most [`CHECK_BUILDS_MAX`]).
@@ -170,9 +173,20 @@ impl Job {
             .collect()
     }
 
+    /// Builders that must agree: `verify`, and 2 for `auto`.
+    pub fn needed(&self) -> u32 {
+        builders_needed(self.verify)
+    }
+
     /// How the builds so far stand against the builders needed.
     pub fn verdict(&self) -> Verdict<PublicKey> {
-        judge(&self.results(), self.verify)
+        judge(&self.results(), self.needed())
+    }
+
+    /// Accepted on its first builder's word alone (`--verify auto`, a
+    /// worker with a streak): the one build there is.
+    pub fn trusted_alone(&self) -> bool {
+        self.verify == VERIFY_AUTO && self.built.len() == 1 && matches!(self.state, JobState::Replicating { .. })
     }
 
     /// The check of an accepted result: who agreed, who did not. `None`
@@ -187,7 +201,7 @@ impl Job {
             .cloned()
             .partition(|signed| signed.verify().is_ok_and(|a| a.artifact == artifact));
         Some(Check {
-            needed: self.verify,
+            needed: self.needed(),
             agreed,
             disagreed,
         })
@@ -218,7 +232,7 @@ impl Job {
                 attempts: self.failed_attempts,
             },
             JobState::NotReproducible => JobPhase::NotReproducible {
-                needed: self.verify,
+                needed: self.needed(),
                 attestations: self.built.clone(),
             },
         }
@@ -336,6 +350,9 @@ pub struct Schedule {
     /// checked): a job built elsewhere while this node was down is settled
     /// from the DHT's record rather than built again.
     checking: HashMap<Hash, u64>,
+    /// Workers' streaks of agreed results, as the coordinator told them
+    /// (see [`Schedule::note_streak`]); at most [`WORKERS_MAX`].
+    streaks: HashMap<PublicKey, u32>,
 }
 
 fn unset_digest() -> Hash {
@@ -372,12 +389,18 @@ impl Schedule {
 
     /// Takes a new request, or merges its addresses into the open job with
     /// the same build key.
-    /// `verify`: builders that must agree (the larger count wins when
-    /// requests merge).
+    /// `verify`: builders that must agree, or [`VERIFY_AUTO`] (when
+    /// requests merge, the policy that checks more wins: see
+    /// [`stricter`]).
     pub fn submit(&mut self, request: JobRequest, verify: u32) -> Result<Submitted, ScheduleError> {
-        let verify = verify.clamp(1, VERIFY_MAX);
+        let verify = if verify == VERIFY_AUTO {
+            VERIFY_AUTO
+        } else {
+            verify.clamp(1, VERIFY_MAX)
+        };
         if let Some(job) = self.jobs.get_mut(&request.build_key) {
-            if verify > job.verify {
+            let verify = stricter(job.verify, verify);
+            if verify != job.verify {
                 job.verify = verify;
                 // Accepted on fewer builders than now needed: built again.
                 if matches!(job.state, JobState::Replicating { .. }) {
@@ -683,7 +706,13 @@ impl Schedule {
     /// was asked), once per worker. Once the builders needed agree, the job
     /// waits for replication; while they do not, it goes back to the queue
     /// for another builder; when they cannot, it is not reproducible.
-    pub fn built(&mut self, build_key: &Hash, attestation: Signed<Attestation>) -> Built {
+    ///
+    /// `alone`: the acting coordinator found the builder's streak long
+    /// enough, and its spot-check draw missed, for an `auto` job to be
+    /// accepted on this first build alone. A standby passes `false`: it
+    /// keeps the job queued for a check until the coordinator's settlement
+    /// (or assignment of a checker) says which it decided.
+    pub fn built(&mut self, build_key: &Hash, attestation: Signed<Attestation>, alone: bool) -> Built {
         let Some(job) = self.jobs.get_mut(build_key) else {
             return Built::Ignored;
         };
@@ -695,11 +724,46 @@ impl Schedule {
         if !leased || !verified || job.built_by(&worker) || job.built.len() >= CHECK_BUILDS_MAX {
             return Built::Ignored;
         }
+        let first = job.built.is_empty();
         job.built.push(attestation);
         if let Some(entry) = self.workers.get_mut(&worker) {
             entry.assigned.remove(build_key);
         }
+        let auto = self.jobs.get(build_key).is_some_and(|j| j.verify == VERIFY_AUTO);
+        if alone && first && auto {
+            self.replicate(build_key, worker);
+            return Built::Accepted;
+        }
         self.recheck(build_key)
+    }
+
+    /// Accepts the job's build by `worker`: it waits for replication.
+    fn replicate(&mut self, build_key: &Hash, worker: PublicKey) {
+        self.queue_remove(build_key);
+        let Some(job) = self.jobs.get_mut(build_key) else {
+            return;
+        };
+        let Some(chosen) = job.built.iter().find(|s| s.signer() == worker).cloned() else {
+            return;
+        };
+        job.state = JobState::Replicating {
+            attestation: Box::new(chosen),
+        };
+        self.ended.insert(*build_key);
+    }
+
+    /// A worker's streak of results agreed with, as the coordinator keeps
+    /// it (see [`super::verification::Streaks`]): checks go to the longest.
+    pub fn note_streak(&mut self, worker: PublicKey, streak: u32) {
+        if streak == 0 {
+            self.streaks.remove(&worker);
+        } else if self.streaks.len() < WORKERS_MAX || self.streaks.contains_key(&worker) {
+            self.streaks.insert(worker, streak);
+        }
+    }
+
+    fn streak(&self, worker: &PublicKey) -> u32 {
+        self.streaks.get(worker).copied().unwrap_or(0)
     }
 
     /// Moves a job on by the verdict on its builds so far.
@@ -716,24 +780,18 @@ impl Schedule {
                     .built
                     .iter()
                     .find(|s| s.verify().is_ok_and(|a| a.artifact == artifact))
-                    .cloned();
+                    .map(|s| s.signer());
                 let Some(chosen) = chosen else {
                     return Built::Ignored;
                 };
-                self.queue_remove(build_key);
-                if let Some(job) = self.jobs.get_mut(build_key) {
-                    job.state = JobState::Replicating {
-                        attestation: Box::new(chosen),
-                    };
-                }
-                self.ended.insert(*build_key);
+                self.replicate(build_key, chosen);
                 Built::Accepted
             }
             Verdict::NeedMore => {
                 let agreeing = agreeing_most(&job.results());
                 job.waiting_because = Some(format!(
                     "{agreeing} of {} builders needed agree so far; waiting for another builder",
-                    job.verify
+                    job.needed()
                 ));
                 self.ended.remove(build_key);
                 if !matches!(self.jobs.get(build_key).map(|j| &j.state), Some(JobState::Queued)) {

@@ -366,11 +366,15 @@ fn a_job_that_needs_two_builders_is_built_by_two_distinct_workers_and_settles_on
     // A build from a worker the job is not leased to is not taken.
     let stranger = (1..=3).map(worker).find(|w| *w != first).unwrap();
     assert_eq!(
-        s.built(&a.build_key, signed_build(number_of(stranger), a.build_key, b"forged")),
+        s.built(
+            &a.build_key,
+            signed_build(number_of(stranger), a.build_key, b"forged"),
+            false
+        ),
         Built::Ignored
     );
     assert_eq!(
-        s.built(&a.build_key, signed_build(number_of(first), a.build_key, b"A")),
+        s.built(&a.build_key, signed_build(number_of(first), a.build_key, b"A"), false),
         Built::NeedMore
     );
     let waiting = s.job(&a.build_key).unwrap().view().phase;
@@ -378,7 +382,7 @@ fn a_job_that_needs_two_builders_is_built_by_two_distinct_workers_and_settles_on
     let second = lease_of(&mut s, a.build_key, 1);
     assert_ne!(second, first, "the second builder is another worker");
     assert_eq!(
-        s.built(&a.build_key, signed_build(number_of(second), a.build_key, b"A")),
+        s.built(&a.build_key, signed_build(number_of(second), a.build_key, b"A"), false),
         Built::Accepted
     );
     assert_eq!(s.ended(), vec![a.build_key]);
@@ -397,19 +401,23 @@ fn a_liar_is_outvoted_by_two_honest_builders_and_named_as_disagreeing() {
     s.submit(a.clone(), 2).unwrap();
     let liar = lease_of(&mut s, a.build_key, 0);
     assert_eq!(
-        s.built(&a.build_key, signed_build(number_of(liar), a.build_key, b"trojan")),
+        s.built(
+            &a.build_key,
+            signed_build(number_of(liar), a.build_key, b"trojan"),
+            false
+        ),
         Built::NeedMore
     );
     let honest = lease_of(&mut s, a.build_key, 1);
     assert_eq!(
-        s.built(&a.build_key, signed_build(number_of(honest), a.build_key, b"A")),
+        s.built(&a.build_key, signed_build(number_of(honest), a.build_key, b"A"), false),
         Built::NeedMore,
         "one against one settles nothing"
     );
     let third = lease_of(&mut s, a.build_key, 2);
     assert!(third != liar && third != honest);
     assert_eq!(
-        s.built(&a.build_key, signed_build(number_of(third), a.build_key, b"A")),
+        s.built(&a.build_key, signed_build(number_of(third), a.build_key, b"A"), false),
         Built::Accepted
     );
     let check = s.job(&a.build_key).unwrap().check().unwrap();
@@ -431,10 +439,18 @@ fn builds_that_disagree_with_no_other_worker_left_are_not_reproducible() {
     let a = job("a", "x86_64", "a@example.org");
     s.submit(a.clone(), 2).unwrap();
     let first = lease_of(&mut s, a.build_key, 0);
-    s.built(&a.build_key, signed_build(number_of(first), a.build_key, b"at 10:00"));
+    s.built(
+        &a.build_key,
+        signed_build(number_of(first), a.build_key, b"at 10:00"),
+        false,
+    );
     let second = lease_of(&mut s, a.build_key, 1);
     assert_eq!(
-        s.built(&a.build_key, signed_build(number_of(second), a.build_key, b"at 10:01")),
+        s.built(
+            &a.build_key,
+            signed_build(number_of(second), a.build_key, b"at 10:01"),
+            false
+        ),
         Built::NeedMore
     );
     assert!(assigned_to(&s.plan(2)).is_empty());
@@ -457,7 +473,7 @@ fn one_build_with_no_second_worker_waits_and_a_merged_request_raises_the_builder
     assert_eq!(s.job(&a.build_key).unwrap().verify, 3, "the larger count wins");
     let first = lease_of(&mut s, a.build_key, 0);
     assert_eq!(
-        s.built(&a.build_key, signed_build(number_of(first), a.build_key, b"A")),
+        s.built(&a.build_key, signed_build(number_of(first), a.build_key, b"A"), false),
         Built::NeedMore
     );
     assert!(assigned_to(&s.plan(1)).is_empty());
@@ -490,4 +506,87 @@ fn a_job_kept_on_disk_by_the_previous_version_is_read() {
     s.submit(a.clone(), 2).unwrap();
     let now = wire::encode(s.job(&a.build_key).unwrap()).unwrap();
     assert_eq!(Job::decode::<65_536>(&now).unwrap().verify, 2);
+}
+
+#[test]
+fn an_auto_job_is_accepted_alone_only_when_the_coordinator_says_so_and_its_check_goes_to_the_longest_streak() {
+    use kiln_protocol::build::VERIFY_AUTO;
+    let mut s = Schedule::new();
+    for n in 1..=3 {
+        s.advert(worker(n), advert("x86_64", 1, vec![]), 0);
+    }
+    // Trusted alone: the coordinator decided (`alone`), on the first build.
+    let a = job("a", "x86_64", "a@example.org");
+    s.submit(a.clone(), VERIFY_AUTO).unwrap();
+    let first = lease_of(&mut s, a.build_key, 0);
+    assert_eq!(
+        s.built(&a.build_key, signed_build(number_of(first), a.build_key, b"A"), true),
+        Built::Accepted
+    );
+    assert!(s.job(&a.build_key).unwrap().trusted_alone());
+    assert!(s.job(&a.build_key).unwrap().check().is_none());
+
+    // Not trusted (or a standby, which never decides): built twice, the
+    // check by the worker with the longest streak, not the least loaded.
+    s.note_streak(worker(3), 7);
+    s.note_streak(worker(2), 2);
+    let b = job("b", "x86_64", "b@example.org");
+    s.submit(b.clone(), VERIFY_AUTO).unwrap();
+    let b_first = lease_of(&mut s, b.build_key, 1);
+    assert_eq!(
+        s.built(&b.build_key, signed_build(number_of(b_first), b.build_key, b"B"), false),
+        Built::NeedMore
+    );
+    let checker = lease_of(&mut s, b.build_key, 2);
+    let longest = if b_first == worker(3) { worker(2) } else { worker(3) };
+    assert_eq!(checker, longest);
+    assert_eq!(
+        s.built(&b.build_key, signed_build(number_of(checker), b.build_key, b"B"), true),
+        Built::Accepted,
+        "`alone` counts only for the first build"
+    );
+    let job_b = s.job(&b.build_key).unwrap();
+    assert!(!job_b.trusted_alone());
+    assert_eq!(job_b.check().unwrap().agreed.len(), 2);
+
+    // A job with a count asked is never accepted alone.
+    let c = job("c", "x86_64", "c@example.org");
+    s.submit(c.clone(), 2).unwrap();
+    let c_first = lease_of(&mut s, c.build_key, 3);
+    assert_eq!(
+        s.built(&c.build_key, signed_build(number_of(c_first), c.build_key, b"C"), true),
+        Built::NeedMore
+    );
+}
+
+#[test]
+fn merged_requests_keep_the_policy_that_checks_more() {
+    use kiln_protocol::build::{stricter, VERIFY_AUTO};
+    assert_eq!(stricter(1, VERIFY_AUTO), VERIFY_AUTO);
+    assert_eq!(stricter(VERIFY_AUTO, 1), VERIFY_AUTO);
+    assert_eq!(stricter(VERIFY_AUTO, 2), 2);
+    assert_eq!(stricter(3, VERIFY_AUTO), 3);
+    assert_eq!(stricter(1, 1), 1);
+    let mut s = Schedule::new();
+    s.advert(worker(1), advert("x86_64", 1, vec![]), 0);
+    let a = job("a", "x86_64", "a@example.org");
+    s.submit(a.clone(), 1).unwrap();
+    s.submit(a.clone(), VERIFY_AUTO).unwrap();
+    assert_eq!(s.job(&a.build_key).unwrap().verify, VERIFY_AUTO);
+    s.submit(a.clone(), 1).unwrap();
+    assert_eq!(
+        s.job(&a.build_key).unwrap().verify,
+        VERIFY_AUTO,
+        "a weaker policy does not lower it"
+    );
+    // Accepted alone, then a request for two: built again by another.
+    let first = lease_of(&mut s, a.build_key, 0);
+    s.advert(worker(2), advert("x86_64", 1, vec![]), 0);
+    assert_eq!(
+        s.built(&a.build_key, signed_build(number_of(first), a.build_key, b"A"), true),
+        Built::Accepted
+    );
+    s.submit(a.clone(), 2).unwrap();
+    assert!(matches!(s.job(&a.build_key).unwrap().state, JobState::Queued));
+    assert_eq!(lease_of(&mut s, a.build_key, 1), worker(2));
 }
