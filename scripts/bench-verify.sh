@@ -3,14 +3,18 @@
 # a bootstrap peer, a pinned coordinator and two workers on 127.0.0.1, then
 # RUNS whole `kiln request --wait` processes for new builds of
 # tests/recipes/sleep (secs=1, distinct builds through its `n` option) with
-# --verify 1, then RUNS with --verify 2. Prints each time and the medians.
+# --verify 1, then RUNS with --verify 2, then RUNS with --verify auto (the
+# --verify 2 runs gave both workers a streak of RUNS; the coordinator
+# trusts a worker alone from a streak of TRUSTED, default 3). Prints each
+# time, how it was checked, and the medians.
 # Needs bubblewrap (the workers build in their sandbox).
 #
-#   cargo build --workspace && scripts/bench-verify.sh [BIN_DIR] [RUNS]
+#   cargo build --workspace && scripts/bench-verify.sh [BIN_DIR] [RUNS] [TRUSTED]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=${1:-$root/target/debug}
 runs=${2:-5}
+trusted=${3:-3}
 recipe=$root/tests/recipes/sleep/recipe.toml
 dir=$(mktemp -d)
 pids=()
@@ -33,7 +37,7 @@ first_line() { # FILE: waits for the process writing FILE to print its address
 pids+=($!)
 boot=$(first_line "$dir/boot.out")
 "$bin/kiln" node --listen /ip4/127.0.0.1/tcp/0 --bootstrap "$boot" --data-dir "$dir/c" --coordinator \
-    >"$dir/c.out" 2>"$dir/c.err" &
+    --trusted-streak "$trusted" >"$dir/c.out" 2>"$dir/c.err" &
 pids+=($!)
 for w in 1 2; do
     "$bin/kiln" node --listen /ip4/127.0.0.1/tcp/0 --bootstrap "$boot" --data-dir "$dir/w$w" \
@@ -49,7 +53,7 @@ done
 [ "$listed" = 2 ] || { echo "the two workers were not listed" >&2; exit 1; }
 
 n=0
-for verify in 1 2; do
+for verify in 1 2 auto; do
     times=()
     for _ in $(seq 1 "$runs"); do
         n=$((n + 1))

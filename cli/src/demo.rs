@@ -171,8 +171,9 @@ async fn demo(dir: &Path, network: &mut Network) -> anyhow::Result<()> {
         fetch: None,
         json: false,
         accept_versions: None,
-        verify: 1,
+        verify: None,
         trust_builders: Vec::new(),
+        trust_coordinators: Vec::new(),
     })
     .await?
     .context("the request ended without an artifact")?;

@@ -262,13 +262,18 @@ enum Command {
         /// Accept the artifact only when N workers with distinct keys built it independently and got the
         /// same hash (1 to 5); builds that disagree end as "not reproducible". `auto`: built twice, unless
         /// the first worker's last 10 or more results all agreed with independent builds (then alone, and
-        /// spot-checked at random)
-        #[arg(long, value_name = "N|auto", default_value = "1", value_parser = parse_verify)]
-        verify: u32,
+        /// spot-checked at random) [default: the recipe's `verify`, else 1]
+        #[arg(long, value_name = "N|auto", value_parser = parse_verify)]
+        verify: Option<u32>,
         /// Accept only artifacts built by this worker (its peer id; repeatable): attestations signed by any
         /// other key do not count
         #[arg(long = "trust-builder", value_name = "PEER_ID", value_parser = parse_peer_id)]
         trust_builders: Vec<libp2p::PeerId>,
+        /// Submit to, follow and believe only this coordinator (its peer id; repeatable): any other peer is
+        /// only asked who coordinates, and a build record found in the DHT counts only if --verify or
+        /// --trust-builder vouches for it
+        #[arg(long = "trust-coordinator", value_name = "PEER_ID", value_parser = parse_peer_id)]
+        trust_coordinators: Vec<libp2p::PeerId>,
     },
     /// See Kiln work on this machine: a local network (bootstrap, coordinator, two workers) builds the
     /// example C program, mails you (to a file), and a fresh node fetches it by hash; nothing to configure.
@@ -293,6 +298,9 @@ enum Command {
         /// Ask the node running on --data-dir about itself instead of the network's coordinator
         #[arg(long)]
         node: bool,
+        /// Take only this peer's answer as the coordinator's (its peer id; repeatable)
+        #[arg(long = "trust-coordinator", value_name = "PEER_ID", value_parser = parse_peer_id, conflicts_with = "node")]
+        trust_coordinators: Vec<libp2p::PeerId>,
         #[command(flatten)]
         data_dir: DataDir,
     },
@@ -408,6 +416,18 @@ enum RecipeCommand {
     Id {
         /// Path to a recipe TOML file
         recipe: PathBuf,
+    },
+    /// Show how often independent builders agreed on this recipe's builds (every version), as the
+    /// coordinator recorded them: reproducible recipes agree every time
+    Check {
+        /// A recipe TOML file, or a recipe name
+        #[arg(value_name = "PATH|NAME")]
+        recipe: String,
+        #[command(flatten)]
+        bootstrap: Bootstrap,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -573,10 +593,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             accept_versions,
             verify,
             trust_builders,
+            trust_coordinators,
         } => request::run(request::RequestArgs {
             accept_versions,
             verify,
             trust_builders,
+            trust_coordinators,
             emails,
             recipe,
             options,
@@ -592,12 +614,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             bootstrap,
             json,
             node,
+            trust_coordinators,
             data_dir,
         } => {
             if node {
                 request::node_status(&data_dir.resolve()?, json).await
             } else {
-                request::status(bootstrap.bootstrap, json).await
+                request::status(bootstrap.bootstrap, &trust_coordinators, json).await
             }
         }
         Command::Contributions {
@@ -636,6 +659,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Recipe {
             command: RecipeCommand::Sign { recipe, key },
         } => recipe_sign(&recipe, &key),
+        Command::Recipe {
+            command:
+                RecipeCommand::Check {
+                    recipe,
+                    bootstrap,
+                    json,
+                },
+        } => {
+            let name = if Path::new(&recipe).exists() {
+                load_recipe(Path::new(&recipe))?.0.name
+            } else {
+                recipe
+            };
+            request::recipe_checks(&name, bootstrap.bootstrap, json).await
+        }
         Command::Recipe {
             command: RecipeCommand::Id { recipe },
         } => {

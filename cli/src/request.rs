@@ -17,6 +17,7 @@ use kiln_protocol::{Attestation, Hash, Recipe, Signed};
 use libp2p::Multiaddr;
 use serde_json::json;
 
+#[derive(Clone)]
 pub struct RequestArgs {
     pub emails: Vec<String>,
     pub recipe: String,
@@ -27,13 +28,21 @@ pub struct RequestArgs {
     pub fetch: Option<PathBuf>,
     pub json: bool,
     pub accept_versions: Option<String>,
-    /// Builders with distinct keys that must agree on the artifact.
-    pub verify: u32,
+    /// Builders with distinct keys that must agree on the artifact, or
+    /// `VERIFY_AUTO`; `None`: the recipe's default, else one.
+    pub verify: Option<u32>,
     /// Only these builders' attestations count (none given: any builder's).
     pub trust_builders: Vec<libp2p::PeerId>,
+    /// Only these peers are taken as the coordinator (none given: any).
+    pub trust_coordinators: Vec<libp2p::PeerId>,
 }
 
 impl RequestArgs {
+    /// The policy asked for (once the recipe's default is applied).
+    fn verify(&self) -> u32 {
+        self.verify.unwrap_or(1)
+    }
+
     /// The attestations this requester's policy lets count: those of
     /// trusted builders, when any are named.
     fn trusted(&self, attestations: &[Signed<Attestation>]) -> Vec<Signed<Attestation>> {
@@ -98,14 +107,32 @@ pub async fn run(args: RequestArgs) -> anyhow::Result<Option<Hash>> {
 
 async fn request(node: &EphemeralNode, args: &RequestArgs, spec: &RequestSpec<'_>) -> anyhow::Result<Option<Hash>> {
     let (recipe, publisher) = load_recipe(node, &args.recipe).await?;
+    // A request that does not say takes the recipe's default.
+    let resolved;
+    let args = match (args.verify, recipe.verify) {
+        (None, Some(verify)) => {
+            resolved = RequestArgs {
+                verify: Some(verify),
+                ..args.clone()
+            };
+            &resolved
+        }
+        _ => args,
+    };
     let job = requester::prepare_job(&recipe, publisher, spec, now_ms())?;
     let build_key = job.build_key;
     let start = coord_client::bootstrap_peers(&args.bootstrap);
     // The DHT's record counts only as far as it meets the policy asked for.
     let found = args.trusted(&requester::lookup_built(&node.net, build_key).await);
     // Under `auto` a record (which anyone can write) counts only with two
-    // agreeing builders: a streak is the coordinator's to judge.
-    if let Some(agreed) = requester::agreeing(&found, build_key, builders_needed(args.verify)) {
+    // agreeing builders: a streak is the coordinator's to judge. With
+    // --trust-coordinator alone, one stranger's record is not the trusted
+    // coordinator's word: it is not believed.
+    let record_vouched =
+        args.trust_coordinators.is_empty() || builders_needed(args.verify()) >= 2 || !args.trust_builders.is_empty();
+    if let Some(agreed) =
+        requester::agreeing(&found, build_key, builders_needed(args.verify())).filter(|_| record_vouched)
+    {
         return finish_built(node, args, build_key, &agreed).await;
     }
     let accept_versions = match &args.accept_versions {
@@ -114,11 +141,11 @@ async fn request(node: &EphemeralNode, args: &RequestArgs, spec: &RequestSpec<'_
     };
     // Asked as before when one builder is enough, so older coordinators
     // still answer.
-    let submit = if args.verify != 1 {
+    let submit = if args.verify() != 1 {
         CoordRequest::SubmitV2 {
             job: Box::new(job),
             accept_versions,
-            verify: args.verify,
+            verify: args.verify(),
         }
     } else {
         CoordRequest::SubmitV1 {
@@ -126,7 +153,8 @@ async fn request(node: &EphemeralNode, args: &RequestArgs, spec: &RequestSpec<'_
             accept_versions,
         }
     };
-    let (coordinator, reply, _) = coord_client::ask_coordinator(&node.net, &start, &submit).await?;
+    let (coordinator, reply, _) =
+        coord_client::ask_trusted_coordinator(&node.net, &start, &args.trust_coordinators, &submit).await?;
     match reply {
         CoordReplyV1::Built { attestations } => {
             // Another version's build (`--accept-versions`) has another key.
@@ -136,7 +164,7 @@ async fn request(node: &EphemeralNode, args: &RequestArgs, spec: &RequestSpec<'_
                 .map_or(build_key, |a| a.build_key);
             // Under `auto` the coordinator's answer is its judgement of
             // the builder's streak: one attestation may be enough.
-            let needed = if args.verify == VERIFY_AUTO { 1 } else { args.verify };
+            let needed = if args.verify() == VERIFY_AUTO { 1 } else { args.verify() };
             match requester::agreeing(&args.trusted(&attestations), key, needed) {
                 Some(agreed) => finish_built(node, args, key, &agreed).await,
                 None if !args.trust_builders.is_empty() => bail!(
@@ -293,7 +321,10 @@ async fn follow(
     start: &[libp2p::PeerId],
 ) -> anyhow::Result<Hash> {
     let mut phases = crate::progress::Phases::new();
-    let end = coord_client::watch(&node.net, start, build_key, |phase| phases.show(describe(phase))).await;
+    let end = coord_client::watch(&node.net, start, &args.trust_coordinators, build_key, |phase| {
+        phases.show(describe(phase))
+    })
+    .await;
     phases.finish();
     let end = end?;
     let checked = kiln_node::report::checked_line(&end);
@@ -331,7 +362,7 @@ async fn follow(
                 }
             }
             let agreed = check_of(&end).map_or(1, |c| c.agreed.len());
-            let enough = match args.verify {
+            let enough = match args.verify() {
                 VERIFY_AUTO => {
                     matches!(end, JobPhase::Trusted { .. }) || agreed >= builders_needed(VERIFY_AUTO) as usize
                 }
@@ -340,7 +371,7 @@ async fn follow(
             if !enough {
                 bail!(
                     "build {build_key} was accepted by {agreed} builder(s), fewer than --verify {} asks for; the coordinator may run another kiln version",
-                    verify_name(args.verify)
+                    verify_name(args.verify())
                 );
             }
             if let Some(path) = &args.fetch {
@@ -410,14 +441,14 @@ fn describe(phase: &JobPhase) -> String {
 }
 
 /// `kiln status`.
-pub async fn status(bootstrap: Vec<Multiaddr>, json: bool) -> anyhow::Result<()> {
+pub async fn status(bootstrap: Vec<Multiaddr>, trusted: &[libp2p::PeerId], json: bool) -> anyhow::Result<()> {
     if bootstrap.is_empty() {
         bail!("no bootstrap peer to join the network through: pass --bootstrap MULTIADDR or set KILN_BOOTSTRAP");
     }
     let dir = tempfile::tempdir().context("cannot create a temporary data dir")?;
     let node = EphemeralNode::start(dir.path(), bootstrap.clone()).await?;
     let start = coord_client::bootstrap_peers(&bootstrap);
-    let answer = coord_client::ask_coordinator(&node.net, &start, &CoordRequest::StatusV2).await;
+    let answer = coord_client::ask_trusted_coordinator(&node.net, &start, trusted, &CoordRequest::StatusV2).await;
     node.stop().await;
     let (coordinator, reply, _) = answer?;
     let CoordReplyV1::StatusV2 { report, contributors } = reply else {
@@ -614,4 +645,58 @@ fn print_status(coordinator: &str, report: &StatusReport, contributors: &[kiln_p
     if !mail.route.is_empty() {
         println!("mail on the coordinator is {}", mail.route);
     }
+}
+
+/// `kiln recipe check`: how often independent builders agreed on a
+/// recipe's builds.
+pub async fn recipe_checks(name: &str, bootstrap: Vec<Multiaddr>, json: bool) -> anyhow::Result<()> {
+    if bootstrap.is_empty() {
+        bail!("no bootstrap peer to join the network through: pass --bootstrap MULTIADDR or set KILN_BOOTSTRAP");
+    }
+    let dir = tempfile::tempdir().context("cannot create a temporary data dir")?;
+    let node = EphemeralNode::start(dir.path(), bootstrap.clone()).await?;
+    let start = coord_client::bootstrap_peers(&bootstrap);
+    let request = CoordRequest::RecipeChecksV1 {
+        recipe_name: name.to_string(),
+    };
+    let answer = coord_client::ask_coordinator(&node.net, &start, &request).await;
+    node.stop().await;
+    let (coordinator, reply, _) = answer?;
+    let checks = match reply {
+        CoordReplyV1::RecipeChecks(checks) => checks,
+        CoordReplyV1::Refused { reason } => bail!("the coordinator refused: {reason}"),
+        _ => bail!("the coordinator {coordinator} does not count recipe checks; it may run an older kiln version"),
+    };
+    let checked = checks.agreed + checks.agreed_after_disagreement;
+    if json {
+        println!(
+            "{}",
+            json!({"recipe": checks.recipe_name, "agreed": checks.agreed,
+                   "agreed_after_disagreement": checks.agreed_after_disagreement,
+                   "not_reproducible": checks.not_reproducible, "unchecked": checks.unchecked,
+                   "coordinator": coordinator.to_string()})
+        );
+        return Ok(());
+    }
+    println!(
+        "{}: builds checked by independent builders, as coordinator {coordinator} recorded them",
+        checks.recipe_name
+    );
+    println!("  agreed:                        {}", checks.agreed);
+    println!("  agreed after one disagreed:    {}", checks.agreed_after_disagreement);
+    println!("  not reproducible:              {}", checks.not_reproducible);
+    println!("  built by one worker, unchecked: {}", checks.unchecked);
+    let verdict = if checked + checks.not_reproducible == 0 {
+        "no build of it was checked yet: ask for one with `kiln request --verify 2`".to_string()
+    } else if checks.not_reproducible == 0 && checks.agreed_after_disagreement == 0 {
+        format!("independent builds agreed every time ({checked} of {checked}): it builds reproducibly")
+    } else {
+        format!(
+            "independent builds agreed at once in {} of {} checks; a recipe that is not reproducible (the time, paths or randomness in its output) can never pass --verify",
+            checks.agreed,
+            checked + checks.not_reproducible
+        )
+    };
+    println!("{verdict}");
+    Ok(())
 }

@@ -55,13 +55,34 @@ pub async fn ask_coordinator(
     start: &[PeerId],
     request: &CoordRequest,
 ) -> Result<(PeerId, CoordReplyV1, Stream), CoordError> {
+    ask_trusted_coordinator(net, start, &[], request).await
+}
+
+/// [`ask_coordinator`], taking only a peer in `trusted` as the coordinator
+/// (`--trust-coordinator`; any peer when empty). A peer not trusted is
+/// never sent `request` itself (it might take a job, or answer for a
+/// queue it does not hold): it is only asked who coordinates
+/// (`StatusV1`, which only the acting coordinator answers), and its
+/// answer is followed to a trusted peer or not at all. The trusted peers
+/// are asked after `start`, which may know their addresses.
+pub async fn ask_trusted_coordinator(
+    net: &NetClient,
+    start: &[PeerId],
+    trusted: &[PeerId],
+    request: &CoordRequest,
+) -> Result<(PeerId, CoordReplyV1, Stream), CoordError> {
     let deadline = tokio::time::Instant::now() + Duration::from_millis(FIND_COORDINATOR_MS_MAX);
     let mut last = "no peer to ask: pass --bootstrap MULTIADDR or set KILN_BOOTSTRAP".to_string();
+    let trusts = |peer: &PeerId| trusted.is_empty() || trusted.contains(peer);
+    let mut first_asked: Vec<PeerId> = start.to_vec();
+    first_asked.extend(trusted.iter().filter(|p| !start.contains(p)));
+    let probe = CoordRequest::StatusV1;
     loop {
-        for first in start {
+        for first in &first_asked {
             let mut peer = *first;
             for _ in 0..REDIRECTS_MAX {
-                match ask_peer(net, peer, request).await {
+                let asked = if trusts(&peer) { request } else { &probe };
+                match ask_peer(net, peer, asked).await {
                     Ok((
                         CoordReplyV1::NotCoordinator {
                             coordinator: Some(contact),
@@ -75,7 +96,13 @@ pub async fn ask_coordinator(
                         last = "no coordinator elected yet".into();
                         break;
                     }
-                    Ok((reply, stream)) => return Ok((peer, reply, stream)),
+                    Ok((reply, stream)) if trusts(&peer) => return Ok((peer, reply, stream)),
+                    Ok(_) => {
+                        last = format!(
+                            "peer {peer} coordinates now, and it is not among the coordinators you trust (--trust-coordinator); wait for one of them to take over, or ask without --trust-coordinator"
+                        );
+                        break;
+                    }
                     Err(e) => {
                         last = format!("{peer}: {e}");
                         break;
@@ -128,16 +155,19 @@ pub(crate) async fn read_reply(stream: &mut Stream, timeout_ms: u64) -> std::io:
 }
 
 /// Follows a build until it ends, calling `seen` with each phase, asking
-/// again (through `start`) when the coordinator goes away.
+/// again (through `start`) when the coordinator goes away; only a peer in
+/// `trusted` counts as the coordinator, if any is listed (see
+/// [`ask_trusted_coordinator`]).
 pub async fn watch(
     net: &NetClient,
     start: &[PeerId],
+    trusted: &[PeerId],
     build_key: Hash,
     mut seen: impl FnMut(&JobPhase),
 ) -> Result<JobPhase, CoordError> {
     let request = CoordRequest::WatchV1 { build_key };
     loop {
-        let (coordinator, reply, mut stream) = ask_coordinator(net, start, &request).await?;
+        let (coordinator, reply, mut stream) = ask_trusted_coordinator(net, start, trusted, &request).await?;
         let mut reply = Ok(reply);
         loop {
             match reply {

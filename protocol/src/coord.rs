@@ -71,6 +71,28 @@ pub enum CoordRequest {
     },
     /// `SyncV1`, answered `JobsV2`: each job with its builders needed.
     SyncV2 { after: Option<Hash> },
+    /// How the builds of this recipe (by name, every version) were
+    /// checked: answered `RecipeChecks` (`kiln recipe check`).
+    RecipeChecksV1 { recipe_name: String },
+}
+
+/// Longest recipe name asked about (a recipe's own limit).
+pub const RECIPE_NAME_BYTES_MAX: usize = 128;
+
+/// How the settled builds of one recipe were checked, as the coordinator
+/// recorded them: how often independent builders agreed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecipeChecks {
+    pub recipe_name: String,
+    /// Settled by agreeing builders, none disagreeing.
+    pub agreed: u32,
+    /// Settled by agreeing builders after at least one disagreed.
+    pub agreed_after_disagreement: u32,
+    /// Builders never reached the count needed.
+    pub not_reproducible: u32,
+    /// Built by one worker, not checked (`--verify 1`, or trusted for
+    /// its streak under `auto`).
+    pub unchecked: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,6 +154,8 @@ pub enum CoordReplyV1 {
         jobs: Vec<(JobRequest, u32)>,
         next: Option<Hash>,
     },
+    /// How one recipe's builds were checked (`RecipeChecksV1`).
+    RecipeChecks(RecipeChecks),
 }
 
 /// One message of a coordinator's outbox, as a standby adopts it.

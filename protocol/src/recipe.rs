@@ -6,6 +6,8 @@
 //! ```toml
 //! name = "hello-c"
 //! version = "1.0.0"
+//! verify = 2                   # builders that must agree, unless a request
+//!                              # says (or "auto"); absent: 1
 //!
 //! [source]
 //! blob = "<64 hex>"            # or: git = "https://...", rev = "<commit>"
@@ -89,6 +91,12 @@ pub struct Recipe {
     pub timeout_secs: u64,
     /// 0: the worker's own limit.
     pub memory_bytes: u64,
+    /// Builders with distinct keys that must agree, for a request that
+    /// does not say (`verify = 2`, or `"auto"`: [`crate::build::VERIFY_AUTO`]);
+    /// `None`: one. In the canonical bytes only when set
+    /// (`CanonicalRecipe::V2`), so a recipe without it keeps its id.
+    #[serde(skip)]
+    pub verify: Option<u32>,
 }
 
 /// A publisher's signature over a recipe id.
@@ -175,6 +183,7 @@ struct RawRecipe {
     #[serde(default)]
     options: BTreeMap<String, RawOption>,
     build: RawBuild,
+    verify: Option<toml::Value>,
     signature: Option<RawSignature>,
 }
 
@@ -274,6 +283,23 @@ impl Recipe {
             requirements.set(key, toml_constraint(key, value)?)?;
         }
         let options = parse_options(raw.options)?;
+        let verify = match &raw.verify {
+            None => None,
+            Some(toml::Value::String(s)) if s == "auto" => Some(crate::build::VERIFY_AUTO),
+            Some(toml::Value::Integer(n)) if (1..=i64::from(crate::build::VERIFY_MAX)).contains(n) => {
+                // One builder is what a recipe without it gets: the same id.
+                (*n > 1).then_some(*n as u32)
+            }
+            Some(_) => {
+                return Err(field_error(
+                    "verify",
+                    format!(
+                        "expected a count of builders from 1 to {} or \"auto\"",
+                        crate::build::VERIFY_MAX
+                    ),
+                ))
+            }
+        };
         let build = raw.build;
         if build.steps.is_empty() || build.steps.len() > RECIPE_ITEMS_MAX {
             return Err(field_error(
@@ -309,18 +335,32 @@ impl Recipe {
             network: build.network,
             timeout_secs,
             memory_bytes,
+            verify,
         })
     }
 
     /// The canonical bytes: what peers exchange and what the id hashes.
     pub fn canonical_bytes(&self) -> Vec<u8> {
-        wire::canonical(&CanonicalRecipe::V1(self.clone()))
+        match self.verify {
+            None => wire::canonical(&CanonicalRecipe::V1(self.clone())),
+            Some(verify) => wire::canonical(&CanonicalRecipe::V2(self.clone(), verify)),
+        }
     }
 
     /// Reads canonical bytes back, refusing anything over the size limit or
     /// anything that would not pass validation from TOML.
     pub fn from_canonical_bytes(bytes: &[u8]) -> Result<Recipe, RecipeError> {
-        let CanonicalRecipe::V1(recipe) = wire::decode::<CanonicalRecipe, RECIPE_BYTES_MAX>(bytes)?;
+        let recipe = match wire::decode::<CanonicalRecipe, RECIPE_BYTES_MAX>(bytes)? {
+            CanonicalRecipe::V1(recipe) => recipe,
+            CanonicalRecipe::V2(mut recipe, verify) => {
+                let valid = verify == crate::build::VERIFY_AUTO || (2..=crate::build::VERIFY_MAX).contains(&verify);
+                if !valid {
+                    return Err(field_error("verify", "out of range in the canonical bytes"));
+                }
+                recipe.verify = Some(verify);
+                recipe
+            }
+        };
         recipe.validate()?;
         Ok(recipe)
     }
@@ -422,6 +462,8 @@ pub fn parse_option_assignment(text: &str) -> Result<(String, String), OptionErr
 #[derive(Serialize, Deserialize)]
 enum CanonicalRecipe {
     V1(Recipe),
+    /// With a default `verify` (which `Recipe` itself skips).
+    V2(Recipe, u32),
 }
 
 fn check_name(field: &str, value: &str) -> Result<(), RecipeError> {
@@ -734,6 +776,32 @@ blob = "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
         let recipe = hello();
         let back = Recipe::from_canonical_bytes(&recipe.canonical_bytes()).unwrap();
         assert_eq!(back, recipe);
+    }
+
+    #[test]
+    fn a_verify_default_travels_in_the_bytes_and_one_builder_keeps_the_id() {
+        let plain = hello();
+        let with = |line: &str| {
+            let text = HELLO.replacen("version = \"1.0.0\"\n", &format!("version = \"1.0.0\"\n{line}\n"), 1);
+            Recipe::from_toml(&text).map(|(r, _)| r)
+        };
+        assert_eq!(
+            with("verify = 1").unwrap().id(),
+            plain.id(),
+            "1 is the default: same recipe"
+        );
+        let two = with("verify = 2").unwrap();
+        assert_eq!(two.verify, Some(2));
+        assert_ne!(two.id(), plain.id());
+        let back = Recipe::from_canonical_bytes(&two.canonical_bytes()).unwrap();
+        assert_eq!(back, two);
+        let auto = with("verify = \"auto\"").unwrap();
+        assert_eq!(auto.verify, Some(crate::build::VERIFY_AUTO));
+        assert_eq!(Recipe::from_canonical_bytes(&auto.canonical_bytes()).unwrap(), auto);
+        for bad in ["verify = 6", "verify = 0", "verify = \"twice\""] {
+            let err = with(bad).unwrap_err().to_string();
+            assert!(err.contains("verify"), "{bad}: {err}");
+        }
     }
 
     #[test]

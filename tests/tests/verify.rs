@@ -13,8 +13,15 @@ mod common;
 
 use common::{mail_settled, outbox};
 use kiln_tests::farm::{peer_of, recipe, request, request_waiting, wait_json, wait_status, worker, BUILD};
-use kiln_tests::{fetch, start_bootstrap, start_evil, start_node, START};
+use kiln_tests::{fetch, kiln, start_bootstrap, start_evil, start_node, START};
 use serde_json::Value;
+
+/// `kiln recipe check RECIPE --json`.
+fn recipe_checks(boot: &str, recipe: &str) -> Value {
+    let (ok, out, err) = kiln(&["recipe", "check", recipe, "--json", "--bootstrap", boot]);
+    assert!(ok, "{err}");
+    serde_json::from_str(out.trim()).unwrap()
+}
 
 fn workers_listed(s: &Value) -> usize {
     s["workers"].as_array().map_or(0, |w| w.len())
@@ -103,6 +110,8 @@ fn two_honest_builders_outvote_a_liar_and_the_mail_names_who_agreed_and_who_did_
     let liars: Vec<&Value> = streaks.iter().filter(|s| s["disagreements"] == 1).collect();
     assert_eq!(liars.len(), 1, "{node}");
     assert_eq!(liars[0]["streak"], 0, "{node}");
+    let checks = recipe_checks(&boot, &recipe("hello-c"));
+    assert_eq!(checks["agreed_after_disagreement"], 1, "{checks}");
 
     // The artifact fetched by hash is the honest one.
     let out = tmp.path().join("hello.tar");
@@ -136,6 +145,12 @@ fn a_recipe_that_writes_the_time_is_not_reproducible_and_the_mail_lists_both_bui
 
     let s = wait_status(&boot, "the mail written", |s| mail_settled(s, 1));
     assert_eq!(s["recent"][0]["state"], "not reproducible", "{s}");
+    let checks = recipe_checks(&boot, "clock");
+    assert_eq!(
+        (&checks["not_reproducible"], &checks["agreed"]),
+        (&1.into(), &0.into()),
+        "{checks}"
+    );
     let mails = outbox(&c_dir);
     assert_eq!(mails.len(), 1, "{s}");
     assert!(
@@ -156,7 +171,7 @@ fn a_recipe_that_writes_the_time_is_not_reproducible_and_the_mail_lists_both_bui
 }
 
 #[test]
-fn a_forged_build_record_in_the_dht_fools_neither_verify_2_nor_trust_builder() {
+fn a_forged_build_record_in_the_dht_fools_neither_verify_2_nor_trust_builder_nor_trust_coordinator() {
     let tmp = tempfile::tempdir().unwrap();
     let (_boot, boot) = start_bootstrap(&tmp.path().join("boot"));
     let (_c, c_addr) = start_node("coordinator", &tmp.path().join("c"), &boot, &["--coordinator"]);
@@ -192,6 +207,36 @@ fn a_forged_build_record_in_the_dht_fools_neither_verify_2_nor_trust_builder() {
     );
     assert!(ok, "{err}");
     assert_eq!(named["state"], "queued", "{named}");
+    // A coordinator trusted by name: a stranger's record is not its word,
+    // so the request goes to it and joins the open job.
+    let c_peer = peer_of(&c_addr);
+    let (ok, via, err) = request(
+        &boot,
+        &recipe("hello-c"),
+        "e@example.org",
+        &["--trust-coordinator", &c_peer],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        (&via["state"], &via["merged"], &via["coordinator"]),
+        (&"queued".into(), &true.into(), &c_peer.as_str().into()),
+        "{via}"
+    );
+    let (ok, out, err) = kiln(&["status", "--json", "--bootstrap", &boot, "--trust-coordinator", &c_peer]);
+    assert!(ok, "{err}");
+    assert!(out.contains(&c_peer), "{out}");
+    // Trusting only a peer that does not coordinate: no answer is taken,
+    // and the error says why.
+    let (ok, out, err) = kiln(&[
+        "status",
+        "--json",
+        "--bootstrap",
+        &boot,
+        "--trust-coordinator",
+        &peer_of(&boot),
+    ]);
+    assert!(!ok, "{out}");
+    assert!(err.contains("not among the coordinators you trust"), "{err}");
 }
 
 /// The open job's state and worker, if there is one.
@@ -307,6 +352,10 @@ fn under_verify_auto_a_worker_with_a_streak_builds_alone_and_the_requester_is_to
     // built alone, or spot-checked (probability 1/streak, and each check
     // lengthens the streak); among six, all spot-checked is 1 in 5040 at
     // worst, and then the test says so rather than pass.
+    // A recipe whose `verify = 2` a request that does not say takes.
+    let (ok, done, err) = request(&boot, &recipe("twice"), "a@example.org", &["--wait"]);
+    assert!(ok, "{err}");
+    assert_eq!(done["checked"], "2 of 2 builders agreed, 2 needed", "{done}");
     let mut alone = None;
     let mut asked = 2;
     for key in &keys[2..] {
@@ -327,7 +376,8 @@ fn under_verify_auto_a_worker_with_a_streak_builds_alone_and_the_requester_is_to
         format!("built by 1 worker with a streak of {streak} agreed results, not re-checked").as_str()
     );
     let artifact = done["artifact"].as_str().unwrap().to_string();
-    let s = wait_status(&boot, "every mail written", |s| mail_settled(s, asked));
+    // One more mail: the `twice` build's.
+    let s = wait_status(&boot, "every mail written", |s| mail_settled(s, asked + 1));
     let body = outbox(&c_dir)
         .into_iter()
         .map(|m| m.body)
@@ -349,4 +399,139 @@ fn under_verify_auto_a_worker_with_a_streak_builds_alone_and_the_requester_is_to
         .map(|s| s["unchecked"].as_u64().unwrap())
         .sum();
     assert_eq!(unchecked, 1, "{node}");
+    // Per recipe: every check agreed, and one build was not checked.
+    let checks = recipe_checks(&boot, &recipe("hello-c"));
+    assert_eq!(
+        (
+            &checks["agreed"],
+            &checks["agreed_after_disagreement"],
+            &checks["not_reproducible"],
+            &checks["unchecked"]
+        ),
+        (&(asked - 1).into(), &0.into(), &0.into(), &1.into()),
+        "{checks}"
+    );
+}
+
+/// A data dir whose node key sorts after `than`, so that of two idle
+/// workers the one with key `than` is offered a job's first build (the
+/// schedule breaks ties by key).
+fn worker_dir_after(tmp: &std::path::Path, name: &str, than: &kiln_protocol::PublicKey) -> std::path::PathBuf {
+    for i in 0.. {
+        let dir = tmp.join(format!("{name}-{i}"));
+        let key = kiln_node::identity::load_or_create(&dir).unwrap();
+        if key.public() > *than {
+            return dir;
+        }
+    }
+    unreachable!()
+}
+
+fn all_idle(s: &Value, workers: usize) -> bool {
+    let listed = s["workers"].as_array().cloned().unwrap_or_default();
+    listed.len() == workers && listed.iter().all(|w| w["running_jobs"] == 0)
+}
+
+#[test]
+fn a_worker_caught_disagreeing_loses_its_streak_and_what_it_built_alone_is_built_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_boot, boot) = start_bootstrap(&tmp.path().join("boot"));
+    let c_dir = tmp.path().join("c");
+    let (_c, c_addr) = start_node(
+        "coordinator",
+        &c_dir,
+        &boot,
+        &["--coordinator", "--trusted-streak", "2"],
+    );
+    // The turncoat: honest until `lie` exists. Its key sorts first, so
+    // it builds first whenever every worker is idle.
+    let lie = tmp.path().join("lie");
+    let mut turncoat = start_evil(
+        "turncoat",
+        &tmp.path().join("turncoat"),
+        &boot,
+        "turncoat",
+        &format!("{c_addr}:{}", lie.display()),
+    );
+    let line = turncoat.wait_line(START, |l| l.starts_with("turncoat worker "));
+    let turncoat_key: kiln_protocol::PublicKey = line.trim_start_matches("turncoat worker ").trim().parse().unwrap();
+    let turncoat_peer = kiln_node::identity::peer_id_of(&turncoat_key).unwrap().to_string();
+    let (_h1, h1_addr) = worker("h1", &worker_dir_after(tmp.path(), "h1", &turncoat_key), &boot, &[]);
+    wait_status(&boot, "two workers listed", |s| workers_listed(s) == 2);
+    let ask = |n: u32, verify: &str| {
+        wait_status(&boot, "every worker idle", |s| all_idle(s, workers_listed(s)));
+        let n = format!("n={n}");
+        let (ok, done, err) = request(
+            &boot,
+            &recipe("sleep"),
+            "a@example.org",
+            &["-o", "secs=1", "-o", &n, "--wait", "--verify", verify],
+        );
+        assert!(ok, "{err}");
+        assert_eq!(done["state"], "done", "{done}");
+        done
+    };
+    // Three checked builds: both workers' streaks reach 3.
+    for n in 1..=3 {
+        let done = ask(n, "2");
+        assert_eq!(done["checked"], "2 of 2 builders agreed, 2 needed", "{done}");
+    }
+    // `auto` builds, each first by the turncoat, until one is accepted on
+    // its word alone (each is spot-checked with probability 1/streak, and
+    // each check lengthens the streak: all nine checked is 1 in 20 million).
+    let mut alone = None;
+    for n in 4..=12 {
+        let done = ask(n, "auto");
+        if done["streak"].is_u64() {
+            alone = Some(done);
+            break;
+        }
+        assert_eq!(done["checked"], "2 of 2 builders agreed, 2 needed", "{done}");
+    }
+    let alone = alone.expect("nine --verify auto builds were all spot-checked");
+    let alone_key = alone["build_key"].as_str().unwrap().to_string();
+    let record = |node: &Value, peer: &str| {
+        node["streaks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["worker"] == peer)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let node = kiln_tests::farm::node_status(&c_dir);
+    assert_eq!(record(&node, &turncoat_peer)["unchecked"], 1, "{node}");
+
+    // It turns: a third worker joins to settle the disagreement, and the
+    // turncoat, first again, lies.
+    let (_h2, _) = worker("h2", &worker_dir_after(tmp.path(), "h2", &turncoat_key), &boot, &[]);
+    wait_status(&boot, "three workers listed", |s| workers_listed(s) == 3);
+    std::fs::write(&lie, b"").unwrap();
+    let done = ask(13, "2");
+    assert_eq!(
+        done["checked"], "2 of 3 builders agreed (1 disagreed), 2 needed",
+        "{done}"
+    );
+    assert_eq!(done["disagreed"][0]["peer"], turncoat_peer.as_str(), "{done}");
+    // Its streak is lost and its disagreement counted; what it built alone
+    // is built again by another worker, checked, and agrees (that build
+    // was honest), which starts its streak again at 1.
+    let s = wait_status(&boot, "the build it made alone checked again", |s| {
+        s["recent"].as_array().is_some_and(|recent| {
+            recent
+                .iter()
+                .any(|r| r["build_key"] == alone_key.as_str() && r["checked"] == "2 of 2 builders agreed, 2 needed")
+        })
+    });
+    let node = kiln_tests::farm::node_status(&c_dir);
+    let turned = record(&node, &turncoat_peer);
+    assert_eq!(
+        (&turned["disagreements"], &turned["unchecked"], &turned["streak"]),
+        (&1.into(), &0.into(), &1.into()),
+        "{node} {s}"
+    );
+    assert!(
+        record(&node, &peer_of(&h1_addr))["streak"].as_u64().unwrap() >= 4,
+        "{node}"
+    );
 }

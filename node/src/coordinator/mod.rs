@@ -50,6 +50,7 @@ use crate::shutdown::Shutdown;
 use election::Election;
 use schedule::Schedule;
 
+mod checks;
 mod credit;
 mod effects;
 pub mod election;
@@ -110,6 +111,10 @@ enum Input {
     Submit {
         job: Box<JobRequest>,
         verify: u32,
+        reply: oneshot::Sender<CoordReplyV1>,
+    },
+    RecipeChecks {
+        recipe_name: String,
         reply: oneshot::Sender<CoordReplyV1>,
     },
     Status {
@@ -330,6 +335,8 @@ struct Coordinator {
     recent: VecDeque<JobView>,
     /// The top contributors, from the settled builds.
     credit: credit::Credit,
+    /// How often independent builders agreed, per recipe name.
+    checks: checks::Checks,
     /// Each worker's streak of results agreed with (`--verify auto`).
     streaks: verification::Streaks<PublicKey, Hash>,
     /// The streak from which a worker builds an `auto` job alone.

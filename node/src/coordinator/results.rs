@@ -34,7 +34,8 @@ impl Coordinator {
         }
         // The streaks move once per settlement of a job open here, as
         // every member of the coordination set sees it.
-        if job.is_some() {
+        if let Some(job) = job {
+            self.checks.settled(&job.recipe_name, settlement);
             let again = self.note_streaks(settlement);
             self.recheck_unchecked(again);
         }

@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use kiln_protocol::build::{VERIFY_AUTO, VERIFY_MAX};
-use kiln_protocol::coord::{CoordReply, CoordReplyV1, CoordRequest, COORD_FRAME_BYTES_MAX, PHASES_MAX};
+use kiln_protocol::coord::{
+    CoordReply, CoordReplyV1, CoordRequest, COORD_FRAME_BYTES_MAX, PHASES_MAX, RECIPE_NAME_BYTES_MAX,
+};
 use kiln_protocol::messages::{check_email, JobRequest, EMAILS_MAX};
 use kiln_protocol::system::VersionRange;
 use kiln_protocol::{build_key, Hash};
@@ -165,6 +167,13 @@ impl Server {
                 .ask(|reply| Input::Phases { build_keys, reply })
                 .await
                 .unwrap_or_else(stopping),
+            CoordRequest::RecipeChecksV1 { recipe_name } if recipe_name.len() <= RECIPE_NAME_BYTES_MAX => self
+                .ask(|reply| Input::RecipeChecks { recipe_name, reply })
+                .await
+                .unwrap_or_else(stopping),
+            CoordRequest::RecipeChecksV1 { .. } => CoordReplyV1::Refused {
+                reason: format!("a recipe name is at most {RECIPE_NAME_BYTES_MAX} bytes"),
+            },
             CoordRequest::PhasesV1 { .. } => CoordReplyV1::Refused {
                 reason: format!("ask about at most {PHASES_MAX} builds at once"),
             },

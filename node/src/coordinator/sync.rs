@@ -216,6 +216,19 @@ impl Coordinator {
                         attestations,
                     }
                 }
+                JobPhase::Trusted { attestation, streak } => {
+                    let matches = attestation
+                        .verify()
+                        .is_ok_and(|a| a.build_key == build_key && a.worker == attestation.signer());
+                    if !matches {
+                        continue;
+                    }
+                    Settlement::Trusted {
+                        attestation,
+                        holders: 2,
+                        streak,
+                    }
+                }
                 _ => continue,
             };
             let Some(job) = self.schedule.job(&build_key) else {

@@ -68,6 +68,7 @@ impl Coordinator {
             recent: VecDeque::new(),
             credit: Default::default(),
             streaks: Default::default(),
+            checks: Default::default(),
             trusted_streak: options
                 .trusted_streak
                 .unwrap_or(super::verification::TRUSTED_STREAK)
@@ -91,6 +92,7 @@ impl Coordinator {
     /// contributors.
     pub(super) fn restore(&mut self) {
         self.credit = credit::Credit::load(&self.store);
+        self.checks = super::checks::Checks::load(&self.store);
         self.restore_streaks();
         let records = match self.store.records(RecordTable::Queue) {
             Ok(records) => records,
@@ -361,6 +363,16 @@ impl Coordinator {
             }
             Input::Submit { job, verify, reply } => {
                 let answer = self.submit(*job, verify).await;
+                let _ = reply.send(answer);
+            }
+            Input::RecipeChecks { recipe_name, reply } => {
+                let answer = if self.acting {
+                    CoordReplyV1::RecipeChecks(self.checks.of(&recipe_name))
+                } else {
+                    CoordReplyV1::NotCoordinator {
+                        coordinator: self.contact(now),
+                    }
+                };
                 let _ = reply.send(answer);
             }
             Input::Status { contributors, reply } => {

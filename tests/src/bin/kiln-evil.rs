@@ -15,6 +15,9 @@
 //! kiln-evil lie       --data-dir D --bootstrap B ADDR:GOFILE  a worker for the coordinator at ADDR that builds each
 //!                                                 job honestly in the sandbox, flips a byte of the artifact, and
 //!                                                 reports that, signed with its own valid key, once GOFILE exists
+//! kiln-evil turncoat  --data-dir D --bootstrap B ADDR:LIEFILE  the same worker, but honest (reporting each real
+//!                                                 artifact at once, and serving it) until LIEFILE exists; it lies
+//!                                                 (at once) on every build after
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -63,7 +66,8 @@ async fn main() {
         "settle" => settle(net, secret, target.parse().unwrap()).await,
         "watch" => watch(net, &target).await,
         "range" => range(net, &target).await,
-        "lie" => lie(net, secret, &data_dir, &target).await,
+        "lie" => lie(net, secret, &data_dir, &target, false).await,
+        "turncoat" => lie(net, secret, &data_dir, &target, true).await,
         "forge" => forge(net, secret, target.parse().unwrap()).await,
         other => panic!("unknown mode {other}"),
     }
@@ -287,12 +291,19 @@ async fn range(net: NetClient, target: &str) {
 /// built with an attestation signed by its own (valid) key. It holds each
 /// report until GOFILE exists, advertising the build as running meanwhile,
 /// so a test can choose when the lie arrives.
-async fn lie(net: NetClient, key: SecretKey, data_dir: &std::path::Path, target: &str) {
+///
+/// A `turncoat` reports at once, and honestly (serving its store, so its
+/// artifacts can be copied) while the file is absent; it lies once the
+/// file exists: a worker that earns a streak, then betrays it.
+async fn lie(net: NetClient, key: SecretKey, data_dir: &std::path::Path, target: &str, turncoat: bool) {
     use kiln_protocol::messages::{BuildOutcome, WorkReply, WorkReplyV1, WorkRequest, WorkerAdvert};
     let (addr, go_file) = target.rsplit_once(':').unwrap();
     let go_file = PathBuf::from(go_file);
     let coordinator = dial(&net, addr).await;
     let store = kiln_store::Store::open(data_dir).unwrap();
+    if turncoat {
+        let _server = kiln_node::blobs::spawn_server(&net, store.clone());
+    }
     let system = kiln_node::worker::system::probe(Default::default());
     let running: Arc<std::sync::Mutex<Vec<Hash>>> = Arc::default();
     // The advert, every second: what it is, and what it builds.
@@ -315,7 +326,11 @@ async fn lie(net: NetClient, key: SecretKey, data_dir: &std::path::Path, target:
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     });
-    println!("lying worker {}", key.public());
+    println!(
+        "{} worker {}",
+        if turncoat { "turncoat" } else { "lying" },
+        key.public()
+    );
     let mut control = net.stream_control();
     let mut incoming = control.accept(kiln_node::net::WORK_PROTOCOL).unwrap();
     while let Some((from, mut stream)) = incoming.next().await {
@@ -366,8 +381,11 @@ async fn lie(net: NetClient, key: SecretKey, data_dir: &std::path::Path, target:
         };
         // The lie: one byte of the real artifact flipped.
         let mut bytes = std::fs::read(artifact).unwrap();
-        let middle = bytes.len() / 2;
-        bytes[middle] ^= 0x01;
+        let lying = !turncoat || go_file.exists();
+        if lying {
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0x01;
+        }
         let (artifact, artifact_bytes) = store.put_bytes(&bytes, None).unwrap();
         let (log, _) = store.put_bytes(&result.log, None).unwrap();
         let attestation = kiln_protocol::Attestation {
@@ -381,9 +399,13 @@ async fn lie(net: NetClient, key: SecretKey, data_dir: &std::path::Path, target:
             started_at_ms,
             finished_at_ms: kiln_node::clock::now_ms(),
         };
-        println!("built {artifact}, a lie; waiting for {}", go_file.display());
-        while !go_file.exists() {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        if turncoat {
+            println!("built {artifact}{}", if lying { ", a lie" } else { "" });
+        } else {
+            println!("built {artifact}, a lie; waiting for {}", go_file.display());
+            while !go_file.exists() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
         let outcome = Gossip::V1(GossipV1::Outcome(BuildOutcome::Done {
             attestation: Signed::sign(&key, &attestation),
