@@ -9,12 +9,14 @@
 # time, how it was checked, and the medians.
 # Needs bubblewrap (the workers build in their sandbox).
 #
-#   cargo build --workspace && scripts/bench-verify.sh [BIN_DIR] [RUNS] [TRUSTED]
+#   cargo build --workspace && scripts/bench-verify.sh [BIN_DIR] [RUNS (6)] [TRUSTED (3)]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=${1:-$root/target/debug}
-runs=${2:-5}
+runs=${2:-6}
 trusted=${3:-3}
+# Each run is a new build: the recipe's `n` option has 20 values.
+if [ $((runs * 3)) -gt 20 ]; then echo "at most 6 runs (3 x RUNS new builds of 20)" >&2; exit 2; fi
 recipe=$root/tests/recipes/sleep/recipe.toml
 dir=$(mktemp -d)
 pids=()
@@ -66,6 +68,6 @@ for verify in 1 2 auto; do
         echo "--verify $verify  n=$n  ${seconds} s  ($checked)"
         times+=("$seconds")
     done
-    median=$(printf '%s\n' "${times[@]}" | python3 -c "import statistics,sys; print(statistics.median(float(l) for l in sys.stdin))")
+    median=$(printf '%s\n' "${times[@]}" | python3 -c "import statistics,sys; print(round(statistics.median(float(l) for l in sys.stdin), 3))")
     echo "--verify $verify median: ${median} s"
 done
