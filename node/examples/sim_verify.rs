@@ -100,7 +100,7 @@ fn run(verify: Verify, jobs: usize, kinds: &[Kind], seed: u64) -> Tally {
     let mut accepted: Vec<Option<Hash>> = vec![None; jobs];
     let mut tally = Tally::default();
     for job in 0..jobs {
-        let first = world.rng.below(workers);
+        let first = first_builder(&mut world.rng, &streaks, verify, workers);
         let needed = streaks.needed(verify, &first, world.rng.unit());
         let mut results = vec![(first, world.build(first, job))];
         let verdict = loop {
@@ -160,6 +160,19 @@ fn run(verify: Verify, jobs: usize, kinds: &[Kind], seed: u64) -> Tally {
         }
     }
     tally
+}
+
+/// A job's first builder: at random; for `auto`, at random among the
+/// workers not suspect (see `Streaks::suspect`), if any.
+fn first_builder(rng: &mut Rng, streaks: &Streaks<usize, usize>, verify: Verify, workers: usize) -> usize {
+    if verify != Verify::Auto {
+        return rng.below(workers);
+    }
+    let trusted: Vec<usize> = (0..workers).filter(|w| !streaks.suspect(w)).collect();
+    if trusted.is_empty() {
+        return rng.below(workers);
+    }
+    trusted[rng.below(trusted.len())]
 }
 
 /// Another builder for a job: at random for `--verify N`; for `auto`, the

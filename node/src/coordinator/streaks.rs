@@ -54,7 +54,7 @@ impl Coordinator {
             let worker = PublicKey(key);
             match wire::decode::<Record<Hash>, { kiln_store::RECORD_VALUE_BYTES_MAX }>(&bytes) {
                 Ok(record) => {
-                    self.schedule.note_streak(worker, record.streak);
+                    self.schedule.note_streak(worker, record.streak, record.disagreements);
                     self.streaks.restore(worker, record);
                 }
                 Err(e) => warn!(error = %e, "skipping a damaged streak record"),
@@ -100,7 +100,7 @@ impl Coordinator {
         let Some(record) = self.streaks.record(&worker).cloned() else {
             return;
         };
-        self.schedule.note_streak(worker, record.streak);
+        self.schedule.note_streak(worker, record.streak, record.disagreements);
         let written = wire::encode(&record).map_err(|e| e.to_string()).and_then(|bytes| {
             self.store
                 .put_record(RecordTable::Streaks, &worker.0, &bytes)

@@ -107,6 +107,16 @@ impl<W: Eq + StdHash + Clone, J: Clone> Streaks<W, J> {
         Some(self.by_worker.entry(worker.clone()).or_default())
     }
 
+    /// Whether a worker is offered first builds only when no other worker
+    /// is free: its disagreements outnumber its current streak. A liar
+    /// caught lying builds first rarely (each of its first builds costs a
+    /// check and a tie-break); an honest worker outvoted once earns its
+    /// way back with the checks and the first builds it still gets when
+    /// the farm is busy.
+    pub fn suspect(&self, worker: &W) -> bool {
+        self.by_worker.get(worker).is_some_and(|r| r.disagreements > r.streak)
+    }
+
     /// How many agreeing builders a job needs, given its first builder.
     /// `draw` is a uniform sample in [0, 1) for the spot check.
     pub fn needed(&self, verify: Verify, first: &W, draw: f64) -> u32 {
@@ -249,5 +259,8 @@ mod tests {
         assert_eq!(streaks.streak(&7), 0);
         assert_eq!(streaks.record(&7).map(|r| r.disagreements), Some(1));
         assert_eq!(streaks.needed(Verify::Auto, &7, 0.99), 2);
+        assert!(streaks.suspect(&7), "one disagreement, no streak since");
+        streaks.agreed(&7);
+        assert!(!streaks.suspect(&7), "as many agreements since as disagreements");
     }
 }

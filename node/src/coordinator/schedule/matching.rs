@@ -141,15 +141,21 @@ impl Schedule {
         // A check (a build after the first) goes to the worker with the
         // longest streak of agreed results, so two newcomers (who might
         // collude) rarely check each other; a first build to the least
-        // loaded.
+        // loaded of the workers not suspect (caught disagreeing more often
+        // than agreeing since), then of the rest.
         let checking = !job.built.is_empty();
         let best = untried()
             .filter(|w| !job.skips(w, now_ms))
             .filter_map(|w| self.workers.get(w).map(|entry| (*w, entry)))
             .filter(|(_, entry)| entry.free() > 0 && now_ms.saturating_sub(entry.seen_at_ms) <= WORKER_ALIVE_MS)
             .min_by_key(|(w, entry)| {
-                let streak = if checking { self.streak(w) } else { 0 };
+                let (streak, suspect) = if checking {
+                    (self.streak(w), false)
+                } else {
+                    (0, self.suspect(w))
+                };
                 (
+                    suspect,
                     std::cmp::Reverse(streak),
                     entry.load() * 1000 / entry.advert.max_jobs.max(1),
                     *w,

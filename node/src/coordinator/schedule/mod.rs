@@ -350,9 +350,10 @@ pub struct Schedule {
     /// checked): a job built elsewhere while this node was down is settled
     /// from the DHT's record rather than built again.
     checking: HashMap<Hash, u64>,
-    /// Workers' streaks of agreed results, as the coordinator told them
-    /// (see [`Schedule::note_streak`]); at most [`WORKERS_MAX`].
-    streaks: HashMap<PublicKey, u32>,
+    /// Workers' streaks of agreed results and disagreements, as the
+    /// coordinator told them (see [`Schedule::note_streak`]); at most
+    /// [`WORKERS_MAX`].
+    streaks: HashMap<PublicKey, (u32, u32)>,
 }
 
 fn unset_digest() -> Hash {
@@ -752,18 +753,27 @@ impl Schedule {
         self.ended.insert(*build_key);
     }
 
-    /// A worker's streak of results agreed with, as the coordinator keeps
-    /// it (see [`super::verification::Streaks`]): checks go to the longest.
-    pub fn note_streak(&mut self, worker: PublicKey, streak: u32) {
-        if streak == 0 {
+    /// A worker's streak of results agreed with and its disagreements, as
+    /// the coordinator keeps them (see [`super::verification::Streaks`]):
+    /// checks go to the longest streak, and first builds to workers that
+    /// are not suspect (disagreements outnumbering the streak) while any
+    /// such is free.
+    pub fn note_streak(&mut self, worker: PublicKey, streak: u32, disagreements: u32) {
+        if streak == 0 && disagreements == 0 {
             self.streaks.remove(&worker);
         } else if self.streaks.len() < WORKERS_MAX || self.streaks.contains_key(&worker) {
-            self.streaks.insert(worker, streak);
+            self.streaks.insert(worker, (streak, disagreements));
         }
     }
 
     fn streak(&self, worker: &PublicKey) -> u32 {
-        self.streaks.get(worker).copied().unwrap_or(0)
+        self.streaks.get(worker).map_or(0, |(streak, _)| *streak)
+    }
+
+    fn suspect(&self, worker: &PublicKey) -> bool {
+        self.streaks
+            .get(worker)
+            .is_some_and(|(streak, disagreements)| disagreements > streak)
     }
 
     /// Moves a job on by the verdict on its builds so far.

@@ -528,8 +528,8 @@ fn an_auto_job_is_accepted_alone_only_when_the_coordinator_says_so_and_its_check
 
     // Not trusted (or a standby, which never decides): built twice, the
     // check by the worker with the longest streak, not the least loaded.
-    s.note_streak(worker(3), 7);
-    s.note_streak(worker(2), 2);
+    s.note_streak(worker(3), 7, 0);
+    s.note_streak(worker(2), 2, 0);
     let b = job("b", "x86_64", "b@example.org");
     s.submit(b.clone(), VERIFY_AUTO).unwrap();
     let b_first = lease_of(&mut s, b.build_key, 1);
@@ -589,4 +589,35 @@ fn merged_requests_keep_the_policy_that_checks_more() {
     s.submit(a.clone(), 2).unwrap();
     assert!(matches!(s.job(&a.build_key).unwrap().state, JobState::Queued));
     assert_eq!(lease_of(&mut s, a.build_key, 1), worker(2));
+}
+
+#[test]
+fn a_worker_caught_disagreeing_more_than_agreeing_builds_first_only_when_no_other_is_free() {
+    // Of two idle workers the one whose key sorts first takes a first
+    // build; caught twice with a streak of 1 since, it does not while the
+    // other is free.
+    let (first, other) = if worker(1) < worker(2) {
+        (worker(1), worker(2))
+    } else {
+        (worker(2), worker(1))
+    };
+    let farm = |suspect: (u32, u32)| {
+        let mut s = Schedule::new();
+        for n in 1..=2 {
+            s.advert(worker(n), advert("x86_64", 1, vec![]), 0);
+        }
+        s.note_streak(first, suspect.0, suspect.1);
+        s
+    };
+    let mut s = farm((1, 2));
+    let a = job("a", "x86_64", "a@example.org");
+    s.submit(a.clone(), 1).unwrap();
+    assert_eq!(lease_of(&mut s, a.build_key, 0), other);
+    let b = job("b", "x86_64", "b@example.org");
+    s.submit(b.clone(), 1).unwrap();
+    assert_eq!(lease_of(&mut s, b.build_key, 1), first, "the only free worker");
+    // A streak caught up with its disagreements ends the suspicion.
+    let mut t = farm((2, 2));
+    t.submit(a.clone(), 1).unwrap();
+    assert_eq!(lease_of(&mut t, a.build_key, 0), first);
 }
