@@ -22,9 +22,6 @@ pub struct Metrics {
     /// cost, which must not grow with the network.
     pub gossip_received: AtomicU64,
     pub gossip_received_bytes: AtomicU64,
-    /// Jobs announced on gossip by a peer that does not coordinate:
-    /// dropped, with nothing kept or fetched for them.
-    pub gossip_jobs_refused: AtomicU64,
     dispatch: Histogram,
 }
 
@@ -48,7 +45,6 @@ impl Metrics {
             jobs_failed: AtomicU64::new(0),
             gossip_received: AtomicU64::new(0),
             gossip_received_bytes: AtomicU64::new(0),
-            gossip_jobs_refused: AtomicU64::new(0),
             dispatch: Histogram {
                 buckets: [const { AtomicU64::new(0) }; DISPATCH_BUCKETS_S.len()],
                 count: AtomicU64::new(0),
@@ -115,13 +111,6 @@ impl Metrics {
             "counter",
             "Bytes of the gossip messages delivered to this node.",
             get(&self.gossip_received_bytes),
-        );
-        metric(
-            out,
-            "kiln_gossip_jobs_refused_total",
-            "counter",
-            "Jobs announced on gossip by a peer that does not coordinate, dropped.",
-            get(&self.gossip_jobs_refused),
         );
         let name = "kiln_dispatch_latency_seconds";
         let _ = writeln!(

@@ -28,19 +28,8 @@ impl Coordinator {
         match message {
             GossipV1::Coordinator(beat) => self.heard_heartbeat(peer, beat, now),
             GossipV1::Worker(advert) => self.heard_advert(signer, advert, now),
-            // Only the coordinator announces jobs (it accepted them, their
-            // inputs held), so they are taken only from a member of the
-            // coordination set (a peer whose heartbeats this node hears;
-            // one just elected may not say `acting` yet): any other peer's
-            // would fill every node's queue and set each fetching inputs.
-            // Dropped and counted; a node that heard the coordinator's
-            // before its first heartbeat gets them from its catch-up.
-            GossipV1::Job(job) if self.election.is_candidate(&peer) => self.heard_job(job, 1, peer),
-            GossipV1::JobV2 { job, verify } if self.election.is_candidate(&peer) => self.heard_job(job, verify, peer),
-            GossipV1::Job(_) | GossipV1::JobV2 { .. } => {
-                crate::metrics::Metrics::add(&crate::metrics::METRICS.gossip_jobs_refused, 1);
-                debug!(peer = %peer, "a job announced by a peer that does not coordinate; dropped");
-            }
+            GossipV1::Job(job) => self.heard_job(job, 1, peer),
+            GossipV1::JobV2 { job, verify } => self.heard_job(job, verify, peer),
             GossipV1::Assigned(Assigned {
                 build_key,
                 worker,
@@ -134,8 +123,8 @@ impl Coordinator {
         }
     }
 
-    /// A job announced by the coordinator: kept, and its inputs fetched so
-    /// they outlive the node that holds them now.
+    /// A job announced by the coordinator (or a requester): kept, and its
+    /// inputs fetched so they outlive the node that holds them now.
     pub(super) fn heard_job(&mut self, job: JobRequest, verify: u32, from: PeerId) {
         if check_job(&job).is_err() || self.built(&job.build_key).is_some() {
             return;
