@@ -174,6 +174,8 @@ async fn demo(dir: &Path, network: &mut Network) -> anyhow::Result<()> {
         verify: None,
         trust_builders: Vec::new(),
         trust_coordinators: Vec::new(),
+        priority: Default::default(),
+        requester_key: dir.join("requester.key"),
     })
     .await?
     .context("the request ended without an artifact")?;

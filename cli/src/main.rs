@@ -224,6 +224,18 @@ enum Command {
         #[arg(long, value_name = "N", default_value_t = kiln_node::coordinator::verification::TRUSTED_STREAK,
               value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
         trusted_streak: u32,
+        /// When coordinating, the most open jobs one requester (its key) may have; more are refused until some end
+        #[arg(long, value_name = "N", default_value_t = kiln_node::coordinator::REQUESTER_JOBS_DEFAULT,
+              value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+        max_requester_jobs: u32,
+        /// When coordinating, the most jobs one requester (its key) may submit in a minute
+        #[arg(long, value_name = "N", default_value_t = kiln_node::coordinator::REQUESTER_RATE_DEFAULT,
+              value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+        max_requester_rate: u32,
+        /// When coordinating, the most bytes of inputs (recipes and sources) held for one requester's open
+        /// jobs, each input counted once (e.g. 8GiB)
+        #[arg(long, value_name = "SIZE", default_value = "8GiB", value_parser = parse_size)]
+        max_requester_inputs: u64,
         #[command(flatten)]
         mail: Mail,
         /// Serve the dashboard (HTML, JSON at /api/status, Prometheus at /metrics) on HOST:PORT, or on
@@ -274,6 +286,31 @@ enum Command {
         /// --trust-builder vouches for it
         #[arg(long = "trust-coordinator", value_name = "PEER_ID", value_parser = parse_peer_id)]
         trust_coordinators: Vec<libp2p::PeerId>,
+        /// Where this job goes among your own queued jobs (never ahead of another requester's turn)
+        #[arg(long, value_enum, default_value_t = PriorityArg::Normal)]
+        priority: PriorityArg,
+        /// Holds your requester key (requester.key, created on first use), which signs your requests and
+        /// alone can cancel them
+        #[command(flatten)]
+        data_dir: DataDir,
+    },
+    /// Take back your request for a build (signed with your requester key): a build nobody else wants is
+    /// dropped from the queue, or stopped on its worker; one others want goes on without you, and your
+    /// addresses get no mail.
+    Cancel {
+        /// The build key `kiln request` printed
+        build_key: Hash,
+        #[command(flatten)]
+        bootstrap: Bootstrap,
+        /// Send the cancel to and believe only this coordinator (its peer id; repeatable)
+        #[arg(long = "trust-coordinator", value_name = "PEER_ID", value_parser = parse_peer_id)]
+        trust_coordinators: Vec<libp2p::PeerId>,
+        /// Print one JSON document
+        #[arg(long)]
+        json: bool,
+        /// The data dir holding the requester key the build was requested with
+        #[command(flatten)]
+        data_dir: DataDir,
     },
     /// See Kiln work on this machine: a local network (bootstrap, coordinator, two workers) builds the
     /// example C program, mails you (to a file), and a fresh node fetches it by hash; nothing to configure.
@@ -545,6 +582,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             coordination_set,
             trust_coordinators,
             trusted_streak,
+            max_requester_jobs,
+            max_requester_rate,
+            max_requester_inputs,
             mail,
             http,
         } => {
@@ -570,6 +610,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     trusted,
                     set_size: Some(usize::from(coordination_set)),
                     trusted_streak: Some(trusted_streak),
+                    requester_jobs_max: Some(max_requester_jobs),
+                    requester_rate_max: Some(max_requester_rate),
+                    requester_input_bytes_max: Some(max_requester_inputs),
                     ..Default::default()
                 },
                 mail: mail.options()?,
@@ -594,7 +637,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             verify,
             trust_builders,
             trust_coordinators,
+            priority,
+            data_dir,
         } => request::run(request::RequestArgs {
+            priority: priority.into(),
+            requester_key: data_dir.resolve()?.join(request::REQUESTER_KEY_FILE),
             accept_versions,
             verify,
             trust_builders,
@@ -610,6 +657,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         })
         .await
         .map(|_| ()),
+        Command::Cancel {
+            build_key,
+            bootstrap,
+            trust_coordinators,
+            json,
+            data_dir,
+        } => {
+            let key = data_dir.resolve()?.join(request::REQUESTER_KEY_FILE);
+            request::cancel(build_key, bootstrap.bootstrap, &trust_coordinators, &key, json).await
+        }
         Command::Status {
             bootstrap,
             json,
@@ -715,6 +772,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// `--verify`: `auto`, or 1 to 5 builders.
+/// `--priority`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PriorityArg {
+    Low,
+    Normal,
+    High,
+}
+
+impl From<PriorityArg> for kiln_protocol::coord::Priority {
+    fn from(p: PriorityArg) -> Self {
+        match p {
+            PriorityArg::Low => kiln_protocol::coord::Priority::Low,
+            PriorityArg::Normal => kiln_protocol::coord::Priority::Normal,
+            PriorityArg::High => kiln_protocol::coord::Priority::High,
+        }
+    }
+}
+
 fn parse_verify(text: &str) -> Result<u32, String> {
     let text = text.trim();
     if text.eq_ignore_ascii_case("auto") {

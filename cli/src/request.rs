@@ -12,8 +12,11 @@ use kiln_node::report::{builds_json, peer_of, status_json, worker_state};
 use kiln_node::requester::{self, RequestSpec};
 use kiln_node::EphemeralNode;
 use kiln_protocol::build::{builders_needed, trusted_summary, verify_name, VERIFY_AUTO};
-use kiln_protocol::coord::{CoordReplyV1, CoordRequest, JobPhase, JobView, StatusReport};
-use kiln_protocol::{Attestation, Hash, Recipe, Signed};
+use kiln_protocol::coord::{
+    CancelOutcome, Cancellation, CoordReplyV1, CoordRequest, JobPhase, JobView, Priority, RequesterView, StatusReport,
+    Submission,
+};
+use kiln_protocol::{Attestation, Hash, Recipe, SecretKey, Signed};
 use libp2p::Multiaddr;
 use serde_json::json;
 
@@ -35,7 +38,14 @@ pub struct RequestArgs {
     pub trust_builders: Vec<libp2p::PeerId>,
     /// Only these peers are taken as the coordinator (none given: any).
     pub trust_coordinators: Vec<libp2p::PeerId>,
+    /// Where the job stands among this requester's own.
+    pub priority: Priority,
+    /// The requester's key, which signs the request (`DATA_DIR/requester.key`).
+    pub requester_key: PathBuf,
 }
+
+/// The requester's key file in its data dir (created on first use).
+pub const REQUESTER_KEY_FILE: &str = "requester.key";
 
 impl RequestArgs {
     /// The policy asked for (once the recipe's default is applied).
@@ -98,14 +108,20 @@ pub async fn run(args: RequestArgs) -> anyhow::Result<Option<Hash>> {
     for email in &args.emails {
         kiln_protocol::messages::check_email(email).map_err(anyhow::Error::msg)?;
     }
+    let key = kiln_node::identity::load_or_create_at(&args.requester_key)?;
     let dir = tempfile::tempdir().context("cannot create a temporary data dir")?;
     let node = EphemeralNode::start(dir.path(), args.bootstrap.clone()).await?;
-    let result = request(&node, &args, &spec).await;
+    let result = request(&node, &args, &spec, &key).await;
     node.stop().await;
     result
 }
 
-async fn request(node: &EphemeralNode, args: &RequestArgs, spec: &RequestSpec<'_>) -> anyhow::Result<Option<Hash>> {
+async fn request(
+    node: &EphemeralNode,
+    args: &RequestArgs,
+    spec: &RequestSpec<'_>,
+    key: &SecretKey,
+) -> anyhow::Result<Option<Hash>> {
     let (recipe, publisher) = load_recipe(node, &args.recipe).await?;
     // A request that does not say takes the recipe's default.
     let resolved;
@@ -139,19 +155,16 @@ async fn request(node: &EphemeralNode, args: &RequestArgs, spec: &RequestSpec<'_
         Some(text) => Some(kiln_protocol::system::VersionRange::parse(text).map_err(anyhow::Error::msg)?),
         None => None,
     };
-    // Asked as before when one builder is enough, so older coordinators
-    // still answer.
-    let submit = if args.verify() != 1 {
-        CoordRequest::SubmitV2 {
-            job: Box::new(job),
-            accept_versions,
-            verify: args.verify(),
-        }
-    } else {
-        CoordRequest::SubmitV1 {
-            job: Box::new(job),
-            accept_versions,
-        }
+    // Signed by the requester's key, for this client's stream only.
+    let submission = Submission {
+        job,
+        accept_versions,
+        verify: args.verify(),
+        priority: args.priority,
+        sender: node.key,
+    };
+    let submit = CoordRequest::SubmitV3 {
+        submission: Box::new(Signed::sign(key, &submission)),
     };
     let (coordinator, reply, _) =
         coord_client::ask_trusted_coordinator(&node.net, &start, &args.trust_coordinators, &submit).await?;
@@ -409,6 +422,12 @@ async fn follow(
                 builds.join(", ")
             )
         }
+        JobPhase::Cancelled => {
+            if args.json {
+                println!("{}", json!({"build_key": build_key.to_string(), "state": "cancelled"}));
+            }
+            bail!("build {build_key} was cancelled: every requester took its request back (kiln cancel)")
+        }
         other => bail!("build {build_key} is {} on the coordinator", other.name()),
     }
 }
@@ -437,6 +456,7 @@ fn describe(phase: &JobPhase) -> String {
         JobPhase::NotReproducible { .. } => "not reproducible".into(),
         JobPhase::Failed { reason, .. } => format!("failed: {reason}"),
         JobPhase::Unknown => "unknown to the coordinator".into(),
+        JobPhase::Cancelled => "cancelled: every requester took its request back".into(),
     }
 }
 
@@ -448,19 +468,111 @@ pub async fn status(bootstrap: Vec<Multiaddr>, trusted: &[libp2p::PeerId], json:
     let dir = tempfile::tempdir().context("cannot create a temporary data dir")?;
     let node = EphemeralNode::start(dir.path(), bootstrap.clone()).await?;
     let start = coord_client::bootstrap_peers(&bootstrap);
-    let answer = coord_client::ask_trusted_coordinator(&node.net, &start, trusted, &CoordRequest::StatusV2).await;
+    let answer = coord_client::ask_trusted_coordinator(&node.net, &start, trusted, &CoordRequest::StatusV3).await;
     node.stop().await;
     let (coordinator, reply, _) = answer?;
-    let CoordReplyV1::StatusV2 { report, contributors } = reply else {
+    let CoordReplyV1::StatusV3 {
+        report,
+        contributors,
+        requesters,
+    } = reply
+    else {
         bail!("the coordinator {coordinator} answered something else than its status; it may run another kiln version, try again later");
     };
     if json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&status_json(&coordinator.to_string(), &report, &contributors))?
+            serde_json::to_string_pretty(&status_json(
+                &coordinator.to_string(),
+                &report,
+                &contributors,
+                &requesters
+            ))?
         );
     } else {
         print_status(&coordinator.to_string(), &report, &contributors);
+        print_requesters(&requesters);
+    }
+    Ok(())
+}
+
+fn print_requesters(requesters: &[RequesterView]) {
+    if requesters.is_empty() {
+        return;
+    }
+    println!("requesters (served in turn; share of the busy workers over the last hour):");
+    for r in requesters {
+        println!(
+            "  {}  {} queued, {} running, oldest waits {}, share {:.1} %",
+            r.requester,
+            r.queued,
+            r.running,
+            kiln_protocol::system::format_duration_secs(r.oldest_wait_ms / 1000),
+            f64::from(r.share_permille) / 10.0
+        );
+    }
+}
+
+/// `kiln cancel`: takes this requester's request for a build back.
+pub async fn cancel(
+    build_key: Hash,
+    bootstrap: Vec<Multiaddr>,
+    trusted: &[libp2p::PeerId],
+    requester_key: &Path,
+    json: bool,
+) -> anyhow::Result<()> {
+    if bootstrap.is_empty() {
+        bail!("no bootstrap peer to join the network through: pass --bootstrap MULTIADDR or set KILN_BOOTSTRAP");
+    }
+    if !requester_key.exists() {
+        bail!(
+            "no requester key at {}: a build can be cancelled only with the key that requested it (pass the --data-dir you requested it with)",
+            requester_key.display()
+        );
+    }
+    let key = kiln_node::identity::load_or_create_at(requester_key)?;
+    let dir = tempfile::tempdir().context("cannot create a temporary data dir")?;
+    let node = EphemeralNode::start(dir.path(), bootstrap.clone()).await?;
+    let start = coord_client::bootstrap_peers(&bootstrap);
+    let cancellation = Cancellation {
+        build_key,
+        sender: node.key,
+    };
+    let request = CoordRequest::CancelV1 {
+        cancellation: Signed::sign(&key, &cancellation),
+    };
+    let answer = coord_client::ask_trusted_coordinator(&node.net, &start, trusted, &request).await;
+    node.stop().await;
+    let (coordinator, reply, _) = answer?;
+    let outcome = match reply {
+        CoordReplyV1::Cancelled { outcome, .. } => outcome,
+        CoordReplyV1::Refused { reason } => bail!("the coordinator refused the cancel: {reason}"),
+        _ => bail!("the coordinator {coordinator} answered the cancel with something else; it may run another kiln version: ask its operator"),
+    };
+    let (state, words) = match &outcome {
+        CancelOutcome::Dropped => ("dropped", "nobody else wanted it: dropped from the queue".to_string()),
+        CancelOutcome::Stopped { worker } => (
+            "stopped",
+            format!(
+                "nobody else wanted it: its build on worker {} is being stopped",
+                peer_of(worker)
+            ),
+        ),
+        CancelOutcome::StillWanted { requesters } => (
+            "still wanted",
+            format!(
+                "{requesters} other requester(s) still want it: it goes on without you, and your addresses get no mail"
+            ),
+        ),
+    };
+    if json {
+        println!(
+            "{}",
+            json!({"build_key": build_key.to_string(), "cancelled": true, "state": state,
+                   "coordinator": coordinator.to_string()})
+        );
+    } else {
+        say!("cancelled your request for build {build_key}: {words}");
     }
     Ok(())
 }

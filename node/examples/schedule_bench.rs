@@ -6,7 +6,11 @@
 //! RUNS plans over a fresh queue each) and the heap bytes per queued job,
 //! counted by a wrapping allocator.
 //!
-//! cargo run --release -p kiln-node --example schedule_bench [JOBS] [WORKERS] [RUNS]
+//! cargo run --release -p kiln-node --example schedule_bench [JOBS] [WORKERS] [RUNS] [REQUESTERS]
+//!
+//! REQUESTERS (default 100): the jobs are spread over that many requester
+//! keys, so the plan serves them in turn (fair share); 0 submits them with
+//! no requester.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::BTreeMap;
@@ -14,6 +18,7 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 use kiln_node::coordinator::schedule::{Decision, Schedule, Submitted};
+use kiln_protocol::coord::Priority;
 use kiln_protocol::messages::{JobRequest, WorkerAdvert};
 use kiln_protocol::{build_key, Hash, Requirements, SecretKey, SystemInfo};
 
@@ -100,6 +105,9 @@ fn main() {
     let jobs = args.next().filter(|n| *n > 0).unwrap_or(100_000);
     let workers = args.next().filter(|n| *n > 0).unwrap_or(1_000);
     let runs = args.next().filter(|n| *n > 0).unwrap_or(5);
+    // Requesters the jobs are spread over, in turn (0: none, as a job from
+    // a coordinator that does not say).
+    let requesters = args.next().unwrap_or(100);
     let keys: Vec<_> = (0..workers)
         .map(|n| {
             let mut seed = [0u8; 32];
@@ -108,6 +116,13 @@ fn main() {
         })
         .collect();
     let requests: Vec<JobRequest> = (0..jobs).map(job).collect();
+    let askers: Vec<_> = (0..requesters)
+        .map(|n| {
+            let mut seed = [1u8; 32];
+            seed[..8].copy_from_slice(&(n as u64).to_le_bytes());
+            (SecretKey::from_bytes(&seed).public(), Priority::Normal)
+        })
+        .collect();
     let mut timings = Vec::new();
     let mut decided = 0;
     let mut per_job = 0;
@@ -125,8 +140,9 @@ fn main() {
             schedule.advert(*key, advert, 0);
         }
         let before = LIVE_BYTES.load(Ordering::Relaxed);
-        for request in &requests {
-            let submitted = schedule.submit(request.clone(), 1);
+        for (n, request) in requests.iter().enumerate() {
+            let asker = (!askers.is_empty()).then(|| askers[n % askers.len()]);
+            let submitted = schedule.submit(request.clone(), 1, asker);
             assert_eq!(submitted, Ok(Submitted::New));
         }
         per_job = (LIVE_BYTES.load(Ordering::Relaxed) - before) / jobs as isize;
@@ -143,7 +159,7 @@ fn main() {
     let request_bytes = (LIVE_BYTES.load(Ordering::Relaxed) - before) / jobs as isize;
     drop(copies);
     let took = median(timings);
-    println!("jobs {jobs}, workers {workers}, runs {runs}");
+    println!("jobs {jobs}, workers {workers}, runs {runs}, requesters {requesters}");
     println!("decisions {decided} (the other jobs wait: every worker that matches them is full), median plan {took:?}");
     println!(
         "size of a Job {} bytes, of a JobRequest {} bytes",

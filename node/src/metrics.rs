@@ -22,6 +22,14 @@ pub struct Metrics {
     /// cost, which must not grow with the network.
     pub gossip_received: AtomicU64,
     pub gossip_received_bytes: AtomicU64,
+    /// Jobs announced on gossip by a peer that does not coordinate:
+    /// dropped, with nothing kept or fetched for them.
+    pub gossip_jobs_refused: AtomicU64,
+    /// Submissions refused for a requester's bound (open jobs, rate).
+    pub requests_refused_bound: AtomicU64,
+    /// Tasks started to fetch and hold a gossiped job's inputs (a member
+    /// of the coordination set, in case it takes over).
+    pub input_fetches_started: AtomicU64,
     dispatch: Histogram,
 }
 
@@ -45,6 +53,9 @@ impl Metrics {
             jobs_failed: AtomicU64::new(0),
             gossip_received: AtomicU64::new(0),
             gossip_received_bytes: AtomicU64::new(0),
+            gossip_jobs_refused: AtomicU64::new(0),
+            requests_refused_bound: AtomicU64::new(0),
+            input_fetches_started: AtomicU64::new(0),
             dispatch: Histogram {
                 buckets: [const { AtomicU64::new(0) }; DISPATCH_BUCKETS_S.len()],
                 count: AtomicU64::new(0),
@@ -111,6 +122,27 @@ impl Metrics {
             "counter",
             "Bytes of the gossip messages delivered to this node.",
             get(&self.gossip_received_bytes),
+        );
+        metric(
+            out,
+            "kiln_gossip_jobs_refused_total",
+            "counter",
+            "Jobs announced on gossip by a peer that does not coordinate, dropped.",
+            get(&self.gossip_jobs_refused),
+        );
+        metric(
+            out,
+            "kiln_requests_refused_bound_total",
+            "counter",
+            "Submissions refused because their requester was over one of its bounds (open jobs, submissions a minute).",
+            get(&self.requests_refused_bound),
+        );
+        metric(
+            out,
+            "kiln_input_fetches_started_total",
+            "counter",
+            "Tasks started to fetch and hold a gossiped job's inputs, in case this node takes over.",
+            get(&self.input_fetches_started),
         );
         let name = "kiln_dispatch_latency_seconds";
         let _ = writeln!(

@@ -1,7 +1,7 @@
 //! The farm's status as JSON: what `kiln status --json` prints and the
 //! dashboard's `/api/status` serves, one shape for both.
 
-use kiln_protocol::coord::{ContributorView, JobPhase, JobView, StatusReport, WorkerView};
+use kiln_protocol::coord::{ContributorView, JobPhase, JobView, RequesterView, StatusReport, WorkerView};
 use serde_json::json;
 
 /// A worker's peer id, as `kiln node` prints it.
@@ -55,6 +55,7 @@ pub fn job_json(job: &JobView) -> serde_json::Value {
             value["log"] = json!(log.map(|l| l.to_string()));
             value["attempts"] = json!(attempts);
         }
+        JobPhase::Cancelled => value["reason"] = json!("cancelled by every requester"),
         JobPhase::Log { .. } | JobPhase::Unknown => {}
     }
     value
@@ -94,7 +95,12 @@ pub fn builds_json(attestations: &[kiln_protocol::Signed<kiln_protocol::Attestat
         .collect()
 }
 
-pub fn status_json(coordinator: &str, report: &StatusReport, contributors: &[ContributorView]) -> serde_json::Value {
+pub fn status_json(
+    coordinator: &str,
+    report: &StatusReport,
+    contributors: &[ContributorView],
+    requesters: &[RequesterView],
+) -> serde_json::Value {
     json!({
         "coordinator": coordinator,
         "pinned": report.pinned,
@@ -108,6 +114,10 @@ pub fn status_json(coordinator: &str, report: &StatusReport, contributors: &[Con
         "recent": report.recent.iter().map(job_json).collect::<Vec<_>>(),
         "contributors": contributors.iter().map(|c| json!({
             "worker": c.worker.to_string(), "peer": peer_of(&c.worker), "builds": c.builds, "build_ms": c.build_ms,
+        })).collect::<Vec<_>>(),
+        "requesters": requesters.iter().map(|r| json!({
+            "requester": r.requester.to_string(), "queued": r.queued, "running": r.running,
+            "oldest_wait_ms": r.oldest_wait_ms, "share_last_hour": f64::from(r.share_permille) / 1000.0,
         })).collect::<Vec<_>>(),
         "mail": json!({
             "pending": report.mail.pending, "delivered": report.mail.delivered, "last_error": report.mail.last_error,

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::build::{Attestation, Check};
 use crate::hash::Hash;
 use crate::messages::{JobRequest, WorkerAdvert};
-use crate::sign::{PublicKey, Signed};
+use crate::sign::{PublicKey, Signable, Signed};
 use crate::system::VersionRange;
 
 /// Largest coordinator-protocol frame (a status report is the big one).
@@ -74,6 +74,106 @@ pub enum CoordRequest {
     /// How the builds of this recipe (by name, every version) were
     /// checked: answered `RecipeChecks` (`kiln recipe check`).
     RecipeChecksV1 { recipe_name: String },
+    /// `SubmitV2`, signed by the requester's own key (kept in its data
+    /// dir): the coordinator groups work by that key (fair share, bounds)
+    /// and takes a cancel only from it.
+    SubmitV3 { submission: Box<Signed<Submission>> },
+    /// Take the signer off this build's requesters (`kiln cancel`):
+    /// answered `Cancelled`, or `Refused` when the signer did not ask for it.
+    CancelV1 { cancellation: Signed<Cancellation> },
+    /// `StatusV2` and the queue per requester: answered `StatusV3`.
+    StatusV3,
+    /// `SyncV2`, answered `JobsV3`: each job with its requesters too.
+    SyncV3 { after: Option<Hash> },
+}
+
+/// How a requester orders its own jobs (`kiln request --priority`): only
+/// among its own, never ahead of another requester's turn.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Priority {
+    Low,
+    #[default]
+    Normal,
+    High,
+}
+
+impl Priority {
+    pub fn name(self) -> &'static str {
+        match self {
+            Priority::Low => "low",
+            Priority::Normal => "normal",
+            Priority::High => "high",
+        }
+    }
+}
+
+/// A request for a build, signed by the requester's key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Submission {
+    pub job: JobRequest,
+    pub accept_versions: Option<VersionRange>,
+    /// Builders that must agree (as in `SubmitV2`).
+    pub verify: u32,
+    pub priority: Priority,
+    /// The key of the peer that sends it: taken only on a stream from that
+    /// peer, so nobody else can replay it.
+    pub sender: PublicKey,
+}
+
+impl Signable for Submission {
+    const DOMAIN: &'static str = "kiln 2026 submission v1";
+}
+
+/// A requester taking back its request for one build.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cancellation {
+    pub build_key: Hash,
+    /// As in [`Submission::sender`].
+    pub sender: PublicKey,
+}
+
+impl Signable for Cancellation {
+    const DOMAIN: &'static str = "kiln 2026 cancellation v1";
+}
+
+/// What a cancel did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CancelOutcome {
+    /// Nobody else wanted it: dropped from the queue.
+    Dropped,
+    /// Nobody else wanted it: its running build on this worker is stopped.
+    Stopped { worker: PublicKey },
+    /// Other requesters still want it: it goes on, without this one (and
+    /// without mail to its addresses).
+    StillWanted { requesters: u32 },
+}
+
+/// Most requesters one job keeps (merged requests beyond are refused).
+pub const REQUESTERS_PER_JOB_MAX: usize = 16;
+
+/// One requester of an open job, as the coordinator keeps and gossips it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequesterShare {
+    pub key: PublicKey,
+    pub priority: Priority,
+    /// Which of the job's addresses (indices into `JobRequest::emails`)
+    /// this requester gave.
+    pub emails: Vec<u8>,
+}
+
+/// Requesters listed in a status report.
+pub const STATUS_REQUESTERS_MAX: usize = 64;
+
+/// One requester's part of the farm, for `kiln status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequesterView {
+    pub requester: PublicKey,
+    pub queued: u32,
+    pub running: u32,
+    /// How long its oldest queued job has waited.
+    pub oldest_wait_ms: u64,
+    /// Its share of the busy workers over the last hour, in thousandths.
+    pub share_permille: u32,
 }
 
 /// Longest recipe name asked about (a recipe's own limit).
@@ -156,6 +256,32 @@ pub enum CoordReplyV1 {
     },
     /// How one recipe's builds were checked (`RecipeChecksV1`).
     RecipeChecks(RecipeChecks),
+    /// What a `CancelV1` did.
+    Cancelled {
+        build_key: Hash,
+        outcome: CancelOutcome,
+    },
+    /// `StatusV2` and the queue per requester (at most
+    /// [`STATUS_REQUESTERS_MAX`], most queued first).
+    StatusV3 {
+        report: StatusReport,
+        contributors: Vec<ContributorView>,
+        requesters: Vec<RequesterView>,
+    },
+    /// A page of open jobs (`SyncV3`), each with its builders needed and
+    /// its requesters.
+    JobsV3 {
+        jobs: Vec<SyncedJob>,
+        next: Option<Hash>,
+    },
+}
+
+/// One open job in a `JobsV3` page.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncedJob {
+    pub job: JobRequest,
+    pub verify: u32,
+    pub requesters: Vec<RequesterShare>,
 }
 
 /// One message of a coordinator's outbox, as a standby adopts it.
@@ -218,6 +344,8 @@ pub enum JobPhase {
         attestation: Signed<Attestation>,
         streak: u32,
     },
+    /// Every requester took its request back (`kiln cancel`).
+    Cancelled,
 }
 
 impl JobPhase {
@@ -231,6 +359,7 @@ impl JobPhase {
                 | JobPhase::Checked { .. }
                 | JobPhase::NotReproducible { .. }
                 | JobPhase::Trusted { .. }
+                | JobPhase::Cancelled
         )
     }
 
@@ -247,6 +376,7 @@ impl JobPhase {
             JobPhase::Checked { .. } => "done",
             JobPhase::NotReproducible { .. } => "not reproducible",
             JobPhase::Trusted { .. } => "done",
+            JobPhase::Cancelled => "cancelled",
         }
     }
 }

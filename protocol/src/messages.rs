@@ -24,6 +24,8 @@ pub const GOSSIP_BYTES_MAX: usize = 64 * 1024;
 pub const FRAME_BYTES_MAX: usize = 16 * 1024;
 /// Most email addresses one request may carry.
 pub const EMAILS_MAX: usize = 16;
+/// Most addresses one job's requesters carry together (indices fit a byte).
+pub const REQUESTER_EMAILS_MAX: usize = crate::coord::REQUESTERS_PER_JOB_MAX * EMAILS_MAX;
 /// Largest range one blob request may ask for, and the largest a store
 /// reads at once (`kiln_store::RANGE_BYTES_MAX` is this constant): sixteen
 /// of the 1 MiB ranges a fetch asks for. A provider refuses a longer one
@@ -318,6 +320,19 @@ pub enum GossipV1 {
         job: JobRequest,
         verify: u32,
     },
+    /// A job with its requesters (who may cancel it, and whose turn it
+    /// takes in the fair share), as the coordinator announces it when it
+    /// is submitted, merged or cancelled in part. A node takes the list as
+    /// it is, replacing the one it kept.
+    JobV3 {
+        job: JobRequest,
+        verify: u32,
+        requesters: Vec<crate::coord::RequesterShare>,
+    },
+    /// Every requester of this open job cancelled it: it is dropped.
+    Withdrawn {
+        build_key: Hash,
+    },
 }
 
 impl Signable for Gossip {
@@ -361,6 +376,20 @@ fn check_gossip(message: &Gossip) -> Result<(), GossipError> {
     match inner {
         GossipV1::Job(job) | GossipV1::JobV2 { job, .. } if job.emails.len() > EMAILS_MAX => {
             Err(GossipError::Invalid("too many email addresses"))
+        }
+        GossipV1::JobV3 { job, requesters, .. }
+            if job.emails.len() > REQUESTER_EMAILS_MAX
+                || requesters.len() > crate::coord::REQUESTERS_PER_JOB_MAX
+                || requesters.iter().any(|r| {
+                    r.emails.len() > EMAILS_MAX || r.emails.iter().any(|i| usize::from(*i) >= job.emails.len())
+                }) =>
+        {
+            Err(GossipError::Invalid("requesters out of range"))
+        }
+        GossipV1::JobV3 { verify, .. }
+            if *verify != crate::build::VERIFY_AUTO && !(1..=crate::build::VERIFY_MAX).contains(verify) =>
+        {
+            Err(GossipError::Invalid("builders to agree out of range"))
         }
         GossipV1::JobV2 { verify, .. }
             if *verify != crate::build::VERIFY_AUTO && !(2..=crate::build::VERIFY_MAX).contains(verify) =>
@@ -485,10 +514,17 @@ pub enum BlobReplyV1 {
 
 /// A coordinator's request to a worker, over the work stream protocol.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+// One request per stream, read and dropped: the size of the small variant
+// costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum WorkRequest {
     /// Build this job; the worker answers at once whether it takes it, and
     /// reports how the build ended over gossip ([`BuildOutcome`]).
     AssignV1 { job: JobRequest, attempt: u32 },
+    /// Stop this build: nobody wants it any more (its requesters
+    /// cancelled). Taken from the peer that assigned it or a member of the
+    /// coordination set; answered `Accepted` once the stop is under way.
+    StopV1 { build_key: Hash, reason: String },
 }
 
 /// A worker's answer to an assignment.
@@ -720,6 +756,24 @@ pub(crate) mod samples {
                     verify: crate::build::VERIFY_AUTO,
                 }),
             ),
+            (
+                "job_v3",
+                Gossip::V1(GossipV1::JobV3 {
+                    job: first_job(),
+                    verify: 1,
+                    requesters: vec![crate::coord::RequesterShare {
+                        key: key().public(),
+                        priority: crate::coord::Priority::High,
+                        emails: vec![0],
+                    }],
+                }),
+            ),
+            (
+                "withdrawn",
+                Gossip::V1(GossipV1::Withdrawn {
+                    build_key: Hash::of(b"key"),
+                }),
+            ),
         ]
     }
 
@@ -776,6 +830,29 @@ pub(crate) mod samples {
             CoordRequest::RecipeChecksV1 {
                 recipe_name: "hello-c".into(),
             },
+            CoordRequest::SubmitV3 {
+                submission: Box::new(Signed::sign(
+                    &key(),
+                    &Submission {
+                        job: job.clone(),
+                        accept_versions: None,
+                        verify: 1,
+                        priority: Priority::Low,
+                        sender: key().public(),
+                    },
+                )),
+            },
+            CoordRequest::CancelV1 {
+                cancellation: Signed::sign(
+                    &key(),
+                    &Cancellation {
+                        build_key: Hash::of(b"key"),
+                        sender: key().public(),
+                    },
+                ),
+            },
+            CoordRequest::StatusV3,
+            CoordRequest::SyncV3 { after: None },
         ];
         let replies = vec![
             CoordReplyV1::Built {
@@ -904,6 +981,53 @@ pub(crate) mod samples {
                 not_reproducible: 0,
                 unchecked: 5,
             }),
+            CoordReplyV1::Cancelled {
+                build_key: Hash::of(b"key"),
+                outcome: CancelOutcome::Dropped,
+            },
+            CoordReplyV1::Cancelled {
+                build_key: Hash::of(b"key"),
+                outcome: CancelOutcome::Stopped { worker: key().public() },
+            },
+            CoordReplyV1::Cancelled {
+                build_key: Hash::of(b"key"),
+                outcome: CancelOutcome::StillWanted { requesters: 2 },
+            },
+            CoordReplyV1::StatusV3 {
+                report: StatusReport {
+                    coordinator: key().public(),
+                    pinned: false,
+                    workers: vec![],
+                    jobs: vec![],
+                    jobs_total: 0,
+                    recent: vec![],
+                    mail: MailView::default(),
+                },
+                contributors: vec![],
+                requesters: vec![RequesterView {
+                    requester: key().public(),
+                    queued: 50,
+                    running: 1,
+                    oldest_wait_ms: 61_000,
+                    share_permille: 500,
+                }],
+            },
+            CoordReplyV1::Event {
+                build_key: Hash::of(b"key"),
+                phase: JobPhase::Cancelled,
+            },
+            CoordReplyV1::JobsV3 {
+                jobs: vec![SyncedJob {
+                    job: first_job(),
+                    verify: 1,
+                    requesters: vec![RequesterShare {
+                        key: key().public(),
+                        priority: Priority::Normal,
+                        emails: vec![0],
+                    }],
+                }],
+                next: None,
+            },
         ];
         (requests, replies.into_iter().map(CoordReply::V1).collect())
     }
@@ -1047,6 +1171,11 @@ mod tests {
         }
         let (assign, work_replies) = work();
         seen.push(("assign".to_string(), to_hex(&encode_frame(&assign).unwrap())));
+        let stop = WorkRequest::StopV1 {
+            build_key: Hash::of(b"key"),
+            reason: "cancelled".into(),
+        };
+        seen.push(("stop".to_string(), to_hex(&encode_frame(&stop).unwrap())));
         for (i, reply) in work_replies.iter().enumerate() {
             seen.push((format!("work_reply{i}"), to_hex(&encode_frame(reply).unwrap())));
         }
@@ -1088,6 +1217,8 @@ mod tests {
         ("settled_not_reproducible", "fb5901000603ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b40201d3ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b42cd86560b2a6a0a54b6f2767adec4d9fbf74c7b4c39ebca63fef3cdcee0d14f3e068dc010bf492707f7e8d896457770f24703784cfe76bd785f8b76cc010bbf3089fbf48f8224338b32a7f298140ee6c52b29a22d05b35c9be97e19b614e4726baea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c0c9046e0df271bb372601a22970c8944a6e9a7a507d0168ef67436ade135240afd0068e5cf8b010000fde86be5cf8b010000ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c28caa55159918c48cde9180fbdda81993d210386d5d8991b14f04583f6f7361b40be2b885fee9d3d49ace3c23dea70598ecc0a330c94db2be0ddaf86ab5acf05ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c1bcf049a83c0769329591ecc3ac012249d0779b16da72c4c47f5cbeba520c9d27d80cc23b4ac724c1f2f6182e9801f2a456ee6ac36b28dae811eec1bba9db00c"),
         ("settled_trusted", "fb3901000604d3ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b42cd86560b2a6a0a54b6f2767adec4d9fbf74c7b4c39ebca63fef3cdcee0d14f3e068dc010bf492707f7e8d896457770f24703784cfe76bd785f8b76cc010bbf3089fbf48f8224338b32a7f298140ee6c52b29a22d05b35c9be97e19b614e4726baea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c0c9046e0df271bb372601a22970c8944a6e9a7a507d0168ef67436ade135240afd0068e5cf8b010000fde86be5cf8b010000ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c28caa55159918c48cde9180fbdda81993d210386d5d8991b14f04583f6f7361b40be2b885fee9d3d49ace3c23dea70598ecc0a330c94db2be0ddaf86ab5acf05020cea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22cf5a70d5757e23074c583682a34e887f12dc681c037fc0f4ff54502f7f45505c6ccdb351d3685c2193547a26aec177983de952c0b950982b979598f227602da0c"),
         ("job_v2_auto", "7d0008ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b42cd86560b2a6a0a54b6f2767adec4d9fbf74c7b4c39ebca63fef3cdcee0d14f30768656c6c6f2d6305312e302e300001036f7074024f3201026f7300056c696e7578010d61406578616d706c652e6f7267fd0068e5cf8b01000000ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c5027279318b813df5d198a70dd01eb81125b8b671c56e52e343164e0c8cdeae833adf2fd4209c61f33ae62bacd0873ecc0e71f8428113317a05fe2c1ea2c9e09"),
+        ("job_v3", "a10009ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b42cd86560b2a6a0a54b6f2767adec4d9fbf74c7b4c39ebca63fef3cdcee0d14f30768656c6c6f2d6305312e302e300001036f7074024f3201026f7300056c696e7578010d61406578616d706c652e6f7267fd0068e5cf8b0100000101ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c020100ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22ca468baebed2d8952f96a331c8113da4b7b0a6055682c2ccd58007a681bc24114aafb3a4969659655255d9b239ed4f45a162ae97696461a880c0e1507815d0504"),
+        ("withdrawn", "22000aff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b4ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22cf665343b83ee210f780ef84c365a26f315bfba9a0a9288e830ef046d6d1d781c33a34bb38af550e8a88bda6dcbe049a6b71bee0add34a5caffb9b35de14a3606"),
         ("request0", "2b0000000023f82a295328e116801fc5ebb9b84c3c193d3a8f2c315ff47afb0526d01f1f94fc00001000fc00001000"),
         ("request1", "210000000123f82a295328e116801fc5ebb9b84c3c193d3a8f2c315ff47afb0526d01f1f94"),
         ("reply0", "0c0000000000fc00003000fc00001000"),
@@ -1096,6 +1227,7 @@ mod tests {
         ("reply3", "030000000003fa"),
         ("reply4", "080000000004fc0000300003"),
         ("assign", "7c00000000ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b42cd86560b2a6a0a54b6f2767adec4d9fbf74c7b4c39ebca63fef3cdcee0d14f30768656c6c6f2d6305312e302e300001036f7074024f3201026f7300056c696e7578010d61406578616d706c652e6f7267fd0068e5cf8b01000001"),
+        ("stop", "2b00000001ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b40963616e63656c6c6564"),
         ("work_reply0", "020000000000"),
         ("work_reply1", "0b0000000001086d6178206a6f6273"),
         ("coord_request0", "8500000000ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b42cd86560b2a6a0a54b6f2767adec4d9fbf74c7b4c39ebca63fef3cdcee0d14f30768656c6c6f2d6305312e302e300001036f7074024f3201026f7300056c696e7578010d61406578616d706c652e6f7267fd0068e5cf8b01000001020203312e30050132"),
@@ -1109,6 +1241,10 @@ mod tests {
         ("coord_request8", "7d00000008ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b42cd86560b2a6a0a54b6f2767adec4d9fbf74c7b4c39ebca63fef3cdcee0d14f30768656c6c6f2d6305312e302e300001036f7074024f3201026f7300056c696e7578010d61406578616d706c652e6f7267fd0068e5cf8b0100000003"),
         ("coord_request9", "020000000900"),
         ("coord_request10", "090000000a0768656c6c6f2d63"),
+        ("coord_request11", "ff0000000b9dff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b42cd86560b2a6a0a54b6f2767adec4d9fbf74c7b4c39ebca63fef3cdcee0d14f30768656c6c6f2d6305312e302e300001036f7074024f3201026f7300056c696e7578010d61406578616d706c652e6f7267fd0068e5cf8b010000000100ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22cea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c55e42be26d8570e98562eb95815367e2d5226bc74f6d4090c35716ee513b134ce4918609f00e069c7edbc96283dc33a2ef8a434732b96b8c7ac90daabde80504"),
+        ("coord_request12", "a20000000c40ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b4ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22cea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22cb8f9fb8e805c8846899fd1cc65df745d79b5317050b51d225aa814ea1739f64010e68533407d320da0c875b9512c158aac9a127133f1ad4dcd3ccf1edda85208"),
+        ("coord_request13", "010000000d"),
+        ("coord_request14", "020000000e00"),
         ("coord_reply0", "37010000000001d3ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b42cd86560b2a6a0a54b6f2767adec4d9fbf74c7b4c39ebca63fef3cdcee0d14f3e068dc010bf492707f7e8d896457770f24703784cfe76bd785f8b76cc010bbf3089fbf48f8224338b32a7f298140ee6c52b29a22d05b35c9be97e19b614e4726baea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c0c9046e0df271bb372601a22970c8944a6e9a7a507d0168ef67436ade135240afd0068e5cf8b010000fde86be5cf8b010000ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c28caa55159918c48cde9180fbdda81993d210386d5d8991b14f04583f6f7361b40be2b885fee9d3d49ace3c23dea70598ecc0a330c94db2be0ddaf86ab5acf05"),
         ("coord_reply1", "450000000001ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b40100011f616c6c2032206d61746368696e6720776f726b657273206172652062757379"),
         ("coord_reply2", "3c000000000201ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c01172f6970342f3132372e302e302e312f7463702f34303031"),
@@ -1125,5 +1261,11 @@ mod tests {
         ("coord_reply13", "250000000005ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b4080200"),
         ("coord_reply14", "580100000005ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b409d3ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b42cd86560b2a6a0a54b6f2767adec4d9fbf74c7b4c39ebca63fef3cdcee0d14f3e068dc010bf492707f7e8d896457770f24703784cfe76bd785f8b76cc010bbf3089fbf48f8224338b32a7f298140ee6c52b29a22d05b35c9be97e19b614e4726baea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c0c9046e0df271bb372601a22970c8944a6e9a7a507d0168ef67436ade135240afd0068e5cf8b010000fde86be5cf8b010000ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c28caa55159918c48cde9180fbdda81993d210386d5d8991b14f04583f6f7361b40be2b885fee9d3d49ace3c23dea70598ecc0a330c94db2be0ddaf86ab5acf050c"),
         ("coord_reply15", "0e000000000c0768656c6c6f2d630b010005"),
+        ("coord_reply16", "23000000000dff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b400"),
+        ("coord_reply17", "43000000000dff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b401ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c"),
+        ("coord_reply18", "24000000000dff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b40202"),
+        ("coord_reply19", "55000000000eea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c0000000000000000000001ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c3201fb48eefbf401"),
+        ("coord_reply20", "230000000005ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b40a"),
+        ("coord_reply21", "a3000000000f01ff8e2bab3b26e0c127002127905539b47eb421de85d554e15f55a446459b52b42cd86560b2a6a0a54b6f2767adec4d9fbf74c7b4c39ebca63fef3cdcee0d14f30768656c6c6f2d6305312e302e300001036f7074024f3201026f7300056c696e7578010d61406578616d706c652e6f7267fd0068e5cf8b0100000101ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c01010000"),
     ];
 }

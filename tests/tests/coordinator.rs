@@ -30,16 +30,35 @@ fn a_request_is_built_once_merged_with_its_twin_replicated_and_then_answered_at_
     let (mut w1, _) = worker("worker 1", &tmp.path().join("w1"), &boot, &[]);
     let (mut w2, _) = worker("worker 2", &tmp.path().join("w2"), &boot, &[]);
 
-    // Two requesters ask for the same build: the second joins the first.
-    let (ok, first, err) = request(&boot, &recipe("sleep"), "a@example.org", &["-o", "secs=3"]);
+    // Two requesters (each its own key) ask for the same build: the second
+    // joins the first.
+    let key_dir = |name: &str| tmp.path().join(name).to_str().unwrap().to_string();
+    let (a, b, c_key) = (key_dir("a"), key_dir("b"), key_dir("c-key"));
+    let (ok, first, err) = request(
+        &boot,
+        &recipe("sleep"),
+        "a@example.org",
+        &["-o", "secs=3", "--data-dir", &a],
+    );
     assert!(ok, "{err}");
     assert_eq!(first["merged"], false, "{first}");
     let build_key = first["build_key"].as_str().unwrap().to_string();
-    let (ok, second, err) = request(&boot, &recipe("sleep"), "b@example.org", &["-o", "secs=3"]);
+    let (ok, second, err) = request(
+        &boot,
+        &recipe("sleep"),
+        "b@example.org",
+        &["-o", "secs=3", "--data-dir", &b],
+    );
     assert!(ok, "{err}");
     assert_eq!(second["build_key"], build_key.as_str());
     assert_eq!(second["merged"], true, "{second}");
-    let mut follower = request_waiting("follower", &boot, &recipe("sleep"), "c@example.org", &["-o", "secs=3"]);
+    let mut follower = request_waiting(
+        "follower",
+        &boot,
+        &recipe("sleep"),
+        "c@example.org",
+        &["-o", "secs=3", "--data-dir", &c_key],
+    );
     let done = wait_json(&mut follower);
     assert_eq!(done["state"], "done", "{done}");
     follower.wait_stderr(START, "building on worker");

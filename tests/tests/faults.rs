@@ -1,11 +1,13 @@
 //! Faults a node meets on its own machine: its disk corrupts a blob it
 //! holds. Real processes; the corruption is real bytes flipped on disk.
+//! And a peer announcing jobs it has no right to.
 
 // Test code: a panic is a failed assertion.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::time::Duration;
 
 use kiln_tests::farm::{node_status, recipe, request, worker, BUILD};
 use kiln_tests::{kiln, start_bootstrap, start_evil, start_node, wait_until, START};
@@ -91,5 +93,50 @@ fn a_corrupt_pinned_blob_is_quarantined_and_fetched_again() {
     assert_eq!(
         ask_range_hashes(&tmp.path().join("asker2"), &boot, &c_addr, &artifact),
         "answer range hashes"
+    );
+}
+
+#[test]
+fn jobs_gossiped_by_a_peer_that_does_not_coordinate_are_dropped_with_nothing_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_boot, boot) = start_bootstrap(&tmp.path().join("boot"));
+    let c_dir = tmp.path().join("c");
+    let (c, _) = start_node("coordinator", &c_dir, &boot, &["--coordinator"]);
+    let s_dir = tmp.path().join("s");
+    let (_s, _) = start_node("standby", &s_dir, &boot, &[]);
+    let rss = |pid: u32| -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap()
+    };
+    let rss_before = rss(c.pid());
+    // 200 well-formed jobs, each with its own build key, announced by a
+    // peer that is not the coordinator.
+    let mut flood = start_evil("flood", &tmp.path().join("flood"), &boot, "jobs", "200");
+    flood.wait_line(START, |l| l == "jobs sent 200");
+    for dir in [&c_dir, &s_dir] {
+        let refused = |node: &Value| node["gossip_jobs_refused"].as_u64().unwrap_or(0);
+        wait_until(Duration::from_secs(60), "every flooded job refused", || {
+            refused(&node_status(dir)) >= 200
+        });
+        let node = node_status(dir);
+        assert_eq!(node["jobs_total"], 0, "nothing kept: {node}");
+        assert_eq!(node["input_fetches_started"], 0, "no task fetches inputs: {node}");
+    }
+    let (ok, out, err) = kiln(&["status", "--json", "--bootstrap", &boot]);
+    assert!(ok, "{err}");
+    let farm: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(farm["jobs_total"], 0, "{farm}");
+    // No input fetch was started for any of them (each would be a task,
+    // and the jobs and their fetches memory).
+    let rss_after = rss(c.pid());
+    println!("coordinator RSS {rss_before} KiB before the flood, {rss_after} KiB after");
+    assert!(
+        rss_after < rss_before + 8 * 1024,
+        "RSS grew from {rss_before} to {rss_after} KiB"
+    );
+    assert!(
+        !c.stderr().contains("holding the inputs"),
+        "an input fetch started for a flooded job"
     );
 }

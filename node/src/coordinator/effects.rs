@@ -74,22 +74,25 @@ pub(super) fn release_inputs(store: &Store, recipe_id: Hash) {
 
 /// Fetches a job's recipe and source (from `hints` first), checks the
 /// recipe against the job, and pins both while the job is open.
-pub async fn hold_inputs(net: &NetClient, store: &Store, job: &JobRequest, hints: &[PeerId]) -> Result<(), String> {
+/// Returns the bytes the inputs take (the recipe and its source).
+pub async fn hold_inputs(net: &NetClient, store: &Store, job: &JobRequest, hints: &[PeerId]) -> Result<u64, String> {
     blobs::fetch_from(net, store, job.recipe_id, hints, Arc::new(NoProgress))
         .await
         .map_err(|e| format!("cannot fetch the recipe {}: {e}", job.recipe_id))?;
     let recipe = blobs::job_recipe(store, job).await?;
     let reason = format!("input of job {}", job.build_key);
     let _ = store.pin(&job.recipe_id, &reason);
+    let mut bytes = store.size(&job.recipe_id).unwrap_or(0);
     if let Source::Blob(source) = &recipe.source {
         blobs::fetch_from(net, store, *source, hints, Arc::new(NoProgress))
             .await
             .map_err(|e| format!("cannot fetch the source {source}: {e}"))?;
         let _ = store.pin(source, &reason);
+        bytes += store.size(source).unwrap_or(0);
         let _ = net.provide(*source).await;
     }
     let _ = net.provide(job.recipe_id).await;
-    Ok(())
+    Ok(bytes)
 }
 
 /// The ed25519 key inside a peer id (Kiln peer ids always hold one).
@@ -107,6 +110,17 @@ pub(super) async fn offer(
     job: JobRequest,
     attempt: u32,
 ) -> std::io::Result<WorkReplyV1> {
+    ask_worker(net, worker, &WorkRequest::AssignV1 { job, attempt }).await
+}
+
+/// Asks a worker over `/kiln/work/1` to stop a build nobody wants any more.
+pub(super) async fn stop(net: &NetClient, worker: PublicKey, build_key: Hash) -> std::io::Result<WorkReplyV1> {
+    let reason = "cancelled: every requester of this build took its request back".to_string();
+    ask_worker(net, worker, &WorkRequest::StopV1 { build_key, reason }).await
+}
+
+/// One request to a worker over `/kiln/work/1`, and its answer.
+async fn ask_worker(net: &NetClient, worker: PublicKey, request: &WorkRequest) -> std::io::Result<WorkReplyV1> {
     let peer = peer_id_of(&worker).ok_or_else(|| std::io::Error::other("not a peer key"))?;
     let mut control = net.stream_control();
     let open = control.open_stream(peer, WORK_PROTOCOL);
@@ -114,7 +128,7 @@ pub(super) async fn offer(
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no stream"))?
         .map_err(std::io::Error::other)?;
-    write_frame(&mut stream, &WorkRequest::AssignV1 { job, attempt }).await?;
+    write_frame(&mut stream, request).await?;
     match read_frame::<WorkReply>(&mut stream, ASSIGN_REPLY_MS_MAX).await? {
         Some(WorkReply::V1(reply)) => Ok(reply),
         None => Err(std::io::Error::new(

@@ -28,8 +28,35 @@ impl Coordinator {
         match message {
             GossipV1::Coordinator(beat) => self.heard_heartbeat(peer, beat, now),
             GossipV1::Worker(advert) => self.heard_advert(signer, advert, now),
-            GossipV1::Job(job) => self.heard_job(job, 1, peer),
-            GossipV1::JobV2 { job, verify } => self.heard_job(job, verify, peer),
+            // Only the coordinator announces jobs (it accepted them, their
+            // inputs held), so they are taken only from a member of the
+            // coordination set (a peer whose heartbeats this node hears;
+            // one just elected may not say `acting` yet): any other peer's
+            // would fill every node's queue and set each fetching inputs.
+            // Dropped and counted; a node that heard the coordinator's
+            // before its first heartbeat gets them from its catch-up.
+            GossipV1::Job(job) if self.election.is_candidate(&peer) => self.heard_job(job, 1, None, peer),
+            GossipV1::JobV2 { job, verify } if self.election.is_candidate(&peer) => {
+                self.heard_job(job, verify, None, peer)
+            }
+            GossipV1::JobV3 {
+                job,
+                verify,
+                requesters,
+            } if self.election.is_candidate(&peer) => self.heard_job(job, verify, Some(requesters), peer),
+            GossipV1::Withdrawn { build_key } if self.election.speaks_for_queue(&peer) => {
+                if let Some(job) = self.schedule.remove(&build_key) {
+                    info!(job = %build_key, "cancelled by every requester; dropped");
+                    self.withdrawn(job);
+                }
+            }
+            GossipV1::Withdrawn { build_key } => {
+                debug!(peer = %peer, job = %build_key, "a withdrawal from a peer that does not coordinate; ignored");
+            }
+            GossipV1::Job(_) | GossipV1::JobV2 { .. } | GossipV1::JobV3 { .. } => {
+                crate::metrics::Metrics::add(&crate::metrics::METRICS.gossip_jobs_refused, 1);
+                debug!(peer = %peer, "a job announced by a peer that does not coordinate; dropped");
+            }
             GossipV1::Assigned(Assigned {
                 build_key,
                 worker,
@@ -123,9 +150,17 @@ impl Coordinator {
         }
     }
 
-    /// A job announced by the coordinator (or a requester): kept, and its
-    /// inputs fetched so they outlive the node that holds them now.
-    pub(super) fn heard_job(&mut self, job: JobRequest, verify: u32, from: PeerId) {
+    /// A job announced by the coordinator: kept, and its inputs fetched so
+    /// they outlive the node that holds them now.
+    /// `requesters`: who asked, as the coordinator says (`JobV3`); the
+    /// list replaces the one kept.
+    pub(super) fn heard_job(
+        &mut self,
+        job: JobRequest,
+        verify: u32,
+        requesters: Option<Vec<kiln_protocol::coord::RequesterShare>>,
+        from: PeerId,
+    ) {
         if check_job(&job).is_err() || self.built(&job.build_key).is_some() {
             return;
         }
@@ -134,19 +169,23 @@ impl Coordinator {
         // answer asked before.
         self.reconciling.remove(&build_key);
         let fresh = self.schedule.job(&build_key).is_none();
-        if self.schedule.submit(job.clone(), verify).is_err() {
+        if self.schedule.submit(job.clone(), verify, None).is_err() {
             return;
+        }
+        if let Some(requesters) = requesters {
+            self.schedule.announced(&build_key, requesters, job.emails.clone());
         }
         self.persist(&build_key);
         // Nodes that may take over hold the inputs too.
         if fresh && self.election.member() {
+            crate::metrics::Metrics::add(&crate::metrics::METRICS.input_fetches_started, 1);
             let (net, store, permits) = (self.net.clone(), self.store.clone(), self.input_fetches.clone());
             tokio::spawn(async move {
                 let Ok(_permit) = permits.acquire_owned().await else {
                     return;
                 };
                 match hold_inputs(&net, &store, &job, &[from]).await {
-                    Ok(()) => info!(job = %job.build_key, "holding the inputs of a job, in case this node takes over"),
+                    Ok(_) => info!(job = %job.build_key, "holding the inputs of a job, in case this node takes over"),
                     Err(e) => debug!(job = %job.build_key, error = e, "inputs of a gossiped job not fetched"),
                 }
             });

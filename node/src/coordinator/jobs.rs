@@ -1,12 +1,12 @@
 //! A job's way through the acting coordinator: accepted, assigned,
 //! settled (a failure at once, a build once replicated), and ended.
 
-use kiln_protocol::coord::{CoordReplyV1, STATUS_RECENT_MAX};
+use kiln_protocol::coord::{CancelOutcome, CoordReplyV1, JobPhase, STATUS_RECENT_MAX};
 use kiln_protocol::messages::{encode_gossip, topics, Assigned, Gossip, GossipV1, JobRequest, Settlement, WorkReplyV1};
 use kiln_protocol::{wire, Hash, PublicKey, SecretKey};
 use tracing::{info, warn};
 
-use super::schedule::{Job, JobState, Submitted};
+use super::schedule::{Cancelled, Job, JobState, Submitted};
 use super::*;
 use crate::clock::now_ms;
 use crate::metrics::METRICS;
@@ -14,10 +14,33 @@ use crate::metrics::METRICS;
 impl Coordinator {
     /// A submission to the acting coordinator, inputs already held.
     /// `verify`: builders with distinct keys that must agree.
-    pub(super) async fn submit(&mut self, job: JobRequest, verify: u32) -> CoordReplyV1 {
+    /// `requester`: who asks (the submission's signer, or the stream's
+    /// peer), and the priority it gives the job among its own.
+    pub(super) async fn submit(
+        &mut self,
+        job: JobRequest,
+        verify: u32,
+        requester: (PublicKey, kiln_protocol::coord::Priority),
+        input_bytes: u64,
+    ) -> CoordReplyV1 {
         let build_key = job.build_key;
         let emails = job.emails.len();
-        let merged = match self.schedule.submit(job, verify) {
+        if self.schedule.job(&build_key).is_none() {
+            let held = self
+                .schedule
+                .inputs_held_with(&requester.0, &job.recipe_id, input_bytes);
+            if held > self.requester_input_bytes_max {
+                crate::metrics::Metrics::add(&METRICS.requests_refused_bound, 1);
+                if !self.schedule.uses_recipe(&job.recipe_id) {
+                    release_inputs(&self.store, job.recipe_id);
+                }
+                return CoordReplyV1::Refused {
+                    reason: super::bounds::too_much_input(held, self.requester_input_bytes_max),
+                };
+            }
+            self.schedule.note_input_bytes(job.recipe_id, input_bytes);
+        }
+        let merged = match self.schedule.submit(job, verify, Some(requester)) {
             Ok(Submitted::New) => false,
             Ok(Submitted::Merged { .. }) => true,
             Err(e) => return CoordReplyV1::Refused { reason: e.to_string() },
@@ -31,19 +54,11 @@ impl Coordinator {
                 reason: "the coordinator cannot write its queue to disk; try again later".into(),
             };
         }
-        info!(job = %build_key, merged, emails, verify, "job accepted");
+        info!(job = %build_key, merged, emails, verify, requester = %requester.0, priority = requester.1.name(), "job accepted");
         if !merged {
             self.accepted_at_ms.insert(build_key, now_ms());
         }
-        if let Some(job) = self.schedule.job(&build_key) {
-            let (job, verify) = (job.request.clone(), job.verify);
-            let announced = if verify != 1 {
-                GossipV1::JobV2 { job, verify }
-            } else {
-                GossipV1::Job(job)
-            };
-            self.gossip(topics::JOBS, announced).await;
-        }
+        self.announce(&build_key).await;
         // Match at once rather than at the next tick.
         self.step(now_ms()).await;
         CoordReplyV1::Accepted {
@@ -51,6 +66,90 @@ impl Coordinator {
             merged,
             phase: self.phase(&build_key),
         }
+    }
+
+    /// Tells the other nodes of an open job as it stands now: its
+    /// requesters and their addresses.
+    pub(super) async fn announce(&mut self, build_key: &Hash) {
+        if let Some(job) = self.schedule.job(build_key) {
+            let (job, verify, requesters) = (job.request.clone(), job.verify, job.requesters.clone());
+            self.gossip(
+                topics::JOBS,
+                GossipV1::JobV3 {
+                    job,
+                    verify,
+                    requesters,
+                },
+            )
+            .await;
+        }
+    }
+
+    /// A requester takes its request back (`kiln cancel`): the job goes on
+    /// without it if others want it, else it is dropped and its running
+    /// build, if any, is stopped on the worker.
+    pub(super) async fn cancel(&mut self, requester: PublicKey, build_key: Hash) -> CoordReplyV1 {
+        match self.schedule.cancel(&build_key, &requester) {
+            Err(e) => CoordReplyV1::Refused { reason: e.to_string() },
+            Ok(Cancelled::StillWanted(requesters)) => {
+                info!(job = %build_key, requester = %requester, requesters, "a requester cancelled; others still want the build");
+                self.persist(&build_key);
+                self.announce(&build_key).await;
+                CoordReplyV1::Cancelled {
+                    build_key,
+                    outcome: CancelOutcome::StillWanted { requesters },
+                }
+            }
+            Ok(Cancelled::Dropped(job)) => {
+                info!(job = %build_key, requester = %requester, "cancelled by its last requester; dropped");
+                let running = match &job.state {
+                    JobState::Assigned { worker, .. } => Some(*worker),
+                    _ => None,
+                };
+                self.withdrawn(*job);
+                self.gossip(topics::JOBS, GossipV1::Withdrawn { build_key }).await;
+                let outcome = match running {
+                    Some(worker) => {
+                        let net = self.net.clone();
+                        tokio::spawn(async move {
+                            match stop(&net, worker, build_key).await {
+                                Ok(WorkReplyV1::Accepted) => info!(job = %build_key, worker = %worker, "build stopped"),
+                                Ok(WorkReplyV1::Refused { reason }) => {
+                                    warn!(job = %build_key, worker = %worker, reason, "the worker did not stop the build")
+                                }
+                                Err(e) => {
+                                    warn!(job = %build_key, worker = %worker, error = %e, "could not reach the worker to stop the build")
+                                }
+                            }
+                        });
+                        CancelOutcome::Stopped { worker }
+                    }
+                    None => CancelOutcome::Dropped,
+                };
+                CoordReplyV1::Cancelled { build_key, outcome }
+            }
+        }
+    }
+
+    /// A job every requester cancelled, removed from the schedule: off the
+    /// disk, its inputs let go, its watchers told, kept in recent.
+    pub(super) fn withdrawn(&mut self, job: Job) {
+        let build_key = job.request.build_key;
+        self.accepted_at_ms.remove(&build_key);
+        self.persist(&build_key);
+        if !self.schedule.uses_recipe(&job.request.recipe_id) {
+            release_inputs(&self.store, job.request.recipe_id);
+        }
+        if self.cancelled.len() >= CANCELLED_KEPT {
+            self.cancelled.pop_front();
+        }
+        self.cancelled.push_back(build_key);
+        let mut view = job.view();
+        view.phase = JobPhase::Cancelled;
+        self.recent.push_front(view);
+        self.recent.truncate(STATUS_RECENT_MAX);
+        self.notify(&build_key, JobPhase::Cancelled);
+        self.watchers.remove(&build_key);
     }
 
     pub(super) async fn assign(&mut self, build_key: Hash, worker: PublicKey, attempt: u32) {

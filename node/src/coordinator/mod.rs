@@ -22,6 +22,8 @@
 //! - `jobs`: submitting, assigning and settling a job;
 //! - `results`: the durable queue and results, and what status shows;
 //! - `sync`: a standby's catch-up with the coordinator's open jobs;
+//! - `bounds`: what one requester may ask (open jobs, submissions a
+//!   minute), checked before a job's inputs are fetched;
 //! - `held`: settlements from a peer not yet known to coordinate, held
 //!   until its heartbeat says whether it does;
 //! - `effects`: the I/O a decision leads to (holding inputs, offers,
@@ -35,7 +37,7 @@ use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use kiln_protocol::coord::{Contact, CoordReplyV1, JobPhase, JobView, MailView};
+use kiln_protocol::coord::{Contact, CoordReplyV1, JobPhase, JobView, MailView, Priority, SyncedJob};
 use kiln_protocol::messages::{Gossip, JobRequest, WorkerAdvert};
 use kiln_protocol::system::VersionRange;
 use kiln_protocol::{Attestation, Hash, PublicKey, SecretKey, Signed};
@@ -50,6 +52,7 @@ use crate::shutdown::Shutdown;
 use election::Election;
 use schedule::Schedule;
 
+mod bounds;
 mod checks;
 mod credit;
 mod effects;
@@ -65,11 +68,15 @@ mod sync;
 mod task;
 pub mod verification;
 
+pub use bounds::{REQUESTER_INPUT_BYTES_DEFAULT, REQUESTER_JOBS_DEFAULT, REQUESTER_RATE_DEFAULT};
 pub use effects::hold_inputs;
 use effects::*;
 use server::{check_job, Server};
 pub use streaks::StreakView;
 use sync::SYNC_RETRY_MS;
+
+/// Cancelled jobs remembered (see `Coordinator::cancelled`).
+const CANCELLED_KEPT: usize = 4096;
 
 /// Inputs waiting for the coordinator task.
 const INPUTS_MAX: usize = 1024;
@@ -93,6 +100,17 @@ pub struct CoordinatorOptions {
     /// The streak from which a worker builds an `auto` job alone
     /// (`--trusted-streak`); `None`: [`verification::TRUSTED_STREAK`].
     pub trusted_streak: Option<u32>,
+    /// Open jobs one requester key may have (`--max-requester-jobs`);
+    /// `None`: [`bounds::REQUESTER_JOBS_DEFAULT`].
+    pub requester_jobs_max: Option<u32>,
+    /// Jobs one requester key (or, unsigned, one peer) may submit in a
+    /// minute (`--max-requester-rate`); `None`:
+    /// [`bounds::REQUESTER_RATE_DEFAULT`].
+    pub requester_rate_max: Option<u32>,
+    /// Bytes of inputs (recipes and sources) the open jobs one requester
+    /// owns may take (`--max-requester-inputs`); `None`:
+    /// [`bounds::REQUESTER_INPUT_BYTES_DEFAULT`].
+    pub requester_input_bytes_max: Option<u64>,
 }
 
 /// What the coordinator task is told.
@@ -106,11 +124,22 @@ enum Input {
         job: Box<JobRequest>,
         accept_versions: Option<VersionRange>,
         verify: u32,
+        /// Who asks: the submission's signer, or the stream's peer.
+        requester: PublicKey,
         reply: oneshot::Sender<Lookup>,
     },
     Submit {
         job: Box<JobRequest>,
         verify: u32,
+        requester: (PublicKey, Priority),
+        /// What its inputs take, when this submission fetched them.
+        input_bytes: u64,
+        reply: oneshot::Sender<CoordReplyV1>,
+    },
+    /// A requester takes its request for this build back.
+    Cancel {
+        requester: PublicKey,
+        build_key: Hash,
         reply: oneshot::Sender<CoordReplyV1>,
     },
     RecipeChecks {
@@ -120,6 +149,8 @@ enum Input {
     Status {
         /// With the top contributors (`StatusV2`).
         contributors: bool,
+        /// With the queue per requester (`StatusV3`).
+        requesters: bool,
         reply: oneshot::Sender<CoordReplyV1>,
     },
     Watch {
@@ -139,14 +170,15 @@ enum Input {
     /// A standby asks for a page of the open jobs.
     Sync {
         after: Option<Hash>,
-        v2: bool,
+        /// 1, 2 or 3: which `SyncV*` asks (and so which page it gets).
+        version: u8,
         reply: oneshot::Sender<CoordReplyV1>,
     },
     /// A page of the coordinator's open jobs, fetched by this standby;
     /// `done` with the last page, `None` if the fetch failed.
     Synced {
         from: PeerId,
-        jobs: Option<Vec<(JobRequest, u32)>>,
+        jobs: Option<Vec<SyncedJob>>,
         done: bool,
     },
     /// A standby asks where these builds stand.
@@ -221,6 +253,8 @@ enum Lookup {
     Built(Vec<Signed<Attestation>>),
     Open,
     New,
+    /// Over one of the requester's bounds: why, in words.
+    Refused(String),
 }
 
 /// A handle for feeding the coordinator task.
@@ -242,13 +276,15 @@ impl CoordHandle {
     }
 
     /// What `kiln status` would get from this node: the farm's status
-    /// (`StatusV2`, with the top contributors) if it coordinates, else who
+    /// (`StatusV3`, with the top contributors and the queue per
+    /// requester) if it coordinates, else who
     /// does. `None` if the task has stopped.
     pub async fn status(&self) -> Option<CoordReplyV1> {
         let (reply, answer) = oneshot::channel();
         self.inputs
             .send(Input::Status {
                 contributors: true,
+                requesters: true,
                 reply,
             })
             .await
@@ -341,6 +377,15 @@ struct Coordinator {
     streaks: verification::Streaks<PublicKey, Hash>,
     /// The streak from which a worker builds an `auto` job alone.
     trusted_streak: u32,
+    /// Submissions per requester over the last minute, and the bounds.
+    submit_rate: bounds::SubmitRate,
+    requester_jobs_max: u32,
+    requester_rate_max: u32,
+    /// Jobs every requester cancelled lately (at most [`CANCELLED_KEPT`]):
+    /// asked where one stands, the answer is `Cancelled`, not `Unknown`
+    /// (which a standby that missed the withdrawal would submit again).
+    cancelled: VecDeque<Hash>,
+    requester_input_bytes_max: u64,
     replicating: HashSet<Hash>,
     acting: bool,
     input_fetches: Arc<tokio::sync::Semaphore>,

@@ -114,6 +114,7 @@ impl Coordinator {
         }
         match self.result(build_key).map(|r| r.settlement) {
             Some(settlement) => settlement.phase(),
+            None if self.cancelled.contains(build_key) => JobPhase::Cancelled,
             None => JobPhase::Unknown,
         }
     }

@@ -9,11 +9,11 @@ use std::sync::Arc;
 use futures::StreamExt;
 use kiln_protocol::build::{VERIFY_AUTO, VERIFY_MAX};
 use kiln_protocol::coord::{
-    CoordReply, CoordReplyV1, CoordRequest, COORD_FRAME_BYTES_MAX, PHASES_MAX, RECIPE_NAME_BYTES_MAX,
+    CoordReply, CoordReplyV1, CoordRequest, Priority, COORD_FRAME_BYTES_MAX, PHASES_MAX, RECIPE_NAME_BYTES_MAX,
 };
 use kiln_protocol::messages::{check_email, JobRequest, EMAILS_MAX};
 use kiln_protocol::system::VersionRange;
-use kiln_protocol::{build_key, Hash};
+use kiln_protocol::{build_key, Hash, PublicKey};
 use kiln_store::Store;
 use libp2p::PeerId;
 use tokio::sync::{mpsc, oneshot};
@@ -122,37 +122,76 @@ impl Server {
         request: CoordRequest,
         stream: &mut libp2p::Stream,
     ) -> std::io::Result<()> {
+        // An unsigned submission's requester is the peer that sends it.
+        let sender = public_key_of(&peer);
+        let unsigned = |verify| sender.map(|key| (key, Priority::Normal, verify));
         let reply = match request {
-            CoordRequest::SubmitV1 { job, accept_versions } => self.submit(peer, *job, accept_versions, 1).await,
+            CoordRequest::SubmitV1 { job, accept_versions } => match unsigned(1) {
+                Some(requester) => self.submit(peer, *job, accept_versions, requester).await,
+                None => not_ed25519(),
+            },
             CoordRequest::SubmitV2 {
                 job,
                 accept_versions,
                 verify,
-            } if verify == VERIFY_AUTO || (1..=VERIFY_MAX).contains(&verify) => {
-                self.submit(peer, *job, accept_versions, verify).await
-            }
-            CoordRequest::SubmitV2 { .. } => CoordReplyV1::Refused {
-                reason: format!("ask for 1 to {VERIFY_MAX} agreeing builders, or auto (--verify)"),
+            } if verify_in_range(verify) => match unsigned(verify) {
+                Some(requester) => self.submit(peer, *job, accept_versions, requester).await,
+                None => not_ed25519(),
             },
-            CoordRequest::StatusV1 | CoordRequest::StatusV2 => {
-                let contributors = matches!(request, CoordRequest::StatusV2);
-                self.ask(|reply| Input::Status { contributors, reply })
+            CoordRequest::SubmitV2 { .. } => verify_out_of_range(),
+            CoordRequest::SubmitV3 { submission } => match (submission.verify(), sender) {
+                (Ok(s), Some(sender)) if s.sender == sender && verify_in_range(s.verify) => {
+                    let requester = (submission.signer(), s.priority, s.verify);
+                    self.submit(peer, s.job, s.accept_versions, requester).await
+                }
+                (Ok(s), _) if !verify_in_range(s.verify) => verify_out_of_range(),
+                (Ok(_), _) => CoordReplyV1::Refused {
+                    reason: "the submission was signed for another peer's stream; submit it yourself".into(),
+                },
+                (Err(_), _) => CoordReplyV1::Refused {
+                    reason: "the submission's signature does not verify; it was damaged or forged".into(),
+                },
+            },
+            CoordRequest::CancelV1 { cancellation } => match (cancellation.verify(), sender) {
+                (Ok(c), Some(sender)) if c.sender == sender => {
+                    let requester = cancellation.signer();
+                    self.ask(|reply| Input::Cancel {
+                        requester,
+                        build_key: c.build_key,
+                        reply,
+                    })
                     .await
                     .unwrap_or_else(stopping)
-            }
-            CoordRequest::WatchV1 { build_key } => return self.watch_held(build_key, stream).await,
-            CoordRequest::SyncV1 { after } => self
-                .ask(|reply| Input::Sync {
-                    after,
-                    v2: false,
+                }
+                (Ok(_), _) => CoordReplyV1::Refused {
+                    reason: "the cancel was signed for another peer's stream; cancel it yourself".into(),
+                },
+                (Err(_), _) => CoordReplyV1::Refused {
+                    reason: "the cancel's signature does not verify; it was damaged or forged".into(),
+                },
+            },
+            CoordRequest::StatusV1 | CoordRequest::StatusV2 | CoordRequest::StatusV3 => {
+                let contributors = !matches!(request, CoordRequest::StatusV1);
+                let requesters = matches!(request, CoordRequest::StatusV3);
+                self.ask(|reply| Input::Status {
+                    contributors,
+                    requesters,
                     reply,
                 })
                 .await
-                .unwrap_or_else(stopping),
-            CoordRequest::SyncV2 { after } => self
-                .ask(|reply| Input::Sync { after, v2: true, reply })
-                .await
-                .unwrap_or_else(stopping),
+                .unwrap_or_else(stopping)
+            }
+            CoordRequest::WatchV1 { build_key } => return self.watch_held(build_key, stream).await,
+            CoordRequest::SyncV1 { after } | CoordRequest::SyncV2 { after } | CoordRequest::SyncV3 { after } => {
+                let version = match request {
+                    CoordRequest::SyncV1 { .. } => 1,
+                    CoordRequest::SyncV2 { .. } => 2,
+                    _ => 3,
+                };
+                self.ask(|reply| Input::Sync { after, version, reply })
+                    .await
+                    .unwrap_or_else(stopping)
+            }
             CoordRequest::MailSyncV1 { after } => {
                 // Addresses and bodies: only for the coordination set.
                 match self.ask(|reply| Input::MayReadOutbox { peer, reply }).await {
@@ -197,37 +236,44 @@ impl Server {
         write_frame_max::<_, COORD_FRAME_BYTES_MAX>(stream, &CoordReply::V1(reply)).await
     }
 
+    /// `requester`: who asks, the priority it gives the job, and the
+    /// builders that must agree.
     pub(super) async fn submit(
         &self,
         peer: PeerId,
         job: JobRequest,
         accept_versions: Option<VersionRange>,
-        verify: u32,
+        requester: (PublicKey, Priority, u32),
     ) -> CoordReplyV1 {
+        let (requester, priority, verify) = requester;
         if let Err(reason) = check_job(&job) {
             return CoordReplyV1::Refused { reason };
         }
         let asked = Box::new(job.clone());
+        let mut input_bytes = 0;
         let lookup = |reply| Input::Lookup {
             job: asked,
             accept_versions,
             verify,
+            requester,
             reply,
         };
         match self.ask(lookup).await {
             None => return stopping(),
             Some(Lookup::NotCoordinator(coordinator)) => return CoordReplyV1::NotCoordinator { coordinator },
             Some(Lookup::Built(attestations)) => return CoordReplyV1::Built { attestations },
+            Some(Lookup::Refused(reason)) => return CoordReplyV1::Refused { reason },
             Some(Lookup::Open) => {}
-            Some(Lookup::New) => {
-                if let Err(reason) = hold_inputs(&self.net, &self.store, &job, &[peer]).await {
-                    return CoordReplyV1::Refused { reason };
-                }
-            }
+            Some(Lookup::New) => match hold_inputs(&self.net, &self.store, &job, &[peer]).await {
+                Ok(bytes) => input_bytes = bytes,
+                Err(reason) => return CoordReplyV1::Refused { reason },
+            },
         }
         self.ask(|reply| Input::Submit {
             job: Box::new(job),
             verify,
+            requester: (requester, priority),
+            input_bytes,
             reply,
         })
         .await
@@ -259,6 +305,22 @@ impl Server {
             }
         }
         Ok(())
+    }
+}
+
+fn verify_in_range(verify: u32) -> bool {
+    verify == VERIFY_AUTO || (1..=VERIFY_MAX).contains(&verify)
+}
+
+fn verify_out_of_range() -> CoordReplyV1 {
+    CoordReplyV1::Refused {
+        reason: format!("ask for 1 to {VERIFY_MAX} agreeing builders, or auto (--verify)"),
+    }
+}
+
+fn not_ed25519() -> CoordReplyV1 {
+    CoordReplyV1::Refused {
+        reason: "request not taken: the peer's key is not an ed25519 key".into(),
     }
 }
 

@@ -184,6 +184,8 @@ impl Coordinator {
             };
             info!(job = %build_key, "built alone by a worker since caught disagreeing; built again by another");
             let (net, store, inputs) = (self.net.clone(), self.store.clone(), self.inputs.clone());
+            // The coordinator asks for the check itself.
+            let requester = (self.key.public(), kiln_protocol::coord::Priority::Normal);
             tokio::spawn(async move {
                 if let Err(reason) = hold_inputs(&net, &store, &job, &[]).await {
                     warn!(job = %build_key, reason, "cannot hold the inputs to check a build again");
@@ -193,6 +195,8 @@ impl Coordinator {
                 let submit = Input::Submit {
                     job: Box::new(job),
                     verify: VERIFY_AUTO_CHECKED,
+                    requester,
+                    input_bytes: 0,
                     reply,
                 };
                 let _ = inputs.send(submit).await;

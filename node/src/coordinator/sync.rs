@@ -49,11 +49,31 @@ impl Coordinator {
             let mut pages = 0;
             loop {
                 let page = match reached {
-                    Some(peer) => crate::coord_client::ask_peer(&net, peer, &CoordRequest::SyncV2 { after }).await,
+                    Some(peer) => {
+                        let v3 = crate::coord_client::ask_peer(&net, peer, &CoordRequest::SyncV3 { after }).await;
+                        match v3 {
+                            Ok((CoordReplyV1::JobsV3 { .. }, _)) => v3,
+                            // A coordinator of an earlier version (it drops
+                            // the request it cannot read): its jobs without
+                            // their requesters.
+                            _ => crate::coord_client::ask_peer(&net, peer, &CoordRequest::SyncV2 { after }).await,
+                        }
+                    }
                     None => Err(std::io::Error::other("no peer id")),
                 };
                 let (jobs, next) = match page {
-                    Ok((CoordReplyV1::JobsV2 { jobs, next }, _)) => (Some(jobs), next),
+                    Ok((CoordReplyV1::JobsV3 { jobs, next }, _)) => (Some(jobs), next),
+                    Ok((CoordReplyV1::JobsV2 { jobs, next }, _)) => {
+                        let jobs = jobs
+                            .into_iter()
+                            .map(|(job, verify)| SyncedJob {
+                                job,
+                                verify,
+                                requesters: Vec::new(),
+                            })
+                            .collect();
+                        (Some(jobs), next)
+                    }
                     Ok((other, _)) => {
                         debug!(reply = ?other, "the coordinator did not list its jobs");
                         (None, None)
@@ -92,9 +112,10 @@ impl Coordinator {
         });
     }
 
-    /// A page of the open jobs, in build-key order after `after` (`v2`:
-    /// with each job's builders needed, as `SyncV2` asks).
-    pub(super) fn sync_page(&self, after: Option<Hash>, v2: bool) -> CoordReplyV1 {
+    /// A page of the open jobs, in build-key order after `after`: as
+    /// `SyncV1` asks (the requests), `SyncV2` (with each job's builders
+    /// needed) or `SyncV3` (and its requesters).
+    pub(super) fn sync_page(&self, after: Option<Hash>, version: u8) -> CoordReplyV1 {
         let mut open: Vec<&Job> = self
             .schedule
             .jobs()
@@ -102,23 +123,33 @@ impl Coordinator {
             .filter(|j| after.is_none_or(|a| j.request.build_key > a))
             .collect();
         open.sort_by_key(|j| j.request.build_key);
-        let (mut jobs, mut bytes) = (Vec::new(), 0);
+        let (mut jobs, mut bytes): (Vec<SyncedJob>, usize) = (Vec::new(), 0);
         for job in &open {
-            let size = wire::encode(&job.request).map(|b| b.len()).unwrap_or(usize::MAX);
-            if jobs.len() >= SYNC_PAGE_JOBS_MAX || bytes + size > SYNC_PAGE_BYTES_MAX {
+            let size = wire::encode(&job.request).map(|b| b.len()).unwrap_or(usize::MAX)
+                + wire::encode(&job.requesters).map(|b| b.len()).unwrap_or(usize::MAX / 2);
+            if jobs.len() >= SYNC_PAGE_JOBS_MAX || bytes.saturating_add(size) > SYNC_PAGE_BYTES_MAX {
                 break;
             }
             bytes += size;
-            jobs.push((job.request.clone(), job.verify));
+            jobs.push(SyncedJob {
+                job: job.request.clone(),
+                verify: job.verify,
+                requesters: job.requesters.clone(),
+            });
         }
         let next = (jobs.len() < open.len())
-            .then(|| jobs.last().map(|(j, _): &(JobRequest, u32)| j.build_key))
+            .then(|| jobs.last().map(|j| j.job.build_key))
             .flatten();
-        if v2 {
-            CoordReplyV1::JobsV2 { jobs, next }
-        } else {
-            let jobs = jobs.into_iter().map(|(job, _)| job).collect();
-            CoordReplyV1::Jobs { jobs, next }
+        match version {
+            3 => CoordReplyV1::JobsV3 { jobs, next },
+            2 => {
+                let jobs = jobs.into_iter().map(|j| (j.job, j.verify)).collect();
+                CoordReplyV1::JobsV2 { jobs, next }
+            }
+            _ => {
+                let jobs = jobs.into_iter().map(|j| j.job).collect();
+                CoordReplyV1::Jobs { jobs, next }
+            }
         }
     }
 
@@ -228,6 +259,13 @@ impl Coordinator {
                         holders: 2,
                         streak,
                     }
+                }
+                JobPhase::Cancelled => {
+                    if let Some(job) = self.schedule.remove(&build_key) {
+                        info!(job = %build_key, "an open job kept here was cancelled at the coordinator; dropped here too");
+                        self.withdrawn(job);
+                    }
+                    continue;
                 }
                 _ => continue,
             };

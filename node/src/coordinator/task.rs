@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kiln_protocol::coord::{Contact, CoordReplyV1, PHASES_MAX};
+use kiln_protocol::coord::{Contact, CoordReplyV1, PHASES_MAX, STATUS_REQUESTERS_MAX};
 use kiln_protocol::messages::{
     encode_gossip, topics, CoordinatorHeartbeat, Gossip, GossipV1, Settlement, ADDRESSES_MAX,
 };
@@ -73,6 +73,19 @@ impl Coordinator {
                 .trusted_streak
                 .unwrap_or(super::verification::TRUSTED_STREAK)
                 .max(1),
+            submit_rate: Default::default(),
+            cancelled: VecDeque::new(),
+            requester_jobs_max: options
+                .requester_jobs_max
+                .unwrap_or(super::bounds::REQUESTER_JOBS_DEFAULT)
+                .max(1),
+            requester_rate_max: options
+                .requester_rate_max
+                .unwrap_or(super::bounds::REQUESTER_RATE_DEFAULT)
+                .max(1),
+            requester_input_bytes_max: options
+                .requester_input_bytes_max
+                .unwrap_or(super::bounds::REQUESTER_INPUT_BYTES_DEFAULT),
             replicating: HashSet::new(),
             acting: false,
             input_fetches: Arc::new(tokio::sync::Semaphore::new(INPUT_FETCHES_MAX)),
@@ -356,13 +369,37 @@ impl Coordinator {
                 job,
                 accept_versions,
                 verify,
+                requester,
                 reply,
             } => {
-                let answer = self.lookup(&job, accept_versions, verify, now).await;
+                let answer = match self.lookup(&job, accept_versions, verify, now).await {
+                    Lookup::New | Lookup::Open => self.within_bounds(&job.build_key, requester, now),
+                    answer => answer,
+                };
                 let _ = reply.send(answer);
             }
-            Input::Submit { job, verify, reply } => {
-                let answer = self.submit(*job, verify).await;
+            Input::Submit {
+                job,
+                verify,
+                requester,
+                input_bytes,
+                reply,
+            } => {
+                let answer = self.submit(*job, verify, requester, input_bytes).await;
+                let _ = reply.send(answer);
+            }
+            Input::Cancel {
+                requester,
+                build_key,
+                reply,
+            } => {
+                let answer = if self.acting {
+                    self.cancel(requester, build_key).await
+                } else {
+                    CoordReplyV1::NotCoordinator {
+                        coordinator: self.contact(now),
+                    }
+                };
                 let _ = reply.send(answer);
             }
             Input::RecipeChecks { recipe_name, reply } => {
@@ -375,8 +412,18 @@ impl Coordinator {
                 };
                 let _ = reply.send(answer);
             }
-            Input::Status { contributors, reply } => {
-                let answer = if self.acting && contributors {
+            Input::Status {
+                contributors,
+                requesters,
+                reply,
+            } => {
+                let answer = if self.acting && requesters {
+                    CoordReplyV1::StatusV3 {
+                        report: self.status(now),
+                        contributors: self.credit.top(),
+                        requesters: self.schedule.requester_views(now, STATUS_REQUESTERS_MAX),
+                    }
+                } else if self.acting && contributors {
                     CoordReplyV1::StatusV2 {
                         report: self.status(now),
                         contributors: self.credit.top(),
@@ -437,8 +484,8 @@ impl Coordinator {
                     self.changed(&build_key);
                 }
             }
-            Input::Sync { after, v2, reply } => {
-                let _ = reply.send(self.sync_page(after, v2));
+            Input::Sync { after, version, reply } => {
+                let _ = reply.send(self.sync_page(after, version));
             }
             Input::Synced { from, jobs, done } => self.synced(from, jobs, done, now),
             Input::Phases { build_keys, reply } => {
@@ -497,6 +544,29 @@ impl Coordinator {
         }
     }
 
+    /// A submission that opens a job, or joins one, counted against the
+    /// requester's bounds: open jobs, and submissions in the last minute.
+    fn within_bounds(&mut self, build_key: &Hash, requester: PublicKey, now: u64) -> Lookup {
+        let joined = self
+            .schedule
+            .job(build_key)
+            .is_some_and(|job| job.requesters.iter().any(|r| r.key == requester));
+        let open = self.schedule.open_jobs_of(&requester);
+        if !joined && open >= self.requester_jobs_max {
+            crate::metrics::Metrics::add(&crate::metrics::METRICS.requests_refused_bound, 1);
+            return Lookup::Refused(super::bounds::too_many_open(open, self.requester_jobs_max));
+        }
+        if let Err(refusal) = self.submit_rate.take(requester, self.requester_rate_max, now) {
+            crate::metrics::Metrics::add(&crate::metrics::METRICS.requests_refused_bound, 1);
+            return Lookup::Refused(super::bounds::too_fast(&refusal, self.requester_rate_max));
+        }
+        if self.schedule.job(build_key).is_some() {
+            Lookup::Open
+        } else {
+            Lookup::New
+        }
+    }
+
     /// Adds a watcher of `build_key` (it gets the current phase at once);
     /// a standby names the coordinator to watch instead.
     fn watch(&mut self, build_key: Hash, events: mpsc::Sender<JobPhase>, now: u64) -> Option<Contact> {
@@ -519,16 +589,23 @@ impl Coordinator {
     /// A page of the coordinator's open jobs arrived (or the fetch failed).
     /// After the last one, the open jobs this node kept that the coordinator
     /// did not list are reconciled with it, and its outbox is adopted.
-    fn synced(&mut self, from: PeerId, jobs: Option<Vec<(JobRequest, u32)>>, done: bool, now: u64) {
+    fn synced(&mut self, from: PeerId, jobs: Option<Vec<SyncedJob>>, done: bool, now: u64) {
         let Some(jobs) = jobs else {
             self.syncing = false;
             self.sync_seen.clear();
             self.sync_not_before_ms = now + SYNC_RETRY_MS;
             return;
         };
-        for (job, verify) in jobs {
+        for SyncedJob {
+            job,
+            verify,
+            requesters,
+        } in jobs
+        {
             let build_key = job.build_key;
-            self.heard_job(job, verify, from);
+            // An older coordinator's page (`JobsV2`) names no requesters.
+            let requesters = (!requesters.is_empty()).then_some(requesters);
+            self.heard_job(job, verify, requesters, from);
             // Only what this node holds open matters for staleness: the
             // set stays as small as its own queue, whatever a peer lists.
             if self.schedule.job(&build_key).is_some() {

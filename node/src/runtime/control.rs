@@ -68,6 +68,14 @@ pub struct NodeStatus {
     /// started, each once.
     pub gossip_received: u64,
     pub gossip_received_bytes: u64,
+    /// Jobs announced on gossip by a peer that does not coordinate, dropped
+    /// (nothing kept, no input fetched).
+    #[serde(default)]
+    pub gossip_jobs_refused: u64,
+    /// Tasks started to fetch a gossiped job's inputs (one per job a member
+    /// of the coordination set heard of).
+    #[serde(default)]
+    pub input_fetches_started: u64,
     /// Heartbeats this node has sent on the coordinator topic since it
     /// started.
     pub heartbeats_sent: u64,
@@ -262,6 +270,8 @@ impl NodeControl {
             role: role.into(),
             gossip_received: METRICS.gossip_received.load(std::sync::atomic::Ordering::Relaxed),
             gossip_received_bytes: METRICS.gossip_received_bytes.load(std::sync::atomic::Ordering::Relaxed),
+            gossip_jobs_refused: METRICS.gossip_jobs_refused.load(std::sync::atomic::Ordering::Relaxed),
+            input_fetches_started: METRICS.input_fetches_started.load(std::sync::atomic::Ordering::Relaxed),
             heartbeats_sent: local.heartbeats_sent,
             coordination_set: local.set.iter().map(|p| p.to_string()).collect(),
             connected_peers: self.net.connected_peers().await.map(|p| p.len()).unwrap_or(0),

@@ -19,6 +19,8 @@ use crate::net::{identity, NetClient, NetEvent};
 pub struct EphemeralNode {
     pub net: NetClient,
     pub store: Store,
+    /// This client's own (throwaway) key: its peer id.
+    pub key: kiln_protocol::PublicKey,
     started: Started,
     /// Drains the network's events (a client acts on none of them).
     drain: tokio::task::JoinHandle<()>,
@@ -29,6 +31,7 @@ impl EphemeralNode {
     /// (within [`JOIN_MS_MAX`] at most) when none can be reached.
     pub async fn start(data_dir: &Path, bootstrap: Vec<Multiaddr>) -> Result<EphemeralNode, NodeError> {
         let key = identity::load_or_create(data_dir)?;
+        let public = key.public();
         let store = Store::open(data_dir)?;
         let me = identity::keypair(&key).public().to_peer_id();
         // The network never dials itself.
@@ -51,6 +54,7 @@ impl EphemeralNode {
         Ok(EphemeralNode {
             net: started.net.clone(),
             store,
+            key: public,
             started,
             drain: tokio::spawn(async move { while events.recv().await.is_some() {} }),
         })

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use kiln_protocol::coord::{ContributorView, JobPhase, JobView, StatusReport};
+use kiln_protocol::coord::{ContributorView, JobPhase, JobView, RequesterView, StatusReport};
 use kiln_protocol::system::format_duration_secs;
 use kiln_protocol::Hash;
 
@@ -81,7 +81,7 @@ pub(super) fn render_index(s: &Snapshot) -> String {
         let _ = write!(b, "<tr><th>listening</th><td><code>{}</code></td></tr>", esc(a));
     }
     match &s.farm {
-        Ok((coordinator, report, _)) => {
+        Ok((coordinator, report, _, _)) => {
             let how = if report.pinned { "pinned" } else { "elected" };
             let me = if *coordinator == s.me { " (this node)" } else { "" };
             let _ = write!(
@@ -98,8 +98,9 @@ pub(super) fn render_index(s: &Snapshot) -> String {
         let _ = write!(b, "<br><code>{p}</code>");
     }
     b.push_str("</td></tr></table>");
-    if let Ok((_, report, contributors)) = &s.farm {
+    if let Ok((_, report, contributors, requesters)) = &s.farm {
         render_farm(&mut b, report);
+        render_requesters(&mut b, requesters);
         render_contributors(&mut b, contributors);
     }
     if let Some(gave) = &s.gave {
@@ -141,6 +142,25 @@ fn render_farm(b: &mut String, report: &StatusReport) {
     render_queue(b, report);
     render_recent(b, report);
     render_mail(b, report);
+}
+
+fn render_requesters(b: &mut String, requesters: &[RequesterView]) {
+    if requesters.is_empty() {
+        return;
+    }
+    b.push_str("<h2>Requesters</h2><table id=\"requesters\"><tr><th>requester</th><th>queued</th><th>running</th><th>oldest waits</th><th>share of workers, last hour</th></tr>");
+    for r in requesters {
+        let _ = write!(
+            b,
+            "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{:.1} %</td></tr>",
+            short(&r.requester.to_string()),
+            r.queued,
+            r.running,
+            format_duration_secs(r.oldest_wait_ms / 1000),
+            f64::from(r.share_permille) / 10.0
+        );
+    }
+    b.push_str("</table>");
 }
 
 fn render_contributors(b: &mut String, contributors: &[ContributorView]) {
@@ -380,6 +400,12 @@ fn render_phase(b: &mut String, phase: &JobPhase) {
                 b,
                 "<tr><th>failed</th><td class=\"failed\">{} ({attempts} attempts)</td></tr>",
                 esc(reason)
+            );
+        }
+        JobPhase::Cancelled => {
+            let _ = write!(
+                b,
+                "<tr><th>cancelled</th><td>every requester took its request back</td></tr>"
             );
         }
         JobPhase::Log { .. } | JobPhase::Unknown => {}

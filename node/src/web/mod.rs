@@ -216,7 +216,7 @@ async fn metrics(State(d): Shared) -> Response {
         "Whether this node reached the acting coordinator for the figures below.",
         reachable,
     );
-    if let Ok((coordinator, report, _)) = farm {
+    if let Ok((coordinator, report, _, _)) = farm {
         farm_metrics(&mut out, &report, coordinator == d.net.peer_id());
     }
     (

@@ -8,7 +8,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
-use kiln_protocol::coord::{ContributorView, CoordReplyV1, CoordRequest, JobPhase, JobView, StatusReport};
+use kiln_protocol::coord::{
+    ContributorView, CoordReplyV1, CoordRequest, JobPhase, JobView, RequesterView, StatusReport,
+};
 use kiln_protocol::messages::{Gossip, GossipV1};
 use kiln_protocol::{Hash, PublicKey, SecretKey};
 use kiln_store::Store;
@@ -24,8 +26,9 @@ use crate::report::status_json;
 
 use super::*;
 
-/// The acting coordinator, its status report and its top contributors.
-pub(super) type Farm = (PeerId, StatusReport, Vec<ContributorView>);
+/// The acting coordinator, its status report, its top contributors and
+/// the queue per requester.
+pub(super) type Farm = (PeerId, StatusReport, Vec<ContributorView>, Vec<RequesterView>);
 
 /// What the dashboard reads from.
 pub struct Dashboard {
@@ -97,15 +100,37 @@ impl Dashboard {
     pub(super) async fn farm(&self) -> Result<Farm, String> {
         let ask = async {
             match self.coordination.status().await {
-                Some(CoordReplyV1::StatusV2 { report, contributors }) => Ok((self.net.peer_id(), report, contributors)),
+                Some(CoordReplyV1::StatusV3 {
+                    report,
+                    contributors,
+                    requesters,
+                }) => Ok((self.net.peer_id(), report, contributors, requesters)),
                 Some(CoordReplyV1::NotCoordinator {
                     coordinator: Some(contact),
                 }) => {
                     let peer = crate::coord_client::reach(&self.net, &contact)
                         .await
                         .ok_or("the coordinator's peer id is not valid")?;
-                    match crate::coord_client::ask_peer(&self.net, peer, &CoordRequest::StatusV2).await {
-                        Ok((CoordReplyV1::StatusV2 { report, contributors }, _)) => Ok((peer, report, contributors)),
+                    match crate::coord_client::ask_peer(&self.net, peer, &CoordRequest::StatusV3).await {
+                        Ok((
+                            CoordReplyV1::StatusV3 {
+                                report,
+                                contributors,
+                                requesters,
+                            },
+                            _,
+                        )) => Ok((peer, report, contributors, requesters)),
+                        // A coordinator of an earlier version.
+                        Ok((CoordReplyV1::Refused { .. }, _)) => {
+                            match crate::coord_client::ask_peer(&self.net, peer, &CoordRequest::StatusV2).await {
+                                Ok((CoordReplyV1::StatusV2 { report, contributors }, _)) => {
+                                    Ok((peer, report, contributors, Vec::new()))
+                                }
+                                _ => Err(format!(
+                                    "the coordinator {peer} did not send its status; this page refreshes until it does"
+                                )),
+                            }
+                        }
                         Ok((_, _)) => Err(format!(
                             "the coordinator {peer} did not send its status; this page refreshes until it does"
                         )),
@@ -147,7 +172,7 @@ impl Dashboard {
     pub(super) async fn snapshot(&self) -> Snapshot {
         let (farm, peers, gave) = tokio::join!(self.farm(), self.net.connected_peers(), self.gave());
         let artifacts = match &farm {
-            Ok((_, report, _)) => self.artifacts(report).await,
+            Ok((_, report, _, _)) => self.artifacts(report).await,
             Err(_) => Vec::new(),
         };
         Snapshot {
@@ -225,7 +250,7 @@ impl Dashboard {
 
     /// One open or recent build and its log (live while it runs).
     pub(super) async fn build(&self, build_key: Hash) -> Result<BuildPage, (StatusCode, String)> {
-        let (_, report, _) = self.farm().await.map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e))?;
+        let (_, report, _, _) = self.farm().await.map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e))?;
         let Some(job) = report
             .jobs
             .iter()
@@ -291,7 +316,10 @@ pub(super) struct BuildPage {
 
 pub(super) fn snapshot_json(s: &Snapshot) -> serde_json::Value {
     let (farm, farm_error) = match &s.farm {
-        Ok((coordinator, report, contributors)) => (status_json(&coordinator.to_string(), report, contributors), None),
+        Ok((coordinator, report, contributors, requesters)) => (
+            status_json(&coordinator.to_string(), report, contributors, requesters),
+            None,
+        ),
         Err(e) => (serde_json::Value::Null, Some(e.clone())),
     };
     json!({

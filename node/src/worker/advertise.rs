@@ -95,6 +95,9 @@ impl Worker {
                 return;
             };
             let members: Vec<(PeerId, Vec<String>)> = members.into_iter().take(MEMBERS_MAX).collect();
+            if let Ok(mut known) = self.members.lock() {
+                *known = members.iter().map(|(p, _)| *p).collect();
+            }
             sent.retain(|peer, entry| entry.in_flight || members.iter().any(|(p, _)| p == peer));
             let current = self.advert_now();
             let refresh_ms = if current.running.is_empty() && current.running_jobs == 0 {

@@ -57,7 +57,10 @@ impl Worker {
         self.set_building(job.build_key, true);
         let started_at_ms = now_ms();
         let mut used = Used::default();
-        let ended = self.run_job(&job, from, &mut used).await;
+        let (steer, steered) = tokio::sync::watch::channel(Steer::Run);
+        self.steer(job.build_key, from, steer.clone());
+        let ended = self.run_job(&job, from, &mut used, (&steer, steered)).await;
+        self.unsteer(&job.build_key);
         self.keep_record(&job, started_at_ms, &used, &ended);
         let outcome = match ended {
             Ok(attestation) => BuildOutcome::Done { attestation },
@@ -143,6 +146,7 @@ impl Worker {
         job: &JobRequest,
         from: PeerId,
         used: &mut Used,
+        (steer, steered): (&tokio::sync::watch::Sender<Steer>, tokio::sync::watch::Receiver<Steer>),
     ) -> Result<Signed<Attestation>, JobFailure> {
         let started_at_ms = now_ms();
         let recipe = self.load_recipe(job, from).await?;
@@ -168,9 +172,8 @@ impl Worker {
             job.build_key,
             log.clone(),
         ));
-        let (steer, steered) = tokio::sync::watch::channel(Steer::Run);
         let result = self
-            .yielding(job.build_key, self.sandbox.run_steered(&spec, &log, steered), &steer)
+            .yielding(job.build_key, self.sandbox.run_steered(&spec, &log, steered), steer)
             .await;
         progress.abort();
         if let SourceInput::Archive(path) = &spec.source {

@@ -28,7 +28,7 @@ use tracing::{info, warn};
 
 use crate::net::frames::{read_frame, write_frame};
 use crate::net::{NetClient, WORK_PROTOCOL};
-use sandbox::Sandbox;
+use sandbox::{Sandbox, Steer};
 
 mod advertise;
 mod build;
@@ -63,6 +63,12 @@ pub struct Worker {
     owner_load: std::sync::Mutex<OwnerLoad>,
     /// The builds paused for the owner now, and why.
     paused: std::sync::Mutex<std::collections::BTreeMap<Hash, String>>,
+    /// Each running build's steering, and the peer that assigned it: a
+    /// stop (`StopV1`) is taken from that peer or a member of the
+    /// coordination set.
+    steers: std::sync::Mutex<std::collections::HashMap<Hash, (libp2p::PeerId, tokio::sync::watch::Sender<Steer>)>>,
+    /// The coordination set as last heard (refreshed by the adverts' loop).
+    members: std::sync::Mutex<Vec<libp2p::PeerId>>,
     sequence: AtomicU64,
 }
 
@@ -102,6 +108,8 @@ impl Worker {
             building: Default::default(),
             owner_load: std::sync::Mutex::new(owner_load),
             paused: Default::default(),
+            steers: Default::default(),
+            members: Default::default(),
             sequence: AtomicU64::new(0),
         }
     }
@@ -149,7 +157,18 @@ impl Worker {
                 return None;
             }
         };
-        let WorkRequest::AssignV1 { job, attempt } = request;
+        let (job, attempt) = match request {
+            WorkRequest::AssignV1 { job, attempt } => (job, attempt),
+            WorkRequest::StopV1 { build_key, reason } => {
+                let reply = match self.stop(peer, build_key, reason) {
+                    Ok(()) => WorkReplyV1::Accepted,
+                    Err(reason) => WorkReplyV1::Refused { reason },
+                };
+                info!(peer = %peer, job = %build_key, ?reply, "stop");
+                let _ = write_frame(&mut stream, &WorkReply::V1(reply)).await;
+                return None;
+            }
+        };
         let verdict = match &self.policy.coordinators {
             Some(trusted) if !trusted.contains(&peer) => Err(format!(
                 "this worker takes work only from the coordinators it trusts (--trust-coordinator), and {peer} is not one"
@@ -163,6 +182,40 @@ impl Worker {
         info!(peer = %peer, job = %job.build_key, ?reply, "assignment");
         let _ = write_frame(&mut stream, &WorkReply::V1(reply)).await;
         verdict.ok().map(|()| (job, attempt))
+    }
+
+    /// Stops a running build nobody wants any more: its processes are
+    /// killed and its sandbox removed, as for a build given up, and the
+    /// worker is free for the next job. Taken only from the peer that
+    /// assigned it or a member of the coordination set.
+    fn stop(&self, peer: libp2p::PeerId, build_key: Hash, reason: String) -> Result<(), String> {
+        let member = self.members.lock().map(|m| m.contains(&peer)).unwrap_or(false);
+        let steers = self.steers.lock().map_err(|_| "the worker is stopping".to_string())?;
+        let Some((assigner, steer)) = steers.get(&build_key) else {
+            return Err(format!("this worker is not running build {build_key}"));
+        };
+        if *assigner != peer && !member {
+            return Err(format!(
+                "only the coordinator that assigned build {build_key}, or a member of the coordination set, may stop it"
+            ));
+        }
+        let mut reason = reason;
+        reason.truncate(kiln_protocol::messages::REASON_BYTES_MAX);
+        steer.send_replace(Steer::GiveUp(reason));
+        Ok(())
+    }
+
+    /// Registers a build's steering for a stop.
+    fn steer(&self, build_key: Hash, assigner: libp2p::PeerId, steer: tokio::sync::watch::Sender<Steer>) {
+        if let Ok(mut steers) = self.steers.lock() {
+            steers.insert(build_key, (assigner, steer));
+        }
+    }
+
+    fn unsteer(&self, build_key: &Hash) {
+        if let Ok(mut steers) = self.steers.lock() {
+            steers.remove(build_key);
+        }
     }
 
     /// Why an idle-only worker waits right now, if it does: the owner's

@@ -42,6 +42,18 @@ use crate::clock::now_ms;
 /// How often a worker with a running build looks at the owner's CPU use.
 pub const YIELD_CHECK_MS: u64 = 1_000;
 
+/// Pauses or resumes, unless the build was given up meanwhile (a stop
+/// from the coordinator): a give-up is final.
+fn steer_unless_given_up(steer: &watch::Sender<Steer>, to: Steer) {
+    steer.send_if_modified(|now| {
+        if matches!(now, Steer::GiveUp(_)) {
+            return false;
+        }
+        *now = to;
+        true
+    });
+}
+
 impl Worker {
     /// Runs `build` (a sandbox run steered by `steer`) to its end, pausing
     /// and resuming it for the owner when this worker is idle-only.
@@ -72,7 +84,7 @@ impl Worker {
                     info!(job = %build_key, reason, "pausing the build: the owner is using the machine");
                     paused_since = Some(Instant::now());
                     self.set_paused(build_key, Some(reason.clone()));
-                    steer.send_replace(Steer::Pause(reason));
+                    steer_unless_given_up(steer, Steer::Pause(reason));
                 }
                 (Some(_), Some(since)) if since.elapsed() >= self.policy.pause_max => {
                     let reason = format!(
@@ -87,7 +99,7 @@ impl Worker {
                     info!(job = %build_key, paused_s = since.elapsed().as_secs(), "resuming the build: the owner's work ended");
                     paused_since = None;
                     self.set_paused(build_key, None);
-                    steer.send_replace(Steer::Run);
+                    steer_unless_given_up(steer, Steer::Run);
                 }
                 _ => {}
             }

@@ -15,6 +15,7 @@
 //! kiln-evil lie       --data-dir D --bootstrap B ADDR:GOFILE  a worker for the coordinator at ADDR that builds each
 //!                                                 job honestly in the sandbox, flips a byte of the artifact, and
 //!                                                 reports that, signed with its own valid key, once GOFILE exists
+//! kiln-evil jobs      --data-dir D --bootstrap B N       gossip, signed as itself, N jobs nobody submitted
 //! kiln-evil turncoat  --data-dir D --bootstrap B ADDR:LIEFILE  the same worker, but honest (reporting each real
 //!                                                 artifact at once, and serving it) until LIEFILE exists; it lies
 //!                                                 (at once) on every build after
@@ -69,6 +70,7 @@ async fn main() {
         "lie" => lie(net, secret, &data_dir, &target, false).await,
         "turncoat" => lie(net, secret, &data_dir, &target, true).await,
         "forge" => forge(net, secret, target.parse().unwrap()).await,
+        "jobs" => jobs(net, secret, target.parse().unwrap()).await,
         other => panic!("unknown mode {other}"),
     }
 }
@@ -340,7 +342,9 @@ async fn lie(net: NetClient, key: SecretKey, data_dir: &std::path::Path, target:
         frame.resize(4 + u32::from_le_bytes(header) as usize, 0);
         stream.read_exact(&mut frame[4..]).await.unwrap();
         let (request, _): (WorkRequest, usize) = messages::decode_frame_max::<_, 65_536>(&frame).unwrap().unwrap();
-        let WorkRequest::AssignV1 { job, .. } = request;
+        let WorkRequest::AssignV1 { job, .. } = request else {
+            continue;
+        };
         let reply = messages::encode_frame(&WorkReply::V1(WorkReplyV1::Accepted)).unwrap();
         stream.write_all(&reply).await.unwrap();
         stream.flush().await.unwrap();
@@ -414,6 +418,31 @@ async fn lie(net: NetClient, key: SecretKey, data_dir: &std::path::Path, target:
         running.lock().unwrap().retain(|k| *k != job.build_key);
         println!("reported {artifact}");
     }
+}
+
+/// Announces `n` jobs on gossip, as the coordinator would announce
+/// accepted ones: each well formed, with a build key of its own, for a
+/// recipe nobody holds. No node may keep them or fetch their inputs.
+async fn jobs(net: NetClient, key: SecretKey, n: u64) {
+    let mut requirements = kiln_protocol::Requirements::new();
+    requirements.set_from_str("os=linux").unwrap();
+    for i in 0..n {
+        let job = messages::JobRequest {
+            build_key: Hash::derive("kiln-evil jobs", &i.to_le_bytes()),
+            recipe_id: Hash::of(b"a recipe nobody holds"),
+            recipe_name: "flood".into(),
+            recipe_version: "1".into(),
+            publisher: None,
+            options: Default::default(),
+            requirements: requirements.clone(),
+            emails: vec!["flood@example.org".into()],
+            requested_at_ms: kiln_node::clock::now_ms(),
+        };
+        let message = Gossip::V1(GossipV1::Job(job));
+        publish(&net, messages::encode_gossip(&key, &message).unwrap()).await;
+    }
+    println!("jobs sent {n}");
+    std::future::pending::<()>().await;
 }
 
 /// Writes a build record under `build_key` in the DHT, as any peer can: one

@@ -1,16 +1,17 @@
-//! Matching queued jobs to free workers: oldest job first, least loaded
+//! Matching queued jobs to free workers: requesters in turn (`fair.rs`),
+//! each one's jobs by its priority then oldest first; least loaded
 //! matching worker first, skipping workers that refused or failed the job;
-//! and what status shows of the workers.
+//! and what status shows of the workers and the requesters.
 
 use std::sync::Arc;
 
-use kiln_protocol::coord::{WorkerView, STATUS_WORKER_JOBS_MAX};
+use kiln_protocol::coord::{RequesterView, WorkerView, STATUS_WORKER_JOBS_MAX};
 use kiln_protocol::{Hash, PublicKey};
 
 use super::*;
 
 impl Schedule {
-    /// Matches queued jobs to free workers, oldest job first.
+    /// Matches queued jobs to free workers, requesters in turn.
     pub fn plan(&mut self, now_ms: u64) -> Vec<Decision> {
         let mut decisions = Vec::new();
         let mut free_total: u64 = self
@@ -19,11 +20,11 @@ impl Schedule {
             .filter(|w| now_ms.saturating_sub(w.seen_at_ms) <= WORKER_ALIVE_MS)
             .map(|w| u64::from(w.free()))
             .sum();
-        let queued: Vec<(u64, Hash)> = self.queue.iter().map(|(s, k)| (*s, *k)).collect();
+        let queued = self.queue.fair_order();
         // Once no worker is free, a few more jobs are looked at, only to
         // say why they wait.
         let mut reasons_left = REASONS_PER_PLAN_MAX;
-        for (sequence, build_key) in queued {
+        for (owner, build_key) in queued {
             if free_total == 0 {
                 if reasons_left == 0 {
                     break;
@@ -43,7 +44,7 @@ impl Schedule {
             match self.match_one(&build_key, now_ms) {
                 Match::Worker(worker) if free_total > 0 => {
                     free_total -= 1;
-                    decisions.push(self.lease(sequence, build_key, worker, now_ms));
+                    decisions.push(self.lease(owner, build_key, worker, now_ms));
                 }
                 Match::Worker(_) => {}
                 Match::Wait(reason) => {
@@ -61,8 +62,9 @@ impl Schedule {
         decisions
     }
 
-    fn lease(&mut self, sequence: u64, build_key: Hash, worker: PublicKey, now_ms: u64) -> Decision {
-        self.queue.remove(&sequence);
+    fn lease(&mut self, owner: fair::Owner, build_key: Hash, worker: PublicKey, now_ms: u64) -> Decision {
+        self.queue_remove(&build_key);
+        self.queue.served(owner);
         let mut attempt = 1;
         if let Some(job) = self.jobs.get_mut(&build_key) {
             attempt = job.attempt();
@@ -233,6 +235,60 @@ impl Schedule {
             .collect();
         views.sort_by_key(|v| v.worker);
         views
+    }
+
+    /// Each requester's queued and running jobs, its oldest queued job's
+    /// wait and its share of the busy workers over the last hour, most
+    /// queued first (at most `limit`).
+    pub fn requester_views(&self, now_ms: u64, limit: usize) -> Vec<RequesterView> {
+        let shares = self.shares.permille();
+        let mut views: HashMap<fair::Owner, RequesterView> = HashMap::new();
+        let blank = |owner: fair::Owner| RequesterView {
+            requester: owner.unwrap_or(PublicKey([0; 32])),
+            queued: 0,
+            running: 0,
+            oldest_wait_ms: 0,
+            share_permille: shares.get(&owner).copied().unwrap_or(0),
+        };
+        for (owner, queued) in self.queue.counts() {
+            let oldest = self
+                .queue
+                .of(&owner)
+                .filter_map(|key| self.jobs.get(key))
+                .map(|job| job.request.requested_at_ms.min(now_ms))
+                .min()
+                .unwrap_or(now_ms);
+            let view = views.entry(owner).or_insert_with(|| blank(owner));
+            view.queued = queued as u32;
+            view.oldest_wait_ms = now_ms - oldest;
+        }
+        for owner in self.running_owners() {
+            views.entry(owner).or_insert_with(|| blank(owner)).running += 1;
+        }
+        for owner in shares.keys() {
+            views.entry(*owner).or_insert_with(|| blank(*owner));
+        }
+        let mut views: Vec<RequesterView> = views.into_values().collect();
+        views.sort_by_key(|v| (std::cmp::Reverse(v.queued), std::cmp::Reverse(v.running), v.requester));
+        views.truncate(limit);
+        views
+    }
+
+    /// The owner of each job leased to a worker now.
+    fn running_owners(&self) -> impl Iterator<Item = fair::Owner> + '_ {
+        self.workers
+            .values()
+            .flat_map(|entry| entry.assigned.iter())
+            .filter_map(|key| self.jobs.get(key))
+            .map(|job| job.owner())
+    }
+
+    /// Samples who the busy workers work for, when a sample is due.
+    pub(super) fn sample_shares(&mut self, now_ms: u64) {
+        if self.shares.due(now_ms) {
+            let owners: Vec<fair::Owner> = self.running_owners().collect();
+            self.shares.sample(now_ms, owners.into_iter());
+        }
     }
 
     /// Jobs running on (or leased to) each worker.

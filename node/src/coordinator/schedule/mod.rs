@@ -12,8 +12,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use kiln_protocol::build::{builders_needed, stricter, Check, CHECK_BUILDS_MAX, VERIFY_AUTO, VERIFY_MAX};
-use kiln_protocol::coord::{JobPhase, JobView};
-use kiln_protocol::messages::{JobRequest, WorkerAdvert, ADVERT_IDLE_MS, EMAILS_MAX};
+use kiln_protocol::coord::{JobPhase, JobView, Priority, RequesterShare, REQUESTERS_PER_JOB_MAX};
+use kiln_protocol::messages::{JobRequest, WorkerAdvert, ADVERT_IDLE_MS, EMAILS_MAX, REQUESTER_EMAILS_MAX};
 use kiln_protocol::{wire, Attestation, Hash, PublicKey, Signed};
 use serde::{Deserialize, Serialize};
 
@@ -52,7 +52,7 @@ pub const OPEN_JOBS_MAX: usize = 1_000_000;
 /// Workers one coordinator tracks.
 pub const WORKERS_MAX: usize = 100_000;
 /// Addresses notified for one build (several requesters merge).
-pub const REQUESTERS_EMAILS_MAX: usize = 16 * EMAILS_MAX;
+pub const REQUESTERS_EMAILS_MAX: usize = REQUESTER_EMAILS_MAX;
 /// Longest a job restored from disk waits, unassigned, for the check of
 /// whether it was built elsewhere meanwhile (see [`Schedule::hold_for_check`]).
 pub const RESTORED_CHECK_MS_MAX: u64 = 10_000;
@@ -108,6 +108,25 @@ pub struct Job {
     /// The builds reported so far, one per worker, while the builders
     /// needed do not agree yet (at most [`CHECK_BUILDS_MAX`]).
     pub built: Vec<Signed<Attestation>>,
+    /// Who asked for it, first asker first (its owner in the fair share;
+    /// at most [`REQUESTERS_PER_JOB_MAX`]). Empty for a job heard from a
+    /// coordinator that did not say.
+    pub requesters: Vec<RequesterShare>,
+}
+
+/// A job as kept on disk before it had `requesters`.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct JobV2 {
+    request: JobRequest,
+    state: JobState,
+    failed_attempts: u32,
+    lost_attempts: u32,
+    failed_on: BTreeSet<PublicKey>,
+    last_failure: Option<(String, Option<Hash>)>,
+    sequence: u64,
+    verify: u32,
+    built: Vec<Signed<Attestation>>,
 }
 
 /// A job as kept on disk before it had `verify` and `built`: read, so
@@ -124,13 +143,32 @@ struct JobV1 {
     sequence: u64,
 }
 
+impl From<JobV1> for JobV2 {
+    fn from(old: JobV1) -> JobV2 {
+        JobV2 {
+            request: old.request,
+            state: old.state,
+            failed_attempts: old.failed_attempts,
+            lost_attempts: old.lost_attempts,
+            failed_on: old.failed_on,
+            last_failure: old.last_failure,
+            sequence: old.sequence,
+            verify: 1,
+            built: Vec::new(),
+        }
+    }
+}
+
 impl Job {
-    /// A job from its bytes on disk, in this layout or the one before.
-    /// (The older layout is a prefix of this one, so the two never read
-    /// each other's bytes.)
+    /// A job from its bytes on disk, in this layout or one of the two
+    /// before. (Each older layout is a prefix of the next, and trailing
+    /// bytes are refused, so no two read each other's bytes.)
     pub fn decode<const LIMIT: usize>(bytes: &[u8]) -> Result<Job, wire::WireError> {
         wire::decode::<Job, LIMIT>(bytes).or_else(|e| {
-            let old = wire::decode::<JobV1, LIMIT>(bytes).map_err(|_| e)?;
+            let old = match wire::decode::<JobV2, LIMIT>(bytes) {
+                Ok(old) => old,
+                Err(_) => wire::decode::<JobV1, LIMIT>(bytes).map_err(|_| e)?.into(),
+            };
             Ok(Job {
                 requirements_digest: requirements_digest(&old.request),
                 request: old.request,
@@ -142,10 +180,21 @@ impl Job {
                 sequence: old.sequence,
                 refused_until: BTreeMap::new(),
                 waiting_because: None,
-                verify: 1,
-                built: Vec::new(),
+                verify: old.verify,
+                built: old.built,
+                requesters: Vec::new(),
             })
         })
+    }
+
+    /// Whose turn it takes: its first requester.
+    pub fn owner(&self) -> fair::Owner {
+        self.requesters.first().map(|r| r.key)
+    }
+
+    /// Where it stands among its owner's jobs.
+    pub fn priority(&self) -> Priority {
+        self.requesters.first().map(|r| r.priority).unwrap_or_default()
     }
 }
 
@@ -245,7 +294,7 @@ impl Job {
             recipe_version: self.request.recipe_version.clone(),
             options: self.request.options.clone(),
             phase: self.phase(),
-            requesters: self.request.emails.len() as u32,
+            requesters: self.requesters.len().max(1) as u32,
             failed_attempts: self.failed_attempts,
             requested_at_ms: self.request.requested_at_ms,
         }
@@ -321,6 +370,25 @@ pub enum Submitted {
 pub enum ScheduleError {
     #[error("the coordinator holds {OPEN_JOBS_MAX} open jobs, its limit; try again later")]
     Full,
+    #[error("this build already has {REQUESTERS_PER_JOB_MAX} requesters, its limit; follow it with `kiln status`, or fetch it by hash once it is done")]
+    TooManyRequesters,
+}
+
+/// What a cancel did to the job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Cancelled {
+    /// Nobody wants it any more: removed (the job as it was).
+    Dropped(Box<Job>),
+    /// Others still want it: these requesters are left.
+    StillWanted(u32),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CancelError {
+    #[error("no open job has this build key (it may have ended already: `kiln status` lists recent builds)")]
+    NoSuchJob,
+    #[error("you did not request this build (it has {0} requester(s)); only a requester can cancel its own request")]
+    NotARequester(usize),
 }
 
 /// The open jobs and the known workers.
@@ -328,8 +396,20 @@ pub enum ScheduleError {
 pub struct Schedule {
     /// Boxed, so the table's spare capacity costs a pointer per slot.
     jobs: HashMap<Hash, Box<Job>>,
-    /// Queued jobs by submission order.
-    queue: BTreeMap<u64, Hash>,
+    /// Queued jobs, by owner in turn (see `fair.rs`).
+    queue: fair::FairQueue,
+    /// Open jobs per requester key, for its bound.
+    open_by: HashMap<PublicKey, u32>,
+    /// Who the busy workers worked for over the last hour.
+    shares: fair::Shares,
+    /// What each open job's recipe and source take, where known (the
+    /// acting coordinator fetched them), by recipe id.
+    recipe_bytes: HashMap<Hash, u64>,
+    /// Open jobs per owner and recipe: an owner holds a recipe's inputs
+    /// while it owns an open job of it.
+    owner_recipes: HashMap<(PublicKey, Hash), u32>,
+    /// Bytes of inputs held for each owner's open jobs, each recipe once.
+    held_by: HashMap<PublicKey, u64>,
     workers: HashMap<PublicKey, WorkerEntry>,
     /// Workers matching each requirement set (by digest); cleared when a
     /// worker joins, leaves or changes its system.
@@ -393,12 +473,25 @@ impl Schedule {
     /// `verify`: builders that must agree, or [`VERIFY_AUTO`] (when
     /// requests merge, the policy that checks more wins: see
     /// [`stricter`]).
-    pub fn submit(&mut self, request: JobRequest, verify: u32) -> Result<Submitted, ScheduleError> {
+    /// `requester`: who asks, and the priority it gives the job among its
+    /// own (`None`: a job heard from a coordinator that did not say).
+    pub fn submit(
+        &mut self,
+        request: JobRequest,
+        verify: u32,
+        requester: Option<(PublicKey, Priority)>,
+    ) -> Result<Submitted, ScheduleError> {
         let verify = if verify == VERIFY_AUTO {
             VERIFY_AUTO
         } else {
             verify.clamp(1, VERIFY_MAX)
         };
+        if let Some(job) = self.jobs.get(&request.build_key) {
+            let new_requester = requester.is_some_and(|(key, _)| !job.requesters.iter().any(|r| r.key == key));
+            if new_requester && job.requesters.len() >= REQUESTERS_PER_JOB_MAX {
+                return Err(ScheduleError::TooManyRequesters);
+            }
+        }
         if let Some(job) = self.jobs.get_mut(&request.build_key) {
             let verify = stricter(job.verify, verify);
             if verify != job.verify {
@@ -412,10 +505,34 @@ impl Schedule {
                 return Ok(Submitted::Merged { new_emails: Vec::new() });
             };
             let mut new_emails = Vec::new();
+            let mut given = Vec::new();
             for email in request.emails {
                 if !job.request.emails.contains(&email) && job.request.emails.len() < REQUESTERS_EMAILS_MAX {
                     job.request.emails.push(email.clone());
-                    new_emails.push(email);
+                    new_emails.push(email.clone());
+                }
+                if let Some(index) = job.request.emails.iter().position(|e| *e == email) {
+                    given.push(index as u8);
+                }
+            }
+            if let Some((key, priority)) = requester {
+                match job.requesters.iter_mut().find(|r| r.key == key) {
+                    Some(known) => {
+                        for index in given {
+                            if !known.emails.contains(&index) && known.emails.len() < EMAILS_MAX {
+                                known.emails.push(index);
+                            }
+                        }
+                    }
+                    None => {
+                        given.truncate(EMAILS_MAX);
+                        job.requesters.push(RequesterShare {
+                            key,
+                            priority,
+                            emails: given,
+                        });
+                        *self.open_by.entry(key).or_insert(0) += 1;
+                    }
                 }
             }
             return Ok(Submitted::Merged { new_emails });
@@ -437,7 +554,13 @@ impl Schedule {
             waiting_because: None,
             verify,
             built: Vec::new(),
+            requesters: Vec::new(),
         };
+        let mut job = job;
+        if let Some((key, priority)) = requester {
+            let emails = (0..job.request.emails.len().min(EMAILS_MAX)).map(|i| i as u8).collect();
+            job.requesters.push(RequesterShare { key, priority, emails });
+        }
         self.insert(job);
         Ok(Submitted::New)
     }
@@ -462,7 +585,8 @@ impl Schedule {
         self.next_sequence = self.next_sequence.max(job.sequence) + 1;
         match job.state {
             JobState::Queued => {
-                self.queue.insert(job.sequence, job.request.build_key);
+                self.queue
+                    .insert(job.owner(), job.priority(), job.sequence, job.request.build_key);
             }
             JobState::Replicating { .. } | JobState::GaveUp { .. } | JobState::NotReproducible => {
                 self.ended.insert(job.request.build_key);
@@ -470,8 +594,14 @@ impl Schedule {
             JobState::Assigned { .. } => {}
         }
         let recipe_id = job.request.recipe_id;
+        let requesters: Vec<PublicKey> = job.requesters.iter().map(|r| r.key).collect();
+        let owner = job.owner();
         if self.jobs.insert(job.request.build_key, Box::new(job)).is_none() {
             *self.recipes.entry(recipe_id).or_insert(0) += 1;
+            for key in requesters {
+                *self.open_by.entry(key).or_insert(0) += 1;
+            }
+            self.charge(owner, recipe_id, true);
         }
     }
 
@@ -498,11 +628,16 @@ impl Schedule {
         self.ended.remove(build_key);
         self.checking.remove(build_key);
         let job = self.jobs.remove(build_key)?;
-        self.queue.remove(&job.sequence);
+        self.queue.remove(job.owner(), job.priority(), job.sequence);
+        for requester in &job.requesters {
+            self.uncount(&requester.key);
+        }
+        self.charge(job.owner(), job.request.recipe_id, false);
         if let Some(count) = self.recipes.get_mut(&job.request.recipe_id) {
             *count -= 1;
             if *count == 0 {
                 self.recipes.remove(&job.request.recipe_id);
+                self.recipe_bytes.remove(&job.request.recipe_id);
             }
         }
         if let JobState::Assigned { worker, .. } = &job.state {
@@ -524,7 +659,166 @@ impl Schedule {
             }
         }
         job.state = JobState::Queued;
-        self.queue.insert(job.sequence, *build_key);
+        self.queue.insert(job.owner(), job.priority(), job.sequence, *build_key);
+    }
+
+    /// An owner's open job of `recipe` opened (`open`) or ended: its
+    /// inputs are held for the owner while it has one.
+    fn charge(&mut self, owner: fair::Owner, recipe: Hash, open: bool) {
+        let Some(owner) = owner else {
+            return;
+        };
+        let bytes = self.recipe_bytes.get(&recipe).copied().unwrap_or(0);
+        let count = self.owner_recipes.entry((owner, recipe)).or_insert(0);
+        if open {
+            *count += 1;
+            if *count == 1 {
+                *self.held_by.entry(owner).or_insert(0) += bytes;
+            }
+            return;
+        }
+        *count = count.saturating_sub(1);
+        if *count == 0 {
+            self.owner_recipes.remove(&(owner, recipe));
+            if let Some(held) = self.held_by.get_mut(&owner) {
+                *held = held.saturating_sub(bytes);
+                if *held == 0 {
+                    self.held_by.remove(&owner);
+                }
+            }
+        }
+    }
+
+    /// What a recipe's inputs take (the acting coordinator fetched them).
+    pub fn note_input_bytes(&mut self, recipe: Hash, bytes: u64) {
+        if !self.recipes.contains_key(&recipe) {
+            self.recipe_bytes.insert(recipe, bytes);
+        }
+    }
+
+    /// The bytes of inputs held for `owner`'s open jobs if it opened a job
+    /// of `recipe`, whose inputs take `bytes`.
+    pub fn inputs_held_with(&self, owner: &PublicKey, recipe: &Hash, bytes: u64) -> u64 {
+        let held = self.held_by.get(owner).copied().unwrap_or(0);
+        if self.owner_recipes.contains_key(&(*owner, *recipe)) {
+            held
+        } else {
+            held.saturating_add(self.recipe_bytes.get(recipe).copied().unwrap_or(bytes))
+        }
+    }
+
+    fn uncount(&mut self, key: &PublicKey) {
+        if let Some(count) = self.open_by.get_mut(key) {
+            *count -= 1;
+            if *count == 0 {
+                self.open_by.remove(key);
+            }
+        }
+    }
+
+    /// Open jobs this requester asked for (and has not cancelled).
+    pub fn open_jobs_of(&self, key: &PublicKey) -> u32 {
+        self.open_by.get(key).copied().unwrap_or(0)
+    }
+
+    /// The requesters of an open job and their addresses, as the
+    /// coordinator announced them (gossip `JobV3`): both replace what was
+    /// kept (a cancel takes some away).
+    pub fn announced(&mut self, build_key: &Hash, requesters: Vec<RequesterShare>, emails: Vec<String>) {
+        self.set_requesters(build_key, requesters);
+        if let Some(job) = self.jobs.get_mut(build_key) {
+            job.request.emails = emails;
+            job.request.emails.truncate(REQUESTERS_EMAILS_MAX);
+        }
+    }
+
+    /// The requesters of an open job: the list replaces the one kept.
+    fn set_requesters(&mut self, build_key: &Hash, requesters: Vec<RequesterShare>) {
+        let Some(job) = self.jobs.get(build_key) else {
+            return;
+        };
+        let old: Vec<PublicKey> = job.requesters.iter().map(|r| r.key).collect();
+        let queued = matches!(job.state, JobState::Queued);
+        let (owner, priority, sequence) = (job.owner(), job.priority(), job.sequence);
+        let recipe = job.request.recipe_id;
+        let new_owner = requesters.first().map(|r| r.key);
+        if new_owner != owner {
+            self.charge(owner, recipe, false);
+            self.charge(new_owner, recipe, true);
+        }
+        if queued {
+            self.queue.remove(owner, priority, sequence);
+        }
+        for key in &old {
+            self.uncount(key);
+        }
+        let mut requesters = requesters;
+        requesters.truncate(REQUESTERS_PER_JOB_MAX);
+        for requester in &requesters {
+            *self.open_by.entry(requester.key).or_insert(0) += 1;
+        }
+        if let Some(job) = self.jobs.get_mut(build_key) {
+            job.requesters = requesters;
+            if queued {
+                self.queue.insert(job.owner(), job.priority(), job.sequence, *build_key);
+            }
+        }
+    }
+
+    /// Takes `key` off the job's requesters, and its addresses (those no
+    /// other requester gave) off the job's mail. A job nobody wants any
+    /// more is removed.
+    pub fn cancel(&mut self, build_key: &Hash, key: &PublicKey) -> Result<Cancelled, CancelError> {
+        let Some(job) = self.jobs.get(build_key) else {
+            return Err(CancelError::NoSuchJob);
+        };
+        let Some(position) = job.requesters.iter().position(|r| r.key == *key) else {
+            return Err(CancelError::NotARequester(job.requesters.len()));
+        };
+        let mut requesters = job.requesters.clone();
+        let leaving = requesters.remove(position);
+        // Addresses someone else gave, or nobody (a job from an older
+        // coordinator), stay.
+        let given_by_others: BTreeSet<u8> = requesters.iter().flat_map(|r| r.emails.iter().copied()).collect();
+        let keep: Vec<bool> = (0..job.request.emails.len())
+            .map(|i| {
+                let i = i as u8;
+                given_by_others.contains(&i) || !leaving.emails.contains(&i)
+            })
+            .collect();
+        if requesters.is_empty() && !keep.iter().any(|k| *k) {
+            return match self.remove(build_key) {
+                Some(job) => Ok(Cancelled::Dropped(Box::new(job))),
+                None => Err(CancelError::NoSuchJob),
+            };
+        }
+        // Renumber the addresses that stay.
+        let mut renumbered: Vec<Option<u8>> = Vec::with_capacity(keep.len());
+        let mut next = 0u8;
+        for kept in &keep {
+            renumbered.push(kept.then(|| {
+                next += 1;
+                next - 1
+            }));
+        }
+        for requester in &mut requesters {
+            requester.emails = requester
+                .emails
+                .iter()
+                .filter_map(|i| renumbered.get(usize::from(*i)).copied().flatten())
+                .collect();
+        }
+        let left = requesters.len() as u32;
+        self.set_requesters(build_key, requesters);
+        if let Some(job) = self.jobs.get_mut(build_key) {
+            let emails = std::mem::take(&mut job.request.emails);
+            job.request.emails = emails
+                .into_iter()
+                .zip(keep)
+                .filter_map(|(email, kept)| kept.then_some(email))
+                .collect();
+        }
+        Ok(Cancelled::StillWanted(left))
     }
 
     /// A worker's advert: its system, capacity, and (its lease heartbeat)
@@ -635,7 +929,7 @@ impl Schedule {
 
     fn queue_remove(&mut self, build_key: &Hash) {
         if let Some(job) = self.jobs.get(build_key) {
-            self.queue.remove(&job.sequence);
+            self.queue.remove(job.owner(), job.priority(), job.sequence);
         }
     }
 
@@ -891,6 +1185,7 @@ impl Schedule {
         lost.sort();
         lost.dedup();
         self.lose(&lost);
+        self.sample_shares(now_ms);
         let before = self.workers.len();
         self.workers
             .retain(|_, entry| now_ms.saturating_sub(entry.seen_at_ms) <= WORKER_GONE_MS);
@@ -901,6 +1196,7 @@ impl Schedule {
     }
 }
 
+pub mod fair;
 mod matching;
 #[cfg(test)]
 mod tests;

@@ -58,7 +58,7 @@ fn jobs_go_to_matching_workers_least_loaded_first() {
     let b = job("b", "x86_64", "b@example.org");
     let c = job("c", "aarch64", "c@example.org");
     for j in [&a, &b, &c] {
-        assert_eq!(s.submit(j.clone(), 1), Ok(Submitted::New));
+        assert_eq!(s.submit(j.clone(), 1, None), Ok(Submitted::New));
     }
     let plan = assigned_to(&s.plan(1));
     assert_eq!(plan.len(), 3);
@@ -72,11 +72,11 @@ fn jobs_go_to_matching_workers_least_loaded_first() {
 fn identical_requests_merge_their_addresses() {
     let mut s = Schedule::new();
     let a = job("a", "x86_64", "a@example.org");
-    s.submit(a.clone(), 1).unwrap();
+    s.submit(a.clone(), 1, None).unwrap();
     let mut again = a.clone();
     again.emails = vec!["b@example.org".into(), "a@example.org".into()];
     assert_eq!(
-        s.submit(again, 1),
+        s.submit(again, 1, None),
         Ok(Submitted::Merged {
             new_emails: vec!["b@example.org".into()]
         })
@@ -89,7 +89,7 @@ fn identical_requests_merge_their_addresses() {
 fn a_job_no_worker_matches_waits_and_says_why() {
     let mut s = Schedule::new();
     let c = job("c", "aarch64", "c@example.org");
-    s.submit(c.clone(), 1).unwrap();
+    s.submit(c.clone(), 1, None).unwrap();
     s.plan(0);
     s.advert(worker(1), advert("x86_64", 1, vec![]), 0);
     assert!(assigned_to(&s.plan(1)).is_empty());
@@ -112,7 +112,7 @@ fn a_failing_build_is_retried_on_other_workers_then_given_up() {
         s.advert(worker(n), advert("x86_64", 1, vec![]), 0);
     }
     let a = job("a", "x86_64", "a@example.org");
-    s.submit(a.clone(), 1).unwrap();
+    s.submit(a.clone(), 1, None).unwrap();
     let mut tried = BTreeSet::new();
     for attempt in 1..=FAILED_ATTEMPTS_MAX {
         let plan = s.plan(u64::from(attempt));
@@ -132,7 +132,7 @@ fn a_failure_with_no_other_matching_worker_is_final() {
     let mut s = Schedule::new();
     s.advert(worker(1), advert("x86_64", 1, vec![]), 0);
     let a = job("a", "x86_64", "a@example.org");
-    s.submit(a.clone(), 1).unwrap();
+    s.submit(a.clone(), 1, None).unwrap();
     s.plan(1);
     s.failed(&a.build_key, worker(1), "exit status 1", None);
     assert!(s.plan(2).is_empty());
@@ -148,7 +148,7 @@ fn a_refusing_worker_is_skipped_for_a_while() {
     s.advert(worker(1), advert("x86_64", 1, vec![]), 0);
     s.advert(worker(2), advert("x86_64", 1, vec![]), 0);
     let a = job("a", "x86_64", "a@example.org");
-    s.submit(a.clone(), 1).unwrap();
+    s.submit(a.clone(), 1, None).unwrap();
     let first = assigned_to(&s.plan(1))[0].1;
     s.refused(&a.build_key, first, "busy", 2);
     let second = assigned_to(&s.plan(3))[0].1;
@@ -166,7 +166,7 @@ fn a_silent_worker_loses_its_lease_and_a_worker_that_dropped_the_job_too() {
     let mut s = Schedule::new();
     s.advert(worker(1), advert("x86_64", 1, vec![]), 0);
     let a = job("a", "x86_64", "a@example.org");
-    s.submit(a.clone(), 1).unwrap();
+    s.submit(a.clone(), 1, None).unwrap();
     s.plan(0);
     // Heartbeats listing the job keep the lease.
     s.advert(worker(1), advert("x86_64", 1, vec![a.build_key]), LEASE_MS);
@@ -190,7 +190,7 @@ fn an_idle_worker_heard_rarely_gets_work_and_keeps_its_lease_until_it_falls_sile
     let mut s = Schedule::new();
     s.advert(worker(1), advert("x86_64", 1, vec![]), 0);
     let a = job("a", "x86_64", "a@example.org");
-    s.submit(a.clone(), 1).unwrap();
+    s.submit(a.clone(), 1, None).unwrap();
     // Idle workers refresh rarely: one last heard 20 s ago still gets work,
     let t = 20_000;
     assert!(t > LEASE_MS && t <= WORKER_ALIVE_MS);
@@ -210,10 +210,10 @@ fn a_job_queued_while_every_worker_is_busy_says_why_and_the_change_is_told() {
     s.advert(worker(1), advert("x86_64", 1, vec![]), 0);
     let a = job("a", "x86_64", "a@example.org");
     let b = job("b", "aarch64", "b@example.org");
-    s.submit(a.clone(), 1).unwrap();
+    s.submit(a.clone(), 1, None).unwrap();
     assert_eq!(assigned_to(&s.plan(1)), vec![(a.build_key, worker(1))]);
     // No worker is free now; the new job still gets its reason, once.
-    s.submit(b.clone(), 1).unwrap();
+    s.submit(b.clone(), 1, None).unwrap();
     let plan = s.plan(2);
     assert_eq!(plan, vec![Decision::Waits { build_key: b.build_key }]);
     let why = s.job(&b.build_key).unwrap().waiting_because.clone().unwrap();
@@ -227,7 +227,7 @@ fn kept_jobs_come_back_with_their_assignment_and_history() {
     s.advert(worker(1), advert("x86_64", 1, vec![]), 0);
     s.advert(worker(2), advert("x86_64", 1, vec![]), 0);
     let a = job("a", "x86_64", "a@example.org");
-    s.submit(a.clone(), 1).unwrap();
+    s.submit(a.clone(), 1, None).unwrap();
     let first = assigned_to(&s.plan(0))[0].1;
     s.failed(&a.build_key, first, "exit status 1", None);
     let second = assigned_to(&s.plan(1))[0].1;
@@ -252,7 +252,7 @@ fn a_restored_assignment_the_worker_does_not_run_goes_back_to_the_queue() {
     let mut before = Schedule::new();
     before.advert(worker(1), advert("x86_64", 1, vec![]), 0);
     let a = job("a", "x86_64", "a@example.org");
-    before.submit(a.clone(), 1).unwrap();
+    before.submit(a.clone(), 1, None).unwrap();
     assert_eq!(assigned_to(&before.plan(1)), vec![(a.build_key, worker(1))]);
     let kept = before.remove(&a.build_key).unwrap();
 
@@ -273,7 +273,7 @@ fn a_restored_assignment_the_worker_runs_is_kept_and_an_unknown_worker_loses_it(
     let mut s = Schedule::new();
     s.advert(worker(1), advert("x86_64", 1, vec![]), 0);
     let a = job("a", "x86_64", "a@example.org");
-    s.submit(a.clone(), 1).unwrap();
+    s.submit(a.clone(), 1, None).unwrap();
     s.plan(1);
     let kept = s.remove(&a.build_key).unwrap();
     let mut running = Schedule::new();
@@ -303,7 +303,7 @@ fn a_restored_job_held_for_its_check_is_assigned_once_checked_or_after_the_bound
     let b = job("b", "x86_64", "b@example.org");
     for j in [&a, &b] {
         let mut kept = Schedule::new();
-        kept.submit(j.clone(), 1).unwrap();
+        kept.submit(j.clone(), 1, None).unwrap();
         let bytes = wire::encode(kept.job(&j.build_key).unwrap()).unwrap();
         s.restore(wire::decode::<_, 65536>(&bytes).unwrap(), 0);
         s.hold_for_check(j.build_key, RESTORED_CHECK_MS_MAX);
@@ -361,7 +361,7 @@ fn a_job_that_needs_two_builders_is_built_by_two_distinct_workers_and_settles_on
         s.advert(worker(n), advert("x86_64", 1, vec![]), 0);
     }
     let a = job("a", "x86_64", "a@example.org");
-    s.submit(a.clone(), 2).unwrap();
+    s.submit(a.clone(), 2, None).unwrap();
     let first = lease_of(&mut s, a.build_key, 0);
     // A build from a worker the job is not leased to is not taken.
     let stranger = (1..=3).map(worker).find(|w| *w != first).unwrap();
@@ -398,7 +398,7 @@ fn a_liar_is_outvoted_by_two_honest_builders_and_named_as_disagreeing() {
         s.advert(worker(n), advert("x86_64", 1, vec![]), 0);
     }
     let a = job("a", "x86_64", "a@example.org");
-    s.submit(a.clone(), 2).unwrap();
+    s.submit(a.clone(), 2, None).unwrap();
     let liar = lease_of(&mut s, a.build_key, 0);
     assert_eq!(
         s.built(
@@ -437,7 +437,7 @@ fn builds_that_disagree_with_no_other_worker_left_are_not_reproducible() {
         s.advert(worker(n), advert("x86_64", 1, vec![]), 0);
     }
     let a = job("a", "x86_64", "a@example.org");
-    s.submit(a.clone(), 2).unwrap();
+    s.submit(a.clone(), 2, None).unwrap();
     let first = lease_of(&mut s, a.build_key, 0);
     s.built(
         &a.build_key,
@@ -466,10 +466,10 @@ fn one_build_with_no_second_worker_waits_and_a_merged_request_raises_the_builder
     let mut s = Schedule::new();
     s.advert(worker(1), advert("x86_64", 1, vec![]), 0);
     let a = job("a", "x86_64", "a@example.org");
-    s.submit(a.clone(), 1).unwrap();
+    s.submit(a.clone(), 1, None).unwrap();
     let mut again = a.clone();
     again.emails = vec!["b@example.org".into()];
-    s.submit(again, 3).unwrap();
+    s.submit(again, 3, None).unwrap();
     assert_eq!(s.job(&a.build_key).unwrap().verify, 3, "the larger count wins");
     let first = lease_of(&mut s, a.build_key, 0);
     assert_eq!(
@@ -503,7 +503,7 @@ fn a_job_kept_on_disk_by_the_previous_version_is_read() {
     let read = Job::decode::<65_536>(&bytes).unwrap();
     assert_eq!((read.request, read.failed_attempts, read.verify), (a.clone(), 1, 1));
     let mut s = Schedule::new();
-    s.submit(a.clone(), 2).unwrap();
+    s.submit(a.clone(), 2, None).unwrap();
     let now = wire::encode(s.job(&a.build_key).unwrap()).unwrap();
     assert_eq!(Job::decode::<65_536>(&now).unwrap().verify, 2);
 }
@@ -517,7 +517,7 @@ fn an_auto_job_is_accepted_alone_only_when_the_coordinator_says_so_and_its_check
     }
     // Trusted alone: the coordinator decided (`alone`), on the first build.
     let a = job("a", "x86_64", "a@example.org");
-    s.submit(a.clone(), VERIFY_AUTO).unwrap();
+    s.submit(a.clone(), VERIFY_AUTO, None).unwrap();
     let first = lease_of(&mut s, a.build_key, 0);
     assert_eq!(
         s.built(&a.build_key, signed_build(number_of(first), a.build_key, b"A"), true),
@@ -531,7 +531,7 @@ fn an_auto_job_is_accepted_alone_only_when_the_coordinator_says_so_and_its_check
     s.note_streak(worker(3), 7, 0);
     s.note_streak(worker(2), 2, 0);
     let b = job("b", "x86_64", "b@example.org");
-    s.submit(b.clone(), VERIFY_AUTO).unwrap();
+    s.submit(b.clone(), VERIFY_AUTO, None).unwrap();
     let b_first = lease_of(&mut s, b.build_key, 1);
     assert_eq!(
         s.built(&b.build_key, signed_build(number_of(b_first), b.build_key, b"B"), false),
@@ -551,7 +551,7 @@ fn an_auto_job_is_accepted_alone_only_when_the_coordinator_says_so_and_its_check
 
     // A job with a count asked is never accepted alone.
     let c = job("c", "x86_64", "c@example.org");
-    s.submit(c.clone(), 2).unwrap();
+    s.submit(c.clone(), 2, None).unwrap();
     let c_first = lease_of(&mut s, c.build_key, 3);
     assert_eq!(
         s.built(&c.build_key, signed_build(number_of(c_first), c.build_key, b"C"), true),
@@ -570,10 +570,10 @@ fn merged_requests_keep_the_policy_that_checks_more() {
     let mut s = Schedule::new();
     s.advert(worker(1), advert("x86_64", 1, vec![]), 0);
     let a = job("a", "x86_64", "a@example.org");
-    s.submit(a.clone(), 1).unwrap();
-    s.submit(a.clone(), VERIFY_AUTO).unwrap();
+    s.submit(a.clone(), 1, None).unwrap();
+    s.submit(a.clone(), VERIFY_AUTO, None).unwrap();
     assert_eq!(s.job(&a.build_key).unwrap().verify, VERIFY_AUTO);
-    s.submit(a.clone(), 1).unwrap();
+    s.submit(a.clone(), 1, None).unwrap();
     assert_eq!(
         s.job(&a.build_key).unwrap().verify,
         VERIFY_AUTO,
@@ -586,7 +586,7 @@ fn merged_requests_keep_the_policy_that_checks_more() {
         s.built(&a.build_key, signed_build(number_of(first), a.build_key, b"A"), true),
         Built::Accepted
     );
-    s.submit(a.clone(), 2).unwrap();
+    s.submit(a.clone(), 2, None).unwrap();
     assert!(matches!(s.job(&a.build_key).unwrap().state, JobState::Queued));
     assert_eq!(lease_of(&mut s, a.build_key, 1), worker(2));
 }
@@ -611,13 +611,113 @@ fn a_worker_caught_disagreeing_more_than_agreeing_builds_first_only_when_no_othe
     };
     let mut s = farm((1, 2));
     let a = job("a", "x86_64", "a@example.org");
-    s.submit(a.clone(), 1).unwrap();
+    s.submit(a.clone(), 1, None).unwrap();
     assert_eq!(lease_of(&mut s, a.build_key, 0), other);
     let b = job("b", "x86_64", "b@example.org");
-    s.submit(b.clone(), 1).unwrap();
+    s.submit(b.clone(), 1, None).unwrap();
     assert_eq!(lease_of(&mut s, b.build_key, 1), first, "the only free worker");
     // A streak caught up with its disagreements ends the suspicion.
     let mut t = farm((2, 2));
-    t.submit(a.clone(), 1).unwrap();
+    t.submit(a.clone(), 1, None).unwrap();
     assert_eq!(lease_of(&mut t, a.build_key, 0), first);
+}
+
+fn asker(n: u8) -> Option<(PublicKey, Priority)> {
+    Some((SecretKey::from_bytes(&[100 + n; 32]).public(), Priority::Normal))
+}
+
+#[test]
+fn a_requester_with_one_job_is_served_next_after_one_with_fifty() {
+    let mut s = Schedule::new();
+    s.advert(worker(1), advert("x86_64", 1, vec![]), 0);
+    for n in 0..50 {
+        let j = job(&format!("a{n}"), "x86_64", "a@example.org");
+        s.submit(j, 1, asker(1)).unwrap();
+    }
+    let first = assigned_to(&s.plan(1));
+    assert_eq!(first.len(), 1);
+    let b = job("b", "x86_64", "b@example.org");
+    s.submit(b.clone(), 1, asker(2)).unwrap();
+    // The worker finishes the first build and is free again.
+    s.remove(&first[0].0);
+    let next = assigned_to(&s.plan(2));
+    assert_eq!(
+        next,
+        vec![(b.build_key, worker(1))],
+        "B's turn comes before A's second job"
+    );
+    let views = s.requester_views(3, 10);
+    assert_eq!(views[0].queued, 49);
+    assert_eq!(views.iter().map(|v| v.running).sum::<u32>(), 1);
+}
+
+#[test]
+fn priority_orders_a_requesters_own_jobs_only() {
+    let mut s = Schedule::new();
+    let (a, b) = (asker(1).unwrap().0, asker(2).unwrap().0);
+    s.submit(job("a0", "x86_64", "a@example.org"), 1, Some((a, Priority::Normal)))
+        .unwrap();
+    s.submit(job("b0", "x86_64", "b@example.org"), 1, Some((b, Priority::Low)))
+        .unwrap();
+    let urgent = job("a1", "x86_64", "a@example.org");
+    s.submit(urgent.clone(), 1, Some((a, Priority::High))).unwrap();
+    s.advert(worker(1), advert("x86_64", 3, vec![]), 0);
+    let plan: Vec<Hash> = assigned_to(&s.plan(1)).into_iter().map(|(k, _)| k).collect();
+    let order_of = |name: &str| {
+        plan.iter()
+            .position(|k| *k == Hash::of(format!("{name}/x86_64").as_bytes()))
+    };
+    assert!(
+        order_of("a1") < order_of("a0"),
+        "A's high-priority job goes before its normal one"
+    );
+    assert!(
+        order_of("b0") < order_of("a0"),
+        "B's low-priority job still takes B's turn before A's second"
+    );
+}
+
+#[test]
+fn a_cancel_takes_one_requester_and_its_addresses_off_and_drops_the_job_with_the_last() {
+    let mut s = Schedule::new();
+    let (a, b) = (asker(1), asker(2));
+    let j = job("x", "x86_64", "a@example.org");
+    s.submit(j.clone(), 1, a).unwrap();
+    let mut again = j.clone();
+    again.emails = vec!["b@example.org".into()];
+    s.submit(again, 1, b).unwrap();
+    assert_eq!(s.open_jobs_of(&a.unwrap().0), 1);
+    let stranger = SecretKey::from_bytes(&[9; 32]).public();
+    assert_eq!(s.cancel(&j.build_key, &stranger), Err(CancelError::NotARequester(2)));
+    assert_eq!(s.cancel(&j.build_key, &a.unwrap().0), Ok(Cancelled::StillWanted(1)));
+    let kept = s.job(&j.build_key).unwrap();
+    assert_eq!(kept.request.emails, vec!["b@example.org".to_string()]);
+    assert_eq!(kept.requesters[0].emails, vec![0]);
+    assert_eq!(s.open_jobs_of(&a.unwrap().0), 0);
+    assert!(matches!(
+        s.cancel(&j.build_key, &b.unwrap().0),
+        Ok(Cancelled::Dropped(_))
+    ));
+    assert!(s.job(&j.build_key).is_none());
+    assert_eq!(s.queued_jobs(), 0);
+    assert_eq!(s.cancel(&j.build_key, &b.unwrap().0), Err(CancelError::NoSuchJob));
+}
+
+#[test]
+fn a_job_kept_before_requesters_existed_is_read_back() {
+    let j = job("old", "x86_64", "a@example.org");
+    let old = JobV2 {
+        request: j.clone(),
+        state: JobState::Queued,
+        failed_attempts: 0,
+        lost_attempts: 0,
+        failed_on: BTreeSet::new(),
+        last_failure: None,
+        sequence: 3,
+        verify: 2,
+        built: Vec::new(),
+    };
+    let bytes = wire::encode(&old).unwrap();
+    let read = Job::decode::<1_000_000>(&bytes).unwrap();
+    assert_eq!((read.request, read.verify, read.requesters.len()), (j, 2, 0));
 }
