@@ -43,7 +43,12 @@ impl Coordinator {
                 job,
                 verify,
                 requesters,
-            } if self.election.is_candidate(&peer) => self.heard_job(job, verify, Some(requesters), peer),
+            } if self.election.is_candidate(&peer) => {
+                // Who asked is the acting coordinator's word: taken from a
+                // peer that speaks for the queue, never by the acting node.
+                let requesters = (!self.acting && self.election.speaks_for_queue(&peer)).then_some(requesters);
+                self.heard_job(job, verify, requesters, peer)
+            }
             GossipV1::Withdrawn { build_key } if self.election.speaks_for_queue(&peer) => {
                 if let Some(job) = self.schedule.remove(&build_key) {
                     info!(job = %build_key, "cancelled by every requester; dropped");
@@ -161,7 +166,8 @@ impl Coordinator {
         requesters: Option<Vec<kiln_protocol::coord::RequesterShare>>,
         from: PeerId,
     ) {
-        if check_job(&job).is_err() || self.built(&job.build_key).is_some() {
+        // A merged job carries every requester's addresses.
+        if check_job_heard(&job).is_err() || self.built(&job.build_key).is_some() {
             return;
         }
         let build_key = job.build_key;

@@ -25,6 +25,23 @@ impl Coordinator {
     ) -> CoordReplyV1 {
         let build_key = job.build_key;
         let emails = job.emails.len();
+        let recipe_id = job.recipe_id;
+        // Again here, past the lookup: submissions fetching their inputs at
+        // once must not take a requester over its bound together.
+        let joins = self
+            .schedule
+            .job(&build_key)
+            .is_some_and(|j| j.requesters.iter().any(|r| r.key == requester.0));
+        let open = self.schedule.open_jobs_of(&requester.0);
+        if !joins && open >= self.requester_jobs_max {
+            crate::metrics::Metrics::add(&METRICS.requests_refused_bound, 1);
+            if !self.schedule.uses_recipe(&recipe_id) {
+                release_inputs(&self.store, recipe_id);
+            }
+            return CoordReplyV1::Refused {
+                reason: super::bounds::too_many_open(open, self.requester_jobs_max),
+            };
+        }
         if self.schedule.job(&build_key).is_none() {
             let held = self
                 .schedule
@@ -43,7 +60,10 @@ impl Coordinator {
         let merged = match self.schedule.submit(job, verify, Some(requester)) {
             Ok(Submitted::New) => false,
             Ok(Submitted::Merged { .. }) => true,
-            Err(e) => return CoordReplyV1::Refused { reason: e.to_string() },
+            Err(e) => {
+                self.schedule.forget_input_bytes(&recipe_id);
+                return CoordReplyV1::Refused { reason: e.to_string() };
+            }
         };
         if !merged {
             self.count_earlier_builds(&build_key);

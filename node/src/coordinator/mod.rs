@@ -71,7 +71,7 @@ pub mod verification;
 pub use bounds::{REQUESTER_INPUT_BYTES_DEFAULT, REQUESTER_JOBS_DEFAULT, REQUESTER_RATE_DEFAULT};
 pub use effects::hold_inputs;
 use effects::*;
-use server::{check_job, Server};
+use server::{check_job_heard, Server};
 pub use streaks::StreakView;
 use sync::SYNC_RETRY_MS;
 

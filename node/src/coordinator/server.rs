@@ -11,7 +11,7 @@ use kiln_protocol::build::{VERIFY_AUTO, VERIFY_MAX};
 use kiln_protocol::coord::{
     CoordReply, CoordReplyV1, CoordRequest, Priority, COORD_FRAME_BYTES_MAX, PHASES_MAX, RECIPE_NAME_BYTES_MAX,
 };
-use kiln_protocol::messages::{check_email, JobRequest, EMAILS_MAX};
+use kiln_protocol::messages::{check_email, JobRequest, EMAILS_MAX, REQUESTER_EMAILS_MAX};
 use kiln_protocol::system::VersionRange;
 use kiln_protocol::{build_key, Hash, PublicKey};
 use kiln_store::Store;
@@ -332,8 +332,18 @@ fn stopping() -> CoordReplyV1 {
 
 /// Checks what a peer can get wrong in a job before anything is fetched.
 pub(super) fn check_job(job: &JobRequest) -> Result<(), String> {
-    if job.emails.is_empty() || job.emails.len() > EMAILS_MAX {
-        return Err(format!("a request needs 1 to {EMAILS_MAX} email addresses"));
+    check_job_with(job, EMAILS_MAX)
+}
+
+/// [`check_job`] for a job the coordinator announced: merged requests
+/// carry up to [`REQUESTER_EMAILS_MAX`] addresses.
+pub(super) fn check_job_heard(job: &JobRequest) -> Result<(), String> {
+    check_job_with(job, REQUESTER_EMAILS_MAX)
+}
+
+fn check_job_with(job: &JobRequest, emails_max: usize) -> Result<(), String> {
+    if job.emails.is_empty() || job.emails.len() > emails_max {
+        return Err(format!("a request needs 1 to {emails_max} email addresses"));
     }
     for email in &job.emails {
         check_email(email)?;

@@ -25,6 +25,9 @@ use kiln_protocol::{Hash, PublicKey};
 /// Whose turn a job takes: its first requester's key.
 pub type Owner = Option<PublicKey>;
 
+/// Owners with no job queued whose last turn is remembered.
+pub const IDLE_OWNERS_MAX: usize = 10_000;
+
 /// One owner's queued jobs: highest priority first, then oldest.
 type Lane = BTreeMap<(Reverse<Priority>, u64), Hash>;
 
@@ -34,8 +37,12 @@ pub struct FairQueue {
     by_owner: HashMap<Owner, Lane>,
     /// Owners with queued jobs, in turn order: least recently served first.
     turns: BTreeSet<(u64, Owner)>,
-    /// When each owner with queued jobs was last served (0: not yet), on
-    /// the queue's own count of turns.
+    /// Owners served lately with no job queued now (at most
+    /// [`IDLE_OWNERS_MAX`]), so one that queues a job at a time comes back
+    /// at its place, not first.
+    idle: BTreeSet<(u64, Owner)>,
+    /// When each owner in `turns` or `idle` was last served (0: not yet),
+    /// on the queue's own count of turns.
     served_at: HashMap<Owner, u64>,
     turns_taken: u64,
     len: usize,
@@ -54,6 +61,7 @@ impl FairQueue {
         let jobs = self.by_owner.entry(owner).or_default();
         if jobs.is_empty() {
             let at = *self.served_at.entry(owner).or_insert(0);
+            self.idle.remove(&(at, owner));
             self.turns.insert((at, owner));
         }
         if jobs.insert((Reverse(priority), sequence), build_key).is_none() {
@@ -70,8 +78,20 @@ impl FairQueue {
         }
         if jobs.is_empty() {
             self.by_owner.remove(&owner);
-            if let Some(at) = self.served_at.remove(&owner) {
+            if let Some(at) = self.served_at.get(&owner).copied() {
                 self.turns.remove(&(at, owner));
+                self.idle.insert((at, owner));
+                self.forget_idle();
+            }
+        }
+    }
+
+    /// Keeps at most [`IDLE_OWNERS_MAX`] idle owners: the one served
+    /// longest ago goes (it would come back near the front anyway).
+    fn forget_idle(&mut self) {
+        while self.idle.len() > IDLE_OWNERS_MAX {
+            if let Some((_, owner)) = self.idle.pop_first() {
+                self.served_at.remove(&owner);
             }
         }
     }
@@ -80,10 +100,17 @@ impl FairQueue {
     /// owner's.
     pub fn served(&mut self, owner: Owner) {
         self.turns_taken += 1;
-        if let Some(at) = self.served_at.get_mut(&owner) {
-            self.turns.remove(&(*at, owner));
-            *at = self.turns_taken;
-            self.turns.insert((self.turns_taken, owner));
+        let now = self.turns_taken;
+        let at = self.served_at.insert(owner, now);
+        if let Some(at) = at {
+            self.turns.remove(&(at, owner));
+            self.idle.remove(&(at, owner));
+        }
+        if self.by_owner.contains_key(&owner) {
+            self.turns.insert((now, owner));
+        } else {
+            self.idle.insert((now, owner));
+            self.forget_idle();
         }
     }
 
@@ -208,6 +235,21 @@ mod tests {
         queue.remove(key(2), Priority::Low, 10);
         queue.served(key(2));
         assert_eq!(queue.len(), 5);
+        assert_eq!(queue.fair_order()[0].1, Hash::of(&[1, 0]));
+    }
+
+    #[test]
+    fn an_owner_that_queues_one_job_at_a_time_keeps_its_place_in_the_turns() {
+        let mut queue = FairQueue::default();
+        for sequence in 0..3 {
+            queue.insert(key(1), Priority::Normal, sequence, Hash::of(&[1, sequence as u8]));
+        }
+        // Owner 2 is served its only job, then queues another.
+        queue.insert(key(2), Priority::Normal, 10, Hash::of(b"b0"));
+        queue.remove(key(2), Priority::Normal, 10);
+        queue.served(key(2));
+        queue.insert(key(2), Priority::Normal, 11, Hash::of(b"b1"));
+        // Owner 1, never served, goes first.
         assert_eq!(queue.fair_order()[0].1, Hash::of(&[1, 0]));
     }
 

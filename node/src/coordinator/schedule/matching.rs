@@ -25,6 +25,10 @@ impl Schedule {
         // say why they wait.
         let mut reasons_left = REASONS_PER_PLAN_MAX;
         for (owner, build_key) in queued {
+            // Only queued jobs are in the queue; a stale entry is skipped.
+            if !matches!(self.jobs.get(&build_key).map(|j| &j.state), Some(JobState::Queued)) {
+                continue;
+            }
             if free_total == 0 {
                 if reasons_left == 0 {
                     break;

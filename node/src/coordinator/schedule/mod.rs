@@ -407,7 +407,7 @@ pub struct Schedule {
     recipe_bytes: HashMap<Hash, u64>,
     /// Open jobs per owner and recipe: an owner holds a recipe's inputs
     /// while it owns an open job of it.
-    owner_recipes: HashMap<(PublicKey, Hash), u32>,
+    owner_recipes: HashMap<(PublicKey, Hash), (u32, u64)>,
     /// Bytes of inputs held for each owner's open jobs, each recipe once.
     held_by: HashMap<PublicKey, u64>,
     workers: HashMap<PublicKey, WorkerEntry>,
@@ -516,7 +516,11 @@ impl Schedule {
                 }
             }
             if let Some((key, priority)) = requester {
-                match job.requesters.iter_mut().find(|r| r.key == key) {
+                // Through `set_requesters`: a first requester of a job
+                // that had none becomes its owner, which moves its queue
+                // entry and its inputs' charge.
+                let mut requesters = job.requesters.clone();
+                match requesters.iter_mut().find(|r| r.key == key) {
                     Some(known) => {
                         for index in given {
                             if !known.emails.contains(&index) && known.emails.len() < EMAILS_MAX {
@@ -526,14 +530,15 @@ impl Schedule {
                     }
                     None => {
                         given.truncate(EMAILS_MAX);
-                        job.requesters.push(RequesterShare {
+                        requesters.push(RequesterShare {
                             key,
                             priority,
                             emails: given,
                         });
-                        *self.open_by.entry(key).or_insert(0) += 1;
                     }
                 }
+                let build_key = job.request.build_key;
+                self.set_requesters(&build_key, requesters);
             }
             return Ok(Submitted::Merged { new_emails });
         }
@@ -668,16 +673,18 @@ impl Schedule {
         let Some(owner) = owner else {
             return;
         };
-        let bytes = self.recipe_bytes.get(&recipe).copied().unwrap_or(0);
-        let count = self.owner_recipes.entry((owner, recipe)).or_insert(0);
+        let known = self.recipe_bytes.get(&recipe).copied().unwrap_or(0);
+        // The bytes charged are kept, so the same are taken off again.
+        let (count, bytes) = self.owner_recipes.entry((owner, recipe)).or_insert((0, known));
         if open {
             *count += 1;
             if *count == 1 {
-                *self.held_by.entry(owner).or_insert(0) += bytes;
+                *self.held_by.entry(owner).or_insert(0) += *bytes;
             }
             return;
         }
         *count = count.saturating_sub(1);
+        let bytes = *bytes;
         if *count == 0 {
             self.owner_recipes.remove(&(owner, recipe));
             if let Some(held) = self.held_by.get_mut(&owner) {
@@ -690,9 +697,19 @@ impl Schedule {
     }
 
     /// What a recipe's inputs take (the acting coordinator fetched them).
+    /// (Taken while unknown: after a restart, the jobs restored count it
+    /// once a submission of the recipe measures it.)
     pub fn note_input_bytes(&mut self, recipe: Hash, bytes: u64) {
-        if !self.recipes.contains_key(&recipe) {
-            self.recipe_bytes.insert(recipe, bytes);
+        let known = self.recipe_bytes.entry(recipe).or_insert(0);
+        if *known == 0 {
+            *known = bytes;
+        }
+    }
+
+    /// Forgets a recipe's size noted for a submission that was not taken.
+    pub fn forget_input_bytes(&mut self, recipe: &Hash) {
+        if !self.recipes.contains_key(recipe) {
+            self.recipe_bytes.remove(recipe);
         }
     }
 
@@ -794,11 +811,12 @@ impl Schedule {
         }
         // Renumber the addresses that stay.
         let mut renumbered: Vec<Option<u8>> = Vec::with_capacity(keep.len());
-        let mut next = 0u8;
+        let mut next = 0usize;
         for kept in &keep {
             renumbered.push(kept.then(|| {
                 next += 1;
-                next - 1
+                // At most REQUESTERS_EMAILS_MAX (256) addresses: fits.
+                u8::try_from(next - 1).unwrap_or(u8::MAX)
             }));
         }
         for requester in &mut requesters {

@@ -721,3 +721,46 @@ fn a_job_kept_before_requesters_existed_is_read_back() {
     let read = Job::decode::<1_000_000>(&bytes).unwrap();
     assert_eq!((read.request, read.verify, read.requesters.len()), (j, 2, 0));
 }
+
+#[test]
+fn inputs_are_counted_once_per_recipe_for_the_requester_that_owns_the_jobs() {
+    let mut s = Schedule::new();
+    let (a, b) = (asker(1), asker(2));
+    let key_a = a.unwrap().0;
+    // Two jobs of one recipe (different targets) count its inputs once.
+    let x86 = job("big", "x86_64", "a@example.org");
+    let arm = job("big", "aarch64", "a@example.org");
+    assert_eq!(s.inputs_held_with(&key_a, &x86.recipe_id, 1_000), 1_000);
+    s.note_input_bytes(x86.recipe_id, 1_000);
+    s.submit(x86.clone(), 1, a).unwrap();
+    assert_eq!(s.inputs_held_with(&key_a, &arm.recipe_id, 1_000), 1_000);
+    s.submit(arm.clone(), 1, a).unwrap();
+    let other = job("other", "x86_64", "a@example.org");
+    assert_eq!(s.inputs_held_with(&key_a, &other.recipe_id, 500), 1_500);
+    // Another requester joining holds nothing more for A, and owns nothing.
+    s.submit(x86.clone(), 1, b).unwrap();
+    assert_eq!(s.inputs_held_with(&b.unwrap().0, &other.recipe_id, 0), 0);
+    // Once A cancels, B owns the x86 job and holds its inputs.
+    s.cancel(&x86.build_key, &key_a).unwrap();
+    assert_eq!(s.inputs_held_with(&b.unwrap().0, &other.recipe_id, 0), 1_000);
+    s.cancel(&arm.build_key, &key_a).unwrap();
+    assert_eq!(s.inputs_held_with(&key_a, &other.recipe_id, 0), 0);
+}
+
+#[test]
+fn a_requester_joining_a_job_that_had_none_owns_it_and_it_is_leased_once() {
+    let mut s = Schedule::new();
+    s.advert(worker(1), advert("x86_64", 1, vec![]), 0);
+    s.advert(worker(2), advert("x86_64", 1, vec![]), 0);
+    let j = job("legacy", "x86_64", "a@example.org");
+    s.submit(j.clone(), 1, None).unwrap();
+    s.submit(j.clone(), 1, asker(1)).unwrap();
+    assert_eq!(s.job(&j.build_key).unwrap().owner(), Some(asker(1).unwrap().0));
+    assert_eq!(s.queued_jobs(), 1);
+    assert_eq!(assigned_to(&s.plan(1)).len(), 1);
+    assert_eq!(s.queued_jobs(), 0);
+    assert!(
+        assigned_to(&s.plan(2)).is_empty(),
+        "leased once, not again to the other worker"
+    );
+}
