@@ -53,6 +53,30 @@ pub fn poll_until(timeout: Duration, every: Duration, what: &str, mut condition:
     }
 }
 
+/// Runs `step`; if it panics, prints the last lines each of `procs` logged
+/// (their stderr, without debug lines) before the panic goes on, so a
+/// failure that depends on what several nodes believed can be read.
+pub fn logs_on_failure<T>(procs: &[&Proc], step: impl FnOnce() -> T) -> T {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(step)) {
+        Ok(value) => value,
+        Err(panic) => {
+            for proc in procs {
+                let log = proc.stderr();
+                let lines: Vec<&str> = log.lines().filter(|l| !l.contains("DEBUG")).collect();
+                let from = lines.len().saturating_sub(LOG_LINES_ON_FAILURE);
+                eprintln!("===== {}: its last {} log lines", proc.name, lines.len() - from);
+                for line in &lines[from..] {
+                    eprintln!("{line}");
+                }
+            }
+            std::panic::resume_unwind(panic)
+        }
+    }
+}
+
+/// Lines of each process's log [`logs_on_failure`] prints.
+pub const LOG_LINES_ON_FAILURE: usize = 200;
+
 /// A child process whose stdout lines are collected as they come; killed
 /// (SIGKILL) and reaped on drop.
 pub struct Proc {
