@@ -28,19 +28,11 @@ impl Coordinator {
         let recipe_id = job.recipe_id;
         // Again here, past the lookup: submissions fetching their inputs at
         // once must not take a requester over its bound together.
-        let joins = self
-            .schedule
-            .job(&build_key)
-            .is_some_and(|j| j.requesters.iter().any(|r| r.key == requester.0));
-        let open = self.schedule.open_jobs_of(&requester.0);
-        if !joins && open >= self.requester_jobs_max {
-            crate::metrics::Metrics::add(&METRICS.requests_refused_bound, 1);
+        if let Some(reason) = self.over_open_jobs(&build_key, &requester.0) {
             if !self.schedule.uses_recipe(&recipe_id) {
                 release_inputs(&self.store, recipe_id);
             }
-            return CoordReplyV1::Refused {
-                reason: super::bounds::too_many_open(open, self.requester_jobs_max),
-            };
+            return CoordReplyV1::Refused { reason };
         }
         if self.schedule.job(&build_key).is_none() {
             let held = self

@@ -547,14 +547,8 @@ impl Coordinator {
     /// A submission that opens a job, or joins one, counted against the
     /// requester's bounds: open jobs, and submissions in the last minute.
     fn within_bounds(&mut self, build_key: &Hash, requester: PublicKey, now: u64) -> Lookup {
-        let joined = self
-            .schedule
-            .job(build_key)
-            .is_some_and(|job| job.requesters.iter().any(|r| r.key == requester));
-        let open = self.schedule.open_jobs_of(&requester);
-        if !joined && open >= self.requester_jobs_max {
-            crate::metrics::Metrics::add(&crate::metrics::METRICS.requests_refused_bound, 1);
-            return Lookup::Refused(super::bounds::too_many_open(open, self.requester_jobs_max));
+        if let Some(reason) = self.over_open_jobs(build_key, &requester) {
+            return Lookup::Refused(reason);
         }
         if let Err(refusal) = self.submit_rate.take(requester, self.requester_rate_max, now) {
             crate::metrics::Metrics::add(&crate::metrics::METRICS.requests_refused_bound, 1);
@@ -565,6 +559,21 @@ impl Coordinator {
         } else {
             Lookup::New
         }
+    }
+
+    /// Why `requester` may not open (or join) `build_key`: it has as many
+    /// open jobs as one requester may. Counted as a refusal.
+    pub(super) fn over_open_jobs(&self, build_key: &Hash, requester: &PublicKey) -> Option<String> {
+        let joined = self
+            .schedule
+            .job(build_key)
+            .is_some_and(|job| job.requesters.iter().any(|r| r.key == *requester));
+        let open = self.schedule.open_jobs_of(requester);
+        if joined || open < self.requester_jobs_max {
+            return None;
+        }
+        crate::metrics::Metrics::add(&crate::metrics::METRICS.requests_refused_bound, 1);
+        Some(super::bounds::too_many_open(open, self.requester_jobs_max))
     }
 
     /// Adds a watcher of `build_key` (it gets the current phase at once);
