@@ -25,6 +25,19 @@ struct Cli {
     /// (default: the platform's data dir, ~/.local/share/kiln/bootstrap)
     #[arg(long, env = "KILN_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Bytes one relayed circuit may carry, both ways together (e.g. 1MiB); a peer behind NAT that
+    /// cannot hole punch is reached through this relay, within this limit
+    #[arg(long, value_name = "SIZE", default_value = "1MiB", value_parser = parse_size)]
+    relay_circuit_bytes: u64,
+    /// Seconds one relayed circuit may last
+    #[arg(long, value_name = "SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    relay_circuit_secs: u64,
+    /// Relayed circuits open at once; with --relay-circuit-bytes, this bounds the relay's bandwidth
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    relay_circuits: u64,
+    /// Peers behind NAT that may hold a slot on this relay at once
+    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    relay_reservations: u64,
     /// Log only errors
     #[arg(short, long, conflicts_with = "verbose")]
     quiet: bool,
@@ -37,8 +50,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let default = match (cli.quiet, cli.verbose) {
         (true, _) => "error",
-        (_, 0) => "warn,libp2p_kad=error",
-        (_, 1) => "warn,kiln_node=info",
+        (_, 0) => "warn,libp2p_kad=error,libp2p_autonat=error",
+        (_, 1) => "warn,kiln_node=info,libp2p_autonat=error",
         _ => "info,kiln_node=debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -64,6 +77,12 @@ fn main() -> ExitCode {
     }
 }
 
+fn parse_size(text: &str) -> Result<u64, String> {
+    kiln_protocol::system::parse_bytes(text)
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{text:?} is not a size: use for example 512KiB, 1MiB or 64MiB"))
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let data_dir = match cli.data_dir {
         Some(dir) => dir,
@@ -73,7 +92,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         data_dir,
         listen: cli.listen,
         bootstrap: cli.bootstrap,
-        relay_server: true,
+        relay_server: Some(kiln_node::net::RelayLimits {
+            circuit_bytes: cli.relay_circuit_bytes,
+            circuit_secs: cli.relay_circuit_secs,
+            circuits_max: cli.relay_circuits as usize,
+            reservations_max: cli.relay_reservations as usize,
+        }),
+        // A bootstrap peer must be reachable: it is every node's way in,
+        // and the relay of nodes behind NAT.
+        reachability: kiln_node::net::ReachabilityMode::Public,
         worker: None,
         max_store_bytes: None,
         // Answers who the coordinator is; never coordinates itself.

@@ -107,7 +107,9 @@ fn node_options(data_dir: PathBuf, bootstrap: Vec<Multiaddr>) -> NodeOptions {
             .with(Protocol::Ip4(std::net::Ipv4Addr::LOCALHOST))
             .with(Protocol::Tcp(0))],
         bootstrap,
-        relay_server: false,
+        relay_server: None,
+        // Every demo node runs on this machine: each can dial the others.
+        reachability: kiln_node::net::ReachabilityMode::Public,
         worker: None,
         max_store_bytes: None,
         coordinator: CoordinatorOptions::default(),
@@ -200,7 +202,7 @@ async fn start_farm(
         .start(
             "bootstrap peer",
             NodeOptions {
-                relay_server: true,
+                relay_server: Some(Default::default()),
                 ..node_options(dir.join("bootstrap"), vec![])
             },
         )

@@ -188,6 +188,24 @@ impl Mail {
     }
 }
 
+/// `kiln node --reachability`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Reachability {
+    Auto,
+    Public,
+    Private,
+}
+
+impl From<Reachability> for kiln_node::net::ReachabilityMode {
+    fn from(r: Reachability) -> Self {
+        match r {
+            Reachability::Auto => kiln_node::net::ReachabilityMode::Auto,
+            Reachability::Public => kiln_node::net::ReachabilityMode::Public,
+            Reachability::Private => kiln_node::net::ReachabilityMode::Private,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run a node: join the network, serve and announce the blobs it holds.
@@ -242,6 +260,10 @@ enum Command {
         /// 127.0.0.1:PORT given a port alone; --http alone uses 127.0.0.1:8180
         #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "8180", value_parser = kiln_node::web::parse_addr)]
         http: Option<std::net::SocketAddr>,
+        /// Whether peers can dial this node: `auto` asks peers to dial it back (AutoNAT); `private` (behind a
+        /// NAT or firewall) reserves a slot on the bootstrap peers' relays at once; `public` never does
+        #[arg(long, value_enum, default_value_t = Reachability::Auto)]
+        reachability: Reachability,
     },
     /// Ask the network for a build; everyone given with --email hears when it ends.
     Request {
@@ -512,7 +534,9 @@ fn main() -> ExitCode {
     let default = match cli.command {
         // libp2p's Kademlia warns when a lone node has no peer to refresh
         // from; Kiln says what matters about bootstrap peers itself.
-        Command::Node { .. } => "warn,kiln_node=info,libp2p_kad=error",
+        // AutoNAT's server warns each time a peer behind NAT has it dial
+        // back in vain; Kiln says what it found itself.
+        Command::Node { .. } => "warn,kiln_node=info,libp2p_kad=error,libp2p_autonat=error",
         Command::Demo { .. } => "error",
         _ => "warn",
     };
@@ -587,6 +611,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             max_requester_inputs,
             mail,
             http,
+            reachability,
         } => {
             let http = match http {
                 Some(addr) => Some(kiln_node::web::bind(addr)?),
@@ -601,7 +626,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 data_dir: data_dir.resolve()?,
                 listen,
                 bootstrap: bootstrap.bootstrap,
-                relay_server: false,
+                relay_server: None,
+                reachability: reachability.into(),
                 worker,
                 max_store_bytes: max_store_size,
                 coordinator: kiln_node::coordinator::CoordinatorOptions {

@@ -618,6 +618,7 @@ pub async fn node_status(data_dir: &Path, json: bool) -> anyhow::Result<()> {
         );
     }
     println!("connected to {} peer(s)", status.connected_peers);
+    print_network(&status.network);
     println!("open jobs in this node's queue: {}", status.jobs_total);
     for job in &status.jobs {
         println!(
@@ -811,4 +812,33 @@ pub async fn recipe_checks(name: &str, bootstrap: Vec<Multiaddr>, json: bool) ->
     };
     println!("{verdict}");
     Ok(())
+}
+
+/// `kiln status --node`: whether this node can be dialled, and its peers by path.
+fn print_network(net: &control::NodeNetwork) {
+    let reach = match net.reachability.as_str() {
+        "public" => "reachable: peers can dial it".to_string(),
+        "private" if net.relayed_addresses.is_empty() => {
+            "behind NAT: not reachable from outside, and no relay slot yet (are its bootstrap peers up?)".to_string()
+        }
+        "private" => format!("behind NAT: reached through {}", net.relayed_addresses.join(", ")),
+        _ => "not tested: every peer sees it at an address it listens on (no NAT between them so far)".to_string(),
+    };
+    println!("reachability: {reach}");
+    println!(
+        "peers by path: {} direct, {} direct after a hole punch, {} relayed; hole punches {} tried, {} worked, {} failed; {} relayed",
+        net.direct,
+        net.hole_punched,
+        net.relayed,
+        net.hole_punch_attempts,
+        net.hole_punch_successes,
+        net.hole_punch_failures,
+        kiln_protocol::system::format_bytes(net.relayed_bytes),
+    );
+    for peer in &net.peers {
+        println!("  {}  {}", peer.peer, peer.path.replace('_', " "));
+    }
+    if net.relay_circuits > 0 {
+        println!("relay: {} circuit(s) relayed for other peers", net.relay_circuits);
+    }
 }

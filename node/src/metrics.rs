@@ -30,6 +30,15 @@ pub struct Metrics {
     /// Tasks started to fetch and hold a gossiped job's inputs (a member
     /// of the coordination set, in case it takes over).
     pub input_fetches_started: AtomicU64,
+    /// Hole punches (DCUtR) this node took part in: started on a relayed
+    /// connection, and ended with a direct connection or given up.
+    pub hole_punch_attempts: AtomicU64,
+    pub hole_punch_successes: AtomicU64,
+    pub hole_punch_failures: AtomicU64,
+    /// Bytes this node sent and received over relayed connections.
+    pub relayed_bytes: AtomicU64,
+    /// Circuits this node's relay server accepted (bootstrap peers).
+    pub relay_circuits: AtomicU64,
     dispatch: Histogram,
 }
 
@@ -56,6 +65,11 @@ impl Metrics {
             gossip_jobs_refused: AtomicU64::new(0),
             requests_refused_bound: AtomicU64::new(0),
             input_fetches_started: AtomicU64::new(0),
+            hole_punch_attempts: AtomicU64::new(0),
+            hole_punch_successes: AtomicU64::new(0),
+            hole_punch_failures: AtomicU64::new(0),
+            relayed_bytes: AtomicU64::new(0),
+            relay_circuits: AtomicU64::new(0),
             dispatch: Histogram {
                 buckets: [const { AtomicU64::new(0) }; DISPATCH_BUCKETS_S.len()],
                 count: AtomicU64::new(0),
@@ -144,6 +158,35 @@ impl Metrics {
             "Tasks started to fetch and hold a gossiped job's inputs, in case this node takes over.",
             get(&self.input_fetches_started),
         );
+        for (name, help, counter) in [
+            (
+                "kiln_hole_punch_attempts_total",
+                "Hole punches (DCUtR) started on a relayed connection.",
+                &self.hole_punch_attempts,
+            ),
+            (
+                "kiln_hole_punch_successes_total",
+                "Hole punches that ended with a direct connection.",
+                &self.hole_punch_successes,
+            ),
+            (
+                "kiln_hole_punch_failures_total",
+                "Hole punches given up after their attempts (the peer stays relayed).",
+                &self.hole_punch_failures,
+            ),
+            (
+                "kiln_relayed_bytes_total",
+                "Bytes this node sent and received over relayed connections.",
+                &self.relayed_bytes,
+            ),
+            (
+                "kiln_relay_circuits_total",
+                "Circuits this node's relay server accepted for other peers.",
+                &self.relay_circuits,
+            ),
+        ] {
+            metric(out, name, "counter", help, get(counter));
+        }
         let name = "kiln_dispatch_latency_seconds";
         let _ = writeln!(
             out,

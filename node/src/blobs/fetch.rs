@@ -23,7 +23,7 @@ use super::download::{
 };
 use super::{FetchError, Progress, ProviderFault};
 use crate::net::frames::{open_stream, read_frame};
-use crate::net::{NetClient, BLOB_PROTOCOL};
+use crate::net::{NetClient, PathKind, BLOB_PROTOCOL};
 
 /// Fetches `hash` into `store` from whichever providers the DHT knows,
 /// resuming what an earlier interrupted fetch left behind. Returns the
@@ -110,6 +110,10 @@ async fn fetch_with(
         .map_err(|e| FetchError::Writer(e.to_string()))??;
     let missing = missing_range_indexes(&partial.missing_ranges(), blob_bytes);
     let missing_bytes: u64 = missing.iter().map(|i| ranges::range_len(blob_bytes, *i)).sum();
+    let good = by_path(net, good, missing_bytes, &mut faults).await;
+    if good.is_empty() {
+        return Err(all_failed(hash, &faults));
+    }
     if missing_bytes < blob_bytes {
         info!(blob = %hash, have_bytes = blob_bytes - missing_bytes, blob_bytes, "resuming an interrupted fetch");
     }
@@ -145,6 +149,62 @@ async fn fetch_with(
         return Err(FetchError::AllProvidersFailed { hash, reasons });
     }
     Ok(blob_bytes)
+}
+
+/// Bytes a relayed fetch needs beyond the blob's own: requests, range
+/// hashes, encryption and framing.
+const RELAY_OVERHEAD_BYTES: u64 = 64 * 1024;
+
+/// Keeps the providers this fetch can download from, after any hole punch
+/// in progress ended (a relayed connection is replaced by a direct one
+/// when the routers allow it; DCUtR starts it as the connection opens).
+/// A provider reachable only through a relay whose circuits carry less
+/// than what is left to fetch is dropped with the reason, rather than
+/// started and cut off by the relay partway.
+async fn by_path(
+    net: &NetClient,
+    providers: Vec<PeerId>,
+    missing_bytes: u64,
+    faults: &mut HashMap<PeerId, ProviderFault>,
+) -> Vec<PeerId> {
+    let paths = futures::future::join_all(
+        providers
+            .iter()
+            .map(|peer| net.path(*peer, crate::net::HOLE_PUNCH_WAIT_MS_MAX)),
+    )
+    .await;
+    let mut usable = Vec::new();
+    for (peer, path) in providers.into_iter().zip(paths) {
+        let Ok(Some(path)) = path else {
+            // Not connected (yet): the download dials it.
+            usable.push(peer);
+            continue;
+        };
+        if path.kind == PathKind::Relayed {
+            if let Some(max) = path.data_max.filter(|max| missing_bytes + RELAY_OVERHEAD_BYTES > *max) {
+                let why = if path.punch_failed {
+                    "hole punching to it failed (a router on the way gives each destination its own port)"
+                } else {
+                    "no hole punch replaced the relayed connection in time"
+                };
+                faults.insert(
+                    peer,
+                    ProviderFault::Missing(format!(
+                        "reachable only through a relay ({why}), and the relay carries at most {} per connection, \
+                         less than the {} to fetch; fetch it from a provider that can be dialled (one with a public \
+                         address or an open port), or ask the bootstrap peer's operator to raise --relay-circuit-bytes",
+                        kiln_protocol::system::format_bytes(max),
+                        kiln_protocol::system::format_bytes(missing_bytes + RELAY_OVERHEAD_BYTES),
+                    )),
+                );
+                info!(peer = %peer, "provider reachable only through a relay too small for this blob; skipped");
+                continue;
+            }
+        }
+        info!(peer = %peer, path = path.kind.as_str(), "fetching from this provider");
+        usable.push(peer);
+    }
+    usable
 }
 
 fn missing_range_indexes(missing: &[std::ops::Range<u64>], blob_bytes: u64) -> Vec<u64> {

@@ -51,6 +51,9 @@ pub struct Election {
     /// Whether this node may coordinate, and whether it is pinned.
     eligible: bool,
     pinned: bool,
+    /// Whether it could coordinate if it were reachable (its options and
+    /// trust list say so).
+    eligible_if_reachable: bool,
     started_at_ms: u64,
     /// Whether this node acts now (as its own heartbeats say).
     acting: bool,
@@ -78,6 +81,7 @@ impl Election {
             me,
             eligible: eligible || pinned,
             pinned,
+            eligible_if_reachable: eligible || pinned,
             started_at_ms: now_ms,
             acting: false,
             delivers_mail: false,
@@ -95,9 +99,23 @@ impl Election {
     pub fn trusting(mut self, trusted: Option<BTreeSet<PeerId>>) -> Election {
         if let Some(trusted) = &trusted {
             self.eligible = self.pinned || (self.eligible && trusted.contains(&self.me));
+            self.eligible_if_reachable = self.eligible;
         }
         self.trusted = trusted;
         self
+    }
+
+    /// Says whether peers can dial this node. Behind NAT, workers could
+    /// not reach it (their adverts, the catch-up of standbys and the
+    /// requesters' watches all dial the coordination set), so it leaves
+    /// the set and steps in no more; a pinned node stays (its operator
+    /// chose it). Reachable again, it may step in again.
+    pub fn behind_nat(&mut self, behind: bool) {
+        self.eligible = self.pinned || (self.eligible_if_reachable && !behind);
+        if !self.eligible {
+            self.member = false;
+            self.acting = false;
+        }
     }
 
     /// Says whether this node sends mail over SMTP: among nodes that are
@@ -562,5 +580,24 @@ mod tests {
         open.heard(p[1], member_beat(false, 5_000));
         open.acting(5_000);
         assert!(open.member());
+    }
+
+    #[test]
+    fn a_node_behind_nat_leaves_the_set_and_steps_in_no_more_unless_pinned() {
+        let p = peers(2);
+        let mut lone = Election::new(p[0], true, false, 0).bounded(3);
+        lone.acting(ELECTION_TIMEOUT_MS + 1);
+        lone.acting(ELECTION_TIMEOUT_MS + STEP_IN_SPREAD_MS + 2);
+        assert!(lone.member(), "alone, it steps into the short set");
+        lone.behind_nat(true);
+        assert!(!lone.member() && !lone.eligible());
+        assert!(!lone.acting(10 * (ELECTION_TIMEOUT_MS + STEP_IN_SPREAD_MS)));
+        assert!(!lone.member(), "behind NAT it does not step in again");
+        lone.behind_nat(false);
+        assert!(lone.eligible(), "reachable again, it may step in");
+
+        let mut pinned = Election::new(p[1], true, true, 0).bounded(3);
+        pinned.behind_nat(true);
+        assert!(pinned.member() && pinned.eligible(), "a pinned node stays");
     }
 }

@@ -120,6 +120,8 @@ enum Input {
         message: Box<Gossip>,
     },
     Addresses(Vec<Multiaddr>),
+    /// Whether this node is behind NAT (peers cannot dial it).
+    BehindNat(bool),
     Lookup {
         job: Box<JobRequest>,
         accept_versions: Option<VersionRange>,
@@ -273,6 +275,14 @@ impl CoordHandle {
 
     pub fn addresses(&self, addresses: Vec<Multiaddr>) {
         let _ = self.inputs.try_send(Input::Addresses(addresses));
+    }
+
+    /// Behind NAT, this node does not step into the coordination set
+    /// (workers could not reach it), unless pinned.
+    pub fn behind_nat(&self, behind: bool) {
+        if self.inputs.try_send(Input::BehindNat(behind)).is_err() {
+            warn!("coordinator input queue full; a reachability change was dropped");
+        }
     }
 
     /// What `kiln status` would get from this node: the farm's status

@@ -362,6 +362,12 @@ impl Coordinator {
         let now = now_ms();
         match input {
             Input::Gossip { signer, message } => self.on_gossip(signer, *message, now).await,
+            Input::BehindNat(behind) => {
+                if behind && self.election.member() && !self.election.pinned() {
+                    warn!("behind NAT: leaving the coordination set (workers could not reach this node); pin it with --coordinator to keep it there");
+                }
+                self.election.behind_nat(behind);
+            }
             Input::Addresses(addresses) => {
                 self.addresses = addresses.iter().take(ADDRESSES_MAX).map(|a| a.to_string()).collect();
             }

@@ -5,7 +5,7 @@ use kiln_protocol::Hash;
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot};
 
-use super::NetError;
+use super::{NetError, NetView, PeerPath};
 
 pub(crate) enum Command {
     Provide {
@@ -40,6 +40,16 @@ pub(crate) enum Command {
     GetRecord {
         key: Hash,
         reply: oneshot::Sender<Result<Option<Vec<u8>>, NetError>>,
+    },
+    /// The path to a peer, once a hole punch in progress has ended (or
+    /// `wait_ms` passed).
+    Path {
+        peer: PeerId,
+        wait_ms: u64,
+        reply: oneshot::Sender<Option<PeerPath>>,
+    },
+    View {
+        reply: oneshot::Sender<NetView>,
     },
 }
 
@@ -115,6 +125,18 @@ impl NetClient {
     /// Stores a value in the DHT under `key`'s multihash (Kademlia record).
     pub async fn put_record(&self, key: Hash, value: Vec<u8>) -> Result<(), NetError> {
         self.ask(|reply| Command::PutRecord { key, value, reply }).await?
+    }
+
+    /// How this node is connected to `peer` (`None`: not connected). A
+    /// relayed path whose hole punch is still under way is answered when
+    /// it ends, or after `wait_ms`.
+    pub async fn path(&self, peer: PeerId, wait_ms: u64) -> Result<Option<PeerPath>, NetError> {
+        self.ask(|reply| Command::Path { peer, wait_ms, reply }).await
+    }
+
+    /// This node's reachability and its peers by path.
+    pub async fn view(&self) -> Result<NetView, NetError> {
+        self.ask(|reply| Command::View { reply }).await
     }
 
     /// The first value found in the DHT under `key`'s multihash, if any.

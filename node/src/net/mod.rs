@@ -3,13 +3,22 @@
 //! channel, each command carrying a oneshot for its answer (the shape of
 //! rust-libp2p's `examples/file-sharing`).
 //!
-//! Every node runs identify, ping, Kademlia (server mode, `/kiln/kad/1.0.0`),
-//! gossipsub with message validation, and the blob stream protocol; a
-//! bootstrap peer also runs a relay server. Bootstrap peers are redialled
-//! when they go away, and provider records are announced again when a
-//! bootstrap peer comes back (it may have lost them).
+//! Every node runs identify, ping, Kademlia (`/kiln/kad/1.0.0`; server mode
+//! unless the node is a short-lived client or behind NAT), gossipsub with
+//! message validation, the blob stream protocol, a relay client and hole
+//! punching (DCUtR); long-lived nodes run AutoNAT v2 (client and server) to
+//! learn whether they can be dialled, and a node behind NAT reserves a slot
+//! on its bootstrap peers' relays; a bootstrap peer also runs a relay
+//! server. Bootstrap peers are redialled when they go away, and provider
+//! records are announced again when a bootstrap peer comes back (it may have
+//! lost them).
 //!
 //! - `client`: the handle ([`NetClient`]) and the commands it sends;
+//! - `paths`: this node's reachability and each peer's path (direct, hole
+//!   punched, relayed);
+//! - `counted`: relayed bytes counted for `/metrics`;
+//! - `probing`: AutoNAT's client, stopped once the node knows it is behind
+//!   NAT;
 //! - `swarm`: the behaviours and the event loop that owns the swarm;
 //! - [`frames`]: length-prefixed frames on streams, and opening a stream
 //!   with a time limit;
@@ -26,12 +35,16 @@ use kiln_protocol::messages::{topics, Gossip};
 use kiln_protocol::{PublicKey, SecretKey};
 
 mod client;
+mod counted;
 pub(crate) mod frames;
 pub mod identity;
 mod mesh_alive;
+mod paths;
+mod probing;
 mod swarm;
 
 pub use client::NetClient;
+pub use paths::{NetView, PathKind, PeerPath, Reachability, ReachabilityMode};
 pub use swarm::{gossip_behaviour, EventLoop};
 
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/kiln/kad/1.0.0");
@@ -61,6 +74,41 @@ pub(crate) const PROVIDED_KEYS_MAX: usize = 1_000_000;
 pub(crate) const KAD_REFRESH_S: u64 = 30 * 60;
 /// How often missing bootstrap connections are redialled.
 pub(crate) const REDIAL_MS: u64 = 2_000;
+/// Relays a node behind NAT reserves a slot on (among its bootstrap peers).
+pub(crate) const RELAYS_MAX: usize = 2;
+/// How long a fetch waits for a hole punch to replace a relayed connection
+/// (DCUtR tries 3 times, each a round trip and a simultaneous dial).
+pub const HOLE_PUNCH_WAIT_MS_MAX: u64 = 10_000;
+
+/// What a relay server lets each circuit carry, and how many it runs: a
+/// bootstrap operator's bandwidth is at most `circuits_max` circuits of
+/// `circuit_bytes` each, renewed at most every `circuit_secs`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RelayLimits {
+    /// Bytes one circuit may carry, both directions together.
+    pub circuit_bytes: u64,
+    /// How long one circuit may last.
+    pub circuit_secs: u64,
+    /// Circuits open at once.
+    pub circuits_max: usize,
+    /// Peers behind NAT holding a slot at once.
+    pub reservations_max: usize,
+}
+
+impl Default for RelayLimits {
+    /// Enough for what relays are for in Kiln (the hole punch's
+    /// handshake, and small blobs between two peers behind NAT that cannot
+    /// punch through), not for bulk data: 64 circuits of 1 MiB for 2
+    /// minutes bound the relay to about 0.5 MiB/s.
+    fn default() -> RelayLimits {
+        RelayLimits {
+            circuit_bytes: 1 << 20,
+            circuit_secs: 120,
+            circuits_max: 64,
+            reservations_max: 1024,
+        }
+    }
+}
 
 /// Why a network operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +183,9 @@ pub enum NetEvent {
     PeerDisconnected(PeerId),
     /// A dial to a bootstrap peer failed, and why.
     BootstrapUnreachable(PeerId, String),
+    /// Whether peers can dial this node changed (AutoNAT, or
+    /// `--reachability`).
+    Reachability(Reachability),
 }
 
 /// How to start the network.
@@ -142,10 +193,13 @@ pub struct NetConfig {
     pub key: SecretKey,
     pub listen: Vec<Multiaddr>,
     pub bootstrap: Vec<Multiaddr>,
-    /// Run a relay server (bootstrap peers do).
-    pub relay_server: bool,
+    /// Run a relay server under these limits (bootstrap peers do).
+    pub relay_server: Option<RelayLimits>,
     /// Answer DHT queries (long-lived nodes); an ephemeral client doesn't.
+    /// A long-lived node that finds itself behind NAT answers none either.
     pub dht_server: bool,
+    /// How this node learns whether it can be dialled (long-lived nodes).
+    pub reachability: ReachabilityMode,
 }
 
 /// Starts listening and dialling; returns the client, the event stream and

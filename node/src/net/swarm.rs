@@ -8,19 +8,24 @@ use std::time::Duration;
 use futures::StreamExt;
 use kiln_protocol::messages::{decode_gossip, Gossip, GossipError};
 use kiln_protocol::{Hash, PublicKey};
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::{upgrade, ConnectedPoint, Transport};
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
 use libp2p::kad::{self, store::MemoryStore, QueryId, QueryResult, RecordKey};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{identify, noise, ping, relay, tcp, yamux, Multiaddr, PeerId, Swarm};
+use libp2p::{autonat, dcutr, identify, noise, ping, relay, tcp, yamux, Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::client::Command;
+use super::counted::Counted;
 use super::identity;
 use super::mesh_alive::MeshAlive;
+use super::paths::{self, Paths, Reachability, ReachabilityMode};
+use super::probing::Probing;
 use super::*;
 use crate::metrics::{Metrics, METRICS};
 
@@ -31,6 +36,14 @@ pub(super) struct Behaviour {
     kad: kad::Behaviour<MemoryStore>,
     gossipsub: MeshAlive<gossipsub::Behaviour>,
     relay: Toggle<relay::Behaviour>,
+    /// Dials and listens through other peers' relays (`/p2p-circuit`).
+    relay_client: relay::client::Behaviour,
+    /// Replaces a relayed connection by a direct one (hole punching).
+    dcutr: dcutr::Behaviour,
+    /// Asks peers to dial our observed addresses back (long-lived nodes).
+    autonat: Toggle<Probing<autonat::v2::client::Behaviour>>,
+    /// Dials other peers' addresses back for them (long-lived nodes).
+    autonat_server: Toggle<autonat::v2::server::Behaviour>,
     stream: libp2p_stream::Behaviour,
 }
 
@@ -78,6 +91,13 @@ pub(super) fn start(config: NetConfig) -> Result<(NetClient, mpsc::Receiver<NetE
         bootstrap_seen: HashSet::new(),
         bootstrap_failing: HashSet::new(),
         dht_server: config.dht_server,
+        reachability: Reachability::Unknown,
+        autonat_failed_at: None,
+        autonat: config.dht_server && config.reachability == ReachabilityMode::Auto,
+        candidate_at: None,
+        listening: config.listen.is_empty(),
+        relay_listeners: HashMap::new(),
+        paths: Paths::default(),
         provided: HashSet::new(),
         provider_queries: HashMap::new(),
         provide_queries: HashMap::new(),
@@ -85,6 +105,10 @@ pub(super) fn start(config: NetConfig) -> Result<(NetClient, mpsc::Receiver<NetE
         get_queries: HashMap::new(),
         invalid_gossip: HashMap::new(),
     };
+    let mut event_loop = event_loop;
+    if config.dht_server && config.reachability == ReachabilityMode::Private {
+        event_loop.set_reachability(Reachability::Private, "--reachability private");
+    }
     Ok((NetClient::new(commands_tx, stream, peer_id), events_rx, event_loop))
 }
 
@@ -94,6 +118,10 @@ pub(super) fn build_swarm(
 ) -> Result<Swarm<Behaviour>, NetError> {
     let relay_server = config.relay_server;
     let dht_server = config.dht_server;
+    // Long-lived nodes find out whether they can be dialled; a short-lived
+    // client only dials out.
+    let autonat = dht_server && config.reachability == ReachabilityMode::Auto;
+    let (relay_transport, relay_client) = relay::client::new(keypair.public().to_peer_id());
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(
@@ -102,7 +130,20 @@ pub(super) fn build_swarm(
             yamux::Config::default,
         )
         .map_err(|e| NetError::Transport(e.to_string()))?
-        .with_behaviour(|key| behaviour(key, relay_server, dht_server))
+        // Relayed connections: through the relay client's transport,
+        // counted (`kiln_relayed_bytes_total`), then secured and
+        // multiplexed as TCP is.
+        .with_other_transport(|key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
+            let noise = noise::Config::new(key)?;
+            Ok(relay_transport
+                .map(|connection, _| Counted::new(connection))
+                .upgrade(upgrade::Version::V1Lazy)
+                .authenticate(noise)
+                .multiplex(yamux::Config::default())
+                .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer))))
+        })
+        .map_err(|e| NetError::Transport(e.to_string()))?
+        .with_behaviour(|key| behaviour(key, relay_server, dht_server, autonat, relay_client))
         .map_err(|e| NetError::Transport(e.to_string()))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
         .build();
@@ -111,8 +152,10 @@ pub(super) fn build_swarm(
 
 fn behaviour(
     key: &libp2p::identity::Keypair,
-    relay_server: bool,
+    relay_server: Option<RelayLimits>,
     dht_server: bool,
+    autonat: bool,
+    relay_client: relay::client::Behaviour,
 ) -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
     let peer_id = key.public().to_peer_id();
     let mut kad_config = kad::Config::new(KAD_PROTOCOL);
@@ -142,16 +185,36 @@ fn behaviour(
     // Connections outside gossipsub's meshes may close when idle, except
     // on a relay server (every bootstrap peer is one), which keeps every
     // node that connects.
-    let gossipsub = MeshAlive::new(gossip_behaviour()?, relay_server);
+    let gossipsub = MeshAlive::new(gossip_behaviour()?, relay_server.is_some());
 
     Ok(Behaviour {
         identify: identify::Behaviour::new(identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())),
         ping: ping::Behaviour::default(),
         kad,
         gossipsub,
-        relay: Toggle::from(relay_server.then(|| relay::Behaviour::new(peer_id, relay::Config::default()))),
+        relay: Toggle::from(relay_server.map(|limits| relay::Behaviour::new(peer_id, relay_config(limits)))),
+        relay_client,
+        dcutr: dcutr::Behaviour::new(peer_id),
+        // A candidate (an address a peer saw us at) is tested once, by one
+        // connected peer dialling it back on a new connection; the client
+        // looks for untested candidates every 5 s (libp2p's default).
+        autonat: Toggle::from(autonat.then(|| Probing::new(autonat::v2::client::Behaviour::default()))),
+        autonat_server: Toggle::from(dht_server.then(autonat::v2::server::Behaviour::default)),
         stream: libp2p_stream::Behaviour::new(),
     })
+}
+
+/// The relay server's limits. Reservations and circuits are also rate
+/// limited per peer and per IP address (libp2p's defaults: a reservation
+/// or a circuit every 2 minutes per peer, every minute per address).
+fn relay_config(limits: RelayLimits) -> relay::Config {
+    relay::Config {
+        max_reservations: limits.reservations_max,
+        max_circuits: limits.circuits_max,
+        max_circuit_duration: Duration::from_secs(limits.circuit_secs),
+        max_circuit_bytes: limits.circuit_bytes,
+        ..relay::Config::default()
+    }
 }
 
 /// Gossipsub as every Kiln node runs it (the in-process scale simulation,
@@ -240,6 +303,16 @@ fn gossip_config() -> Result<gossipsub::Config, String> {
 
 type RecordReply = oneshot::Sender<Result<Option<Vec<u8>>, NetError>>;
 
+/// How long AutoNAT's failures must stand, with no success, before the node
+/// takes itself to be behind NAT.
+const PRIVATE_AFTER_MS: u64 = 6_000;
+/// How long a node that joined may go without any peer dialling it back
+/// before it takes itself to be behind NAT: a reachable node is dialled
+/// back within a probe round (5 s) and a dial.
+const AUTONAT_SILENCE_MS: u64 = 20_000;
+/// Peers listed by path in [`NetView`].
+const PEERS_VIEWED_MAX: usize = 100;
+
 struct ProviderQuery {
     reply: oneshot::Sender<Result<Vec<PeerId>, NetError>>,
     found: Vec<PeerId>,
@@ -281,6 +354,21 @@ pub struct EventLoop {
     bootstrap_failing: HashSet<PeerId>,
     /// A long-running node (not a short-lived client).
     dht_server: bool,
+    /// What AutoNAT found (or `--reachability` said).
+    reachability: Reachability,
+    /// AutoNAT's first failure while no test has succeeded, and why.
+    autonat_failed_at: Option<(Instant, String)>,
+    /// This node runs AutoNAT's client (`--reachability auto`, long-lived).
+    autonat: bool,
+    /// When a peer first saw us at an address that is not one we listen
+    /// on (AutoNAT's silence is counted from then).
+    candidate_at: Option<Instant>,
+    /// A listener is up (or none was asked for): dials may reuse its port.
+    listening: bool,
+    /// Listening through these bootstrap peers' relays (behind NAT).
+    relay_listeners: HashMap<libp2p::core::transport::ListenerId, PeerId>,
+    /// How each connected peer is reached.
+    paths: Paths,
     provided: HashSet<Hash>,
     provider_queries: HashMap<QueryId, ProviderQuery>,
     provide_queries: HashMap<QueryId, oneshot::Sender<Result<(), NetError>>>,
@@ -294,7 +382,14 @@ impl EventLoop {
     /// Runs until every [`NetClient`] is dropped or `shutdown` resolves.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
-        self.dial_bootstrap();
+        // Bootstrap peers are dialled once a listener is up, from its port
+        // (libp2p reuses it): behind a NAT that keeps ports, the address
+        // peers then see is the one a hole punch must dial. The redial
+        // timer dials anyway if no listener comes up.
+        if self.listening {
+            self.dial_bootstrap();
+        }
+        let started = Instant::now();
         let mut redial = tokio::time::interval(Duration::from_millis(REDIAL_MS));
         loop {
             tokio::select! {
@@ -304,8 +399,12 @@ impl EventLoop {
                     None => break,
                 },
                 _ = redial.tick() => {
-                    self.dial_bootstrap();
+                    if self.listening || started.elapsed() >= Duration::from_millis(REDIAL_MS) {
+                        self.dial_bootstrap();
+                    }
                     self.expire_queries();
+                    self.paths.expire(Instant::now());
+                    self.settle_reachability();
                 }
                 () = &mut shutdown => break,
             }
@@ -348,6 +447,7 @@ impl EventLoop {
     fn on_command(&mut self, command: Command) {
         match command {
             Command::Provide { hash, reply } => {
+                debug!(blob = %hash, external = ?self.swarm.external_addresses().collect::<Vec<_>>(), "announcing");
                 self.provided.insert(hash);
                 match self
                     .swarm
@@ -401,6 +501,19 @@ impl EventLoop {
                     .gossipsub
                     .publish(IdentTopic::new(topic), bytes);
                 let _ = reply.send(result.map(|_| ()).map_err(|e| NetError::Publish(e.to_string())));
+            }
+            Command::Path { peer, wait_ms, reply } => {
+                let deadline = Instant::now() + Duration::from_millis(wait_ms.min(HOLE_PUNCH_WAIT_MS_MAX));
+                self.paths.wait_direct(peer, deadline, reply);
+            }
+            Command::View { reply } => {
+                let relayed: Vec<String> = self
+                    .swarm
+                    .external_addresses()
+                    .filter(|a| paths::is_relayed(a))
+                    .map(ToString::to_string)
+                    .collect();
+                let _ = reply.send(self.paths.view(self.reachability, relayed, PEERS_VIEWED_MAX));
             }
             Command::ConnectedPeers { reply } => {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
@@ -458,36 +571,129 @@ impl EventLoop {
             SwarmEvent::NewListenAddr { address, .. } => {
                 // Provider records carry the provider's external addresses;
                 // without any, a fetcher that has not met the provider
-                // cannot dial it. A node is reachable where it listens
-                // (a node behind NAT is reached through the relay).
-                self.swarm.add_external_address(address.clone());
+                // cannot dial it. A node is reachable where it listens,
+                // unless AutoNAT found it behind NAT: then only through
+                // the relay (whose address the relay client confirms).
+                if paths::is_relayed(&address) {
+                    info!(address = %address, "reachable through a relay");
+                } else if self.reachability != Reachability::Private {
+                    self.swarm.add_external_address(address.clone());
+                }
+                if !self.listening {
+                    self.listening = true;
+                    self.dial_bootstrap();
+                }
                 let full = address.with_p2p(*self.swarm.local_peer_id()).unwrap_or_else(|a| a);
                 info!(address = %full, "listening");
                 self.emit(NetEvent::Listening(full));
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => self.swarm.remove_external_address(&address),
+            SwarmEvent::ListenerClosed {
+                listener_id, reason, ..
+            } => {
+                if let Some(relay) = self.relay_listeners.remove(&listener_id) {
+                    // The relay went away or dropped the reservation: taken
+                    // again when its bootstrap peer is back.
+                    warn!(relay = %relay, reason = ?reason.err().map(|e| e.to_string()), "the relay slot is gone; reserving again when the relay is back");
+                }
+            }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
+                connection_id,
+                endpoint,
                 num_established,
                 ..
             } => {
+                let relay = match &endpoint {
+                    ConnectedPoint::Dialer { address, .. } => paths::relay_of(address),
+                    ConnectedPoint::Listener { local_addr, .. } => paths::relay_of(local_addr),
+                };
+                if relay.is_some() {
+                    // DCUtR starts a hole punch on every relayed connection.
+                    Metrics::add(&METRICS.hole_punch_attempts, 1);
+                    debug!(peer = %peer_id, "relayed connection; hole punching");
+                }
+                for stale in self.paths.opened(peer_id, connection_id, relay) {
+                    // Streams would otherwise go through the relay's small
+                    // circuit half the time (a stream takes any connection).
+                    debug!(peer = %peer_id, "direct connection up; closing the relayed one");
+                    self.swarm.close_connection(stale);
+                }
                 if num_established.get() == 1 {
                     self.on_connected(peer_id);
                 }
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established: 0,
+                connection_id,
+                num_established,
                 ..
             } => {
-                // Counts live as long as the connection: the map stays as
-                // small as the set of connected peers.
-                self.invalid_gossip.remove(&peer_id);
-                self.emit(NetEvent::PeerDisconnected(peer_id));
+                self.paths.closed(peer_id, connection_id);
+                if num_established == 0 {
+                    // Counts live as long as the connection: the map stays
+                    // as small as the set of connected peers.
+                    self.invalid_gossip.remove(&peer_id);
+                    self.emit(NetEvent::PeerDisconnected(peer_id));
+                }
+            }
+            SwarmEvent::NewExternalAddrCandidate { address } => {
+                // A peer saw us at an address we do not listen on (or it
+                // is not confirmed): AutoNAT tests it.
+                debug!(address = %address, "observed at an address of ours to test");
+                if self.autonat && self.reachability == Reachability::Unknown && self.candidate_at.is_none() {
+                    self.candidate_at = Some(Instant::now());
+                }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
-                for addr in info.listen_addrs {
-                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                // A peer sees us at a public address we listen on: we are
+                // on the internet with no NAT (AutoNAT tests only the
+                // addresses peers see that differ from ours). At a private
+                // one, only that peer's network is known to reach us.
+                if self.autonat
+                    && paths::is_global(&info.observed_addr)
+                    && self.swarm.listeners().any(|a| *a == info.observed_addr)
+                {
+                    let why = format!("{peer_id} sees it at {}, where it listens", info.observed_addr);
+                    self.set_reachability(Reachability::Public, &why);
+                }
+                // Only DHT servers go into the routing table: a client (a
+                // short-lived one, or a node behind NAT) cannot be asked.
+                // A node that found itself behind NAT stops being one and
+                // says so (identify pushes the change): it leaves the table,
+                // or lookups would hand out its unreachable LAN addresses.
+                if info.protocols.contains(&KAD_PROTOCOL) {
+                    for addr in info.listen_addrs {
+                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                    }
+                } else {
+                    self.swarm.behaviour_mut().kad.remove_peer(&peer_id);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Autonat(event)) => self.on_autonat(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(dcutr::Event { remote_peer_id, result })) => match result {
+                Ok(_) => {
+                    Metrics::add(&METRICS.hole_punch_successes, 1);
+                    info!(peer = %remote_peer_id, "hole punched: a direct connection replaces the relayed one");
+                    self.paths.punched(remote_peer_id);
+                }
+                Err(e) => {
+                    Metrics::add(&METRICS.hole_punch_failures, 1);
+                    info!(peer = %remote_peer_id, error = %e, "hole punching failed; the peer stays reachable through the relay only");
+                    self.paths.punch_failed(remote_peer_id);
+                }
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(event)) => self.on_relay_client(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Relay(event)) => {
+                if let relay::Event::CircuitReqAccepted {
+                    src_peer_id,
+                    dst_peer_id,
+                } = event
+                {
+                    Metrics::add(&METRICS.relay_circuits, 1);
+                    debug!(from = %src_peer_id, to = %dst_peer_id, "relaying a circuit");
+                } else {
+                    debug!(event = ?event, "relay server");
                 }
             }
             SwarmEvent::OutgoingConnectionError {
@@ -536,6 +742,9 @@ impl EventLoop {
             // KAD_REFRESH_S (30 minutes).
             let _ = self.swarm.behaviour_mut().kad.bootstrap();
         }
+        if is_bootstrap && self.reachability == Reachability::Private {
+            self.listen_relayed();
+        }
         if is_bootstrap && !self.bootstrap_seen.insert(peer) {
             // A bootstrap peer came back: it may have restarted and lost the
             // provider records it held for us.
@@ -550,6 +759,144 @@ impl EventLoop {
             }
         }
         self.emit(NetEvent::PeerConnected(peer));
+    }
+
+    /// An AutoNAT test of one of our addresses ended. One success makes
+    /// the node reachable; failures with no success for
+    /// [`PRIVATE_AFTER_MS`] (time for every candidate's test to answer: an
+    /// address a peer misreported fails while the right one succeeds) put
+    /// it behind NAT.
+    fn on_autonat(&mut self, event: autonat::v2::client::Event) {
+        match event.result {
+            Ok(()) => {
+                self.autonat_failed_at = None;
+                let why = format!("{} dialled {} back", event.server, event.tested_addr);
+                self.set_reachability(Reachability::Public, &why);
+            }
+            Err(e) => {
+                debug!(address = %event.tested_addr, server = %event.server, error = %e, "AutoNAT: not reachable at this address");
+                if self.reachability == Reachability::Unknown && self.autonat_failed_at.is_none() {
+                    self.autonat_failed_at = Some((
+                        Instant::now(),
+                        format!("{} could not dial {} back: {e}", event.server, event.tested_addr),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Behind NAT once AutoNAT's failures stood [`PRIVATE_AFTER_MS`] with
+    /// no success, or once no peer dialled us back within
+    /// [`AUTONAT_SILENCE_MS`] of a peer seeing us at an address we do not
+    /// listen on (a NAT's, as a rule): a router that drops unasked
+    /// connections (most do) makes the dial-back time out, and libp2p's
+    /// AutoNAT then retries the address without ever answering.
+    fn settle_reachability(&mut self) {
+        if !self.autonat || self.reachability != Reachability::Unknown {
+            return;
+        }
+        if let Some((since, why)) = &self.autonat_failed_at {
+            if since.elapsed() >= Duration::from_millis(PRIVATE_AFTER_MS) {
+                let why = why.clone();
+                self.autonat_failed_at = None;
+                self.set_reachability(Reachability::Private, &why);
+                return;
+            }
+        }
+        if self
+            .candidate_at
+            .is_some_and(|at| at.elapsed() >= Duration::from_millis(AUTONAT_SILENCE_MS))
+        {
+            let why = format!(
+                "peers see it at an address it does not listen on, and none could dial it back within {} s",
+                AUTONAT_SILENCE_MS / 1000
+            );
+            self.set_reachability(Reachability::Private, &why);
+        }
+    }
+
+    fn set_reachability(&mut self, to: Reachability, why: &str) {
+        if self.reachability == to || (to == Reachability::Private && self.reachability == Reachability::Public) {
+            return;
+        }
+        self.reachability = to;
+        self.emit(NetEvent::Reachability(to));
+        match to {
+            Reachability::Private => {
+                // Nobody outside can dial our own addresses: only the
+                // relayed ones go into provider records, and DHT peers
+                // must not keep us in their routing tables.
+                self.swarm.behaviour_mut().kad.set_mode(Some(kad::Mode::Client));
+                if let Some(autonat) = self.swarm.behaviour_mut().autonat.as_mut() {
+                    autonat.stop();
+                }
+                let direct: Vec<Multiaddr> = self
+                    .swarm
+                    .external_addresses()
+                    .filter(|a| !paths::is_relayed(a))
+                    .cloned()
+                    .collect();
+                for addr in direct {
+                    self.swarm.remove_external_address(&addr);
+                }
+                if self.bootstrap.is_empty() {
+                    warn!(why, "this node cannot be dialled from outside, and has no bootstrap peer whose relay it could use: peers behind other NATs will not reach it (pass --bootstrap)");
+                } else {
+                    warn!(why, "this node cannot be dialled from outside (behind NAT or a firewall): it is reached through its bootstrap peers' relays, with hole punching for direct connections, and answers no DHT queries");
+                }
+                self.listen_relayed();
+            }
+            Reachability::Public => {
+                if self.dht_server {
+                    self.swarm.behaviour_mut().kad.set_mode(Some(kad::Mode::Server));
+                }
+                info!(why, "reachable from outside");
+            }
+            Reachability::Unknown => {}
+        }
+    }
+
+    /// Reserves a slot on the relays of up to [`RELAYS_MAX`] connected
+    /// bootstrap peers (each keeps the reservation while the connection
+    /// lasts; the relay client renews it).
+    fn listen_relayed(&mut self) {
+        let wanted: Vec<(PeerId, Multiaddr)> = self
+            .bootstrap
+            .iter()
+            .filter(|(peer, _)| self.swarm.is_connected(peer))
+            .filter(|(peer, _)| !self.relay_listeners.values().any(|p| p == peer))
+            .take(RELAYS_MAX.saturating_sub(self.relay_listeners.len()))
+            .cloned()
+            .collect();
+        for (peer, addr) in wanted {
+            match self.swarm.listen_on(addr.clone().with(Protocol::P2pCircuit)) {
+                Ok(id) => {
+                    self.relay_listeners.insert(id, peer);
+                }
+                Err(e) => warn!(relay = %addr, error = %e, "cannot reserve a slot on this relay"),
+            }
+        }
+    }
+
+    fn on_relay_client(&mut self, event: relay::client::Event) {
+        match event {
+            relay::client::Event::ReservationReqAccepted {
+                relay_peer_id,
+                renewal: false,
+                limit,
+            } => {
+                info!(
+                    relay = %relay_peer_id,
+                    circuit_bytes = ?limit.and_then(|l| l.data_in_bytes()),
+                    "reserved a slot on the relay"
+                );
+            }
+            relay::client::Event::OutboundCircuitEstablished { relay_peer_id, limit } => {
+                self.paths
+                    .relay_limit(relay_peer_id, limit.and_then(|l| l.data_in_bytes()));
+            }
+            other => debug!(event = ?other, "relay client"),
+        }
     }
 
     fn on_kad_event(&mut self, event: kad::Event) {

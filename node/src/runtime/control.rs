@@ -99,6 +99,76 @@ pub struct NodeStatus {
     /// this node keeps them (`--verify auto`), longest first.
     #[serde(default)]
     pub streaks: Vec<NodeStreak>,
+    /// Whether this node can be dialled, and how it reaches its peers.
+    #[serde(default)]
+    pub network: NodeNetwork,
+}
+
+/// This node's reachability and its peers by path (`kiln status --node`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NodeNetwork {
+    /// `public` (a peer dialled it back), `private` (behind NAT: reached
+    /// through relays) or `unknown`.
+    pub reachability: String,
+    /// Where peers dial it through a relay (behind NAT).
+    pub relayed_addresses: Vec<String>,
+    /// Connected peers by path: plainly direct, direct after a hole punch,
+    /// only through a relay.
+    pub direct: usize,
+    pub hole_punched: usize,
+    pub relayed: usize,
+    /// The peers not plainly direct (at most 100), with their path.
+    pub peers: Vec<NodePeerPath>,
+    pub hole_punch_attempts: u64,
+    pub hole_punch_successes: u64,
+    pub hole_punch_failures: u64,
+    /// Bytes sent and received over relayed connections.
+    pub relayed_bytes: u64,
+    /// Circuits this node's relay server accepted (a bootstrap peer).
+    pub relay_circuits: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodePeerPath {
+    pub peer: String,
+    /// `hole_punched` or `relayed`.
+    pub path: String,
+}
+
+impl NodeNetwork {
+    pub(crate) fn new(view: crate::net::NetView) -> NodeNetwork {
+        let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        NodeNetwork {
+            reachability: match view.reachability {
+                crate::net::Reachability::Unknown => "unknown",
+                crate::net::Reachability::Public => "public",
+                crate::net::Reachability::Private => "private",
+            }
+            .into(),
+            relayed_addresses: view.relayed_addresses,
+            direct: view.direct,
+            hole_punched: view.hole_punched,
+            relayed: view.relayed,
+            peers: view
+                .peers
+                .into_iter()
+                .map(|(peer, path)| NodePeerPath {
+                    peer,
+                    path: match path {
+                        crate::net::PathKind::Direct => "direct",
+                        crate::net::PathKind::HolePunched => "hole_punched",
+                        crate::net::PathKind::Relayed => "relayed",
+                    }
+                    .into(),
+                })
+                .collect(),
+            hole_punch_attempts: get(&METRICS.hole_punch_attempts),
+            hole_punch_successes: get(&METRICS.hole_punch_successes),
+            hole_punch_failures: get(&METRICS.hole_punch_failures),
+            relayed_bytes: get(&METRICS.relayed_bytes),
+            relay_circuits: get(&METRICS.relay_circuits),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -301,6 +371,10 @@ impl NodeControl {
                     unchecked: s.unchecked,
                 })
                 .collect(),
+            network: match self.net.view().await {
+                Ok(view) => NodeNetwork::new(view),
+                Err(_) => NodeNetwork::default(),
+            },
         }))
     }
 

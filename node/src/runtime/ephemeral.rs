@@ -38,9 +38,14 @@ impl EphemeralNode {
         let entry: Vec<PeerId> = bootstrap_peers(&bootstrap).into_iter().filter(|p| *p != me).collect();
         let shown: Vec<String> = bootstrap.iter().map(|a| a.to_string()).collect();
         let how = Start {
-            listen: Vec::new(),
+            // A port of its own, which its dials reuse: behind NAT, the port
+            // peers see it at is then the one a hole punch dials.
+            listen: vec![Multiaddr::empty()
+                .with(libp2p::multiaddr::Protocol::Ip4(std::net::Ipv4Addr::UNSPECIFIED))
+                .with(libp2p::multiaddr::Protocol::Tcp(0))],
             bootstrap,
-            relay_server: false,
+            relay_server: None,
+            reachability: crate::net::ReachabilityMode::Auto,
             long_lived: false,
         };
         let (started, mut events) = start::start(key, &store, how)?;

@@ -67,8 +67,11 @@ pub struct NodeOptions {
     pub data_dir: PathBuf,
     pub listen: Vec<Multiaddr>,
     pub bootstrap: Vec<Multiaddr>,
-    /// A bootstrap peer: relay server, no control socket needed by users.
-    pub relay_server: bool,
+    /// A bootstrap peer: a relay server under these limits.
+    pub relay_server: Option<crate::net::RelayLimits>,
+    /// Whether this node can be dialled: found out (AutoNAT), or said
+    /// (`--reachability`).
+    pub reachability: crate::net::ReachabilityMode,
     /// Contribute this machine (`--contribute`) under these rules.
     pub worker: Option<WorkerOptions>,
     /// The store's size cap (`--max-store-size`).

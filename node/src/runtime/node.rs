@@ -37,6 +37,7 @@ pub async fn run_node(
         listen: options.listen,
         bootstrap: options.bootstrap,
         relay_server: options.relay_server,
+        reachability: options.reachability,
         long_lived: true,
     };
     let (started, mut events) = start::start(opened.key(), &opened.store, how)?;
@@ -302,6 +303,11 @@ async fn route_events(
                     ready(&addr);
                     addresses.push(addr);
                     roles.share_addresses(addresses);
+                }
+                Some(NetEvent::Reachability(reachability)) => {
+                    roles
+                        .coordination
+                        .behind_nat(reachability == crate::net::Reachability::Private);
                 }
                 Some(NetEvent::Gossip { signer, message, .. }) => {
                     if let Some(dashboard) = &roles.dashboard {

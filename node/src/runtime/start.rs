@@ -25,7 +25,8 @@ pub(super) struct Started {
 pub(super) struct Start {
     pub(super) listen: Vec<Multiaddr>,
     pub(super) bootstrap: Vec<Multiaddr>,
-    pub(super) relay_server: bool,
+    pub(super) relay_server: Option<net::RelayLimits>,
+    pub(super) reachability: net::ReachabilityMode,
     /// A long-lived node: a DHT server that announces what its store holds.
     /// A client only answers for what it publishes and fetches.
     pub(super) long_lived: bool,
@@ -43,6 +44,7 @@ pub(super) fn start(
         bootstrap: how.bootstrap,
         relay_server: how.relay_server,
         dht_server: how.long_lived,
+        reachability: how.reachability,
     };
     let (net, events, event_loop) = net::start(config)?;
     let (stop, stopped) = oneshot::channel::<()>();

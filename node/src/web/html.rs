@@ -93,9 +93,35 @@ pub(super) fn render_index(s: &Snapshot) -> String {
             let _ = write!(b, "<tr><th>coordinator</th><td class=\"failed\">{}</td></tr>", esc(e));
         }
     }
+    if let Some(network) = &s.network {
+        let reach = match network.reachability {
+            crate::net::Reachability::Public => "reachable: peers can dial this node".to_string(),
+            crate::net::Reachability::Private => format!(
+                "behind NAT: reached through {}",
+                if network.relayed_addresses.is_empty() {
+                    "no relay yet".to_string()
+                } else {
+                    network.relayed_addresses.join(", ")
+                }
+            ),
+            crate::net::Reachability::Unknown => "not tested (no NAT seen between this node and its peers)".into(),
+        };
+        let _ = write!(
+            b,
+            "<tr><th>reachability</th><td id=\"reachability\">{}</td></tr>",
+            esc(&reach)
+        );
+    }
     let _ = write!(b, "<tr><th>peers</th><td>{} connected", s.peers.len());
     for p in s.peers.iter().take(PEERS_SHOWN_MAX) {
-        let _ = write!(b, "<br><code>{p}</code>");
+        let text = p.to_string();
+        let path = s
+            .network
+            .as_ref()
+            .and_then(|n| n.peers.iter().find(|(peer, _)| *peer == text))
+            .map(|(_, kind)| format!(" ({})", kind.as_str()))
+            .unwrap_or_default();
+        let _ = write!(b, "<br><code>{p}</code>{path}");
     }
     b.push_str("</td></tr></table>");
     if let Ok((_, report, contributors, requesters)) = &s.farm {

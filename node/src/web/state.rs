@@ -170,7 +170,8 @@ impl Dashboard {
     }
 
     pub(super) async fn snapshot(&self) -> Snapshot {
-        let (farm, peers, gave) = tokio::join!(self.farm(), self.net.connected_peers(), self.gave());
+        let (farm, peers, gave, network) =
+            tokio::join!(self.farm(), self.net.connected_peers(), self.gave(), self.net.view());
         let artifacts = match &farm {
             Ok((_, report, _, _)) => self.artifacts(report).await,
             Err(_) => Vec::new(),
@@ -183,6 +184,7 @@ impl Dashboard {
                 .map(|a| a.iter().map(|x| x.to_string()).collect())
                 .unwrap_or_default(),
             peers: peers.unwrap_or_default(),
+            network: network.ok(),
             uptime_s: self.started.elapsed().as_secs(),
             farm,
             artifacts,
@@ -289,6 +291,8 @@ pub(super) struct Snapshot {
     pub(super) me: PeerId,
     pub(super) addresses: Vec<String>,
     pub(super) peers: Vec<PeerId>,
+    /// Whether peers can dial this node, and its peers by path.
+    pub(super) network: Option<crate::net::NetView>,
     pub(super) uptime_s: u64,
     pub(super) farm: Result<Farm, String>,
     pub(super) artifacts: Vec<Artifact>,
@@ -327,6 +331,7 @@ pub(super) fn snapshot_json(s: &Snapshot) -> serde_json::Value {
             "peer_id": s.me.to_string(),
             "addresses": s.addresses,
             "peers": s.peers.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+            "network": s.network,
             "uptime_s": s.uptime_s,
         },
         "farm": farm,

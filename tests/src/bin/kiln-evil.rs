@@ -52,8 +52,9 @@ async fn main() {
         key,
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
         bootstrap: vec![bootstrap],
-        relay_server: false,
+        relay_server: None,
         dht_server: true,
+        reachability: net::ReachabilityMode::Public,
     };
     let (net, mut events, event_loop) = net::start(config).unwrap();
     tokio::spawn(event_loop.run(std::future::pending()));
