@@ -80,9 +80,10 @@ pub(crate) const RELAYS_MAX: usize = 2;
 /// (DCUtR tries 3 times, each a round trip and a simultaneous dial).
 pub const HOLE_PUNCH_WAIT_MS_MAX: u64 = 10_000;
 
-/// What a relay server lets each circuit carry, and how many it runs: a
-/// bootstrap operator's bandwidth is at most `circuits_max` circuits of
-/// `circuit_bytes` each, renewed at most every `circuit_secs`.
+/// What a relay server lets each circuit carry, and how many it runs at
+/// once. A circuit that reaches `circuit_bytes` ends at once and frees its
+/// slot, so the relay's total grows with the peers using it (each rate
+/// limited by libp2p), up to `circuits_max` circuits in flight.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RelayLimits {
     /// Bytes one circuit may carry, both directions together.
@@ -98,8 +99,9 @@ pub struct RelayLimits {
 impl Default for RelayLimits {
     /// Enough for what relays are for in Kiln (the hole punch's
     /// handshake, and small blobs between two peers behind NAT that cannot
-    /// punch through), not for bulk data: 64 circuits of 1 MiB for 2
-    /// minutes bound the relay to about 0.5 MiB/s.
+    /// punch through), not for bulk data: at most 64 circuits of 1 MiB in
+    /// flight, each peer opening one every 2 minutes once its burst is
+    /// spent (libp2p's rate limits; see `swarm.rs` `relay_config`).
     fn default() -> RelayLimits {
         RelayLimits {
             circuit_bytes: 1 << 20,

@@ -12,6 +12,8 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+/// Circuit limits kept for peers that opened a circuit to us.
+pub(crate) const INBOUND_LIMITS_MAX: usize = 1024;
 /// Waits for a direct connection held at once; past it, a waiter is told
 /// the path as it is.
 pub(crate) const PATH_WAITERS_MAX: usize = 256;
@@ -103,18 +105,29 @@ struct Waiter {
     reply: oneshot::Sender<Option<PeerPath>>,
 }
 
+/// One connection to a peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Link {
+    Direct,
+    /// Through a relay (its peer id, when the address names it).
+    Relayed(Option<PeerId>),
+}
+
 /// Connections by peer, and what they tell of the path.
 #[derive(Default)]
 pub(super) struct Paths {
-    /// Each open connection of each connected peer: the relay it goes
-    /// through, if any.
-    connections: HashMap<PeerId, HashMap<ConnectionId, Option<PeerId>>>,
+    /// Each open connection of each connected peer.
+    connections: HashMap<PeerId, HashMap<ConnectionId, Link>>,
     /// Peers reached directly after a hole punch (while that lasts).
     punched: HashSet<PeerId>,
     /// Peers whose hole punch failed (while connected).
     punch_failed: HashSet<PeerId>,
-    /// What a circuit through each relay may carry, as it last said.
+    /// What a circuit through each relay may carry, as it last said (for
+    /// the relays this node dialled through; forgotten when the relay
+    /// disconnects).
     relay_data_max: HashMap<PeerId, u64>,
+    /// What the circuit a connected peer opened to us may carry.
+    inbound_data_max: HashMap<PeerId, u64>,
     /// Fetchers waiting for a direct connection to a peer.
     waiters: HashMap<PeerId, Vec<Waiter>>,
 }
@@ -130,6 +143,24 @@ pub(super) fn relay_of(addr: &Multiaddr) -> Option<PeerId> {
         }
     }
     None
+}
+
+/// The IP address and TCP port of a direct address (not through a relay).
+pub(super) fn ip_port(addr: &Multiaddr) -> Option<(std::net::IpAddr, u16)> {
+    if is_relayed(addr) {
+        return None;
+    }
+    let mut ip = None;
+    let mut port = None;
+    for protocol in addr.iter() {
+        match protocol {
+            Protocol::Ip4(a) => ip = Some(std::net::IpAddr::V4(a)),
+            Protocol::Ip6(a) => ip = Some(std::net::IpAddr::V6(a)),
+            Protocol::Tcp(p) => port = Some(p),
+            _ => {}
+        }
+    }
+    Some((ip?, port?))
 }
 
 pub(super) fn is_relayed(addr: &Multiaddr) -> bool {
@@ -169,15 +200,14 @@ pub(super) fn is_global(addr: &Multiaddr) -> bool {
 }
 
 impl Paths {
-    /// A connection opened; `relay` is the relay it goes through. Returns
-    /// the relayed connections to close: a direct connection to a peer
-    /// makes its relayed ones useless (and streams opened on them would
-    /// cross the relay's small limits).
-    pub(super) fn opened(&mut self, peer: PeerId, id: ConnectionId, relay: Option<PeerId>) -> Vec<ConnectionId> {
+    /// A connection opened. Returns the relayed connections to close: a
+    /// direct connection to a peer makes its relayed ones useless (and
+    /// streams opened on them would cross the relay's small limits).
+    pub(super) fn opened(&mut self, peer: PeerId, id: ConnectionId, link: Link) -> Vec<ConnectionId> {
         let connections = self.connections.entry(peer).or_default();
-        let had_relayed = connections.values().any(Option::is_some);
-        connections.insert(id, relay);
-        if relay.is_some() {
+        let had_relayed = connections.values().any(|l| *l != Link::Direct);
+        connections.insert(id, link);
+        if link != Link::Direct {
             return self.relayed_to_close(peer);
         }
         if had_relayed {
@@ -194,12 +224,12 @@ impl Paths {
         let Some(connections) = self.connections.get(&peer) else {
             return Vec::new();
         };
-        if !connections.values().any(Option::is_none) {
+        if !connections.values().any(|l| *l == Link::Direct) {
             return Vec::new();
         }
         connections
             .iter()
-            .filter(|(_, relay)| relay.is_some())
+            .filter(|(_, link)| **link != Link::Direct)
             .map(|(id, _)| *id)
             .collect()
     }
@@ -213,9 +243,14 @@ impl Paths {
             self.connections.remove(&peer);
             self.punched.remove(&peer);
             self.punch_failed.remove(&peer);
+            self.inbound_data_max.remove(&peer);
+            self.relay_data_max.remove(&peer);
             self.answer(peer);
-        } else if !connections.values().any(Option::is_none) {
+        } else if !connections.values().any(|l| *l == Link::Direct) {
             self.punched.remove(&peer);
+        } else {
+            // The relayed connection closed after the hole punch.
+            self.answer(peer);
         }
     }
 
@@ -229,18 +264,40 @@ impl Paths {
 
     /// DCUtR made a direct connection to `peer`.
     pub(super) fn punched(&mut self, peer: PeerId) {
-        self.punched.insert(peer);
+        if self.connections.contains_key(&peer) {
+            self.punched.insert(peer);
+        }
         self.punch_failed.remove(&peer);
         self.answer(peer);
     }
 
+    /// What circuits through `relay` may carry, as it said when one of
+    /// ours opened (kept while we are connected to the relay).
     pub(super) fn relay_limit(&mut self, relay: PeerId, data_max: Option<u64>) {
         match data_max {
-            Some(bytes) => {
+            Some(bytes) if self.connections.contains_key(&relay) => {
                 self.relay_data_max.insert(relay, bytes);
             }
-            None => {
+            _ => {
                 self.relay_data_max.remove(&relay);
+            }
+        }
+    }
+
+    /// What the circuit `peer` opened to us may carry (said before the
+    /// connection is up: kept for at most [`INBOUND_LIMITS_MAX`] peers).
+    pub(super) fn inbound_limit(&mut self, peer: PeerId, data_max: Option<u64>) {
+        if self.inbound_data_max.len() >= INBOUND_LIMITS_MAX {
+            // Circuits whose connection never came up.
+            let connections = &self.connections;
+            self.inbound_data_max.retain(|p, _| connections.contains_key(p));
+        }
+        match data_max {
+            Some(bytes) if self.inbound_data_max.len() < INBOUND_LIMITS_MAX => {
+                self.inbound_data_max.insert(peer, bytes);
+            }
+            _ => {
+                self.inbound_data_max.remove(&peer);
             }
         }
     }
@@ -248,7 +305,7 @@ impl Paths {
     /// The path to `peer`, or `None` when not connected.
     pub(super) fn path(&self, peer: &PeerId) -> Option<PeerPath> {
         let connections = self.connections.get(peer)?;
-        if connections.values().any(Option::is_none) {
+        if connections.values().any(|l| *l == Link::Direct) {
             let kind = if self.punched.contains(peer) {
                 PathKind::HolePunched
             } else {
@@ -262,8 +319,11 @@ impl Paths {
         }
         let data_max = connections
             .values()
-            .flatten()
-            .filter_map(|relay| self.relay_data_max.get(relay).copied())
+            .filter_map(|link| match link {
+                Link::Relayed(Some(relay)) => self.relay_data_max.get(relay).copied(),
+                _ => None,
+            })
+            .chain(self.inbound_data_max.get(peer).copied())
             .max();
         Some(PeerPath {
             kind: PathKind::Relayed,
@@ -272,15 +332,22 @@ impl Paths {
         })
     }
 
-    /// Answers now when the path to `peer` is settled (direct, not
-    /// connected, or relayed with the hole punch over); otherwise keeps
+    /// Whether the path to `peer` is settled: not connected, direct with
+    /// no relayed connection left (a stream takes any connection to its
+    /// peer), or relayed with the hole punch over.
+    fn settled(&self, peer: &PeerId) -> bool {
+        let Some(connections) = self.connections.get(peer) else {
+            return true;
+        };
+        let relayed = connections.values().any(|l| *l != Link::Direct);
+        !relayed || self.punch_failed.contains(peer)
+    }
+
+    /// Answers now when the path to `peer` is settled; otherwise keeps
     /// `reply` until it is, or until `deadline`.
     pub(super) fn wait_direct(&mut self, peer: PeerId, deadline: Instant, reply: oneshot::Sender<Option<PeerPath>>) {
         let path = self.path(&peer);
-        let settled = match path {
-            None => true,
-            Some(p) => p.kind != PathKind::Relayed || p.punch_failed,
-        };
+        let settled = self.settled(&peer);
         let waiting: usize = self.waiters.values().map(Vec::len).sum();
         if settled || waiting >= PATH_WAITERS_MAX {
             let _ = reply.send(path);
@@ -290,6 +357,9 @@ impl Paths {
     }
 
     fn answer(&mut self, peer: PeerId) {
+        if !self.settled(&peer) {
+            return;
+        }
         if let Some(waiters) = self.waiters.remove(&peer) {
             let path = self.path(&peer);
             for waiter in waiters {
@@ -307,6 +377,12 @@ impl Paths {
             .map(|(p, _)| *p)
             .collect();
         for peer in due {
+            // The hole punch is over for whoever waited this long: DCUtR
+            // reports a failure only on the side that accepted the
+            // relayed connection, so the dialling side learns it here.
+            if self.path(&peer).is_some_and(|p| p.kind == PathKind::Relayed) {
+                self.punch_failed.insert(peer);
+            }
             let path = self.path(&peer);
             if let Some(waiters) = self.waiters.get_mut(&peer) {
                 let (late, keep): (Vec<Waiter>, Vec<Waiter>) = waiters.drain(..).partition(|w| w.deadline <= now);
@@ -362,8 +438,9 @@ mod tests {
     fn a_relayed_peer_becomes_hole_punched_when_a_direct_connection_opens_and_the_relayed_one_is_closed() {
         let mut paths = Paths::default();
         let (peer, relay) = (PeerId::random(), PeerId::random());
+        paths.opened(relay, id(9), Link::Direct);
         paths.relay_limit(relay, Some(1 << 20));
-        assert!(paths.opened(peer, id(1), Some(relay)).is_empty());
+        assert!(paths.opened(peer, id(1), Link::Relayed(Some(relay))).is_empty());
         let path = paths.path(&peer).unwrap();
         assert_eq!(path.kind, PathKind::Relayed);
         assert_eq!(path.data_max, Some(1 << 20));
@@ -372,10 +449,15 @@ mod tests {
         let (tx, mut rx) = oneshot::channel();
         paths.wait_direct(peer, Instant::now() + std::time::Duration::from_secs(10), tx);
         assert!(rx.try_recv().is_err(), "a relayed path waits for the hole punch");
-        let close = paths.opened(peer, id(2), None);
+        let close = paths.opened(peer, id(2), Link::Direct);
         assert_eq!(close, vec![id(1)], "the relayed connection is to be closed");
-        assert_eq!(rx.try_recv().unwrap().unwrap().kind, PathKind::HolePunched);
+        assert_eq!(paths.path(&peer).unwrap().kind, PathKind::HolePunched);
+        assert!(
+            rx.try_recv().is_err(),
+            "answered once no stream can take the relayed connection"
+        );
         paths.closed(peer, id(1));
+        assert_eq!(rx.try_recv().unwrap().unwrap().kind, PathKind::HolePunched);
         assert_eq!(paths.path(&peer).unwrap().kind, PathKind::HolePunched);
         paths.closed(peer, id(2));
         assert_eq!(paths.path(&peer), None);
@@ -385,7 +467,7 @@ mod tests {
     fn a_failed_hole_punch_answers_the_waiters_with_the_relayed_path() {
         let mut paths = Paths::default();
         let (peer, relay) = (PeerId::random(), PeerId::random());
-        paths.opened(peer, id(1), Some(relay));
+        paths.opened(peer, id(1), Link::Relayed(Some(relay)));
         let (tx, mut rx) = oneshot::channel();
         paths.wait_direct(peer, Instant::now() + std::time::Duration::from_secs(10), tx);
         paths.punch_failed(peer);
@@ -402,7 +484,7 @@ mod tests {
     fn a_waiter_is_answered_at_its_deadline_and_waiters_are_bounded() {
         let mut paths = Paths::default();
         let (peer, relay) = (PeerId::random(), PeerId::random());
-        paths.opened(peer, id(1), Some(relay));
+        paths.opened(peer, id(1), Link::Relayed(Some(relay)));
         let now = Instant::now();
         let mut answers = Vec::new();
         for _ in 0..PATH_WAITERS_MAX + 1 {
@@ -414,7 +496,9 @@ mod tests {
         assert!(last.try_recv().is_ok(), "past the bound, answered at once");
         paths.expire(now);
         for mut rx in answers {
-            assert_eq!(rx.try_recv().unwrap().unwrap().kind, PathKind::Relayed);
+            let path = rx.try_recv().unwrap().unwrap();
+            assert_eq!(path.kind, PathKind::Relayed);
+            assert!(path.punch_failed, "a wait that ran out counts as a failed hole punch");
         }
         assert!(paths.waiters.is_empty());
     }

@@ -8,7 +8,9 @@
 //! peer that grows with the nodes behind NAT. Once the event loop has
 //! settled the question ([`super::Reachability::Private`]), this wrapper
 //! drops the client's requests to its connection handlers: the test it
-//! started stays pending, and no new one is asked for.
+//! started stays pending, and no new one is asked for. It also keeps from
+//! the client the candidates that are no IP address and port (a peer that
+//! reached us through a relay sees us at none).
 
 use std::task::{Context, Poll};
 
@@ -85,6 +87,14 @@ impl<B: NetworkBehaviour> NetworkBehaviour for Probing<B> {
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm<'_>) {
+        // Only an IP address and port can be dialled back: a peer that
+        // reached us through a relay reports no address at all, which
+        // AutoNAT would test and find unreachable.
+        if let FromSwarm::NewExternalAddrCandidate(candidate) = &event {
+            if super::paths::ip_port(candidate.addr).is_none() {
+                return;
+            }
+        }
         self.inner.on_swarm_event(event);
     }
 

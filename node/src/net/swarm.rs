@@ -24,7 +24,7 @@ use super::client::Command;
 use super::counted::Counted;
 use super::identity;
 use super::mesh_alive::MeshAlive;
-use super::paths::{self, Paths, Reachability, ReachabilityMode};
+use super::paths::{self, Link, Paths, Reachability, ReachabilityMode};
 use super::probing::Probing;
 use super::*;
 use crate::metrics::{Metrics, METRICS};
@@ -94,7 +94,10 @@ pub(super) fn start(config: NetConfig) -> Result<(NetClient, mpsc::Receiver<NetE
         reachability: Reachability::Unknown,
         autonat_failed_at: None,
         autonat: config.dht_server && config.reachability == ReachabilityMode::Auto,
-        candidate_at: None,
+        nat_evidence: HashMap::new(),
+        nat_seen_at: None,
+        relay_retry_at: None,
+        closing: Vec::new(),
         listening: config.listen.is_empty(),
         relay_listeners: HashMap::new(),
         paths: Paths::default(),
@@ -106,8 +109,12 @@ pub(super) fn start(config: NetConfig) -> Result<(NetClient, mpsc::Receiver<NetE
         invalid_gossip: HashMap::new(),
     };
     let mut event_loop = event_loop;
-    if config.dht_server && config.reachability == ReachabilityMode::Private {
-        event_loop.set_reachability(Reachability::Private, "--reachability private");
+    if config.dht_server {
+        match config.reachability {
+            ReachabilityMode::Private => event_loop.set_reachability(Reachability::Private, "--reachability private"),
+            ReachabilityMode::Public => event_loop.set_reachability(Reachability::Public, "--reachability public"),
+            ReachabilityMode::Auto => {}
+        }
     }
     Ok((NetClient::new(commands_tx, stream, peer_id), events_rx, event_loop))
 }
@@ -206,7 +213,8 @@ fn behaviour(
 
 /// The relay server's limits. Reservations and circuits are also rate
 /// limited per peer and per IP address (libp2p's defaults: a reservation
-/// or a circuit every 2 minutes per peer, every minute per address).
+/// or a circuit every 2 minutes per peer after a burst of 30, every minute
+/// per address after a burst of 60).
 fn relay_config(limits: RelayLimits) -> relay::Config {
     relay::Config {
         max_reservations: limits.reservations_max,
@@ -306,6 +314,15 @@ type RecordReply = oneshot::Sender<Result<Option<Vec<u8>>, NetError>>;
 /// How long AutoNAT's failures must stand, with no success, before the node
 /// takes itself to be behind NAT.
 const PRIVATE_AFTER_MS: u64 = 6_000;
+/// Peers that must see us at the same IP address we do not listen on
+/// before AutoNAT's verdict counts.
+const NAT_WITNESSES: usize = 2;
+/// Addresses, and peers per address, kept as that evidence.
+const NAT_EVIDENCE_MAX: usize = 16;
+/// How long a relayed connection stays after a direct one replaced it.
+const RELAYED_CLOSE_GRACE_MS: u64 = 1_000;
+/// How long to wait before asking the relays for a slot again.
+const RELAY_RETRY_MS: u64 = 60_000;
 /// How long a node that joined may go without any peer dialling it back
 /// before it takes itself to be behind NAT: a reachable node is dialled
 /// back within a probe round (5 s) and a dial.
@@ -360,9 +377,16 @@ pub struct EventLoop {
     autonat_failed_at: Option<(Instant, String)>,
     /// This node runs AutoNAT's client (`--reachability auto`, long-lived).
     autonat: bool,
-    /// When a peer first saw us at an address that is not one we listen
-    /// on (AutoNAT's silence is counted from then).
-    candidate_at: Option<Instant>,
+    /// The peers that saw us at each IP address we do not listen on (a
+    /// NAT's, as a rule); bounded by [`NAT_EVIDENCE_MAX`] both ways.
+    nat_evidence: HashMap<std::net::IpAddr, HashSet<PeerId>>,
+    /// When [`NAT_WITNESSES`] peers first agreed on such an address:
+    /// AutoNAT's failures and silence count only from then.
+    nat_seen_at: Option<Instant>,
+    /// When to ask the relays for a slot again, after one was refused or lost.
+    relay_retry_at: Option<Instant>,
+    /// Relayed connections to close (a direct one replaced each), and when.
+    closing: Vec<(Instant, libp2p::swarm::ConnectionId)>,
     /// A listener is up (or none was asked for): dials may reuse its port.
     listening: bool,
     /// Listening through these bootstrap peers' relays (behind NAT).
@@ -391,6 +415,7 @@ impl EventLoop {
         }
         let started = Instant::now();
         let mut redial = tokio::time::interval(Duration::from_millis(REDIAL_MS));
+        let mut close_tick = tokio::time::interval(Duration::from_millis(RELAYED_CLOSE_GRACE_MS / 4));
         loop {
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
@@ -405,7 +430,9 @@ impl EventLoop {
                     self.expire_queries();
                     self.paths.expire(Instant::now());
                     self.settle_reachability();
+                    self.retry_relays();
                 }
+                _ = close_tick.tick(), if !self.closing.is_empty() => self.close_due(),
                 () = &mut shutdown => break,
             }
         }
@@ -604,20 +631,32 @@ impl EventLoop {
                 num_established,
                 ..
             } => {
-                let relay = match &endpoint {
-                    ConnectedPoint::Dialer { address, .. } => paths::relay_of(address),
-                    ConnectedPoint::Listener { local_addr, .. } => paths::relay_of(local_addr),
+                let address = match &endpoint {
+                    ConnectedPoint::Dialer { address, .. } => address,
+                    ConnectedPoint::Listener { local_addr, .. } => local_addr,
                 };
-                if relay.is_some() {
+                let link = if paths::is_relayed(address) {
+                    Link::Relayed(paths::relay_of(address))
+                } else {
+                    Link::Direct
+                };
+                if link != Link::Direct {
                     // DCUtR starts a hole punch on every relayed connection.
                     Metrics::add(&METRICS.hole_punch_attempts, 1);
                     debug!(peer = %peer_id, "relayed connection; hole punching");
                 }
-                for stale in self.paths.opened(peer_id, connection_id, relay) {
+                for stale in self.paths.opened(peer_id, connection_id, link) {
                     // Streams would otherwise go through the relay's small
                     // circuit half the time (a stream takes any connection).
+                    // Closed after a grace, so that a request already on it
+                    // (a fetch's outline, asked while the hole punch ran)
+                    // gets its answer; a fetch starts its downloads only
+                    // once it is closed (`Paths::wait_direct`).
                     debug!(peer = %peer_id, "direct connection up; closing the relayed one");
-                    self.swarm.close_connection(stale);
+                    let at = Instant::now() + Duration::from_millis(RELAYED_CLOSE_GRACE_MS);
+                    if !self.closing.iter().any(|(_, id)| *id == stale) {
+                        self.closing.push((at, stale));
+                    }
                 }
                 if num_established.get() == 1 {
                     self.on_connected(peer_id);
@@ -637,15 +676,8 @@ impl EventLoop {
                     self.emit(NetEvent::PeerDisconnected(peer_id));
                 }
             }
-            SwarmEvent::NewExternalAddrCandidate { address } => {
-                // A peer saw us at an address we do not listen on (or it
-                // is not confirmed): AutoNAT tests it.
-                debug!(address = %address, "observed at an address of ours to test");
-                if self.autonat && self.reachability == Reachability::Unknown && self.candidate_at.is_none() {
-                    self.candidate_at = Some(Instant::now());
-                }
-            }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+                self.observed(peer_id, &info.observed_addr);
                 // A peer sees us at a public address we listen on: we are
                 // on the internet with no NAT (AutoNAT tests only the
                 // addresses peers see that differ from ours). At a private
@@ -749,16 +781,32 @@ impl EventLoop {
             // A bootstrap peer came back: it may have restarted and lost the
             // provider records it held for us.
             info!(peer = %peer, provided = self.provided.len(), "bootstrap peer back; announcing provided blobs again");
-            let keys: Vec<Hash> = self.provided.iter().copied().collect();
-            for hash in keys {
-                let _ = self
-                    .swarm
-                    .behaviour_mut()
-                    .kad
-                    .start_providing(RecordKey::new(&hash.multihash()));
-            }
+            self.announce_again();
         }
         self.emit(NetEvent::PeerConnected(peer));
+    }
+
+    /// Closes the relayed connections whose grace has passed.
+    fn close_due(&mut self) {
+        let now = Instant::now();
+        let (due, later): (Vec<_>, Vec<_>) = self.closing.drain(..).partition(|(at, _)| *at <= now);
+        self.closing = later;
+        for (_, id) in due {
+            self.swarm.close_connection(id);
+        }
+    }
+
+    /// Announces every provided blob again: the records carry this node's
+    /// addresses as they are now.
+    fn announce_again(&mut self) {
+        let keys: Vec<Hash> = self.provided.iter().copied().collect();
+        for hash in keys {
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .kad
+                .start_providing(RecordKey::new(&hash.multihash()));
+        }
     }
 
     /// An AutoNAT test of one of our addresses ended. One success makes
@@ -768,6 +816,7 @@ impl EventLoop {
     /// it behind NAT.
     fn on_autonat(&mut self, event: autonat::v2::client::Event) {
         match event.result {
+            Ok(()) if paths::ip_port(&event.tested_addr).is_none() => {}
             Ok(()) => {
                 self.autonat_failed_at = None;
                 let why = format!("{} dialled {} back", event.server, event.tested_addr);
@@ -775,6 +824,11 @@ impl EventLoop {
             }
             Err(e) => {
                 debug!(address = %event.tested_addr, server = %event.server, error = %e, "AutoNAT: not reachable at this address");
+                // Only an IP address with a port says anything about us
+                // (a peer reached through a relay sees no address at all).
+                if paths::ip_port(&event.tested_addr).is_none() {
+                    return;
+                }
                 if self.reachability == Reachability::Unknown && self.autonat_failed_at.is_none() {
                     self.autonat_failed_at = Some((
                         Instant::now(),
@@ -785,14 +839,49 @@ impl EventLoop {
         }
     }
 
+    /// A peer says where it sees us. An IP address we do not listen on,
+    /// said by [`NAT_WITNESSES`] peers, is a NAT's: only then do AutoNAT's
+    /// failures and silence count (one peer, lying or reached through a
+    /// relay, cannot make a reachable node take itself to be behind NAT).
+    fn observed(&mut self, peer: PeerId, observed: &Multiaddr) {
+        if !self.autonat || self.reachability != Reachability::Unknown || self.nat_seen_at.is_some() {
+            return;
+        }
+        let Some((ip, _)) = paths::ip_port(observed) else {
+            return;
+        };
+        let ours = self
+            .swarm
+            .listeners()
+            .any(|a| paths::ip_port(a).is_some_and(|(mine, _)| mine == ip));
+        if ours {
+            return;
+        }
+        if !self.nat_evidence.contains_key(&ip) && self.nat_evidence.len() >= NAT_EVIDENCE_MAX {
+            return;
+        }
+        let witnesses = self.nat_evidence.entry(ip).or_default();
+        if witnesses.len() < NAT_EVIDENCE_MAX {
+            witnesses.insert(peer);
+        }
+        if witnesses.len() >= NAT_WITNESSES {
+            debug!(address = %ip, "peers see this node at an address it does not listen on: testing it (AutoNAT)");
+            self.nat_seen_at = Some(Instant::now());
+            self.nat_evidence.clear();
+        }
+    }
+
     /// Behind NAT once AutoNAT's failures stood [`PRIVATE_AFTER_MS`] with
     /// no success, or once no peer dialled us back within
-    /// [`AUTONAT_SILENCE_MS`] of a peer seeing us at an address we do not
-    /// listen on (a NAT's, as a rule): a router that drops unasked
+    /// [`AUTONAT_SILENCE_MS`] of peers agreeing they see us at an address
+    /// we do not listen on (a NAT's, as a rule): a router that drops unasked
     /// connections (most do) makes the dial-back time out, and libp2p's
     /// AutoNAT then retries the address without ever answering.
     fn settle_reachability(&mut self) {
         if !self.autonat || self.reachability != Reachability::Unknown {
+            return;
+        }
+        if self.nat_seen_at.is_none() {
             return;
         }
         if let Some((since, why)) = &self.autonat_failed_at {
@@ -804,7 +893,7 @@ impl EventLoop {
             }
         }
         if self
-            .candidate_at
+            .nat_seen_at
             .is_some_and(|at| at.elapsed() >= Duration::from_millis(AUTONAT_SILENCE_MS))
         {
             let why = format!(
@@ -878,6 +967,26 @@ impl EventLoop {
         }
     }
 
+    /// Behind NAT with fewer relay slots than it could hold (a relay
+    /// refused or dropped one while the connection to it stayed up): asks
+    /// again, at most every [`RELAY_RETRY_MS`].
+    fn retry_relays(&mut self) {
+        if self.reachability != Reachability::Private
+            || self.relay_listeners.len() >= RELAYS_MAX.min(self.bootstrap.len())
+        {
+            return;
+        }
+        let now = Instant::now();
+        match self.relay_retry_at {
+            Some(at) if at > now => {}
+            Some(_) => {
+                self.relay_retry_at = None;
+                self.listen_relayed();
+            }
+            None => self.relay_retry_at = Some(now + Duration::from_millis(RELAY_RETRY_MS)),
+        }
+    }
+
     fn on_relay_client(&mut self, event: relay::client::Event) {
         match event {
             relay::client::Event::ReservationReqAccepted {
@@ -890,10 +999,18 @@ impl EventLoop {
                     circuit_bytes = ?limit.and_then(|l| l.data_in_bytes()),
                     "reserved a slot on the relay"
                 );
+                // The records announced so far carry the addresses this
+                // node had before (its LAN's, or none): announced again,
+                // they carry the relayed one, rather than in an hour.
+                self.announce_again();
             }
             relay::client::Event::OutboundCircuitEstablished { relay_peer_id, limit } => {
                 self.paths
                     .relay_limit(relay_peer_id, limit.and_then(|l| l.data_in_bytes()));
+            }
+            relay::client::Event::InboundCircuitEstablished { src_peer_id, limit } => {
+                self.paths
+                    .inbound_limit(src_peer_id, limit.and_then(|l| l.data_in_bytes()));
             }
             other => debug!(event = ?other, "relay client"),
         }

@@ -58,8 +58,12 @@ async fn main() {
     };
     let (net, mut events, event_loop) = net::start(config).unwrap();
     tokio::spawn(event_loop.run(std::future::pending()));
-    if let Some(net::NetEvent::Listening(addr)) = events.recv().await {
-        println!("{addr}");
+    // Other events (its reachability) may come before the listen address.
+    while let Some(event) = events.recv().await {
+        if let net::NetEvent::Listening(addr) = event {
+            println!("{addr}");
+            break;
+        }
     }
     tokio::spawn(async move { while events.recv().await.is_some() {} });
     match mode.as_str() {
@@ -181,6 +185,31 @@ async fn settle(net: NetClient, key: SecretKey, build_key: Hash) {
 }
 
 async fn garbage(net: NetClient, target: PeerId) {
+    // Stream frames first: an oversized length, then garbage, each on its
+    // own stream. They connect this peer to the target, so the gossip
+    // after reaches it directly (a peer in between drops invalid gossip
+    // rather than forward it).
+    let mut control = net.stream_control();
+    let frames = [u32::MAX.to_le_bytes().to_vec(), vec![3, 0, 0, 0, 0xff, 0xff, 0xff]];
+    for (frame, protocol) in frames.iter().flat_map(|f| [(f, BLOB_PROTOCOL), (f, COORD_PROTOCOL)]) {
+        // The target's address comes with the DHT lookup that joining starts.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut stream = loop {
+            match control.open_stream(target, protocol.clone()).await {
+                Ok(stream) => break stream,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("cannot reach the target: {e}"),
+            }
+        };
+        stream.write_all(frame).await.unwrap();
+        stream.flush().await.unwrap();
+        let mut answer = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut answer)).await;
+        println!("frame answered: closed={} bytes={}", closed.is_ok(), answer.len());
+    }
     // Malformed gossip: not a Kiln envelope at all.
     publish(&net, b"this is not a kiln message".to_vec()).await;
     // Oversized: over Kiln's gossip limit (gossipsub still carries it).
@@ -203,17 +232,6 @@ async fn garbage(net: NetClient, target: PeerId) {
     flipped[5] ^= 1;
     publish(&net, flipped).await;
     println!("gossip sent");
-    // Stream frames: an oversized length, then garbage, each on its own stream.
-    let mut control = net.stream_control();
-    let frames = [u32::MAX.to_le_bytes().to_vec(), vec![3, 0, 0, 0, 0xff, 0xff, 0xff]];
-    for (frame, protocol) in frames.iter().flat_map(|f| [(f, BLOB_PROTOCOL), (f, COORD_PROTOCOL)]) {
-        let mut stream = control.open_stream(target, protocol).await.unwrap();
-        stream.write_all(frame).await.unwrap();
-        stream.flush().await.unwrap();
-        let mut answer = Vec::new();
-        let closed = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut answer)).await;
-        println!("frame answered: closed={} bytes={}", closed.is_ok(), answer.len());
-    }
     println!("frames sent");
     let _ = Hash::of(b"");
     std::future::pending::<()>().await;
