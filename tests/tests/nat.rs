@@ -344,6 +344,35 @@ impl Farm {
     }
 }
 
+/// Seconds into the day of a log line's timestamp (`...T04:42:47.269987Z`).
+fn log_time(line: &str) -> Option<f64> {
+    let time = line.get(11..26)?;
+    let mut parts = time.split(':');
+    let h: f64 = parts.next()?.parse().ok()?;
+    let m: f64 = parts.next()?.parse().ok()?;
+    let s: f64 = parts.next()?.parse().ok()?;
+    Some(h * 3600.0 + m * 60.0 + s)
+}
+
+/// From a `kiln -v fetch` log and its whole time: when the download
+/// started (the path to the provider settled, the hole punch over; the
+/// first range follows at once), and how long the rest took.
+fn phases(log: &str, secs: f64) -> String {
+    let first = log.lines().find_map(log_time);
+    let path = log
+        .lines()
+        .find(|l| l.contains("fetching from this provider"))
+        .and_then(log_time);
+    match (first, path) {
+        (Some(first), Some(path)) => format!(
+            "download started {:.3} s after the process's first log line, then {:.3} s to a verified file",
+            path - first,
+            secs - (path - first)
+        ),
+        _ => "phases not in the log".into(),
+    }
+}
+
 #[test]
 fn behind_nats_that_keep_ports_the_artifact_comes_over_a_hole_punched_connection() {
     let mut farm = farm("k", Nat::KeepsPort);
@@ -361,7 +390,10 @@ fn behind_nats_that_keep_ports_the_artifact_comes_over_a_hole_punched_connection
         "the artifact came over a hole-punched connection: {err}"
     );
     assert!(!err.contains("path=\"relayed\""), "{err}");
-    eprintln!("artifact fetched through NAT A and NAT B, hole punched, in {secs:.2} s");
+    eprintln!(
+        "artifact fetched through NAT A and NAT B, hole punched, in {secs:.2} s ({})",
+        phases(&err, secs)
+    );
 
     // A larger blob: the direct path has no relay limit.
     let big = test_bytes(8 << 20, 17);
@@ -373,8 +405,9 @@ fn behind_nats_that_keep_ports_the_artifact_comes_over_a_hole_punched_connection
     assert!(err.contains("direct after a hole punch"), "{err}");
     assert_eq!(std::fs::read(farm.path("fetch-big.out")).unwrap(), big);
     eprintln!(
-        "8 MiB fetched hole punched in {secs:.2} s ({:.1} MiB/s, process start to verified file)",
-        8.0 / secs
+        "8 MiB fetched hole punched in {secs:.2} s ({:.1} MiB/s, process start to verified file; {})",
+        8.0 / secs,
+        phases(&err, secs)
     );
     let status = kiln_tests::farm::node_status(Path::new(&farm.path("worker")));
     assert!(
@@ -396,7 +429,10 @@ fn behind_a_symmetric_nat_the_artifact_comes_through_the_relay_and_a_larger_blob
         err.contains("path=\"relayed\""),
         "the artifact came through the relay: {err}"
     );
-    eprintln!("artifact fetched through the relay in {secs:.2} s");
+    eprintln!(
+        "artifact fetched through the relay in {secs:.2} s ({})",
+        phases(&err, secs)
+    );
     let status = kiln_tests::farm::node_status(Path::new(&farm.path("worker")));
     let network = &status["network"];
     // The worker's hole punch attempts time out (each direct dial waits

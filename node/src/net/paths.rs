@@ -368,6 +368,10 @@ impl Paths {
         }
     }
 
+    pub(super) fn has_waiters(&self) -> bool {
+        !self.waiters.is_empty()
+    }
+
     /// Answers the waiters whose time is up with the path as it is.
     pub(super) fn expire(&mut self, now: Instant) {
         let due: Vec<PeerId> = self

@@ -432,7 +432,10 @@ impl EventLoop {
                     self.settle_reachability();
                     self.retry_relays();
                 }
-                _ = close_tick.tick(), if !self.closing.is_empty() => self.close_due(),
+                _ = close_tick.tick(), if !self.closing.is_empty() || self.paths.has_waiters() => {
+                    self.close_due();
+                    self.paths.expire(Instant::now());
+                }
                 () = &mut shutdown => break,
             }
         }
