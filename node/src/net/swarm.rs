@@ -323,9 +323,10 @@ const NAT_EVIDENCE_MAX: usize = 16;
 const RELAYED_CLOSE_GRACE_MS: u64 = 1_000;
 /// How long to wait before asking the relays for a slot again.
 const RELAY_RETRY_MS: u64 = 60_000;
-/// How long a node that joined may go without any peer dialling it back
-/// before it takes itself to be behind NAT: a reachable node is dialled
-/// back within a probe round (5 s) and a dial.
+/// How long a node may go without any peer dialling it back, once
+/// [`NAT_WITNESSES`] peers agree they see it at an address it does not
+/// listen on, before it takes itself to be behind NAT: a reachable node is
+/// dialled back within a probe round (5 s) and a dial.
 const AUTONAT_SILENCE_MS: u64 = 20_000;
 /// Peers listed by path in [`NetView`].
 const PEERS_VIEWED_MAX: usize = 100;
