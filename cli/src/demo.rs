@@ -330,6 +330,7 @@ async fn fetch(dir: &Path, boot: &Multiaddr, artifact: Hash, to: &Path) -> anyho
         artifact,
         Some(to),
         Arc::new(kiln_node::blobs::NoProgress),
+        kiln_node::Announce::No,
     )
     .await;
     node.stop().await;

@@ -41,7 +41,7 @@ mod shutdown;
 pub mod web;
 pub mod worker;
 
-pub use blobs::{fetch_to, publish};
+pub use blobs::{fetch_to, publish, Announce};
 pub use net::identity;
 pub use runtime::control;
 pub use runtime::{run_node, EphemeralNode, NodeError, NodeOptions, WorkerOptions};

@@ -277,3 +277,58 @@ fn a_provider_claiming_an_absurd_blob_size_is_refused_before_allocating() {
     assert!(err.contains("over Kiln's limit"), "{err}");
     assert!(!tmp.path().join("out").exists());
 }
+
+/// A peer that speaks only noise (as js-libp2p does) still connects: Kiln
+/// offers TLS first on TCP and noise second. The peer here is a plain
+/// libp2p swarm with noise, yamux and ping, nothing of Kiln's; it dials a
+/// real bootstrap peer and a real node, and a ping crosses each connection.
+#[test]
+fn a_peer_that_speaks_only_noise_connects() {
+    use futures::StreamExt;
+    use libp2p::swarm::SwarmEvent;
+    use libp2p::{noise, ping, tcp, yamux, Multiaddr, PeerId};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let (_boot, boot_addr) = start_bootstrap(&tmp.path().join("boot"));
+    let (_node, node_addr) = start_node("a", &tmp.path().join("a"), &boot_addr, &[]);
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
+            .unwrap()
+            .with_behaviour(|_| ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_millis(200))))
+            .unwrap()
+            .build();
+        let mut waiting: Vec<PeerId> = Vec::new();
+        for addr in [&boot_addr, &node_addr] {
+            let addr: Multiaddr = addr.parse().unwrap();
+            waiting.push(peer_of(&addr.to_string()).parse().unwrap());
+            swarm.dial(addr).unwrap();
+        }
+        let mut connected = Vec::new();
+        let pinged = tokio::time::timeout(COMMAND_TIME_MAX, async {
+            while !waiting.is_empty() {
+                match swarm.select_next_some().await {
+                    SwarmEvent::ConnectionEstablished { peer_id, .. } => connected.push(peer_id),
+                    SwarmEvent::Behaviour(ping::Event {
+                        peer, result: Ok(_), ..
+                    }) => waiting.retain(|p| *p != peer),
+                    SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                        panic!("a noise-only peer could not connect to {peer_id:?}: {error}")
+                    }
+                    _ => {}
+                }
+            }
+        })
+        .await;
+        assert!(
+            pinged.is_ok(),
+            "no ping answered within {COMMAND_TIME_MAX:?}; connected to {connected:?}"
+        );
+    });
+}

@@ -146,6 +146,22 @@ impl Plan {
         }
     }
 
+    /// Resolves once every range is done: a task still opening a stream
+    /// (to a provider that went away, say) then has nothing left to fetch
+    /// and must not hold the fetch up until its dial times out.
+    async fn finished(&self) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let queued = self.queue.lock().map(|q| !q.is_empty()).unwrap_or(false);
+            if !queued && self.in_flight.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            changed.await;
+        }
+    }
+
     fn done(&self, index: u64) {
         let bytes = ranges::range_len(self.blob_bytes, index);
         self.progress.advance(bytes);
@@ -205,7 +221,11 @@ pub(super) async fn download_from(
     let mut fetched = 0;
     let mut failures = 0;
     while failures < STREAM_FAILURES_MAX && !plan.is_lying(&peer) {
-        let mut stream = match open_blob_stream(&net, peer).await {
+        let opened = tokio::select! {
+            opened = open_blob_stream(&net, peer) => opened,
+            () = plan.finished() => break,
+        };
+        let mut stream = match opened {
             Ok(stream) => stream,
             Err(fault) => {
                 failures += 1;

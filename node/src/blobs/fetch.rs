@@ -94,6 +94,7 @@ async fn fetch_with(
     progress: Arc<dyn Progress>,
 ) -> Result<u64, FetchError> {
     info!(blob = %hash, providers = providers.len(), "fetching");
+    let providers = connected_first(net, providers).await;
     let mut faults: HashMap<PeerId, ProviderFault> = HashMap::new();
     let (blob_bytes, list) = outline(net, &providers, hash, &mut faults)
         .await
@@ -149,6 +150,16 @@ async fn fetch_with(
         return Err(FetchError::AllProvidersFailed { hash, reasons });
     }
     Ok(blob_bytes)
+}
+
+/// Providers this node is connected to come first: the outline is asked of
+/// them before any that still has to be dialled (one that went away since
+/// it announced the blob costs a failed dial and the retries' pauses).
+async fn connected_first(net: &NetClient, mut providers: Vec<PeerId>) -> Vec<PeerId> {
+    if let Ok(connected) = net.connected_peers().await {
+        providers.sort_by_key(|p| !connected.contains(p));
+    }
+    providers
 }
 
 /// Bytes a relayed fetch needs beyond the blob's own: requests, range

@@ -128,6 +128,17 @@ fn publish_blocking(store: &Store, path: &Path) -> Result<(Hash, u64), String> {
     }
 }
 
+/// Whether a fetched blob is announced in the DHT as provided by this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Announce {
+    /// A long-lived node: it serves what it fetched.
+    Yes,
+    /// A short-lived client (`kiln fetch`, `kiln request`): it stops right
+    /// after, and a provider record naming it would send later fetchers to
+    /// a peer that is gone (each paying a failed dial and its retries).
+    No,
+}
+
 /// Fetches a blob into the store and, if asked, copies it to `output`.
 pub async fn fetch_to(
     net: &NetClient,
@@ -135,10 +146,13 @@ pub async fn fetch_to(
     hash: Hash,
     output: Option<&Path>,
     progress: Arc<dyn Progress>,
+    announce: Announce,
 ) -> Result<u64, FetchError> {
     let bytes = fetch(net, store, hash, progress).await?;
-    if let Err(e) = net.provide(hash).await {
-        warn!(blob = %hash, error = %e, "fetched but not announced");
+    if announce == Announce::Yes {
+        if let Err(e) = net.provide(hash).await {
+            warn!(blob = %hash, error = %e, "fetched but not announced");
+        }
     }
     if let Some(output) = output {
         let (store, output) = (store.clone(), output.to_path_buf());

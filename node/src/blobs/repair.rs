@@ -13,7 +13,7 @@ use kiln_store::Store;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use super::{fetch_to, NoProgress};
+use super::{fetch_to, Announce, NoProgress};
 use crate::net::NetClient;
 
 /// Pinned blobs waiting to be fetched again.
@@ -50,7 +50,7 @@ async fn run(net: NetClient, store: Store, mut queued: mpsc::Receiver<Hash>) {
                 // Fetched meanwhile (by a job or a user).
                 break;
             }
-            match fetch_to(&net, &store, hash, None, Arc::new(NoProgress)).await {
+            match fetch_to(&net, &store, hash, None, Arc::new(NoProgress), Announce::Yes).await {
                 Ok(bytes) => {
                     info!(blob = %hash, bytes, "fetched a good copy of a quarantined blob");
                     last_error.clear();

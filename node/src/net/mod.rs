@@ -20,6 +20,8 @@
 //! - `probing`: AutoNAT's client, stopped once the node knows it is behind
 //!   NAT;
 //! - `swarm`: the behaviours and the event loop that owns the swarm;
+//! - `tls`: libp2p's TLS handshake with a cipher the CPU accelerates, offered
+//!   before noise on TCP;
 //! - [`frames`]: length-prefixed frames on streams, and opening a stream
 //!   with a time limit;
 //! - [`identity`]: the node key in the data dir.
@@ -42,6 +44,7 @@ mod mesh_alive;
 mod paths;
 mod probing;
 mod swarm;
+mod tls;
 
 pub use client::NetClient;
 pub use paths::{NetView, PathKind, PeerPath, Reachability, ReachabilityMode};

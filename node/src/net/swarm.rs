@@ -26,6 +26,7 @@ use super::identity;
 use super::mesh_alive::MeshAlive;
 use super::paths::{self, Link, Paths, Reachability, ReachabilityMode};
 use super::probing::Probing;
+use super::tls::TlsConfig;
 use super::*;
 use crate::metrics::{Metrics, METRICS};
 
@@ -131,9 +132,11 @@ pub(super) fn build_swarm(
     let (relay_transport, relay_client) = relay::client::new(keypair.public().to_peer_id());
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
+        // TLS first, with a cipher the CPU accelerates (`net/tls.rs`);
+        // noise for peers that speak only noise (js-libp2p among them).
         .with_tcp(
             tcp::Config::default().nodelay(true),
-            noise::Config::new,
+            (TlsConfig::new, noise::Config::new),
             yamux::Config::default,
         )
         .map_err(|e| NetError::Transport(e.to_string()))?

@@ -17,7 +17,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
-use crate::blobs::{fetch_to, publish, NoProgress};
+use crate::blobs::{fetch_to, publish, Announce, NoProgress};
 use crate::coordinator::CoordHandle;
 use crate::metrics::METRICS;
 use crate::net::NetClient;
@@ -400,7 +400,16 @@ impl ControlHandler for NodeControl {
                 Err(message) => ControlReply::Error { message },
             },
             ControlRequest::Fetch { hash, output } => {
-                match fetch_to(&self.net, &self.store, hash, output.as_deref(), Arc::new(NoProgress)).await {
+                match fetch_to(
+                    &self.net,
+                    &self.store,
+                    hash,
+                    output.as_deref(),
+                    Arc::new(NoProgress),
+                    Announce::Yes,
+                )
+                .await
+                {
                     Ok(bytes) => ControlReply::Fetched { hash, bytes },
                     Err(e) => ControlReply::Error { message: e.to_string() },
                 }
