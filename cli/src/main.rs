@@ -10,7 +10,9 @@ static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new
 macro_rules! say {
     ($($arg:tt)*) => {
         if !crate::QUIET.load(std::sync::atomic::Ordering::Relaxed) {
-            eprintln!("kiln: {}", format_args!($($arg)*));
+            // Formatted first, written at once: stderr is unbuffered, and
+            // each piece of a format would be a write of its own.
+            eprint!("{}", format!("kiln: {}\n", format_args!($($arg)*)));
         }
     };
 }

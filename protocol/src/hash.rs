@@ -79,11 +79,16 @@ impl From<blake3::Hash> for Hash {
 }
 
 impl fmt::Display for Hash {
+    /// 64 lowercase hex digits, written at once: one write per digit pair
+    /// would be one system call each on an unbuffered stream (stderr).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for byte in self.0 {
-            write!(f, "{byte:02x}")?;
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut hex = [0u8; 64];
+        for (i, byte) in self.0.iter().enumerate() {
+            hex[2 * i] = DIGITS[usize::from(byte >> 4)];
+            hex[2 * i + 1] = DIGITS[usize::from(byte & 0x0f)];
         }
-        Ok(())
+        f.pad(std::str::from_utf8(&hex).map_err(|_| fmt::Error)?)
     }
 }
 
