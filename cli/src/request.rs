@@ -151,6 +151,7 @@ async fn request(
     {
         return finish_built(node, args, build_key, &agreed).await;
     }
+    publish_recipe(node, &args.recipe, recipe.id()).await?;
     let accept_versions = match &args.accept_versions {
         Some(text) => Some(kiln_protocol::system::VersionRange::parse(text).map_err(anyhow::Error::msg)?),
         None => None,
@@ -215,8 +216,8 @@ async fn request(
     }
 }
 
-/// Reads a recipe from a file (publishing its source into the requester's
-/// store) or fetches it from the network by its id.
+/// Reads a recipe from a file (hashing its source, storing nothing yet:
+/// see [`publish_recipe`]) or fetches it from the network by its id.
 async fn load_recipe(
     node: &EphemeralNode,
     recipe: &str,
@@ -233,11 +234,35 @@ async fn load_recipe(
         }
         bail!("recipe {recipe:?} is neither a file nor a recipe id (64 hex characters)");
     }
-    let (recipe, publisher) = requester::load_recipe_into(&node.store, path)?;
-    for (hash, _) in node.store.list() {
-        let _ = node.net.provide(hash).await;
+    Ok(requester::read_recipe(path)?)
+}
+
+/// Stores the recipe file and its packed source and announces them, for
+/// the coordinator to fetch (from this client first). Only for a build to
+/// submit: a request answered by an existing build writes nothing. A
+/// recipe given by id was fetched into the store already.
+async fn publish_recipe(node: &EphemeralNode, recipe: &str, id: Hash) -> anyhow::Result<()> {
+    let path = Path::new(recipe);
+    if !path.exists() {
+        return Ok(());
     }
-    Ok((recipe, publisher))
+    let (stored, _) = requester::load_recipe_into(&node.store, path)?;
+    if stored.id() != id {
+        bail!(
+            "recipe {} or its source changed while the request ran (id {} became {}); run the request again",
+            path.display(),
+            id,
+            stored.id()
+        );
+    }
+    // The announcements walk the DHT at once, not one after the other.
+    let mut announcing = tokio::task::JoinSet::new();
+    for (hash, _) in node.store.list() {
+        let net = node.net.clone();
+        announcing.spawn(async move { net.provide(hash).await });
+    }
+    while announcing.join_next().await.is_some() {}
+    Ok(())
 }
 
 /// Fetches a recipe by its id through an ephemeral node.

@@ -64,6 +64,25 @@ pub fn load_recipe_into(store: &Store, path: &Path) -> Result<(Recipe, Option<Pu
     Ok((recipe, publisher))
 }
 
+/// Reads a recipe file and hashes its `source.path` as an archive, storing
+/// nothing: enough to know the build key, and so whether the build exists,
+/// before anything is written or announced. [`load_recipe_into`] gives the
+/// same recipe (the same id) when the files did not change meanwhile.
+pub fn read_recipe(path: &Path) -> Result<(Recipe, Option<PublisherSignature>), RequestError> {
+    let fail = |reason: String| RequestError::Recipe {
+        path: path.display().to_string(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| fail(format!("{e}; check the path")))?;
+    let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    Recipe::from_toml_with_paths(&text, &mut |source| {
+        let mut hasher = kiln_protocol::hash::Hasher::new();
+        archive::pack_dir(&base.join(source), &mut hasher).map_err(|e| e.to_string())?;
+        Ok(Hash::from(hasher.finalize()))
+    })
+    .map_err(|e| fail(e.to_string()))
+}
+
 /// The job for `recipe` as `spec` asks: options resolved (an unknown or
 /// disallowed value is an error listing what is allowed), requirements of
 /// this machine's os and arch, then the recipe's, then `--target`.
