@@ -103,6 +103,11 @@ impl Index {
             db,
             path: path.to_path_buf(),
         };
+        // An index that has every table already needs no write (a commit
+        // is an fsync, paid by every short-lived client on its data dir).
+        if index.has_every_table()? {
+            return Ok(index);
+        }
         index.write("creating tables", Durability::Immediate, |txn| {
             txn.open_table(ACCESS)?;
             txn.open_table(PINS)?;
@@ -114,6 +119,24 @@ impl Index {
             Ok(())
         })?;
         Ok(index)
+    }
+
+    fn has_every_table(&self) -> Result<bool> {
+        self.read("checking tables", |txn| {
+            let exists = |r: Result<(), redb::TableError>| match r {
+                Ok(()) => Ok(true),
+                Err(redb::TableError::TableDoesNotExist(_)) => Ok(false),
+                Err(e) => Err(redb::Error::from(e)),
+            };
+            let mut all = exists(txn.open_table(ACCESS).map(|_| ()))?
+                && exists(txn.open_table(PINS).map(|_| ()))?
+                && exists(txn.open_multimap_table(ATTESTATIONS).map(|_| ()))?
+                && exists(txn.open_table(PARTIALS).map(|_| ()))?;
+            for table in RecordTable::ALL {
+                all = all && exists(txn.open_table(table.definition()).map(|_| ()))?;
+            }
+            Ok(all)
+        })
     }
 
     fn write<T>(
