@@ -7,13 +7,17 @@
 # connections). Medians of RUNS runs.
 #
 # Usage: node/bench-fetch.sh            (from the workspace root; SIZE=1G RUNS=5 by default)
+#        BASE=DIR node/bench-fetch.sh   also times the `kiln` and `kiln-bootstrap`
+#                                       in DIR (an earlier build) in the same run
 # Needs: socat, b3sum and sendme on PATH (apt-get install socat;
-# cargo install b3sum sendme), bc, ip and unshare (root, for unshare -n).
+# cargo install b3sum sendme@0.37.1; without sendme its rows are skipped),
+# bc, ip and unshare (root, for unshare -n).
 set -euo pipefail
 SIZE="${SIZE:-1G}"
 RUNS="${RUNS:-5}"
 cargo build --release --quiet --bins -p kiln-cli -p kiln-bootstrap
-BIN="$(pwd)/target/release"
+NEW_BIN="$(pwd)/target/release"
+BASE="${BASE:-}"
 DIR="$(mktemp -d "${TMPDIR:-/tmp}/kiln-fetch-bench.XXXXXX")"
 PIDS=""
 cleanup() { [ -z "$PIDS" ] || kill $PIDS 2>/dev/null || true; rm -rf "$DIR"; }
@@ -28,14 +32,18 @@ seconds() { local s e; s=$(date +%s.%N); "$@" > /dev/null; e=$(date +%s.%N); ech
 median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 report() { awk -v n="$1" -v s="$2" -v b="$BYTES" 'BEGIN { printf "%-34s median %7.3f s  %8.0f MiB/s\n", n, s, b / 1048576 / s }'; }
 
-"$BIN/kiln-bootstrap" --listen /ip4/127.0.0.1/tcp/0 --data-dir "$DIR/boot" > "$DIR/boot.addr" 2> /dev/null &
-PIDS="$PIDS $!"
-BOOT=$(first_line "$DIR/boot.addr")
+# A bootstrap peer from $BIN; its address in $BOOT.
+start_bootstrap() {
+    "$BIN/kiln-bootstrap" --listen /ip4/127.0.0.1/tcp/0 --data-dir "$DIR/$1" > "$DIR/$1.addr" 2> /dev/null &
+    PIDS="$PIDS $!"
+    BOOT=$(first_line "$DIR/$1.addr")
+}
 start_provider() {
     "$BIN/kiln" node --listen /ip4/127.0.0.1/tcp/0 --bootstrap "$BOOT" --data-dir "$DIR/$1" > "$DIR/$1.addr" 2> /dev/null &
     PIDS="$PIDS $!"
     first_line "$DIR/$1.addr" > /dev/null
     "$BIN/kiln" publish "$DIR/blob" --data-dir "$DIR/$1" > /dev/null
+    "$BIN/kiln" publish "$DIR/small" --data-dir "$DIR/$1" > /dev/null
 }
 
 # Seconds for one whole `kiln fetch` process into an empty data dir (the
@@ -83,20 +91,42 @@ echo "$end - $start" | bc -l
 INNER
 sendme_time() { unshare -n sh "$DIR/sendme_once.sh" "$1" "$DIR"; }
 
+SMALL_BYTES=4096
+head -c $SMALL_BYTES /dev/urandom > "$DIR/small"
+SMALL_HASH=$(b3sum --no-names "$DIR/small")
+BIG_HASH=$HASH BIG_BYTES=$BYTES
 echo "blob: $BYTES bytes, $HASH"
 results=()
 t=$(for _ in $(seq "$RUNS"); do seconds socat_once; done | median); results+=("$(report "socat -b 131072 + sync + b3sum" "$t")")
-t=$(for _ in $(seq "$RUNS"); do sendme_time "$DIR/blob"; done | median); results+=("$(report "sendme (unshare -n) + sync" "$t")")
-start_provider p1
-t=$(for _ in $(seq "$RUNS"); do fetch_once; done | median); results+=("$(report "kiln fetch, one provider" "$t")")
-cmp "$DIR/blob" "$DIR/out"
-start_provider p2
-t=$(for _ in $(seq "$RUNS"); do fetch_once; done | median); results+=("$(report "kiln fetch, two providers" "$t")")
-cmp "$DIR/blob" "$DIR/out"
-SIZE_SMALL=4096; head -c $SIZE_SMALL /dev/urandom > "$DIR/small"; "$BIN/kiln" publish "$DIR/small" --data-dir "$DIR/p1" > /dev/null
-HASH=$(b3sum --no-names "$DIR/small"); BYTES=$SIZE_SMALL
-t=$(for _ in $(seq "$RUNS"); do fetch_once; done | median)
-results+=("$(awk -v s="$t" 'BEGIN { printf "%-34s median %7.1f ms\n", "kiln fetch 4 KiB, one provider", s * 1000 }')")
-t=$(for _ in $(seq "$RUNS"); do sendme_time "$DIR/small"; done | median)
-results+=("$(awk -v s="$t" 'BEGIN { printf "%-34s median %7.1f ms\n", "sendme 4 KiB (unshare -n)", s * 1000 }')")
+have_sendme=""
+command -v sendme > /dev/null && have_sendme=yes
+if [ -n "$have_sendme" ]; then
+    t=$(for _ in $(seq "$RUNS"); do sendme_time "$DIR/blob"; done | median); results+=("$(report "sendme (unshare -n) + sync" "$t")")
+else
+    results+=("sendme: not on PATH, skipped")
+fi
+
+# Every kiln figure, for one build: its own bootstrap peer and providers.
+kiln_suite() {
+    BIN="$1"
+    local label="$2"
+    HASH=$BIG_HASH BYTES=$BIG_BYTES
+    start_bootstrap "boot-$label"
+    start_provider "p1-$label"
+    t=$(for _ in $(seq "$RUNS"); do fetch_once; done | median); results+=("$(report "kiln fetch, one provider ($label)" "$t")")
+    cmp "$DIR/blob" "$DIR/out"
+    start_provider "p2-$label"
+    t=$(for _ in $(seq "$RUNS"); do fetch_once; done | median); results+=("$(report "kiln fetch, two providers ($label)" "$t")")
+    cmp "$DIR/blob" "$DIR/out"
+    HASH=$SMALL_HASH BYTES=$SMALL_BYTES
+    t=$(for _ in $(seq "$RUNS"); do fetch_once; done | median)
+    results+=("$(awk -v s="$t" -v n="kiln fetch 4 KiB ($label)" 'BEGIN { printf "%-34s median %7.1f ms\n", n, s * 1000 }')")
+    cmp "$DIR/small" "$DIR/out"
+}
+[ -z "$BASE" ] || kiln_suite "$BASE" base
+kiln_suite "$NEW_BIN" new
+if [ -n "$have_sendme" ]; then
+    t=$(for _ in $(seq "$RUNS"); do sendme_time "$DIR/small"; done | median)
+    results+=("$(awk -v s="$t" 'BEGIN { printf "%-34s median %7.1f ms\n", "sendme 4 KiB (unshare -n)", s * 1000 }')")
+fi
 printf '%s\n' "${results[@]}"
