@@ -326,7 +326,7 @@ async fn fetch(dir: &Path, boot: &Multiaddr, artifact: Hash, to: &Path) -> anyho
     let node = EphemeralNode::start(&dir.join("fetcher"), vec![boot.clone()]).await?;
     let fetched = kiln_node::fetch_to(
         &node.net,
-        &node.store,
+        node.store()?,
         artifact,
         Some(to),
         Arc::new(kiln_node::blobs::NoProgress),

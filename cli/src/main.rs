@@ -950,7 +950,7 @@ async fn fetch(hash: Hash, output: Option<PathBuf>, bootstrap: Vec<Multiaddr>, d
     let progress = Arc::new(progress::Bar::new(&hash));
     let result = kiln_node::fetch_to(
         &node.net,
-        &node.store,
+        node.store()?,
         hash,
         output.as_deref(),
         progress.clone(),

@@ -225,10 +225,10 @@ async fn load_recipe(
     let path = Path::new(recipe);
     if !path.exists() {
         if let Ok(id) = recipe.parse::<Hash>() {
-            kiln_node::blobs::fetch(&node.net, &node.store, id, Arc::new(kiln_node::blobs::NoProgress))
+            kiln_node::blobs::fetch(&node.net, node.store()?, id, Arc::new(kiln_node::blobs::NoProgress))
                 .await
                 .with_context(|| format!("cannot fetch recipe {id} from the network"))?;
-            let recipe = Recipe::from_canonical_bytes(&node.store.read(&id)?)
+            let recipe = Recipe::from_canonical_bytes(&node.store()?.read(&id)?)
                 .with_context(|| format!("blob {id} is not a recipe"))?;
             return Ok((recipe, None));
         }
@@ -246,7 +246,7 @@ async fn publish_recipe(node: &EphemeralNode, recipe: &str, id: Hash) -> anyhow:
     if !path.exists() {
         return Ok(());
     }
-    let (stored, _) = requester::load_recipe_into(&node.store, path)?;
+    let (stored, _) = requester::load_recipe_into(node.store()?, path)?;
     if stored.id() != id {
         bail!(
             "recipe {} or its source changed while the request ran (id {} became {}); run the request again",
@@ -257,7 +257,7 @@ async fn publish_recipe(node: &EphemeralNode, recipe: &str, id: Hash) -> anyhow:
     }
     // The announcements walk the DHT at once, not one after the other.
     let mut announcing = tokio::task::JoinSet::new();
-    for (hash, _) in node.store.list() {
+    for (hash, _) in node.store()?.list() {
         let net = node.net.clone();
         announcing.spawn(async move { net.provide(hash).await });
     }
@@ -346,7 +346,7 @@ async fn fetch_artifact(node: &EphemeralNode, artifact: Hash, path: &Path) -> an
     let progress = Arc::new(crate::progress::Bar::new(&artifact));
     let result = kiln_node::fetch_to(
         &node.net,
-        &node.store,
+        node.store()?,
         artifact,
         Some(&path),
         progress.clone(),

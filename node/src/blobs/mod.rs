@@ -39,7 +39,7 @@ mod serve;
 pub use announce::spawn_announcer;
 pub use fetch::{fetch, fetch_from};
 pub use repair::spawn_repairer;
-pub use serve::spawn_server;
+pub use serve::{spawn_server, spawn_server_once_open};
 
 /// Why a fetch failed.
 #[derive(Debug, thiserror::Error)]

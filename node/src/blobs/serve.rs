@@ -79,8 +79,20 @@ fn range_hashes(store: &Store, cache: &RangeHashCache, hash: &Hash) -> std::io::
 /// Starts serving blob ranges from `store`. The protocol is registered
 /// before this returns, so a peer told our address right after can use it.
 pub fn spawn_server(net: &NetClient, store: Store) -> tokio::task::JoinHandle<()> {
+    spawn_server_once_open(net, async move { Some(store) })
+}
+
+/// The same, for a store not open yet: the protocol is registered now,
+/// before anyone learns this node's address; streams wait (in
+/// libp2p-stream's bounded queue) until the store comes, and the task ends
+/// if it never does.
+pub fn spawn_server_once_open(
+    net: &NetClient,
+    store: impl std::future::Future<Output = Option<Store>> + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
     let incoming = net.stream_control().accept(BLOB_PROTOCOL);
     tokio::spawn(async move {
+        let Some(store) = store.await else { return };
         match incoming {
             Ok(incoming) => serve(incoming, store).await,
             Err(e) => warn!(error = %e, "blob protocol already served"),

@@ -3,12 +3,13 @@
 //! does one thing, and stops.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use kiln_store::Store;
 use libp2p::{Multiaddr, PeerId};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::start::{self, Start, Started};
 use super::{NodeError, JOIN_MS_MAX};
@@ -18,9 +19,15 @@ use crate::net::{identity, NetClient, NetEvent};
 /// A client node: its network handle and its store.
 pub struct EphemeralNode {
     pub net: NetClient,
-    pub store: Store,
     /// This client's own (throwaway) key: its peer id.
     pub key: kiln_protocol::PublicKey,
+    /// The store, opened when first used ([`EphemeralNode::store`]): a new
+    /// index costs several fsyncs to create and one to close, and `kiln
+    /// request` for an existing build or `kiln status` never needs it.
+    store: OnceLock<Store>,
+    data_dir: PathBuf,
+    /// Hands the store to the blob server when it opens.
+    serve: Mutex<Option<oneshot::Sender<Store>>>,
     started: Started,
     /// Drains the network's events (a client acts on none of them).
     drain: tokio::task::JoinHandle<()>,
@@ -32,7 +39,7 @@ impl EphemeralNode {
     pub async fn start(data_dir: &Path, bootstrap: Vec<Multiaddr>) -> Result<EphemeralNode, NodeError> {
         let key = identity::load_or_create(data_dir)?;
         let public = key.public();
-        let store = Store::open(data_dir)?;
+        let (serve, store_rx) = oneshot::channel();
         let me = identity::keypair(&key).public().to_peer_id();
         // The network never dials itself.
         let entry: Vec<PeerId> = bootstrap_peers(&bootstrap).into_iter().filter(|p| *p != me).collect();
@@ -48,7 +55,7 @@ impl EphemeralNode {
             reachability: crate::net::ReachabilityMode::Auto,
             long_lived: false,
         };
-        let (started, mut events) = start::start(key, &store, how)?;
+        let (started, mut events) = start::start_client(key, store_rx, how)?;
         let joined = tokio::time::timeout(Duration::from_millis(JOIN_MS_MAX), join(&entry, &mut events))
             .await
             .unwrap_or_else(|_| Err(format!("no answer within {} s", JOIN_MS_MAX / 1000)));
@@ -58,11 +65,30 @@ impl EphemeralNode {
         }
         Ok(EphemeralNode {
             net: started.net.clone(),
-            store,
             key: public,
+            store: OnceLock::new(),
+            data_dir: data_dir.to_path_buf(),
+            serve: Mutex::new(Some(serve)),
             started,
             drain: tokio::spawn(async move { while events.recv().await.is_some() {} }),
         })
+    }
+
+    /// The store in the data dir, opened on first use (and then served).
+    pub fn store(&self) -> Result<&Store, NodeError> {
+        if let Some(store) = self.store.get() {
+            return Ok(store);
+        }
+        let mut serve = self.serve.lock().unwrap_or_else(PoisonError::into_inner);
+        // Another caller may have opened it while this one waited.
+        if let Some(store) = self.store.get() {
+            return Ok(store);
+        }
+        let store = Store::open(&self.data_dir)?;
+        if let Some(serve) = serve.take() {
+            let _ = serve.send(store.clone());
+        }
+        Ok(self.store.get_or_init(|| store))
     }
 
     pub async fn stop(self) {

@@ -38,6 +38,35 @@ pub(super) fn start(
     store: &Store,
     how: Start,
 ) -> Result<(Started, mpsc::Receiver<NetEvent>), NodeError> {
+    let long_lived = how.long_lived;
+    let (mut started, events) = start_network(key, how)?;
+    started.serving.push(blobs::spawn_server(&started.net, store.clone()));
+    if long_lived {
+        started
+            .serving
+            .push(blobs::spawn_announcer(started.net.clone(), store.clone()));
+        started
+            .serving
+            .push(blobs::spawn_repairer(started.net.clone(), store.clone()));
+    }
+    Ok((started, events))
+}
+
+/// A short-lived client's start, before its store is open (it opens when
+/// first used, and a request answered by an existing build never uses it):
+/// the blob protocol is registered at once and served once `store` comes.
+pub(super) fn start_client(
+    key: SecretKey,
+    store: oneshot::Receiver<Store>,
+    how: Start,
+) -> Result<(Started, mpsc::Receiver<NetEvent>), NodeError> {
+    let (mut started, events) = start_network(key, how)?;
+    let store = async move { store.await.ok() };
+    started.serving.push(blobs::spawn_server_once_open(&started.net, store));
+    Ok((started, events))
+}
+
+fn start_network(key: SecretKey, how: Start) -> Result<(Started, mpsc::Receiver<NetEvent>), NodeError> {
     let config = NetConfig {
         key,
         listen: how.listen,
@@ -51,16 +80,11 @@ pub(super) fn start(
     let network = tokio::spawn(event_loop.run(async {
         let _ = stopped.await;
     }));
-    let mut serving = vec![blobs::spawn_server(&net, store.clone())];
-    if how.long_lived {
-        serving.push(blobs::spawn_announcer(net.clone(), store.clone()));
-        serving.push(blobs::spawn_repairer(net.clone(), store.clone()));
-    }
     let started = Started {
         net,
         network,
         stop,
-        serving,
+        serving: Vec::new(),
     };
     Ok((started, events))
 }
