@@ -527,7 +527,8 @@ fn main() -> ExitCode {
     };
     // Commands that print end quietly when their reader goes away; a node
     // (and the demo's nodes) must not die of a client's closed socket.
-    if !matches!(cli.command, Command::Node { .. } | Command::Demo { .. }) {
+    let sigpipe_restored = !matches!(cli.command, Command::Node { .. } | Command::Demo { .. });
+    if sigpipe_restored {
         restore_sigpipe();
     }
     // A node is a daemon: its log says what it does (jobs, mail). Other
@@ -550,7 +551,17 @@ fn main() -> ExitCode {
         (_, 2) => "info,kiln=debug,kiln_node=debug,kiln_store=debug",
         _ => "debug",
     });
-    let runtime = match tokio::runtime::Runtime::new() {
+    // The runtime's threads do the network's writes: a peer that went away
+    // must be an error there (EPIPE), not the end of the process.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_start(move || {
+            if sigpipe_restored {
+                block_sigpipe_in_this_thread();
+            }
+        })
+        .build();
+    let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("kiln: error: cannot start the async runtime: {e}");
@@ -578,6 +589,23 @@ fn restore_sigpipe() {
     // resetting a signal to its default action has no other effect.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+/// With SIGPIPE back to its default (above), a write to a socket whose peer
+/// has gone would end the process: a TLS connection's goodbye to a peer
+/// that was killed did, in `kiln fetch`. Each runtime thread blocks it, so
+/// such a write fails with EPIPE and the connection closes; only the main
+/// thread, which prints, ends quietly on a closed pipe.
+#[allow(unsafe_code)]
+fn block_sigpipe_in_this_thread() {
+    // SAFETY: the set is initialised by sigemptyset before use, and
+    // pthread_sigmask changes only the calling thread's signal mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGPIPE);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
 }
 

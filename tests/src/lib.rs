@@ -359,10 +359,15 @@ pub fn kiln(args: &[&str]) -> (bool, String, String) {
             .stdin(Stdio::null()),
         COMMAND_TIME_MAX,
     );
+    let mut err = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() && err.trim().is_empty() {
+        // A failure with nothing said (killed by a signal, say): the status says what.
+        err = format!("(nothing on stderr; {})", out.status);
+    }
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+        err,
     )
 }
 
