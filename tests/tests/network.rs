@@ -332,3 +332,48 @@ fn a_peer_that_speaks_only_noise_connects() {
         );
     });
 }
+
+/// A `kiln fetch` client stops right after fetching: it must not announce
+/// itself as a provider, or every later fetch finds a dead peer (and spent
+/// retries and stream timeouts on it). A third fetcher finds the one real
+/// provider only.
+#[test]
+fn a_finished_fetch_leaves_no_provider_record_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_boot, boot_addr) = start_bootstrap(&tmp.path().join("boot"));
+    let (_a, _) = start_node("a", &tmp.path().join("a"), &boot_addr, &[]);
+    let (file, data, hash) = write_blob(tmp.path(), 64 * 1024, 7);
+    publish(&file, &tmp.path().join("a"));
+
+    // Two fetchers before, each of which would have announced itself.
+    for fetcher in ["first", "second"] {
+        let output = tmp.path().join(format!("{fetcher}.bin"));
+        let (ok, _, err) = fetch(&tmp.path().join(fetcher), &boot_addr, hash, &output);
+        assert!(ok, "the {fetcher} fetch failed: {err}");
+    }
+
+    let output = tmp.path().join("third.bin");
+    let out = output_within(
+        Command::new(bin("kiln"))
+            .env("RUST_LOG", "kiln_node=info")
+            .env("KILN_CONFIG", "/dev/null")
+            .args([
+                "fetch",
+                &hash.to_string(),
+                "-o",
+                path(&output),
+                "--bootstrap",
+                &boot_addr,
+                "--data-dir",
+            ])
+            .arg(tmp.path().join("third")),
+        COMMAND_TIME_MAX,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("providers=1"),
+        "an earlier fetcher was announced as a provider: {err}"
+    );
+    assert_eq!(std::fs::read(&output).unwrap(), data);
+}
