@@ -12,7 +12,7 @@
 mod common;
 
 use common::{mail_settled, outbox};
-use kiln_tests::farm::{peer_of, recipe, request, request_waiting, wait_json, wait_status, worker, BUILD};
+use kiln_tests::farm::{peer_of, recipe, request, request_waiting, status, wait_json, wait_status, worker, BUILD};
 use kiln_tests::{fetch, kiln, start_bootstrap, start_evil, start_node, START};
 use serde_json::Value;
 
@@ -277,16 +277,25 @@ fn a_checked_build_survives_its_coordinator_dying_between_the_two_builds() {
     let (w2, w2_addr) = worker("w2", &tmp.path().join("w2"), &boot, &[]);
     let second = peer_of(&w2_addr);
     // The first build reported, the second under way on the other worker:
-    // then the coordinator dies. (This wait failed twice in about twenty
-    // runs, the job ending with no status ever showing the second build;
-    // every node's log is printed if it fails again.)
+    // then the coordinator dies. The second worker's own log says when it
+    // took the build (a job is given to one builder at a time, so the first
+    // build has been reported by then). Polling the status for the second
+    // build missed it about twice in twenty runs; the log line cannot be
+    // missed. Every node's log is printed if this wait fails.
     let mut procs: Vec<&kiln_tests::Proc> = candidates.iter().map(|(_, p)| p).collect();
     procs.extend([&_w1, &w2]);
     kiln_tests::logs_on_failure(&procs, || {
-        wait_status(&boot, "the second build running", |s| {
-            building_on(s).as_deref() == Some(second.as_str())
+        kiln_tests::wait_until(BUILD, "the second worker to take the build", || {
+            w2.stderr()
+                .lines()
+                .any(|l| l.contains("assignment") && l.contains("reply=Accepted"))
         })
     });
+    let during = status(&boot);
+    assert!(
+        building_on(&during).is_none_or(|on| on == second),
+        "only the second worker may be building now: {during}"
+    );
     let index = candidates.iter().position(|(peer, _)| *peer == elected).unwrap();
     candidates[index].1.kill();
     let after = wait_status(&boot, "a new coordinator", |s| s["coordinator"] != elected.as_str());
