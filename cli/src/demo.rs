@@ -324,15 +324,9 @@ async fn wait_for_mail(outbox: &Path) -> anyhow::Result<PathBuf> {
 /// Fetches `artifact` by hash on a node that never saw it.
 async fn fetch(dir: &Path, boot: &Multiaddr, artifact: Hash, to: &Path) -> anyhow::Result<()> {
     let node = EphemeralNode::start(&dir.join("fetcher"), vec![boot.clone()]).await?;
-    let fetched = kiln_node::fetch_to(
-        &node.net,
-        node.store()?,
-        artifact,
-        Some(to),
-        Arc::new(kiln_node::blobs::NoProgress),
-        kiln_node::Announce::No,
-    )
-    .await;
+    let fetched = node
+        .fetch(artifact, Some(to), Arc::new(kiln_node::blobs::NoProgress))
+        .await;
     node.stop().await;
     let bytes = fetched.with_context(|| format!("cannot fetch artifact {artifact}"))?;
     println!("fetched {bytes} bytes; every range checked against {artifact}");

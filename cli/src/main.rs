@@ -976,15 +976,7 @@ async fn fetch(hash: Hash, output: Option<PathBuf>, bootstrap: Vec<Multiaddr>, d
     }
     let node = EphemeralNode::start(data_dir, bootstrap).await?;
     let progress = Arc::new(progress::Bar::new(&hash));
-    let result = kiln_node::fetch_to(
-        &node.net,
-        node.store()?,
-        hash,
-        output.as_deref(),
-        progress.clone(),
-        kiln_node::Announce::No,
-    )
-    .await;
+    let result = node.fetch(hash, output.as_deref(), progress.clone()).await;
     progress.finish();
     node.stop().await;
     fetched(&hash, result?, output.as_deref());

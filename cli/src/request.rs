@@ -344,15 +344,7 @@ pub fn attestation_json(a: &Attestation) -> serde_json::Value {
 async fn fetch_artifact(node: &EphemeralNode, artifact: Hash, path: &Path) -> anyhow::Result<()> {
     let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     let progress = Arc::new(crate::progress::Bar::new(&artifact));
-    let result = kiln_node::fetch_to(
-        &node.net,
-        node.store()?,
-        artifact,
-        Some(&path),
-        progress.clone(),
-        kiln_node::Announce::No,
-    )
-    .await;
+    let result = node.fetch(artifact, Some(&path), progress.clone()).await;
     progress.finish();
     result.with_context(|| format!("cannot fetch artifact {artifact}"))?;
     say!("artifact written to {}", path.display());

@@ -5,10 +5,14 @@
 //! Across filesystems the blob is copied and fsynced. Either way the output
 //! appears whole, by rename, or not at all.
 //!
+//! A small blob a short-lived client fetched into memory is written the
+//! same way ([`write_durably`]), without passing through the store.
+//!
 //! Not for reading blobs inside Kiln: see `read`.
 
 use std::fs::{self, File, Permissions};
-use std::os::unix::fs::PermissionsExt;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use kiln_protocol::Hash;
@@ -56,6 +60,33 @@ impl Store {
         self.touch(hash);
         Ok(how)
     }
+}
+
+/// Writes `bytes` to `output` as a new file (0644 less the umask), replacing what was
+/// there: written and fsynced under a temporary name beside it, then
+/// renamed, so the output appears whole or not at all. For a blob a
+/// short-lived client fetched into memory, past the store.
+pub fn write_durably(output: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let staged = dir.join(random_name(".kiln-export"));
+    let written = File::options()
+        .write(true)
+        .create_new(true)
+        .mode(COPY_FILE_MODE)
+        .open(&staged)
+        .and_then(|mut file| {
+            file.write_all(bytes)?;
+            file.sync_all()
+        })
+        .and_then(|()| fs::rename(&staged, output));
+    if let Err(e) = written {
+        let _ = fs::remove_file(&staged);
+        return Err(StoreError::io("writing", output, e));
+    }
+    sync_dir(dir)
 }
 
 fn copy_durably(source: &Path, staged: &Path) -> Result<()> {

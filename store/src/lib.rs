@@ -40,7 +40,7 @@ mod store;
 
 pub use buffer::{AlignedBuffer, DIRECT_IO_ALIGN};
 pub use error::{DiskFullReason, Result, StoreError};
-pub use export::Exported;
+pub use export::{write_durably, Exported};
 pub use index::RecordTable;
 pub use partial::{PartialBlob, PartialInfo, PendingFlush};
 pub use quarantine::{QuarantineListener, Quarantined, QUARANTINE_FILES_MAX, QUARANTINE_LISTED_MAX};

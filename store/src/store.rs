@@ -130,7 +130,7 @@ impl Store {
         // The index is locked first: it proves no other process uses the dir
         // before anything in it is cleared.
         let index = Index::open(&dir.join("index.redb"), &dir)?;
-        let blobs_dir = dir.join("blobs");
+        let blobs_dir = dir.join(BLOBS_DIR);
         let tmp_dir = dir.join("tmp");
         let partial_dir = dir.join("partial");
         for sub in [&blobs_dir, &tmp_dir, &partial_dir] {
@@ -173,8 +173,15 @@ impl Store {
     }
 
     pub(crate) fn blob_path(&self, hash: &Hash) -> PathBuf {
-        let name = hash.to_string();
-        self.inner.blobs_dir.join(&name[..2]).join(name)
+        blob_file(&self.inner.blobs_dir, hash)
+    }
+
+    /// Whether the store in `dir` holds blob `hash`, known without opening
+    /// it: the blob files are what the store holds (its index is rebuilt
+    /// from them), so a short-lived client can look before it pays for
+    /// opening and closing the index.
+    pub fn holds(dir: &Path, hash: &Hash) -> bool {
+        blob_file(&dir.join(BLOBS_DIR), hash).is_file()
     }
 
     /// Whether the blob is stored.
@@ -518,6 +525,15 @@ fn load_state(index: &Index, blobs_dir: &Path, size_cap_bytes: Option<u64>) -> R
 
 /// Every `blobs/xx/<hash>` file with its size and mtime. Anything else is
 /// logged and left alone.
+/// The directory of finished blobs, under the data dir.
+const BLOBS_DIR: &str = "blobs";
+
+/// Where blob `hash` lives under `blobs_dir`: a directory per first byte.
+fn blob_file(blobs_dir: &Path, hash: &Hash) -> PathBuf {
+    let name = hash.to_string();
+    blobs_dir.join(&name[..2]).join(name)
+}
+
 fn scan_blobs(blobs_dir: &Path) -> Result<HashMap<Hash, (u64, u64)>> {
     let mut out = HashMap::new();
     let shards = fs::read_dir(blobs_dir).map_err(|e| StoreError::io("listing", blobs_dir, e))?;

@@ -417,3 +417,26 @@ fn export_links_on_the_same_filesystem_and_copies_across() {
     ));
     assert_eq!(fs::read(&copied).unwrap(), data);
 }
+
+#[test]
+fn bytes_are_written_durably_beside_the_output_and_a_store_is_looked_into_without_opening_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("out.bin");
+    fs::write(&output, b"old contents are replaced").unwrap();
+    kiln_store::write_durably(&output, b"fetched into memory").unwrap();
+    assert_eq!(fs::read(&output).unwrap(), b"fetched into memory");
+    assert!(!fs::metadata(&output).unwrap().permissions().readonly());
+    assert_eq!(
+        fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "no staged file left behind"
+    );
+    let nowhere = dir.path().join("no/such/dir/out.bin");
+    assert!(kiln_store::write_durably(&nowhere, b"x").is_err());
+
+    let store_dir = dir.path().join("store");
+    let (hash, _) = Store::open(&store_dir).unwrap().put_bytes(b"kept", None).unwrap();
+    assert!(Store::holds(&store_dir, &hash));
+    assert!(!Store::holds(&store_dir, &Hash::of(b"not kept")));
+    assert!(!Store::holds(&dir.path().join("no store here"), &hash));
+}

@@ -120,6 +120,47 @@ fn a_provider_that_lies_is_dropped_and_nothing_corrupt_is_stored() {
 }
 
 #[test]
+fn a_small_blob_goes_straight_to_the_file_past_a_lying_provider_and_a_larger_one_through_the_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_boot, boot_addr) = start_bootstrap(&tmp.path().join("boot"));
+    let (file, data, hash) = write_blob(tmp.path(), 4096, 8);
+    let _liar = evil_provider(&["corrupt"], &tmp.path().join("liar"), &boot_addr, &file);
+    let honest_dir = tmp.path().join("honest");
+    let (_honest, _) = start_node("honest", &honest_dir, &boot_addr, &[]);
+    publish(&file, &honest_dir);
+
+    // One range: fetched into memory, checked, written to the file; the
+    // fetcher's store is never opened, so it has no index.
+    let output = tmp.path().join("small.bin");
+    let fetcher_dir = tmp.path().join("fetcher");
+    let (ok, _, err) = fetch(&fetcher_dir, &boot_addr, hash, &output);
+    assert!(ok, "fetch failed: {err}");
+    assert_eq!(std::fs::read(&output).unwrap(), data);
+    assert!(
+        !fetcher_dir.join("index.redb").exists(),
+        "a small fetch to a file opened the store"
+    );
+    assert!(
+        !std::fs::metadata(&output).unwrap().permissions().readonly(),
+        "the file is the user's own, not a read-only link into a store"
+    );
+
+    // One byte more than a range: through the store, where a fetch that
+    // is interrupted resumes, and kept there.
+    let sub = tmp.path().join("large");
+    std::fs::create_dir_all(&sub).unwrap();
+    let (file, data, hash) = write_blob(&sub, MIB + 1, 9);
+    publish(&file, &honest_dir);
+    let output = tmp.path().join("large.bin");
+    let (ok, _, err) = fetch(&fetcher_dir, &boot_addr, hash, &output);
+    assert!(ok, "fetch failed: {err}");
+    assert_eq!(std::fs::read(&output).unwrap(), data);
+    let store = kiln_store::Store::open(&fetcher_dir).unwrap();
+    assert!(store.has(&hash), "the larger blob is kept in the store");
+    assert!(store.verify(&hash).unwrap());
+}
+
+#[test]
 fn a_provider_killed_mid_transfer_is_replaced_by_another() {
     let tmp = tempfile::tempdir().unwrap();
     let (_boot, boot_addr) = start_bootstrap(&tmp.path().join("boot"));
@@ -342,7 +383,9 @@ fn a_finished_fetch_leaves_no_provider_record_behind() {
     let tmp = tempfile::tempdir().unwrap();
     let (_boot, boot_addr) = start_bootstrap(&tmp.path().join("boot"));
     let (_a, _) = start_node("a", &tmp.path().join("a"), &boot_addr, &[]);
-    let (file, data, hash) = write_blob(tmp.path(), 64 * 1024, 7);
+    // Larger than one range: a smaller blob goes straight to the file and
+    // never into the fetcher's store, from which it could be announced.
+    let (file, data, hash) = write_blob(tmp.path(), 2 * MIB, 7);
     publish(&file, &tmp.path().join("a"));
 
     // Two fetchers before, each of which would have announced itself.

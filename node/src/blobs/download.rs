@@ -83,6 +83,25 @@ pub(super) fn write_ranges(
     Ok(true)
 }
 
+/// Puts checked ranges together into the whole blob in memory (each range
+/// arrives once: the plan hands it out again only if it was not delivered).
+/// `None` if the download ended with ranges missing.
+pub(super) fn collect_ranges(
+    mut writes: tokio::sync::mpsc::Receiver<(u64, AlignedBuffer)>,
+    blob_bytes: u64,
+    buffers: &BufferPool,
+) -> Option<Vec<u8>> {
+    let mut blob = vec![0u8; usize::try_from(blob_bytes).ok()?];
+    let mut filled = 0u64;
+    while let Some((offset, bytes)) = writes.blocking_recv() {
+        let start = usize::try_from(offset).ok()?;
+        blob.get_mut(start..start + bytes.len())?.copy_from_slice(&bytes);
+        filled += bytes.len() as u64;
+        buffers.give(bytes);
+    }
+    (filled == blob_bytes).then_some(blob)
+}
+
 /// Range buffers the writer has finished with, for the next ranges: a
 /// fetch then does not zero (and fault in) a fresh megabyte per range.
 /// They are aligned, so the store writes whole ranges past the page cache.
@@ -317,5 +336,38 @@ async fn request_range(
             "sent {sent} bytes for a range of {length}"
         ))),
         other => Err(ProviderFault::Missing(super::unexpected(other.as_ref()))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn buffer(bytes: &[u8]) -> AlignedBuffer {
+        let mut buffer = AlignedBuffer::with_len(bytes.len());
+        buffer.copy_from_slice(bytes);
+        buffer
+    }
+
+    #[test]
+    fn ranges_arriving_in_any_order_make_the_blob_and_a_missing_one_makes_none() {
+        let blob: Vec<u8> = (0..(2 * RANGE_BYTES + 10)).map(|i| (i % 251) as u8).collect();
+        let pieces: Vec<(u64, &[u8])> = blob
+            .chunks(RANGE_BYTES as usize)
+            .enumerate()
+            .map(|(i, c)| (i as u64 * RANGE_BYTES, c))
+            .collect();
+        let collect = |order: &[usize]| {
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            for i in order {
+                let (offset, bytes) = pieces[*i];
+                tx.try_send((offset, buffer(bytes))).unwrap();
+            }
+            drop(tx);
+            collect_ranges(rx, blob.len() as u64, &BufferPool::default())
+        };
+        assert_eq!(collect(&[2, 0, 1]).as_deref(), Some(&blob[..]));
+        assert_eq!(collect(&[0, 2]), None, "a range missing");
     }
 }

@@ -18,8 +18,8 @@ use tokio::sync::Notify;
 use tracing::{debug, info};
 
 use super::download::{
-    download_from, write_ranges, BufferPool, Plan, FETCH_IO_MS_MAX, STREAMS_PER_PROVIDER, STREAM_FAILURES_MAX,
-    WRITES_QUEUED_MAX,
+    collect_ranges, download_from, write_ranges, BufferPool, Plan, FETCH_IO_MS_MAX, STREAMS_PER_PROVIDER,
+    STREAM_FAILURES_MAX, WRITES_QUEUED_MAX,
 };
 use super::{FetchError, Progress, ProviderFault};
 use crate::net::frames::{open_stream, read_frame};
@@ -86,6 +86,25 @@ fn fetch_gate(store: &Store, hash: Hash) -> Arc<tokio::sync::Mutex<()>> {
     gate
 }
 
+/// Where a download puts its checked ranges.
+enum Target<'a> {
+    /// The store's partial blob: resumable, and kept.
+    Store(&'a Store),
+    /// Memory, for a blob of at most this many bytes.
+    Memory { bytes_max: u64 },
+}
+
+/// What a download into a [`Target`] gave.
+enum Landed {
+    /// The blob is in the store; its size.
+    Stored(u64),
+    /// The whole blob, every range checked.
+    InMemory(Vec<u8>),
+    /// The blob has this many bytes, more than the memory target takes:
+    /// nothing was downloaded.
+    TooLarge(u64),
+}
+
 async fn fetch_with(
     net: &NetClient,
     store: &Store,
@@ -93,6 +112,54 @@ async fn fetch_with(
     providers: Vec<PeerId>,
     progress: Arc<dyn Progress>,
 ) -> Result<u64, FetchError> {
+    match download(net, Target::Store(store), hash, providers, progress).await? {
+        Landed::Stored(bytes) => Ok(bytes),
+        Landed::InMemory(blob) => Ok(blob.len() as u64),
+        Landed::TooLarge(bytes) => Ok(bytes),
+    }
+}
+
+/// Fetches a blob of at most `bytes_max` bytes into memory, from the DHT's
+/// providers, every range checked against the hash: for a short-lived
+/// client that wants a small blob in a file, and neither keeps nor serves
+/// it (the store's index costs more to open and close than the transfer).
+/// `Ok(None)` if the blob is larger: nothing was downloaded.
+pub async fn fetch_small(
+    net: &NetClient,
+    hash: Hash,
+    bytes_max: u64,
+    progress: Arc<dyn Progress>,
+) -> Result<Option<Vec<u8>>, FetchError> {
+    let in_memory = |landed| match landed {
+        Landed::InMemory(blob) => Some(blob),
+        Landed::Stored(_) | Landed::TooLarge(_) => None,
+    };
+    let target = || Target::Memory { bytes_max };
+    let first = net.first_providers(hash).await?;
+    if first.is_empty() {
+        return Err(FetchError::NoProviders(hash));
+    }
+    let failed = match download(net, target(), hash, first.clone(), progress.clone()).await {
+        Ok(landed) => return Ok(in_memory(landed)),
+        Err(e) => e,
+    };
+    // The first answer's providers failed (gone, or lying): the whole
+    // lookup may find others.
+    debug!(blob = %hash, error = %failed, "the first providers found failed; looking further");
+    let providers = net.providers(hash).await?;
+    if providers.iter().all(|p| first.contains(p)) {
+        return Err(failed);
+    }
+    download(net, target(), hash, providers, progress).await.map(in_memory)
+}
+
+async fn download(
+    net: &NetClient,
+    target: Target<'_>,
+    hash: Hash,
+    providers: Vec<PeerId>,
+    progress: Arc<dyn Progress>,
+) -> Result<Landed, FetchError> {
     info!(blob = %hash, providers = providers.len(), "fetching");
     let providers = connected_first(net, providers).await;
     let mut faults: HashMap<PeerId, ProviderFault> = HashMap::new();
@@ -104,15 +171,38 @@ async fn fetch_with(
         .copied()
         .filter(|p| !matches!(faults.get(p), Some(ProviderFault::Lying(_))))
         .collect();
-    // Creating (or reopening) the partial file syncs it: off the runtime.
-    let opening = store.clone();
-    let partial = tokio::task::spawn_blocking(move || opening.begin_partial(&hash, blob_bytes))
-        .await
-        .map_err(|e| FetchError::Writer(e.to_string()))??;
-    let missing = missing_range_indexes(&partial.missing_ranges(), blob_bytes);
+    let (writes, write_rx) = tokio::sync::mpsc::channel::<(u64, AlignedBuffer)>(WRITES_QUEUED_MAX);
+    let buffers = Arc::new(BufferPool::default());
+    let (missing, writer): (Vec<u64>, _) = match target {
+        Target::Store(store) => {
+            // Creating (or reopening) the partial file syncs it: off the runtime.
+            let opening = store.clone();
+            let partial = tokio::task::spawn_blocking(move || opening.begin_partial(&hash, blob_bytes))
+                .await
+                .map_err(|e| FetchError::Writer(e.to_string()))??;
+            let missing = missing_range_indexes(&partial.missing_ranges(), blob_bytes);
+            let buffers = buffers.clone();
+            let writer = tokio::task::spawn_blocking(move || -> Result<Option<Landed>, FetchError> {
+                let complete = write_ranges(partial, write_rx, &buffers)?;
+                Ok(complete.then_some(Landed::Stored(blob_bytes)))
+            });
+            (missing, writer)
+        }
+        Target::Memory { bytes_max } if blob_bytes > bytes_max => return Ok(Landed::TooLarge(blob_bytes)),
+        Target::Memory { .. } => {
+            let missing = (0..ranges::range_count(blob_bytes)).collect();
+            let buffers = buffers.clone();
+            let writer = tokio::task::spawn_blocking(move || -> Result<Option<Landed>, FetchError> {
+                Ok(collect_ranges(write_rx, blob_bytes, &buffers).map(Landed::InMemory))
+            });
+            (missing, writer)
+        }
+    };
     let missing_bytes: u64 = missing.iter().map(|i| ranges::range_len(blob_bytes, *i)).sum();
     let good = by_path(net, good, missing_bytes, &mut faults).await;
     if good.is_empty() {
+        drop(writes);
+        let _ = writer.await;
         return Err(all_failed(hash, &faults));
     }
     if missing_bytes < blob_bytes {
@@ -128,11 +218,8 @@ async fn fetch_with(
         changed: Notify::new(),
         faults: Mutex::new(faults),
         progress,
-        buffers: Arc::new(BufferPool::default()),
+        buffers,
     });
-    let (writes, write_rx) = tokio::sync::mpsc::channel::<(u64, AlignedBuffer)>(WRITES_QUEUED_MAX);
-    let buffers = plan.buffers.clone();
-    let writer = tokio::task::spawn_blocking(move || write_ranges(partial, write_rx, &buffers));
     let mut tasks = Vec::new();
     for peer in good {
         for _ in 0..STREAMS_PER_PROVIDER {
@@ -144,12 +231,14 @@ async fn fetch_with(
     for task in tasks {
         let _ = task.await;
     }
-    let complete = writer.await.map_err(|e| FetchError::Writer(e.to_string()))??;
-    if !complete {
-        let reasons = plan.faults.lock().map(|f| describe(&f)).unwrap_or_default();
-        return Err(FetchError::AllProvidersFailed { hash, reasons });
+    let landed: Result<Option<Landed>, FetchError> = writer.await.map_err(|e| FetchError::Writer(e.to_string()))?;
+    match landed? {
+        Some(landed) => Ok(landed),
+        None => {
+            let reasons = plan.faults.lock().map(|f| describe(&f)).unwrap_or_default();
+            Err(FetchError::AllProvidersFailed { hash, reasons })
+        }
     }
-    Ok(blob_bytes)
 }
 
 /// Providers this node is connected to come first: the outline is asked of

@@ -139,6 +139,27 @@ pub enum Announce {
     No,
 }
 
+/// Fetches a blob of at most `bytes_max` bytes into memory and writes it
+/// to `output` durably, past the store (see [`fetch::fetch_small`]).
+/// `Ok(None)` if the blob is larger: nothing was downloaded or written.
+pub async fn fetch_small_to(
+    net: &NetClient,
+    hash: Hash,
+    output: &Path,
+    bytes_max: u64,
+    progress: Arc<dyn Progress>,
+) -> Result<Option<u64>, FetchError> {
+    let Some(blob) = fetch::fetch_small(net, hash, bytes_max, progress).await? else {
+        return Ok(None);
+    };
+    let output = output.to_path_buf();
+    tokio::task::spawn_blocking(move || kiln_store::write_durably(&output, &blob).map(|()| blob.len() as u64))
+        .await
+        .map_err(|e| FetchError::Writer(e.to_string()))?
+        .map(Some)
+        .map_err(FetchError::from)
+}
+
 /// Fetches a blob into the store and, if asked, copies it to `output`.
 pub async fn fetch_to(
     net: &NetClient,

@@ -18,6 +18,9 @@ pub(crate) enum Command {
     },
     Providers {
         hash: Hash,
+        /// The lookup ends once this many providers are found (or the DHT
+        /// has no closer peer to ask).
+        enough: usize,
         reply: oneshot::Sender<Result<Vec<PeerId>, NetError>>,
     },
     Publish {
@@ -102,7 +105,17 @@ impl NetClient {
     /// Finds the peers that announced `hash` (not this node), dialling the
     /// first [`super::PROVIDERS_PER_QUERY_MAX`] of them.
     pub async fn providers(&self, hash: Hash) -> Result<Vec<PeerId>, NetError> {
-        self.ask(|reply| Command::Providers { hash, reply }).await?
+        let enough = super::PROVIDERS_PER_QUERY_MAX;
+        self.ask(|reply| Command::Providers { hash, enough, reply }).await?
+    }
+
+    /// [`NetClient::providers`], ending at the first answer that names any:
+    /// the lookup does not wait for the peers it learnt of on the way (the
+    /// providers among them, typically) to answer it too. For a small
+    /// fetch, where that wait is a good part of the whole; the caller asks
+    /// again with [`NetClient::providers`] if these fail.
+    pub async fn first_providers(&self, hash: Hash) -> Result<Vec<PeerId>, NetError> {
+        self.ask(|reply| Command::Providers { hash, enough: 1, reply }).await?
     }
 
     /// Publishes already signed and encoded gossip on `topic`.

@@ -337,6 +337,9 @@ const PEERS_VIEWED_MAX: usize = 100;
 struct ProviderQuery {
     reply: oneshot::Sender<Result<Vec<PeerId>, NetError>>,
     found: Vec<PeerId>,
+    /// Providers after which the lookup ends early (at most
+    /// [`PROVIDERS_PER_QUERY_MAX`]).
+    enough: usize,
     deadline: Instant,
 }
 
@@ -357,9 +360,15 @@ impl ProviderQuery {
         new
     }
 
-    /// Enough providers found: the query can end early.
+    /// As many providers as a query keeps: it dials no more.
     fn is_full(&self) -> bool {
         self.found.len() >= PROVIDERS_PER_QUERY_MAX
+    }
+
+    /// Enough providers found: the query can end early (every provider
+    /// of the answer that brought it there is kept).
+    fn is_enough(&self) -> bool {
+        self.is_full() || self.found.len() >= self.enough
     }
 }
 
@@ -508,7 +517,7 @@ impl EventLoop {
                         .stop_providing(&RecordKey::new(&hash.multihash()));
                 }
             }
-            Command::Providers { hash, reply } => {
+            Command::Providers { hash, enough, reply } => {
                 if self.provider_queries.len() >= PROVIDER_QUERIES_MAX {
                     let _ = reply.send(Err(NetError::Busy));
                     return;
@@ -524,6 +533,7 @@ impl EventLoop {
                     ProviderQuery {
                         reply,
                         found: Vec::new(),
+                        enough,
                         deadline,
                     },
                 );
@@ -1044,7 +1054,7 @@ impl EventLoop {
                     return;
                 };
                 let new = query.add(&me, providers);
-                let full = query.is_full();
+                let enough = query.is_enough();
                 for peer in new {
                     // Dial now, while the query still knows the address.
                     let opts = DialOpts::peer_id(peer)
@@ -1052,12 +1062,12 @@ impl EventLoop {
                         .build();
                     let _ = self.swarm.dial(opts);
                 }
-                if full {
+                if enough {
                     if let Some(mut running) = self.swarm.behaviour_mut().kad.query_mut(&id) {
                         running.finish();
                     }
                 }
-                if step.last || full {
+                if step.last || enough {
                     self.finish_provider_query(id);
                 }
             }
@@ -1145,6 +1155,7 @@ mod tests {
         ProviderQuery {
             reply: oneshot::channel().0,
             found: Vec::new(),
+            enough: PROVIDERS_PER_QUERY_MAX,
             deadline: Instant::now(),
         }
     }
@@ -1164,5 +1175,17 @@ mod tests {
             q.add(&me, [PeerId::random()]).is_empty(),
             "a full query dials no one more"
         );
+    }
+
+    #[test]
+    fn a_query_for_the_first_providers_ends_with_the_first_answer_naming_any_and_keeps_all_it_named() {
+        let me = PeerId::random();
+        let mut q = ProviderQuery { enough: 1, ..query() };
+        assert!(q.add(&me, [me]).is_empty());
+        assert!(!q.is_enough(), "only itself: the lookup goes on");
+        let three: Vec<PeerId> = (0..3).map(|_| PeerId::random()).collect();
+        assert_eq!(q.add(&me, three.clone()), three);
+        assert!(q.is_enough());
+        assert!(!q.is_full(), "more could be kept");
     }
 }

@@ -4,17 +4,23 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
+use kiln_protocol::Hash;
 use kiln_store::Store;
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot};
 
 use super::start::{self, Start, Started};
 use super::{NodeError, JOIN_MS_MAX};
+use crate::blobs::{self, Announce, FetchError, Progress};
 use crate::coord_client::bootstrap_peers;
 use crate::net::{identity, NetClient, NetEvent};
+
+/// The largest blob a short-lived client fetches to a file without its
+/// store ([`EphemeralNode::fetch`]): one range, held in memory.
+pub const SMALL_BLOB_BYTES_MAX: u64 = kiln_protocol::ranges::RANGE_BYTES;
 
 /// A client node: its network handle and its store.
 pub struct EphemeralNode {
@@ -76,6 +82,33 @@ impl EphemeralNode {
 
     /// The store in the data dir, opened on first use (and then served).
     pub fn store(&self) -> Result<&Store, NodeError> {
+        Ok(self.open_store()?)
+    }
+
+    /// Fetches blob `hash`, every range checked against it, and puts it at
+    /// `output` if given; returns its size. A blob of at most
+    /// [`SMALL_BLOB_BYTES_MAX`] wanted in a file, and not in the store
+    /// already, goes straight from memory to the file: the store is not
+    /// opened (creating, updating and closing its index cost more than the
+    /// transfer), and the client keeps no copy. Anything larger goes
+    /// through the store, where an interrupted fetch resumes.
+    pub async fn fetch(
+        &self,
+        hash: Hash,
+        output: Option<&Path>,
+        progress: Arc<dyn Progress>,
+    ) -> Result<u64, FetchError> {
+        if let Some(output) = output.filter(|_| !Store::holds(&self.data_dir, &hash)) {
+            if let Some(bytes) =
+                blobs::fetch_small_to(&self.net, hash, output, SMALL_BLOB_BYTES_MAX, progress.clone()).await?
+            {
+                return Ok(bytes);
+            }
+        }
+        blobs::fetch_to(&self.net, self.open_store()?, hash, output, progress, Announce::No).await
+    }
+
+    fn open_store(&self) -> Result<&Store, kiln_store::StoreError> {
         if let Some(store) = self.store.get() {
             return Ok(store);
         }
