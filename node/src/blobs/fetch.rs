@@ -220,9 +220,13 @@ async fn download(
         progress,
         buffers,
     });
+    // No more streams to a provider than there are ranges to fetch: each
+    // stream opened costs a protocol negotiation on both sides.
+    let queued = plan.queue.lock().map(|q| q.len()).unwrap_or(STREAMS_PER_PROVIDER);
+    let streams = STREAMS_PER_PROVIDER.min(queued.max(1));
     let mut tasks = Vec::new();
     for peer in good {
-        for _ in 0..STREAMS_PER_PROVIDER {
+        for _ in 0..streams {
             let (net, plan, writes) = (net.clone(), plan.clone(), writes.clone());
             tasks.push(tokio::spawn(download_from(net, peer, plan, writes)));
         }
