@@ -65,8 +65,9 @@ impl Store {
 /// Writes `bytes` to `output` as a new file (0644 less the umask), replacing what was
 /// there: written and fsynced under a temporary name beside it, then
 /// renamed, so the output appears whole or not at all. For a blob a
-/// short-lived client fetched into memory, past the store.
-pub fn write_durably(output: &Path, bytes: &[u8]) -> Result<()> {
+/// short-lived client fetched into memory, past the store. Its errors are
+/// about `output`, not the store.
+pub fn write_durably(output: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = output
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -84,9 +85,9 @@ pub fn write_durably(output: &Path, bytes: &[u8]) -> Result<()> {
         .and_then(|()| fs::rename(&staged, output));
     if let Err(e) = written {
         let _ = fs::remove_file(&staged);
-        return Err(StoreError::io("writing", output, e));
+        return Err(e);
     }
-    sync_dir(dir)
+    File::open(dir)?.sync_all()
 }
 
 fn copy_durably(source: &Path, staged: &Path) -> Result<()> {

@@ -523,8 +523,6 @@ fn load_state(index: &Index, blobs_dir: &Path, size_cap_bytes: Option<u64>) -> R
     })
 }
 
-/// Every `blobs/xx/<hash>` file with its size and mtime. Anything else is
-/// logged and left alone.
 /// The directory of finished blobs, under the data dir.
 const BLOBS_DIR: &str = "blobs";
 
@@ -534,6 +532,8 @@ fn blob_file(blobs_dir: &Path, hash: &Hash) -> PathBuf {
     blobs_dir.join(&name[..2]).join(name)
 }
 
+/// Every `blobs/xx/<hash>` file with its size and mtime. Anything else is
+/// logged and left alone.
 fn scan_blobs(blobs_dir: &Path) -> Result<HashMap<Hash, (u64, u64)>> {
     let mut out = HashMap::new();
     let shards = fs::read_dir(blobs_dir).map_err(|e| StoreError::io("listing", blobs_dir, e))?;

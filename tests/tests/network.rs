@@ -120,7 +120,44 @@ fn a_provider_that_lies_is_dropped_and_nothing_corrupt_is_stored() {
 }
 
 #[test]
-fn a_small_blob_goes_straight_to_the_file_past_a_lying_provider_and_a_larger_one_through_the_store() {
+fn a_provider_claiming_a_blob_is_empty_is_caught_and_nothing_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_boot, boot_addr) = start_bootstrap(&tmp.path().join("boot"));
+    // An empty blob has no range to check as it arrives, so the claim
+    // itself must be checked against the hash: on the way into memory (one
+    // range, to a file) and on the way into the store (no -o).
+    for (name, len) in [("small", 4096), ("large", 2 * MIB)] {
+        let sub = tmp.path().join(name);
+        std::fs::create_dir_all(&sub).unwrap();
+        let (file, _, hash) = write_blob(&sub, len, 10);
+        let _liar = evil_provider(&["empty"], &tmp.path().join(format!("liar-{name}")), &boot_addr, &file);
+        let fetcher = tmp.path().join(format!("fetcher-{name}"));
+        let output = tmp.path().join(format!("{name}.bin"));
+        let hash_arg = hash.to_string();
+        let mut args = vec![
+            "fetch",
+            &hash_arg,
+            "--bootstrap",
+            &boot_addr,
+            "--data-dir",
+            path(&fetcher),
+        ];
+        if name == "small" {
+            args.extend(["-o", path(&output)]);
+        }
+        let (ok, _, err) = kiln(&args);
+        assert!(!ok, "the {name} blob was fetched from a provider claiming it is empty");
+        assert!(err.contains("claims the blob is empty"), "{err}");
+        assert!(!output.exists(), "a file was written for the {name} blob");
+        if fetcher.join("index.redb").exists() {
+            let store = kiln_store::Store::open(&fetcher).unwrap();
+            assert!(!store.has(&hash), "the {name} blob was stored");
+        }
+    }
+}
+
+#[test]
+fn a_small_blob_goes_straight_to_the_file_with_a_liar_among_its_providers_and_a_larger_one_through_the_store() {
     let tmp = tempfile::tempdir().unwrap();
     let (_boot, boot_addr) = start_bootstrap(&tmp.path().join("boot"));
     let (file, data, hash) = write_blob(tmp.path(), 4096, 8);

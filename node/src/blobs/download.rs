@@ -85,21 +85,22 @@ pub(super) fn write_ranges(
 
 /// Puts checked ranges together into the whole blob in memory (each range
 /// arrives once: the plan hands it out again only if it was not delivered).
-/// `None` if the download ended with ranges missing.
+/// `None` if the download ended with ranges missing. Ranges are counted,
+/// not bytes: an empty blob's one (empty, checked) range must arrive too.
 pub(super) fn collect_ranges(
     mut writes: tokio::sync::mpsc::Receiver<(u64, AlignedBuffer)>,
     blob_bytes: u64,
     buffers: &BufferPool,
 ) -> Option<Vec<u8>> {
     let mut blob = vec![0u8; usize::try_from(blob_bytes).ok()?];
-    let mut filled = 0u64;
+    let mut delivered = 0u64;
     while let Some((offset, bytes)) = writes.blocking_recv() {
         let start = usize::try_from(offset).ok()?;
         blob.get_mut(start..start + bytes.len())?.copy_from_slice(&bytes);
-        filled += bytes.len() as u64;
+        delivered += 1;
         buffers.give(bytes);
     }
-    (filled == blob_bytes).then_some(blob)
+    (delivered == ranges::range_count(blob_bytes)).then_some(blob)
 }
 
 /// Range buffers the writer has finished with, for the next ranges: a
@@ -369,5 +370,12 @@ mod tests {
         };
         assert_eq!(collect(&[2, 0, 1]).as_deref(), Some(&blob[..]));
         assert_eq!(collect(&[0, 2]), None, "a range missing");
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        drop(tx);
+        assert_eq!(
+            collect_ranges(rx, 0, &BufferPool::default()),
+            None,
+            "an empty blob whose one range never arrived"
+        );
     }
 }

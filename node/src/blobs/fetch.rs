@@ -146,10 +146,10 @@ pub async fn fetch_small(
     // The first answer's providers failed (gone, or lying): the whole
     // lookup may find others.
     debug!(blob = %hash, error = %failed, "the first providers found failed; looking further");
-    let providers = net.providers(hash).await?;
-    if providers.iter().all(|p| first.contains(p)) {
-        return Err(failed);
-    }
+    let providers = match net.providers(hash).await {
+        Ok(providers) if providers.iter().any(|p| !first.contains(p)) => providers,
+        _ => return Err(failed),
+    };
     download(net, target(), hash, providers, progress).await.map(in_memory)
 }
 
@@ -376,8 +376,18 @@ async fn ask_outline(net: &NetClient, peer: PeerId, hash: Hash) -> Result<(u64, 
             "{count} range hashes for a blob of {blob_bytes} bytes"
         )));
     }
+    // An empty blob has no range to check when it arrives: its one hash is
+    // checked here, or any hash could be "fetched" as an empty file.
+    if blob_bytes == 0 && hash != Hash::of(&[]) {
+        return Err(ProviderFault::Lying(
+            "claims the blob is empty, but an empty blob has another hash".into(),
+        ));
+    }
     let mut bytes = vec![0u8; count as usize * 32];
-    stream.read_exact(&mut bytes).await.map_err(io)?;
+    tokio::time::timeout(Duration::from_millis(FETCH_IO_MS_MAX), stream.read_exact(&mut bytes))
+        .await
+        .map_err(|_| ProviderFault::Missing("range hashes arrived too slowly".into()))?
+        .map_err(io)?;
     let list: Vec<RangeHash> = bytes
         .chunks_exact(32)
         .map(|c| c.try_into().unwrap_or([0; 32]))

@@ -54,6 +54,8 @@ pub enum FetchError {
     Store(#[from] kiln_store::StoreError),
     #[error("the download writer stopped: {0}")]
     Writer(String),
+    #[error("cannot write {path}: {reason}; choose a directory you can write to, with room for the file")]
+    Output { path: std::path::PathBuf, reason: String },
 }
 
 /// What went wrong with one provider: missing data is normal, lying is not.
@@ -152,12 +154,16 @@ pub async fn fetch_small_to(
     let Some(blob) = fetch::fetch_small(net, hash, bytes_max, progress).await? else {
         return Ok(None);
     };
-    let output = output.to_path_buf();
-    tokio::task::spawn_blocking(move || kiln_store::write_durably(&output, &blob).map(|()| blob.len() as u64))
+    let path = output.to_path_buf();
+    let bytes = blob.len() as u64;
+    let written = tokio::task::spawn_blocking(move || kiln_store::write_durably(&path, &blob))
         .await
-        .map_err(|e| FetchError::Writer(e.to_string()))?
-        .map(Some)
-        .map_err(FetchError::from)
+        .map_err(|e| FetchError::Writer(e.to_string()))?;
+    written.map_err(|e| FetchError::Output {
+        path: output.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    Ok(Some(bytes))
 }
 
 /// Fetches a blob into the store and, if asked, copies it to `output`.

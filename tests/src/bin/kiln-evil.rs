@@ -5,6 +5,7 @@
 //! kiln-evil corrupt   --data-dir D --bootstrap B FILE   serve FILE with one flipped byte per range
 //! kiln-evil die-after N --data-dir D --bootstrap B FILE serve N ranges honestly, then abort
 //! kiln-evil huge      --data-dir D --bootstrap B FILE   claim FILE is an absurdly large blob
+//! kiln-evil empty     --data-dir D --bootstrap B FILE   claim FILE is an empty blob
 //! kiln-evil garbage   --data-dir D --bootstrap B PEER    send bad gossip and bad frames to PEER
 //! kiln-evil settle    --data-dir D --bootstrap B KEY     gossip, signed as itself, that job KEY failed
 //! kiln-evil watch     --data-dir D --bootstrap B ADDR:KEY,KEY  hold 40 watch streams per open job KEY on coordinator PEER
@@ -67,7 +68,7 @@ async fn main() {
     }
     tokio::spawn(async move { while events.recv().await.is_some() {} });
     match mode.as_str() {
-        "corrupt" | "die-after" | "huge" => serve_file(net, PathBuf::from(target), &mode, mode_arg).await,
+        "corrupt" | "die-after" | "huge" | "empty" => serve_file(net, PathBuf::from(target), &mode, mode_arg).await,
         "garbage" => garbage(net, target.parse().unwrap()).await,
         "settle" => settle(net, secret, target.parse().unwrap()).await,
         "watch" => watch(net, &target).await,
@@ -81,7 +82,7 @@ async fn main() {
 }
 
 async fn serve_file(net: NetClient, file: PathBuf, mode: &str, die_after: u64) {
-    let (corrupt, huge) = (mode == "corrupt", mode == "huge");
+    let (corrupt, huge, empty) = (mode == "corrupt", mode == "huge", mode == "empty");
     let data = Arc::new(std::fs::read(&file).unwrap());
     let mut hasher = RangeHasher::new();
     hasher.update(&data);
@@ -110,6 +111,11 @@ async fn serve_file(net: NetClient, file: PathBuf, mode: &str, die_after: u64) {
                                 blob_bytes: 1 << 62,
                                 count: 1 << 42,
                             }
+                        } else if empty {
+                            BlobReplyV1::RangeHashes {
+                                blob_bytes: 0,
+                                count: 0,
+                            }
                         } else {
                             BlobReplyV1::RangeHashes {
                                 blob_bytes: data.len() as u64,
@@ -117,7 +123,9 @@ async fn serve_file(net: NetClient, file: PathBuf, mode: &str, die_after: u64) {
                             }
                         };
                         let mut out = messages::encode_frame(&BlobReply::V1(reply)).unwrap();
-                        out.extend_from_slice(&list.concat());
+                        if !empty {
+                            out.extend_from_slice(&list.concat());
+                        }
                         out
                     }
                     BlobRequest::V1 { offset, length, .. } => {
