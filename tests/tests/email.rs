@@ -180,7 +180,8 @@ struct TwoCoordinators {
     boot: String,
     /// Each node's peer id and process.
     nodes: Vec<(String, Proc)>,
-    _worker: Proc,
+    /// The one worker (its log says which coordinator gave it a job).
+    worker: Proc,
     /// The first status that lists the worker.
     status: Value,
 }
@@ -208,7 +209,7 @@ impl TwoCoordinators {
             _boot: boot_proc,
             boot,
             nodes,
-            _worker: worker,
+            worker,
             status,
         }
     }
@@ -313,12 +314,19 @@ fn a_standby_that_joined_after_the_job_ended_sends_its_mail_when_the_coordinator
 fn settled_by_the_standby(farm: &mut TwoCoordinators, email: &str) -> (usize, String, Value) {
     let boot = farm.boot.clone();
     let mut requester = request_waiting("requester", &boot, &recipe("sleep"), email, &["-o", "secs=8"]);
-    let building = wait_status(&boot, "the job building", |s| {
-        s["jobs"]
-            .as_array()
-            .is_some_and(|j| j.len() == 1 && j[0]["state"] == "building")
+    // The worker's own log says when it took the job, and from which
+    // coordinator (polling the status for the "building" phase missed all
+    // 8 s of it in one CI run).
+    let taken = |log: &str| {
+        log.lines()
+            .find(|l| l.contains("assignment") && l.contains("reply=Accepted"))
+            .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("peer=")))
+            .map(str::to_string)
+    };
+    wait_until(BUILD, "the worker to take the job", || {
+        taken(&farm.worker.stderr()).is_some()
     });
-    let first = building["coordinator"].as_str().unwrap().to_string();
+    let first = taken(&farm.worker.stderr()).unwrap();
     let a = farm.nodes.iter().position(|(peer, _)| *peer == first).unwrap();
     farm.nodes[a].1.kill();
     let done = wait_json(&mut requester);
