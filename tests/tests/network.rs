@@ -42,6 +42,27 @@ fn publish(file: &Path, data_dir: &Path) -> String {
     out
 }
 
+/// `kiln fetch HASH -o OUTPUT` into `data_dir` with Kiln's info log on
+/// stderr (which providers it found, and what it did with them).
+fn fetch_logged(data_dir: &Path, bootstrap: &str, hash: Hash, output: &Path) -> std::process::Output {
+    output_within(
+        Command::new(bin("kiln"))
+            .env("RUST_LOG", "kiln_node=info")
+            .env("KILN_CONFIG", "/dev/null")
+            .args([
+                "fetch",
+                &hash.to_string(),
+                "-o",
+                path(output),
+                "--bootstrap",
+                bootstrap,
+                "--data-dir",
+            ])
+            .arg(data_dir),
+        COMMAND_TIME_MAX,
+    )
+}
+
 /// Starts `kiln-evil MODE...` and waits until it listens.
 fn evil(mode: &[&str], data_dir: &Path, bootstrap: &str, target: &str) -> Proc {
     let mut command = Command::new(bin("kiln-evil"));
@@ -294,21 +315,7 @@ fn an_interrupted_fetch_resumes_where_it_stopped() {
     // Another provider appears; the next fetch starts from what is there.
     let (_honest, _) = start_node("honest", &tmp.path().join("honest"), &boot_addr, &[]);
     publish(&file, &tmp.path().join("honest"));
-    let out = output_within(
-        Command::new(bin("kiln"))
-            .env("RUST_LOG", "kiln_node=info")
-            .args([
-                "fetch",
-                &hash.to_string(),
-                "-o",
-                path(&output),
-                "--bootstrap",
-                &boot_addr,
-                "--data-dir",
-            ])
-            .arg(&fetcher),
-        COMMAND_TIME_MAX,
-    );
+    let out = fetch_logged(&fetcher, &boot_addr, hash, &output);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("resuming an interrupted fetch"), "{err}");
@@ -433,22 +440,7 @@ fn a_finished_fetch_leaves_no_provider_record_behind() {
     }
 
     let output = tmp.path().join("third.bin");
-    let out = output_within(
-        Command::new(bin("kiln"))
-            .env("RUST_LOG", "kiln_node=info")
-            .env("KILN_CONFIG", "/dev/null")
-            .args([
-                "fetch",
-                &hash.to_string(),
-                "-o",
-                path(&output),
-                "--bootstrap",
-                &boot_addr,
-                "--data-dir",
-            ])
-            .arg(tmp.path().join("third")),
-        COMMAND_TIME_MAX,
-    );
+    let out = fetch_logged(&tmp.path().join("third"), &boot_addr, hash, &output);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(
